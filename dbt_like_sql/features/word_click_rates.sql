@@ -1,0 +1,60 @@
+-- Word-level click rates: how often works whose cover carries each word get clicked, averaged
+-- over the cover's words (smoothed toward the population, 30 pseudo-impressions). Label
+-- statistics, out of fold: a fit photo's words are rated on the other folds' photos only.
+--
+-- grain: setup, fold, photo_id
+-- uses_labels: true
+-- continuous: word_click_rate_mean, word_click_rate_max, word_click_rate_min, word_impressions
+with words as (
+    select photo_id, unnest(words) as word_id
+    from raw_text
+),
+
+per_fold as (
+    select h.setup, h.fold, w.word_id, count(*) as impressions, sum(h.click) as clicks
+    from label_history as h
+    join words as w using (photo_id)
+    group by all
+),
+
+folds as (
+    select distinct setup, fold from model_rows
+),
+
+out_of_fold as (
+    select f.setup, f.fold, p.word_id, sum(p.impressions) as impressions, sum(p.clicks) as clicks
+    from per_fold as p
+    join folds as f on f.setup = p.setup and f.fold <> p.fold
+    group by all
+),
+
+rows_per_fold as (
+    select setup, fold, count(*) as impressions, sum(click) as clicks
+    from label_history
+    group by all
+),
+
+population as (
+    select f.setup, f.fold, sum(r.clicks) / sum(r.impressions) as click_rate
+    from rows_per_fold as r
+    join folds as f on f.setup = r.setup and f.fold <> r.fold
+    group by all
+),
+
+scored_photos as (
+    select distinct setup, fold, photo_id from model_rows
+)
+
+select s.setup, s.fold, s.photo_id,
+       avg((coalesce(o.clicks, 0) + 30 * p.click_rate) / (coalesce(o.impressions, 0) + 30))::float
+           as word_click_rate_mean,
+       max((coalesce(o.clicks, 0) + 30 * p.click_rate) / (coalesce(o.impressions, 0) + 30))::float
+           as word_click_rate_max,
+       min((coalesce(o.clicks, 0) + 30 * p.click_rate) / (coalesce(o.impressions, 0) + 30))::float
+           as word_click_rate_min,
+       coalesce(sum(o.impressions), 0)::float as word_impressions
+from scored_photos as s
+join words as w using (photo_id)
+join population as p on p.setup = s.setup and p.fold = s.fold
+left join out_of_fold as o on o.setup = s.setup and o.fold = s.fold and o.word_id = w.word_id
+group by all

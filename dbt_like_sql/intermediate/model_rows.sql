@@ -1,0 +1,55 @@
+-- The rows the model is fitted on and scores, in two setups that mirror each other.
+--   setup 'validation': fit on train rows before the cut; score the train rows after the cut
+--                       whose photo was never shown before it (cold-start photos, like test).
+--   setup 'submission': fit on every train row; score the test rows.
+-- Fit rows carry a fold (by photo) so label statistics can be computed out of fold; scored rows
+-- have fold -1: their statistics come from all of that setup's fit rows, never from themselves.
+--
+-- grain: setup, row_id
+-- variable: validation_hours = 12.0 | hours at the end of the training window scored for validation (the test window is 12 hours)
+-- variable: folds = 5 | out-of-fold groups for label statistics, assigned by photo_id
+with train as (
+    select row_id, user_id, photo_id, time
+    from raw_interactions
+    where split = 'train'
+),
+
+cut as (
+    select max(time) - cast(getvariable('validation_hours') * 3600000 as bigint) as cut_time
+    from train
+),
+
+photos_before_cut as (
+    select distinct photo_id
+    from train, cut
+    where time < cut.cut_time
+),
+
+fit_before_cut as (
+    select train.*
+    from train, cut
+    where time < cut.cut_time
+),
+
+cold_after_cut as (
+    select train.*
+    from train, cut
+    where time >= cut.cut_time
+      and photo_id not in (select photo_id from photos_before_cut)
+)
+
+select 'validation' as setup, 'fit' as role, row_id, user_id, photo_id, time,
+       (hash(photo_id) % getvariable('folds'))::integer as fold
+from fit_before_cut
+union all
+select 'validation', 'scored', row_id, user_id, photo_id, time, -1
+from cold_after_cut
+union all
+select 'submission', 'fit', row_id, user_id, photo_id, time,
+       (hash(photo_id) % getvariable('folds'))::integer
+from train
+union all
+select 'submission', 'scored', row_id, user_id, photo_id, time, -1
+from raw_interactions
+where split = 'test'
+order by setup, row_id

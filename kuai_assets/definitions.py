@@ -1,0 +1,25 @@
+"""The whole pipeline: raw -> visual -> features -> model. See README.md for the picture."""
+
+import dagster as dg
+
+from kuai_assets.defs import checks, features, model, raw, visual
+from kuai_assets.defs.jobs import JOBS
+from kuai_assets.defs.resources import default_resources
+
+# Steps run in parallel processes; the LightGBM steps, which use every core, one at a time.
+EXECUTOR = dg.multiprocess_executor.configured(
+    {"max_concurrent": 2, "tag_concurrency_limits": [{"key": "kuai/cpu", "value": "lightgbm", "limit": 1}]}
+)
+
+defs = dg.Definitions(
+    assets=[*dg.load_assets_from_modules([raw, visual, model]), *features.table_model_assets()],
+    asset_checks=checks.all_checks(),
+    jobs=JOBS,
+    resources=default_resources(),
+    executor=EXECUTOR,
+)
+
+
+def everything_job() -> dg.JobDefinition:
+    """The `everything` job, resolvable from this module (for `kuai run` and dagster.reconstructable)."""
+    return defs.resolve_job_def("everything")

@@ -1,0 +1,110 @@
+"""The training matrix: model_rows joined to every feature group, by the groups' declared grain.
+
+The join is derived from the declarations alone: a group whose grain is a subset of
+(setup, fold, row_id, user_id, photo_id) joins on those columns; a group with (k, cluster) in its
+grain joins once per k through the photo's cluster at that k, its columns suffixed `_k<k>`.
+Which columns are features, and of which kind, is written into the Parquet file's metadata so
+the model and the ablation read them from the matrix itself.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+
+import pyarrow.parquet as pq
+
+from kuai_assets.features.catalog import CLUSTER_KEYS, CatalogError, TableModel
+from kuai_assets.storage import WorkDir, check_identifier, sql_string
+
+MATRIX = "training_matrix"
+FEATURES_KEY = b"kuai_features"
+ID_COLUMNS = ("setup", "role", "row_id", "user_id", "photo_id", "fold", "click")
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str  # column in the matrix
+    group: str
+    kind: str  # continuous | discrete
+    source: str  # column in the group's table
+    k: int | None = None
+    uses_labels: bool = False
+    uses_scored_window_log: bool = False
+
+
+def build_training_matrix(work: WorkDir, groups: list[TableModel], log=lambda m: None) -> dict:
+    started = time.time()
+    tables = ["model_rows", "raw_interactions"] + [g.name for g in groups]
+    needs_clusters = any(set(CLUSTER_KEYS) <= set(g.grain) for g in groups)
+    if needs_clusters:
+        tables.append("video_clusters")
+    con = work.connect(tables)
+    try:
+        ks = [int(r[0]) for r in con.execute("select distinct k from video_clusters order by k").fetchall()] if needs_clusters else []
+        select = [f"r.{c}" for c in ("setup", "role", "row_id", "user_id", "photo_id", "fold")] + ["i.click"]
+        joins = ["join raw_interactions as i on i.row_id = r.row_id"]
+        features: list[Feature] = []
+        for index, group in enumerate(groups):
+            declared = group.check_columns(pq.read_schema(work.require_table(group.name)).names)
+            name = check_identifier(group.name, "feature group")
+            if set(CLUSTER_KEYS) <= set(group.grain):
+                row_keys = [k for k in group.grain if k not in CLUSTER_KEYS]
+                for k in ks:
+                    c_alias, g_alias = f"c{index}_{k}", f"g{index}_{k}"
+                    joins.append(
+                        f"left join video_clusters as {c_alias} on {c_alias}.photo_id = r.photo_id and {c_alias}.k = {k}"
+                    )
+                    on = [f"{g_alias}.k = {k}", f"{g_alias}.cluster = {c_alias}.cluster"]
+                    on += [f"{g_alias}.{check_identifier(key)} = r.{key}" for key in row_keys]
+                    joins.append(f"left join {name} as {g_alias} on {' and '.join(on)}")
+                    for column, kind in declared:
+                        features.append(
+                            Feature(f"{column}_k{k}", group.name, kind, column, k, group.uses_labels, group.uses_scored_window_log)
+                        )
+                        select.append(_typed(f"{g_alias}.{check_identifier(column)}", kind, f"{column}_k{k}"))
+            else:
+                alias = f"g{index}"
+                on = [f"{alias}.{check_identifier(key)} = r.{key}" for key in group.grain]
+                joins.append(f"left join {name} as {alias} on {' and '.join(on)}")
+                for column, kind in declared:
+                    features.append(Feature(column, group.name, kind, column, None, group.uses_labels, group.uses_scored_window_log))
+                    select.append(_typed(f"{alias}.{check_identifier(column)}", kind, column))
+        names = [f.name for f in features]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise CatalogError(f"feature column(s) {repeated} are declared by more than one group")
+        query = (
+            f"select {', '.join(select)} from model_rows as r {' '.join(joins)} "
+            "order by r.setup, r.role, r.row_id"
+        )
+        metadata = json.dumps([asdict(f) for f in features])
+        with work.writing_table(MATRIX) as tmp:
+            con.execute(
+                f"copy ({query}) to {sql_string(tmp)} "
+                f"(format parquet, compression zstd, row_group_size 262144, kv_metadata {{kuai_features: {sql_string(metadata)}}})"
+            )
+            counts = con.execute(
+                f"select setup, role, count(*), avg(click) from read_parquet({sql_string(tmp)}) group by all order by all"
+            ).fetchall()
+    finally:
+        con.close()
+    return {
+        "features": features,
+        "counts": counts,
+        "ks": ks,
+        "seconds": round(time.time() - started, 2),
+    }
+
+
+def _typed(expression: str, kind: str, alias: str) -> str:
+    return f"{expression}::{'float' if kind == 'continuous' else 'integer'} as {check_identifier(alias)}"
+
+
+def read_features(path) -> list[Feature]:
+    """The feature declarations stored in a training matrix file."""
+    metadata = pq.read_schema(path).metadata or {}
+    if FEATURES_KEY not in metadata:
+        raise CatalogError(f"{path} carries no feature declarations; rebuild training_matrix")
+    return [Feature(**f) for f in json.loads(metadata[FEATURES_KEY])]

@@ -1,0 +1,81 @@
+"""Materializing a table model: run its SQL (or Python) in DuckDB, check, publish atomically."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import pyarrow.parquet as pq
+
+from kuai_assets.features.catalog import CatalogError, TableModel
+from kuai_assets.storage import WorkDir, check_identifier, sql_string
+
+
+@dataclass
+class TableResult:
+    rows: int
+    columns: list[tuple[str, str]]  # (name, arrow type)
+    features: list[tuple[str, str]]  # (name, continuous|discrete)
+    seconds: float
+    preview: list[dict]
+
+
+def sql_body(sql: str) -> str:
+    return sql.strip().rstrip(";").strip()
+
+
+def resolve_variables(model: TableModel, overrides: dict | None) -> dict[str, float | int]:
+    """Defaults from the header, overridden by run config; unknown names are refused."""
+    values = {v.name: v.default for v in model.variables}
+    for name, value in (overrides or {}).items():
+        if name not in values:
+            raise CatalogError(f"{model.name} has no variable {name!r} (it has: {', '.join(values) or 'none'})")
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise CatalogError(f"{model.name}: variable {name} must be a number, got {value!r}")
+        values[name] = type(values[name])(value)
+    return values
+
+
+def materialize_table_model(
+    model: TableModel,
+    work: WorkDir,
+    variables: dict | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> TableResult:
+    started = time.time()
+    values = resolve_variables(model, variables)
+    con = work.connect(model.upstream)
+    try:
+        for name, value in values.items():
+            con.execute(f"set variable {check_identifier(name, 'variable')} = ?", [value])
+        with work.writing_table(model.name) as tmp:
+            if model.sql is not None:
+                con.execute(
+                    f"copy ({sql_body(model.sql)}) to {sql_string(tmp)} (format parquet, compression zstd)"
+                )
+            else:
+                model.compute(con, tmp, log)
+            schema = pq.read_schema(tmp)
+            features = model.check_columns(schema.names)
+            rows = pq.ParquetFile(tmp).metadata.num_rows
+            keys = ", ".join(check_identifier(k, "grain column") for k in model.grain)
+            duplicated = con.execute(
+                f"select {keys}, count(*) as n from read_parquet({sql_string(tmp)}) "
+                f"group by all having count(*) > 1 limit 1"
+            ).fetchone()
+            if duplicated:
+                raise CatalogError(
+                    f"{model.path or model.name}: the grain ({keys}) is not unique: "
+                    f"{dict(zip(model.grain, duplicated[:-1]))} appears {duplicated[-1]} times"
+                )
+            preview = con.sql(f"select * from read_parquet({sql_string(tmp)}) limit 5").to_arrow_table()
+    finally:
+        con.close()
+    return TableResult(
+        rows=rows,
+        columns=[(f.name, str(f.type)) for f in schema],
+        features=features,
+        seconds=round(time.time() - started, 2),
+        preview=preview.to_pylist(),
+    )

@@ -1,0 +1,409 @@
+"""Readers for the released text files: typed, validated, with errors a person can act on.
+
+Every check either stops with a `DataFormatError` naming the file, the line (or photo) and what is
+wrong, or, where the real data really looks like that, accepts the rows and counts them so the
+count shows in the asset's metadata. The decision for each case is in the README's
+"What the platform guarantees and rejects" section.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from kuai_assets.formats import layout
+from kuai_assets.storage import sql_string
+
+LABELS = ("click", "like", "follow")
+
+
+class DataFormatError(ValueError):
+    """The input does not follow the released format. Names the file, the line or photo, the problem."""
+
+    def __init__(self, path: Path | str, problem: str, line: int | None = None, photo_id: int | None = None):
+        self.path, self.problem, self.line, self.photo_id = str(path), problem, line, photo_id
+        where = str(path)
+        if line is not None:
+            where += f", line {line}"
+        if photo_id is not None:
+            where += f", photo_id {photo_id}"
+        super().__init__(f"{where}: {problem}")
+
+
+@dataclass
+class ReadReport:
+    """What a reader accepted and counted, for the asset's metadata."""
+
+    rows: dict[str, int] = field(default_factory=dict)
+    accepted: dict[str, int] = field(default_factory=dict)
+
+
+def _require_file(path: Path) -> None:
+    if not path.is_file():
+        raise DataFormatError(path, "file not found (expected in the released layout, see kuai-data-format.md)")
+    if path.stat().st_size == 0:
+        raise DataFormatError(path, "file is empty")
+
+
+def _read_tsv(con: duckdb.DuckDBPyConnection, table: str, path: Path, columns: dict[str, str]) -> int:
+    """Load a headerless tab-separated file into temp table `table` with a 1-based `line` column.
+
+    Malformed lines (wrong column count, a value of the wrong type) stop the read with the first
+    offending line, its text and DuckDB's reason.
+    """
+    _require_file(path)
+    con.execute("drop table if exists reject_errors")
+    con.execute("drop table if exists reject_scans")
+    con.execute(
+        f"create or replace temp table {table} as "
+        "select row_number() over () as line, * from read_csv(?, delim='\t', header=false, "
+        "columns=?, auto_detect=false, quote='', escape='', store_rejects=true, "
+        "null_padding=false, strict_mode=true)",
+        [str(path), columns],
+    )
+    rejected = con.execute(
+        "select line, error_type, column_name, csv_line, error_message from reject_errors "
+        "order by line, column_idx limit 1"
+    ).fetchone()
+    if rejected:
+        line, error_type, column, text, message = rejected
+        expected = len(columns)
+        if error_type in ("MISSING COLUMNS", "TOO MANY COLUMNS"):
+            found = len(str(text).split("\t"))
+            problem = f"expected {expected} tab-separated columns, found {found}"
+            if error_type == "MISSING COLUMNS" and line == _count_lines(path):
+                problem += " (the last line looks truncated)"
+        elif error_type == "CAST":
+            value = str(text).split("\t")[_column_position(columns, column)]
+            problem = f"column {column!r} must be {columns[column].lower()}, got {value!r}"
+        else:
+            problem = f"{error_type.lower()}: {message}"
+        raise DataFormatError(path, f"{problem}; the line reads {str(text)[:120]!r}", line=line)
+    n = con.execute(f"select count(*) from {table}").fetchone()[0]
+    if n == 0:
+        raise DataFormatError(path, "file has no rows")
+    return n
+
+
+def _column_position(columns: dict[str, str], column: str) -> int:
+    return list(columns).index(column) if column in columns else 0
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as f:
+        data_lines = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 24), b""))
+    with open(path, "rb") as f:
+        f.seek(-1, 2)
+        ends_with_newline = f.read(1) == b"\n"
+    return data_lines + (0 if ends_with_newline else 1)
+
+
+def _first(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None):
+    return con.execute(sql, params or []).fetchone()
+
+
+# -- interactions --------------------------------------------------------------------------
+
+
+def read_interactions(con: duckdb.DuckDBPyConnection, root: Path, out: Path) -> ReadReport:
+    """train/test interactions -> one typed table `raw_interactions` written to `out` (Parquet).
+
+    Columns: row_id (train lines first, then test), split, line, user_id, photo_id, click, like,
+    follow, time, playing_time, duration_time (labels are null on test rows).
+    """
+    report = ReadReport()
+    train_path = layout.interaction_file(root, "train")
+    test_path = layout.interaction_file(root, "test")
+    report.rows["train"] = _read_tsv(
+        con, "train_rows", train_path, {c: "BIGINT" for c in layout.TRAIN_INTERACTION_COLUMNS}
+    )
+    report.rows["test"] = _read_tsv(
+        con, "test_rows", test_path, {c: "BIGINT" for c in layout.TEST_INTERACTION_COLUMNS}
+    )
+
+    for table, path, columns in (
+        ("train_rows", train_path, layout.TRAIN_INTERACTION_COLUMNS),
+        ("test_rows", test_path, layout.TEST_INTERACTION_COLUMNS),
+    ):
+        first_missing = " ".join(f"when \"{c}\" is null then '{c}'" for c in columns)
+        any_missing = " or ".join(f'"{c}" is null' for c in columns)
+        row = _first(
+            con,
+            f"select line, case {first_missing} end as missing from {table} "
+            f"where {any_missing} order by line limit 1",
+        )
+        if row:
+            raise DataFormatError(path, f"{row[1]} is missing (empty field)", line=row[0])
+        row = _first(con, f"select line, time from {table} where time <= 0 order by line limit 1")
+        if row:
+            raise DataFormatError(path, f"time must be a positive millisecond timestamp, got {row[1]}", line=row[0])
+        row = _first(
+            con, f"select line, duration_time from {table} where duration_time < 0 order by line limit 1"
+        )
+        if row:
+            raise DataFormatError(path, f"duration_time must be >= 0, got {row[1]}", line=row[0])
+        row = _first(
+            con,
+            f"select user_id, photo_id, list(line order by line) as lines from {table} "
+            "group by user_id, photo_id having count(*) > 1 order by min(line) limit 1",
+        )
+        if row:
+            raise DataFormatError(
+                path,
+                f"the pair user_id {row[0]}, photo_id {row[1]} repeats on lines "
+                f"{', '.join(map(str, row[2][:5]))} (each pair must appear once)",
+                line=row[2][1],
+            )
+
+    for label in LABELS:
+        row = _first(
+            con, f'select line, "{label}" from train_rows where "{label}" not in (0, 1) order by line limit 1'
+        )
+        if row:
+            raise DataFormatError(train_path, f"{label} must be 0 or 1, got {row[1]}", line=row[0])
+    row = _first(con, "select line, playing_time from train_rows where playing_time < 0 order by line limit 1")
+    if row:
+        raise DataFormatError(train_path, f"playing_time must be >= 0, got {row[1]}", line=row[0])
+
+    row = _first(
+        con,
+        "select t.photo_id, t.line, min(r.line) from test_rows t join train_rows r using (photo_id) "
+        "group by t.photo_id, t.line order by t.line limit 1",
+    )
+    if row:
+        raise DataFormatError(
+            test_path,
+            f"photo_id {row[0]} also appears in {train_path.name} (line {row[2]}); "
+            "train and test photos must be disjoint",
+            line=row[1],
+            photo_id=row[0],
+        )
+
+    report.accepted["test users without training history"] = _first(
+        con, "select count(distinct user_id) from test_rows anti join train_rows using (user_id)"
+    )[0]
+    report.accepted["train rows with playing_time over 10x duration (outliers, kept)"] = _first(
+        con, "select count(*) from train_rows where playing_time > 10 * duration_time + 60"
+    )[0]
+    report.accepted["train rows liked or followed without a click (kept)"] = _first(
+        con, 'select count(*) from train_rows where click = 0 and ("like" = 1 or follow = 1)'
+    )[0]
+    report.accepted["rows with duration_time 0 (still pictures)"] = _first(
+        con,
+        "select (select count(*) from train_rows where duration_time = 0) "
+        "+ (select count(*) from test_rows where duration_time = 0)",
+    )[0]
+
+    n_train = report.rows["train"]
+    con.execute(
+        f"""
+        copy (
+            select line - 1 as row_id, 'train' as split, line, user_id, photo_id,
+                   click::tinyint as click, "like"::tinyint as "like", follow::tinyint as follow,
+                   time, playing_time, duration_time::integer as duration_time
+            from train_rows
+            union all
+            select {n_train} + line - 1, 'test', line, user_id, photo_id,
+                   null::tinyint, null::tinyint, null::tinyint, time, null::bigint,
+                   duration_time::integer
+            from test_rows
+            order by row_id
+        ) to {sql_string(out)} (format parquet, compression zstd)
+        """
+    )
+    return report
+
+
+# -- faces -----------------------------------------------------------------------------------
+
+
+def read_faces(con: duckdb.DuckDBPyConnection, root: Path, photos_table: str, out: Path) -> ReadReport:
+    """train/test faces -> `raw_faces`: one row per detected face.
+
+    Columns: photo_id, split, face_index, share, gender (0 female, 1 male), age, appearance.
+    `photos_table` names a table of (photo_id, split) of the works in the interactions.
+    """
+    report = ReadReport()
+    parts = []
+    for split in layout.SPLITS:
+        path = layout.face_file(root, split)
+        table = f"{split}_faces"
+        report.rows[split] = _read_tsv(con, table, path, {"photo_id": "BIGINT", "faces": "VARCHAR"})
+        row = _first(con, f"select line from {table} where photo_id is null or faces is null order by line limit 1")
+        if row:
+            raise DataFormatError(path, "photo_id or the face list is missing", line=row[0])
+        row = _first(
+            con,
+            f"select photo_id, list(line order by line) from {table} group by photo_id "
+            "having count(*) > 1 order by min(line) limit 1",
+        )
+        if row:
+            raise DataFormatError(
+                path, f"photo_id {row[0]} has more than one row (lines {row[1][:5]})", line=row[1][1], photo_id=row[0]
+            )
+        row = _first(
+            con,
+            f"select line, photo_id, faces from {table} "
+            "where not coalesce(json_valid(faces), false) order by line limit 1",
+        )
+        if row:
+            raise DataFormatError(path, f"the face list is not valid JSON: {row[2][:80]!r}", line=row[0], photo_id=row[1])
+        con.execute(
+            f"""
+            create or replace temp table {table}_long as
+            select f.line, f.photo_id, u.i as face_index, u.face
+            from (
+                select line, photo_id, json_transform(faces, '["JSON"]') as face_list from {table}
+            ) f, unnest(f.face_list) with ordinality as u(face, i)
+            """
+        )
+        row = _first(
+            con,
+            f"select line, photo_id, face::varchar from {table}_long "
+            "where json_type(face) <> 'ARRAY' or json_array_length(face) <> 4 "
+            "or json_type(face, '$[0]') not in ('DOUBLE', 'UBIGINT', 'BIGINT') "
+            "or json_type(face, '$[1]') not in ('UBIGINT', 'BIGINT', 'DOUBLE') "
+            "or json_type(face, '$[2]') not in ('UBIGINT', 'BIGINT', 'DOUBLE') "
+            "or json_type(face, '$[3]') not in ('UBIGINT', 'BIGINT', 'DOUBLE') "
+            "order by line limit 1",
+        )
+        if row:
+            raise DataFormatError(
+                path,
+                f"each face must be [share, gender, age, appearance] (4 numbers), got {row[2][:80]}",
+                line=row[0],
+                photo_id=row[1],
+            )
+        con.execute(
+            f"""
+            create or replace temp table {table}_typed as
+            select line, photo_id, face_index::smallint as face_index,
+                   (face->>0)::double as share, (face->>1)::double as gender,
+                   (face->>2)::double as age, (face->>3)::double as appearance
+            from {table}_long
+            """
+        )
+        for condition, problem in (
+            ("not (share > 0 and share <= 1)", "share of the cover must be in (0, 1]"),
+            ("gender not in (0, 1)", "gender must be 0 (female) or 1 (male)"),
+            ("not (age >= 0 and age <= 120)", "age must be between 0 and 120"),
+            ("not (appearance >= 0 and appearance <= 100)", "appearance must be between 0 and 100"),
+        ):
+            row = _first(
+                con,
+                f"select line, photo_id, face_index, share, gender, age, appearance from {table}_typed "
+                f"where {condition} order by line limit 1",
+            )
+            if row:
+                raise DataFormatError(
+                    path,
+                    f"{problem}; face {row[2]} is [{row[3]:g}, {row[4]:g}, {row[5]:g}, {row[6]:g}]",
+                    line=row[0],
+                    photo_id=row[1],
+                )
+        report.accepted[f"{split}: face rows with an empty list (no face)"] = _first(
+            con, f"select count(*) from {table} where json_array_length(faces) = 0"
+        )[0]
+        report.accepted[f"{split}: face rows for photos not in {split}_interaction.txt (dropped)"] = _first(
+            con,
+            f"select count(*) from {table} where photo_id not in "
+            f"(select photo_id from {photos_table} where split = '{split}')",
+        )[0]
+        parts.append(
+            f"""
+            select photo_id, '{split}' as split, face_index, share::float as share,
+                   gender::tinyint as gender, age::smallint as age, appearance::smallint as appearance
+            from {table}_typed
+            where photo_id in (select photo_id from {photos_table} where split = '{split}')
+            """
+        )
+    con.execute(
+        f"copy ({' union all '.join(parts)} order by photo_id, face_index) "
+        f"to {sql_string(out)} (format parquet, compression zstd)"
+    )
+    return report
+
+
+# -- cover text ------------------------------------------------------------------------------
+
+
+def read_text(con: duckdb.DuckDBPyConnection, root: Path, photos_table: str, out: Path) -> ReadReport:
+    """train/test cover words -> `raw_text`: one row per work.
+
+    Columns: photo_id, split, words (BIGINT[]; empty for a cover without text), n_words.
+    The single token `0` means no text; `0` inside a longer list is an ordinary word id.
+    """
+    report = ReadReport()
+    parts = []
+    for split in layout.SPLITS:
+        path = layout.text_file(root, split)
+        table = f"{split}_text"
+        report.rows[split] = _read_tsv(con, table, path, {"photo_id": "BIGINT", "words": "VARCHAR"})
+        row = _first(con, f"select line from {table} where photo_id is null order by line limit 1")
+        if row:
+            raise DataFormatError(path, "photo_id is missing", line=row[0])
+        row = _first(
+            con,
+            f"select photo_id, list(line order by line) from {table} group by photo_id "
+            "having count(*) > 1 order by min(line) limit 1",
+        )
+        if row:
+            raise DataFormatError(
+                path, f"photo_id {row[0]} has more than one row (lines {row[1][:5]})", line=row[1][1], photo_id=row[0]
+            )
+        con.execute(
+            f"""
+            create or replace temp table {table}_tokens as
+            select line, photo_id, words,
+                   list_transform(string_split(trim(words), ','), lambda x: trim(x)) as tokens
+            from {table} where words is not null and trim(words) <> ''
+            """
+        )
+        row = _first(
+            con,
+            f"select line, photo_id, list_filter(tokens, lambda x: try_cast(x as bigint) is null "
+            f"or try_cast(x as bigint) < 0)[1] from {table}_tokens "
+            "where len(list_filter(tokens, lambda x: try_cast(x as bigint) is null or try_cast(x as bigint) < 0)) > 0 "
+            "order by line limit 1",
+        )
+        if row:
+            raise DataFormatError(
+                path, f"cover word {row[2]!r} is not a non-negative integer word id", line=row[0], photo_id=row[1]
+            )
+        report.accepted[f"{split}: rows with an empty value (read as no text)"] = _first(
+            con, f"select count(*) from {table} where words is null or trim(words) = ''"
+        )[0]
+        report.accepted[f"{split}: text rows for photos not in {split}_interaction.txt (dropped)"] = _first(
+            con,
+            f"select count(*) from {table} where photo_id not in "
+            f"(select photo_id from {photos_table} where split = '{split}')",
+        )[0]
+        report.accepted[f"{split}: photos without a text row (read as no text)"] = _first(
+            con,
+            f"select count(*) from {photos_table} where split = '{split}' "
+            f"and photo_id not in (select photo_id from {table})",
+        )[0]
+        parts.append(
+            f"""
+            select p.photo_id, '{split}' as split,
+                   case when t.tokens is null or t.tokens = ['0'] then []::bigint[]
+                        else list_transform(t.tokens, lambda x: x::bigint) end as words
+            from {photos_table} p
+            left join {table}_tokens t using (photo_id)
+            where p.split = '{split}'
+            """
+        )
+    con.execute(
+        f"copy (select *, len(words)::integer as n_words from ({' union all '.join(parts)}) order by photo_id) "
+        f"to {sql_string(out)} (format parquet, compression zstd)"
+    )
+    return report
+
+
+def read_ground_truth(con: duckdb.DuckDBPyConnection, path: Path, table: str = "ground_truth") -> int:
+    """The generator's test labels: user_id, photo_id, click, p_click (tab-separated, no header)."""
+    return _read_tsv(
+        con, table, path, {"user_id": "BIGINT", "photo_id": "BIGINT", "click": "INTEGER", "p_click": "DOUBLE"}
+    )

@@ -1,0 +1,81 @@
+"""KMeans for the reduced photo vectors: k-means++ and Lloyd on a sample, then assign everything.
+
+Written out (about sixty lines) rather than adding scikit-learn: the sample fit and the chunked
+assignment over millions of photos are all the platform needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class KMeansModel:
+    centers: np.ndarray  # (k, d) float32
+    inertia: float  # mean squared distance of the fit sample to its centre
+    iterations: int
+
+    def assign(self, x: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+        out = np.empty(len(x), dtype=np.int32)
+        center_norms = (self.centers.astype(np.float32) ** 2).sum(axis=1)
+        for start in range(0, len(x), chunk):
+            part = x[start : start + chunk].astype(np.float32, copy=False)
+            distances = center_norms - 2.0 * (part @ self.centers.T)
+            out[start : start + chunk] = distances.argmin(axis=1)
+        return out
+
+
+def cluster_sums(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Per-cluster sums of rows of x (sort + reduceat: far faster than np.add.at)."""
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    starts = np.flatnonzero(np.concatenate([[True], sorted_labels[1:] != sorted_labels[:-1]]))
+    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
+    sums[sorted_labels[starts]] = np.add.reduceat(x[order].astype(np.float64), starts, axis=0)
+    return sums
+
+
+def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    centers = np.empty((k, x.shape[1]), dtype=np.float32)
+    centers[0] = x[rng.integers(len(x))]
+    closest = ((x - centers[0]) ** 2).sum(axis=1)
+    for i in range(1, k):
+        total = closest.sum()
+        pick = rng.integers(len(x)) if total <= 0 else np.searchsorted(np.cumsum(closest), rng.random() * total)
+        centers[i] = x[min(pick, len(x) - 1)]
+        closest = np.minimum(closest, ((x - centers[i]) ** 2).sum(axis=1))
+    return centers
+
+
+def fit_kmeans(x: np.ndarray, k: int, seed: int = 0, max_iterations: int = 30, tolerance: float = 1e-4) -> KMeansModel:
+    """Lloyd's algorithm from a k-means++ start; an empty cluster is re-seeded at the worst-served point."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if len(x) < k:
+        raise ValueError(f"cannot fit {k} clusters to {len(x)} vectors")
+    rng = np.random.default_rng(seed)
+    # k-means++ seeding on a subsample: the seeding is O(n k), the Lloyd steps then refine on all of x
+    seed_pool = x[rng.choice(len(x), size=min(len(x), 25 * k), replace=False)]
+    centers = kmeans_plus_plus(seed_pool, k, rng)
+    previous = None
+    row_norms = (x**2).sum(axis=1)
+    iteration = 0
+    for iteration in range(1, max_iterations + 1):
+        distances = x @ centers.T
+        distances *= -2.0
+        distances += (centers**2).sum(axis=1)
+        labels = distances.argmin(axis=1)
+        best = distances[np.arange(len(x)), labels] + row_norms
+        inertia = float(np.maximum(best, 0).mean())
+        counts = np.bincount(labels, minlength=k)
+        sums = cluster_sums(x, labels, k)
+        empty = np.flatnonzero(counts == 0)
+        centers = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+        if len(empty):
+            worst = np.argsort(best)[::-1][: len(empty)]
+            centers[empty] = x[worst]
+        if len(empty) == 0 and previous is not None and previous - inertia <= tolerance * previous:
+            break
+        previous = inertia
+    return KMeansModel(centers, inertia, iteration)

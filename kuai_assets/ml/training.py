@@ -1,0 +1,200 @@
+"""LightGBM on the training matrix: validate on cold-start photos, then refit for submission.
+
+Plain functions over the matrix file; the Dagster assets wrap them with tracking and metadata.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import duckdb
+import lightgbm as lgb
+import numpy as np
+
+from kuai_assets.features.matrix import Feature
+from kuai_assets.ml.metrics import roc_auc
+from kuai_assets.storage import check_identifier, sql_string
+
+
+@dataclass
+class LightGbmParams:
+    """Defaults sized for a 2-core machine: the demo model trains in a few minutes. Measured on the
+    demo data, learning_rate 0.05 and every row gain about 0.002 AUC for three times the time."""
+
+    learning_rate: float = 0.1
+    num_leaves: int = 63
+    min_data_in_leaf: int = 200
+    feature_fraction: float = 0.7
+    bagging_fraction: float = 0.5
+    bagging_freq: int = 1
+    lambda_l2: float = 10.0
+    max_bin: int = 63
+    max_rounds: int = 1000
+    early_stopping_rounds: int = 30
+    seed: int = 7
+    num_threads: int = 0
+
+    def lightgbm(self) -> dict:
+        params = asdict(self)
+        for key in ("max_rounds", "early_stopping_rounds"):
+            params.pop(key)
+        params.update(objective="binary", metric="auc", verbosity=-1, force_col_wise=True)
+        if not params["num_threads"]:
+            params.pop("num_threads")
+        return params
+
+
+@dataclass(frozen=True)
+class RowSample:
+    """Which fit rows a model learns from: every click, a share of the non-clicks, at most max_rows.
+
+    Dropping non-clicks leaves the AUC ranking intact and cuts training time (measured on the demo
+    data: keeping half the non-clicks costs 0.0008 AUC and a third of the time); predictions are
+    corrected back to calibrated probabilities with `calibrate`.
+    """
+
+    negative_rate: float = 1.0
+    max_rows: int | None = None
+    seed: int = 0
+
+    def calibrate(self, p: np.ndarray) -> np.ndarray:
+        r = self.negative_rate
+        return p if r >= 1.0 else p * r / (p * r + (1.0 - p))
+
+
+@dataclass
+class Rows:
+    x: np.ndarray  # (n, f) float32, NaN for missing
+    y: np.ndarray | None  # clicks, None where unknown (test)
+    user_id: np.ndarray
+    photo_id: np.ndarray
+    row_id: np.ndarray
+
+
+def load_rows(
+    matrix: Path, features: list[Feature], setup: str, role: str, sample: RowSample | None = None
+) -> Rows:
+    """One (setup, role) slice of the matrix as a float32 matrix, optionally a deterministic sample."""
+    columns = ", ".join(check_identifier(f.name, "feature") for f in features)
+    source = f"read_parquet({sql_string(matrix)})"
+    where = "setup = ? and role = ?"
+    con = duckdb.connect()
+    try:
+        if sample is not None and sample.negative_rate < 1.0:
+            where += f" and (click = 1 or hash(row_id + {int(sample.seed)}) % 1000000 < {int(sample.negative_rate * 1e6)})"
+        if sample is not None and sample.max_rows is not None:
+            n = con.execute(f"select count(*) from {source} where {where}", [setup, role]).fetchall()[0][0]
+            if n > sample.max_rows:
+                where += f" and hash(row_id + {int(sample.seed) + 1}) % {n} < {int(sample.max_rows)}"
+        table = con.sql(
+            f"select row_id, user_id, photo_id, click, {columns} from {source} where {where} order by row_id",
+            params=[setup, role],
+        ).to_arrow_table()
+    finally:
+        con.close()
+    x = np.empty((table.num_rows, len(features)), dtype=np.float32)
+    for i, f in enumerate(features):
+        x[:, i] = table.column(f.name).to_numpy(zero_copy_only=False)
+    click = table.column("click")
+    y = None if click.null_count == len(click) else click.to_numpy(zero_copy_only=False).astype(np.float32)
+    return Rows(
+        x,
+        y,
+        table.column("user_id").to_numpy(),
+        table.column("photo_id").to_numpy(),
+        table.column("row_id").to_numpy(),
+    )
+
+
+def _dataset(rows: Rows, features: list[Feature], reference: lgb.Dataset | None = None) -> lgb.Dataset:
+    categorical = [f.name for f in features if f.kind == "discrete"]
+    return lgb.Dataset(
+        rows.x,
+        label=rows.y,
+        feature_name=[f.name for f in features],
+        categorical_feature=categorical or "auto",
+        reference=reference,
+        free_raw_data=True,
+    )
+
+
+@dataclass
+class Validation:
+    booster: lgb.Booster
+    best_iteration: int
+    auc_history: list[float]
+    auc: float
+    fit_rows: int
+    scored_rows: int
+    scored_click_rate: float
+    prediction: np.ndarray
+    label: np.ndarray
+    seconds: float
+    importance: dict[str, float] = field(default_factory=dict)
+
+
+def train_validation(
+    fit: Rows, scored: Rows, features: list[Feature], params: LightGbmParams, log=lambda m: None
+) -> Validation:
+    """Fit on the early rows, early-stop on the AUC of the cold-start photos after the cut."""
+    if fit.y is None or scored.y is None:
+        raise ValueError("validation needs labelled fit and scored rows")
+    if len(np.unique(scored.y)) < 2:
+        raise ValueError("the validation rows hold only one class; widen the validation window")
+    started = time.time()
+    train_set = _dataset(fit, features)
+    valid_set = _dataset(scored, features, reference=train_set)
+    history: dict = {}
+    every = max(1, params.max_rounds // 20)
+
+    def report(env) -> None:
+        if env.iteration % every == 0 and env.evaluation_result_list:
+            log(f"model: iteration {env.iteration}, validation AUC {env.evaluation_result_list[0][2]:.4f}")
+
+    booster = lgb.train(
+        params.lightgbm(),
+        train_set,
+        num_boost_round=params.max_rounds,
+        valid_sets=[valid_set],
+        valid_names=["validation"],
+        callbacks=[
+            lgb.early_stopping(params.early_stopping_rounds, verbose=False),
+            lgb.record_evaluation(history),
+            report,
+        ],
+    )
+    prediction = booster.predict(scored.x, num_iteration=booster.best_iteration)
+    return Validation(
+        booster=booster,
+        best_iteration=int(booster.best_iteration),
+        auc_history=[float(v) for v in history["validation"]["auc"]],
+        auc=roc_auc(scored.y, prediction),
+        fit_rows=len(fit.x),
+        scored_rows=len(scored.x),
+        scored_click_rate=float(scored.y.mean()),
+        prediction=prediction,
+        label=scored.y,
+        seconds=round(time.time() - started, 1),
+        importance=importance_by_feature(booster),
+    )
+
+
+def train_final(fit: Rows, features: list[Feature], params: LightGbmParams, rounds: int) -> lgb.Booster:
+    """Refit on every training row for a fixed number of rounds (found by validation)."""
+    return lgb.train(params.lightgbm(), _dataset(fit, features), num_boost_round=max(1, rounds))
+
+
+def importance_by_feature(booster: lgb.Booster) -> dict[str, float]:
+    gains = booster.feature_importance(importance_type="gain")
+    total = float(gains.sum()) or 1.0
+    return {name: float(g) / total for name, g in zip(booster.feature_name(), gains)}
+
+
+def importance_by_group(importance: dict[str, float], features: list[Feature]) -> dict[str, float]:
+    group_of = {f.name: f.group for f in features}
+    out: dict[str, float] = {}
+    for name, share in importance.items():
+        out[group_of[name]] = out.get(group_of[name], 0.0) + share
+    return dict(sorted(out.items(), key=lambda item: -item[1]))

@@ -1,0 +1,61 @@
+"""Shared fixtures: a tiny synthetic dataset and a work dir with the whole graph materialized.
+
+Both are session-scoped: generated and materialized once, read by many tests.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("KUAI_DUCKDB_MEMORY", "2GB")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    from kuai_assets.synth import generate, get_size
+
+    root = tmp_path_factory.mktemp("data") / "tiny"
+    generate(root, get_size("tiny"), seed=11)
+    return root
+
+
+def make_resources(data_dir: Path, work_dir: Path) -> dict:
+    from kuai_assets.defs.resources import KuaiResource, MlflowResource
+
+    return {
+        "kuai": KuaiResource(data_dir=str(data_dir), work_dir=str(work_dir)),
+        "mlflow": MlflowResource(
+            tracking_uri=f"sqlite:///{work_dir}/mlflow/mlflow.db", artifact_root=str(work_dir / "mlflow" / "artifacts")
+        ),
+    }
+
+
+# the tiny graph runs with light LightGBM settings: the tests check behaviour, not top AUC
+TINY_RUN_CONFIG = {
+    "ops": {
+        "feature_group_ablation": {"config": {"max_fit_rows": 20_000, "max_rounds": 60, "early_stopping_rounds": 10}},
+        "model": {"config": {"max_rounds": 300, "early_stopping_rounds": 30}},
+        "baseline_model": {"config": {"max_rounds": 200, "early_stopping_rounds": 20}},
+    }
+}
+
+
+@pytest.fixture(scope="session")
+def materialized(tiny_data, tmp_path_factory):
+    """Materialize every asset and check of the real definitions on the tiny dataset, in process."""
+    import dagster as dg
+
+    from kuai_assets.definitions import defs
+
+    work = tmp_path_factory.mktemp("work")
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        resources=make_resources(tiny_data, work),
+        run_config=TINY_RUN_CONFIG,
+        raise_on_error=True,
+    )
+    return {"result": result, "work": work, "data": tiny_data}

@@ -1,0 +1,135 @@
+"""The readers take the released files exactly as released, in every form the format allows."""
+
+import zipfile
+
+import duckdb
+import numpy as np
+import pytest
+
+from kuai_assets.formats import layout
+from kuai_assets.formats.released import read_faces, read_interactions, read_text
+from kuai_assets.formats.visual import open_vectors
+from kuai_assets.vectors import VectorStore, consolidate
+from kuai_assets_tests.handmade import npy_bytes, write_dataset
+
+
+def read_all(root, tmp_path):
+    con = duckdb.connect()
+    read_interactions(con, root, tmp_path / "raw_interactions.parquet")
+    con.execute(f"create table photos as select distinct photo_id, split from '{tmp_path / 'raw_interactions.parquet'}'")
+    faces_report = read_faces(con, root, "photos", tmp_path / "raw_faces.parquet")
+    text_report = read_text(con, root, "photos", tmp_path / "raw_text.parquet")
+    return con, faces_report, text_report
+
+
+def test_interactions_typed_with_row_ids(tmp_path):
+    root = write_dataset(tmp_path / "d")
+    con, _, _ = read_all(root, tmp_path)
+    rows = con.execute(f"select split, count(*), min(row_id), max(row_id), avg(click) from '{tmp_path / 'raw_interactions.parquet'}' group by 1 order by 1").fetchall()
+    (test_split, n_test, test_min, test_max, test_click), (train_split, n_train, train_min, train_max, _) = rows
+    assert (train_split, test_split) == ("train", "test")
+    assert train_min == 0 and train_max == n_train - 1 and test_min == n_train and test_max == n_train + n_test - 1
+    assert test_click is None
+    first = open(layout.interaction_file(root, "train")).readline().split("\t")
+    got = con.execute(f"select user_id, photo_id, click, time from '{tmp_path / 'raw_interactions.parquet'}' where row_id = 0").fetchone()
+    assert got == (int(first[0]), int(first[1]), int(first[2]), int(first[5]))
+
+
+def test_text_zero_conventions(tmp_path):
+    root = write_dataset(tmp_path / "d")
+    con, _, report = read_all(root, tmp_path)
+    words = dict(con.execute(f"select photo_id, words from '{tmp_path / 'raw_text.parquet'}'").fetchall())
+    for line in open(layout.text_file(root, "train")):
+        photo, value = line.rstrip("\n").split("\t")
+        expected = [] if value == "0" else [int(w) for w in value.split(",")]
+        if int(photo) in words:  # photos never shown are not works of the interactions
+            assert words[int(photo)] == expected
+    assert len(words) > 700
+    assert any(0 in w and len(w) > 1 for w in words.values()), "0 inside a longer list stays a word"
+    assert any(w == [] for w in words.values()), "the lone token 0 means no text"
+    assert report.accepted["train: photos without a text row (read as no text)"] == 0
+
+
+def test_faces_only_for_photos_with_faces(tmp_path):
+    root = write_dataset(tmp_path / "d")
+    con, _, _ = read_all(root, tmp_path)
+    faces = con.execute(f"select photo_id, face_index, share, gender, age, appearance from '{tmp_path / 'raw_faces.parquet'}' order by photo_id").fetchall()
+    face_lines = [l.split("\t") for l in open(layout.face_file(root, "train"))] + [
+        l.split("\t") for l in open(layout.face_file(root, "test"))
+    ]
+    shown = {r[0] for r in con.execute(f"select distinct photo_id from '{tmp_path / 'raw_interactions.parquet'}'").fetchall()}
+    assert {f[0] for f in faces} == {int(l[0]) for l in face_lines} & shown
+    assert len(faces) > 200
+    assert all(f[1] == 1 and 0 < f[2] <= 1 and f[3] in (0, 1) for f in faces)
+
+
+def test_missing_text_rows_and_empty_values_read_as_no_text(tmp_path):
+    root = write_dataset(tmp_path / "d")
+    path = layout.text_file(root, "train")
+    lines = open(path).read().splitlines()
+    dropped = lines[0].split("\t")[0]
+    emptied = lines[1].split("\t")[0]
+    path.write_text("\n".join([f"{emptied}\t"] + lines[2:]) + "\n")
+    con, _, report = read_all(root, tmp_path)
+    words = dict(con.execute(f"select photo_id, words from '{tmp_path / 'raw_text.parquet'}'").fetchall())
+    assert words[int(dropped)] == [] and words[int(emptied)] == []
+    assert report.accepted["train: photos without a text row (read as no text)"] == 1
+    assert report.accepted["train: rows with an empty value (read as no text)"] == 1
+
+
+def zip_ids_and_vectors(path):
+    archive = np.load(path)
+    return {int(k.rsplit("/", 1)[1]): archive[k][0] for k in archive.files}
+
+
+@pytest.mark.parametrize(
+    "visual, prefix, compression",
+    [
+        ("zip", "final_visual", zipfile.ZIP_DEFLATED),
+        ("zip", "final_visual", zipfile.ZIP_STORED),
+        ("zip", "preliminary_visual", zipfile.ZIP_STORED),
+        ("folder", "final_visual", None),
+    ],
+)
+def test_visual_vectors_in_every_released_form(tmp_path, visual, prefix, compression):
+    root = write_dataset(tmp_path / "d", visual=visual, prefix=prefix, compression=compression or zipfile.ZIP_STORED)
+    source = layout.find_visual_source(root, "train")
+    assert source.kind == visual
+    got = {}
+    for chunk in open_vectors(source).chunks(chunk_vectors=100):
+        got.update(zip(chunk.photo_id.tolist(), chunk.vectors))
+    expected_ids = {int(l.split("\t")[1]) for l in open(layout.interaction_file(root, "train"))}
+    assert expected_ids <= set(got)
+    if visual == "zip":
+        reference = zip_ids_and_vectors(source.path)
+        assert all(np.array_equal(got[k], reference[k]) for k in reference)
+
+
+def test_zip_with_another_folder_prefix_and_flat_members(tmp_path):
+    path = tmp_path / "final_visual_train.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("some_other_folder/", b"")
+        z.writestr("some_other_folder/17", npy_bytes(np.ones((1, 8), np.float32)))
+        z.writestr("19", npy_bytes(np.full((1, 8), 2, np.float32)))
+        z.writestr("__MACOSX/._19", b"junk")
+    chunks = list(open_vectors(layout.VisualSource(path, "zip")).chunks())
+    assert chunks[0].photo_id.tolist() == [17, 19]
+    assert chunks[0].vectors[:, 0].tolist() == [1.0, 2.0]
+
+
+def test_consolidated_store_matches_sources_in_float16_and_float32(tmp_path):
+    root = write_dataset(tmp_path / "d")
+    sources = {s: layout.find_visual_source(root, s) for s in ("train", "test")}
+    reference = {}
+    for source in sources.values():
+        reference.update(zip_ids_and_vectors(source.path))
+    for dtype, tolerance in (("float32", 0.0), ("float16", 2e-2)):
+        out = tmp_path / dtype
+        out.mkdir()
+        meta = consolidate(sources, out, dtype)
+        store = VectorStore.open(out)
+        assert meta["vectors"] == len(reference) == len(store)
+        assert store.vectors.dtype == np.dtype(dtype)
+        for i in range(0, len(store), 97):
+            np.testing.assert_allclose(store.vectors[i], reference[int(store.photo_id[i])], rtol=tolerance, atol=tolerance)
+        assert set(store.split.tolist()) == {0, 1}
