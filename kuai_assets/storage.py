@@ -141,6 +141,7 @@ class WorkDir:
                 "threads": threads or int(os.environ.get("KUAI_DUCKDB_THREADS", os.cpu_count() or 2)),
             }
         )
+        con.execute("set enable_progress_bar = false")
         for name in tables:
             attach_table(con, name, self.require_table(name))
         return con

@@ -22,64 +22,76 @@ clusters as (
     where c.k in (levels.coarse, levels.fine)
 ),
 
-folds as (
-    select distinct setup, fold from model_rows
-),
-
-user_per_fold as (
+-- out of fold by subtraction: a row sees its setup's whole history minus its own fold
+-- (scored rows have fold -1, which has no part, so they see everything)
+user_part as (
     select setup, fold, user_id, count(*) as n, sum(click) as clicks, sum(playing_time) as playing
     from label_history
     group by all
 ),
 
-user_oof as (
-    select f.setup, f.fold, u.user_id,
-           sum(u.n) as n, sum(u.clicks) / sum(u.n) as click, sum(u.playing) / sum(u.n) as playing
-    from user_per_fold as u
-    join folds as f on f.setup = u.setup and f.fold <> u.fold
+user_total as (
+    select setup, user_id, sum(n) as n, sum(clicks) as clicks, sum(playing) as playing
+    from user_part
     group by all
 ),
 
-cluster_per_fold as (
-    select h.setup, h.fold, c.k, c.cluster, h.user_id, count(*) as n, sum(h.click) as clicks,
-           sum(h.playing_time) as playing
+history as (
+    select h.setup, h.fold, h.user_id, c.k, c.cluster, h.click, h.playing_time
     from label_history as h
     join clusters as c using (photo_id)
+),
+
+pair_part as (
+    select setup, fold, user_id, k, cluster, count(*) as n, sum(click) as clicks, sum(playing_time) as playing
+    from history
     group by all
 ),
 
-cluster_oof as (
-    select f.setup, f.fold, c.k, c.cluster, sum(c.clicks) / sum(c.n) as click, sum(c.playing) / sum(c.n) as playing
-    from cluster_per_fold as c
-    join folds as f on f.setup = c.setup and f.fold <> c.fold
+pair_total as (
+    select setup, user_id, k, cluster, sum(n) as n, sum(clicks) as clicks, sum(playing) as playing
+    from pair_part
     group by all
 ),
 
-user_cluster_oof as (
-    select f.setup, f.fold, c.user_id, c.k, c.cluster,
-           sum(c.clicks) / sum(c.n) as click, sum(c.playing) / sum(c.n) as playing
-    from cluster_per_fold as c
-    join folds as f on f.setup = c.setup and f.fold <> c.fold
+cluster_part as (
+    select setup, fold, k, cluster, sum(n) as n, sum(clicks) as clicks, sum(playing) as playing
+    from pair_part
     group by all
 ),
 
-row_clusters as (
-    select r.setup, r.row_id, r.fold, r.user_id, c.k, c.cluster
+cluster_total as (
+    select setup, k, cluster, sum(n) as n, sum(clicks) as clicks, sum(playing) as playing
+    from cluster_part
+    group by all
+),
+
+rows_with_user as (
+    select r.setup, r.row_id, r.fold, r.user_id, r.photo_id, r.time,
+           ut.n - coalesce(up.n, 0) as user_n,
+           (ut.clicks - coalesce(up.clicks, 0)) / nullif(ut.n - coalesce(up.n, 0), 0) as user_click,
+           (ut.playing - coalesce(up.playing, 0)) / nullif(ut.n - coalesce(up.n, 0), 0) as user_playing
     from model_rows as r
-    join clusters as c using (photo_id)
+    left join user_total as ut on ut.setup = r.setup and ut.user_id = r.user_id
+    left join user_part as up on up.setup = r.setup and up.fold = r.fold and up.user_id = r.user_id
 ),
 
 row_cluster_stats as (
-    select rc.setup, rc.row_id, rc.k,
-           cs.click as cluster_click, cs.playing as cluster_playing,
-           coalesce(ucs.click, u.click) as user_cluster_click,
-           coalesce(ucs.playing, u.playing) as user_cluster_playing
-    from row_clusters as rc
-    left join user_oof as u on u.setup = rc.setup and u.fold = rc.fold and u.user_id = rc.user_id
-    left join cluster_oof as cs on cs.setup = rc.setup and cs.fold = rc.fold and cs.k = rc.k and cs.cluster = rc.cluster
-    left join user_cluster_oof as ucs
-        on ucs.setup = rc.setup and ucs.fold = rc.fold and ucs.user_id = rc.user_id
-        and ucs.k = rc.k and ucs.cluster = rc.cluster
+    select r.setup, r.row_id, c.k,
+           (ct.clicks - coalesce(cp.clicks, 0)) / nullif(ct.n - coalesce(cp.n, 0), 0) as cluster_click,
+           (ct.playing - coalesce(cp.playing, 0)) / nullif(ct.n - coalesce(cp.n, 0), 0) as cluster_playing,
+           coalesce((pt.clicks - coalesce(pp.clicks, 0)) / nullif(pt.n - coalesce(pp.n, 0), 0), r.user_click)
+               as user_cluster_click,
+           coalesce((pt.playing - coalesce(pp.playing, 0)) / nullif(pt.n - coalesce(pp.n, 0), 0), r.user_playing)
+               as user_cluster_playing
+    from rows_with_user as r
+    join clusters as c using (photo_id)
+    left join cluster_total as ct on ct.setup = r.setup and ct.k = c.k and ct.cluster = c.cluster
+    left join cluster_part as cp on cp.setup = r.setup and cp.fold = r.fold and cp.k = c.k and cp.cluster = c.cluster
+    left join pair_total as pt
+        on pt.setup = r.setup and pt.user_id = r.user_id and pt.k = c.k and pt.cluster = c.cluster
+    left join pair_part as pp
+        on pp.setup = r.setup and pp.fold = r.fold and pp.user_id = r.user_id and pp.k = c.k and pp.cluster = c.cluster
 ),
 
 per_row as (
@@ -97,9 +109,9 @@ per_row as (
 )
 
 select r.setup, r.row_id,
-       u.click::float as baseline_user_click,
-       u.playing::float as baseline_user_playing_time,
-       u.n::float as baseline_user_rows,
+       r.user_click::float as baseline_user_click,
+       r.user_playing::float as baseline_user_playing_time,
+       r.user_n::float as baseline_user_rows,
        p.cluster_click_coarse::float as baseline_cluster_click_coarse,
        p.cluster_playing_coarse::float as baseline_cluster_playing_time_coarse,
        p.cluster_click_fine::float as baseline_cluster_click_fine,
@@ -110,7 +122,6 @@ select r.setup, r.row_id,
        p.user_cluster_playing_fine::float as baseline_user_cluster_playing_time_fine,
        (((r.time // 3600000) % 24))::float as baseline_hour,
        i.duration_time::float as baseline_duration_time
-from model_rows as r
+from rows_with_user as r
 join raw_interactions as i using (row_id)
-left join user_oof as u on u.setup = r.setup and u.fold = r.fold and u.user_id = r.user_id
 left join per_row as p on p.setup = r.setup and p.row_id = r.row_id

@@ -1,6 +1,7 @@
 """Materialization metadata people want to look at: counts, schemas, previews, figures."""
 
 
+import base64
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -10,7 +11,6 @@ import pyarrow.parquet as pq
 
 from kuai_assets.features.catalog import CatalogError
 from kuai_assets.formats.released import DataFormatError
-from kuai_assets.ml.plots import markdown_image
 from kuai_assets.ml.tracking import TrackingError
 from kuai_assets.storage import MissingUpstreamError
 
@@ -54,7 +54,8 @@ def _cell(value) -> str:
 
 
 def image(png: bytes, alt: str) -> dg.MetadataValue:
-    return dg.MetadataValue.md(markdown_image(png, alt))
+    """A PNG inlined as markdown, which the Dagster UI renders."""
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
 
 
 @contextmanager

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
-import lightgbm as lgb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,7 +21,6 @@ from kuai_assets.features.matrix import MATRIX, Feature, build_training_matrix, 
 from kuai_assets.formats import layout
 from kuai_assets.formats.released import read_ground_truth
 from kuai_assets.formats.submission import validate_submission, write_submission
-from kuai_assets.ml import plots
 from kuai_assets.ml.metrics import roc_auc, roc_curve
 from kuai_assets.ml.tracking import REGISTERED_MODEL, Tracker
 from kuai_assets.ml.training import (
@@ -190,6 +188,7 @@ def fit_track_and_publish(
         features,
         params,
         log,
+        store_name,
     )
     log(f"{store_name}: validation AUC {validation.auc:.4f} at iteration {validation.best_iteration}; refitting on the train rows")
     rounds = max(1, int(round(validation.best_iteration * config.refit_rounds_factor)))
@@ -202,6 +201,8 @@ def fit_track_and_publish(
 
     group_importance = importance_by_group(validation.importance, features)
     fpr, tpr = roc_curve(validation.label, validation.prediction)
+    from kuai_assets.ml import plots
+
     figures = {
         "roc_validation.png": plots.roc_png(fpr, tpr, validation.auc),
         "importance_by_group.png": plots.bar_png(group_importance, "Gain share by feature group", "share of total gain"),
@@ -357,6 +358,8 @@ def submission(context: dg.AssetExecutionContext, kuai: KuaiResource) -> dg.Mate
         work = kuai.work()
         store = work.require_store("model")
         info = json.loads((store / "run.json").read_text())
+        import lightgbm as lgb
+
         booster = lgb.Booster(model_file=str(store / "submission_model.txt"))
         features = [f for f in read_features(work.require_table(MATRIX)) if f.name in set(info["features"])]
         missing = sorted(set(info["features"]) - {f.name for f in features})
@@ -477,12 +480,15 @@ class AblationConfig(LightGbmConfig):
         default="user_behaviour", description="The group every 'alone' variant adds the others to."
     )
     max_fit_rows: int = Field(
-        default=150_000, description="Fit rows sampled per variant (every validation row is scored)."
+        default=100_000, description="Fit rows sampled per variant (after negative sampling)."
+    )
+    max_validation_rows: int = Field(
+        default=100_000, description="Validation rows sampled to score every variant (the same rows for all)."
     )
     learning_rate: float = Field(default=0.2, description="LightGBM shrinkage per round (higher than the model's, for speed).")
     num_leaves: int = Field(default=31, description="Leaves per tree.")
-    max_rounds: int = Field(default=200, description="Most boosting rounds per variant.")
-    early_stopping_rounds: int = Field(default=20, description="Early stopping patience per variant.")
+    max_rounds: int = Field(default=150, description="Most boosting rounds per variant.")
+    early_stopping_rounds: int = Field(default=15, description="Early stopping patience per variant.")
 
 
 @dg.asset(group_name=GROUP, kinds={"lightgbm", "mlflow"}, deps=[training_matrix], code_version="1", op_tags=LIGHTGBM_TAGS)
@@ -501,7 +507,7 @@ def feature_group_ablation(
         if config.base_group not in groups:
             raise CatalogError(f"base_group {config.base_group!r} is not among the feature groups {groups}")
         fit = load_rows(matrix, features, "validation", "fit", config.sample())
-        scored = load_rows(matrix, features, "validation", "scored")
+        scored = load_rows(matrix, features, "validation", "scored", RowSample(1.0, config.max_validation_rows, config.seed))
         variants = {"all groups": groups}
         variants.update({f"without {g}": [h for h in groups if h != g] for g in groups})
         variants[f"{config.base_group} alone"] = [config.base_group]
@@ -527,6 +533,8 @@ def feature_group_ablation(
 
                 mlflow_module.log_params({"variant": name, "feature_groups": ",".join(variant_groups), "fit_rows": len(fit.x)})
                 mlflow_module.log_metrics({"valid_auc": result.auc, "best_iteration": result.best_iteration})
+        from kuai_assets.ml import plots
+
         full_auc = results[0]["valid_auc"]
         for r in results:
             r["delta_vs_all"] = r["valid_auc"] - full_auc

@@ -12,7 +12,6 @@ from kuai_assets.defs.raw import raw_interactions
 from kuai_assets.defs.resources import KuaiResource
 from kuai_assets.formats import layout
 from kuai_assets.formats.released import DataFormatError
-from kuai_assets.ml import plots
 from kuai_assets.vectors import VectorStore, cluster_vectors, consolidate, read_reduced, reduce_vectors
 
 GROUP = "visual"
@@ -77,7 +76,7 @@ def video_embeddings(
 class PcaConfig(dg.Config):
     dimensions: int = Field(default=64, description="Principal components kept (pc_00, pc_01, ...).")
     fit_sample: int = Field(
-        default=100_000, description="Vectors sampled to fit the PCA (train and test alike; no labels)."
+        default=50_000, description="Vectors sampled to fit the PCA (train and test alike; no labels)."
     )
     seed: int = Field(default=0, description="Seed of the fitting sample.")
 
@@ -97,6 +96,8 @@ def pca_visual_features(
         started = time.time()
         with work.writing_table("pca_visual_features") as tmp:
             model = reduce_vectors(store, tmp, config.dimensions, config.fit_sample, config.seed, context.log.info)
+    from kuai_assets.ml import plots
+
     ratio = model.explained_variance_ratio
     cumulative = np.cumsum(ratio)
     return dg.MaterializeResult(
@@ -135,6 +136,8 @@ def video_clusters(context: dg.AssetExecutionContext, config: ClusterConfig, kua
             models = cluster_vectors(
                 photo_id, reduced, sorted(set(config.ks)), tmp, config.sample_fraction, config.seed, context.log.info
             )
+    from kuai_assets.ml import plots
+
     metadata = {**table_metadata(work.table_path("video_clusters"))}
     for k, (model, sizes) in models.items():
         metadata[f"k{k}_cluster_sizes"] = dg.MetadataValue.json(

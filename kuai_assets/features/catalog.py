@@ -176,7 +176,10 @@ def _parse_variable(value: str, where: str) -> Variable:
 def referenced_tables(sql: str, where: str) -> tuple[str, ...]:
     """Tables a query reads, from DuckDB's own parse tree (CTE names excluded)."""
     con = duckdb.connect()
-    tree = json.loads(con.execute("select json_serialize_sql(?)", [sql]).fetchone()[0])
+    try:
+        tree = json.loads(con.execute("select json_serialize_sql(?)", [sql]).fetchall()[0][0])
+    finally:
+        con.close()  # no DuckDB instance may outlive this (the executor forks from this process)
     if tree.get("error"):
         raise CatalogError(f"{where}: SQL does not parse: {tree.get('error_message')}")
     tables: set[str] = set()

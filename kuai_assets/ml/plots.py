@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 
 import matplotlib
@@ -17,11 +16,6 @@ def _png(fig) -> bytes:
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
     return buf.getvalue()
-
-
-def markdown_image(png: bytes, alt: str) -> str:
-    """Inline a PNG in markdown metadata, which the Dagster UI renders."""
-    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
 def roc_png(fpr, tpr, auc: float, title: str = "ROC on validation rows") -> bytes:

@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import duckdb
-import lightgbm as lgb
 import numpy as np
 
 from kuai_assets.features.matrix import Feature
@@ -89,7 +88,9 @@ def load_rows(
             if n > sample.max_rows:
                 where += f" and hash(row_id + {int(sample.seed) + 1}) % {n} < {int(sample.max_rows)}"
         table = con.sql(
-            f"select row_id, user_id, photo_id, click, {columns} from {source} where {where} order by row_id",
+            # the matrix is written sorted by (setup, role, row_id) and DuckDB preserves insertion
+            # order, so the slice arrives in row order without another sort
+            f"select row_id, user_id, photo_id, click, {columns} from {source} where {where}",
             params=[setup, role],
         ).to_arrow_table()
     finally:
@@ -108,7 +109,9 @@ def load_rows(
     )
 
 
-def _dataset(rows: Rows, features: list[Feature], reference: lgb.Dataset | None = None) -> lgb.Dataset:
+def _dataset(rows: Rows, features: list[Feature], reference=None):
+    import lightgbm as lgb
+
     categorical = [f.name for f in features if f.kind == "discrete"]
     return lgb.Dataset(
         rows.x,
@@ -122,7 +125,7 @@ def _dataset(rows: Rows, features: list[Feature], reference: lgb.Dataset | None 
 
 @dataclass
 class Validation:
-    booster: lgb.Booster
+    booster: object  # lightgbm.Booster
     best_iteration: int
     auc_history: list[float]
     auc: float
@@ -136,9 +139,11 @@ class Validation:
 
 
 def train_validation(
-    fit: Rows, scored: Rows, features: list[Feature], params: LightGbmParams, log=lambda m: None
+    fit: Rows, scored: Rows, features: list[Feature], params: LightGbmParams, log=lambda m: None, name: str = "model"
 ) -> Validation:
     """Fit on the early rows, early-stop on the AUC of the cold-start photos after the cut."""
+    import lightgbm as lgb
+
     if fit.y is None or scored.y is None:
         raise ValueError("validation needs labelled fit and scored rows")
     if len(np.unique(scored.y)) < 2:
@@ -151,7 +156,7 @@ def train_validation(
 
     def report(env) -> None:
         if env.iteration % every == 0 and env.evaluation_result_list:
-            log(f"model: iteration {env.iteration}, validation AUC {env.evaluation_result_list[0][2]:.4f}")
+            log(f"{name}: iteration {env.iteration}, validation AUC {env.evaluation_result_list[0][2]:.4f}")
 
     booster = lgb.train(
         params.lightgbm(),
@@ -181,12 +186,14 @@ def train_validation(
     )
 
 
-def train_final(fit: Rows, features: list[Feature], params: LightGbmParams, rounds: int) -> lgb.Booster:
-    """Refit on every training row for a fixed number of rounds (found by validation)."""
+def train_final(fit: Rows, features: list[Feature], params: LightGbmParams, rounds: int):
+    """Refit on the training rows for a fixed number of rounds (found by validation)."""
+    import lightgbm as lgb
+
     return lgb.train(params.lightgbm(), _dataset(fit, features), num_boost_round=max(1, rounds))
 
 
-def importance_by_feature(booster: lgb.Booster) -> dict[str, float]:
+def importance_by_feature(booster) -> dict[str, float]:
     gains = booster.feature_importance(importance_type="gain")
     total = float(gains.sum()) or 1.0
     return {name: float(g) / total for name, g in zip(booster.feature_name(), gains)}
