@@ -4,7 +4,7 @@
     kuai ui           the Dagster UI (dagster dev) on 127.0.0.1:3000
     kuai mlflow-ui    the MLflow UI on 127.0.0.1:5000
     kuai generate     write a synthetic dataset in the released layout
-    kuai env          print the environment the dagster CLI needs (also written to .env)
+    kuai env          print the environment the dagster CLI needs (also written to .kuai/env.sh)
 """
 
 from __future__ import annotations
@@ -29,16 +29,37 @@ def dagster_home(work: Path) -> Path:
     return work / "dagster_home"
 
 
+# the dagster CLI reads its code location from these (click's DAGSTER_CLI_<COMMAND>_<OPTION>), so
+# the literal `dagster asset materialize --select model` works from any folder
+DAGSTER_CLI_MODULE = {
+    f"DAGSTER_CLI_{command}_MODULE_NAME": "kuai_assets.definitions"
+    for command in ("ASSET_MATERIALIZE", "ASSET_LIST", "JOB_EXECUTE", "JOB_LIST", "DEFINITIONS_VALIDATE")
+}
+
+
 def prepare_environment(work: Path) -> dict[str, str]:
-    """Create the Dagster home and the .env the dagster CLI reads from the repo root."""
+    """Create the Dagster home, and write the environment the `dagster` CLI needs.
+
+    `.kuai/env.sh` (source it: it also activates the venv) and `.env` in the repo root (which the
+    dagster CLI itself reads) both set DAGSTER_HOME, so CLI runs and `kuai run` share one instance
+    and all show in the UI.
+    """
     home = dagster_home(work)
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
         (home / "dagster.yaml").write_text(DAGSTER_YAML)
-    env = {"DAGSTER_HOME": str(home), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {"DAGSTER_HOME": str(home), "MLFLOW_DISABLE_TELEMETRY": "true", **DAGSTER_CLI_MODULE}
+    lines = [f"export {k}={v}" for k, v in env.items()]
+    venv = Path(sys.prefix)
+    if (venv / "bin" / "activate").is_file():
+        lines.insert(0, f"source {venv / 'bin' / 'activate'}")
+    (work / "env.sh").write_text("# written by `kuai`: source it to use the dagster CLI on this work dir\n" + "\n".join(lines) + "\n")
     if (settings.REPO_ROOT / "pyproject.toml").is_file():
-        lines = [f"{k}={v}" for k, v in env.items()]
-        (settings.REPO_ROOT / ".env").write_text("# written by `kuai`; read by the dagster CLI from this folder\n" + "\n".join(lines) + "\n")
+        (settings.REPO_ROOT / ".env").write_text(
+            "# written by `kuai`; read by the dagster CLI from this folder\n"
+            + "\n".join(f"{k}={v}" for k, v in env.items() if not k.startswith("DAGSTER_CLI_"))
+            + "\n"
+        )
     os.environ.update(env)
     return env
 
@@ -106,6 +127,7 @@ def print_summary(instance, work: Path, elapsed: float, run_id: str) -> None:
     lines += [
         f"  submission: {work / 'submission.txt'}",
         f"  MLflow run: {model.get('mlflow_run_id', '?')}",
+        f"  dagster CLI: source {work / 'env.sh'} && dagster asset materialize --select model",
         "Where to look:",
         "  .venv/bin/kuai ui          # Dagster UI at http://127.0.0.1:3000 (lineage, metadata, re-runs)",
         "  .venv/bin/kuai mlflow-ui   # MLflow UI at http://127.0.0.1:5000 (compare runs)",
@@ -150,8 +172,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_env(args: argparse.Namespace) -> int:
-    for key, value in prepare_environment(settings.default_work_dir()).items():
-        print(f"export {key}={value}")
+    work = settings.default_work_dir()
+    prepare_environment(work)
+    print((work / "env.sh").read_text(), end="")
     return 0
 
 
