@@ -39,8 +39,8 @@ class MissingUpstreamError(RuntimeError):
         self.name = name
         super().__init__(
             f"Upstream asset '{name}' has not been materialized (no {path}). "
-            f"Materialize it and everything above it first, e.g. "
-            f"`dagster asset materialize --select '+{name}'`, or run `kuai run` for the whole graph."
+            f"Materialize it and everything above it first: "
+            f"`dagster asset materialize --select '*{name}'` (or `kuai run` for the whole graph)."
         )
 
 
