@@ -29,6 +29,29 @@ def dagster_home(work: Path) -> Path:
     return work / "dagster_home"
 
 
+def initialize_dagster_home(home: Path) -> Path:
+    """Write `dagster.yaml` (if absent) and create the instance's shared databases, once.
+
+    Dagster creates its SQLite databases (runs, event-log index, schedules) on first use. Two
+    runs that both find them missing both stamp the schema version, and from then on every run
+    fails with "alembic_version has more than one head". Creating them here, under a lock, before
+    any run can start (every `kuai` command does) means concurrent runs only ever open them.
+    """
+    import fcntl
+
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".initialize.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (home / "dagster.yaml").exists():
+            (home / "dagster.yaml").write_text(DAGSTER_YAML)
+        if not (home / "history" / "runs.db").exists() or not (home / "schedules" / "schedules.db").exists():
+            import dagster as dg
+
+            with dg.DagsterInstance.from_config(str(home)) as instance:
+                instance.get_runs(limit=1)
+    return home
+
+
 # the dagster CLI reads its code location from these (click's DAGSTER_CLI_<COMMAND>_<OPTION>), so
 # the literal `dagster asset materialize --select model` works from any folder
 DAGSTER_CLI_MODULE = {
@@ -44,10 +67,7 @@ def prepare_environment(work: Path) -> dict[str, str]:
     dagster CLI itself reads) both set DAGSTER_HOME, so CLI runs and `kuai run` share one instance
     and all show in the UI.
     """
-    home = dagster_home(work)
-    home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    home = initialize_dagster_home(dagster_home(work))
     env = {"DAGSTER_HOME": str(home), "MLFLOW_DISABLE_TELEMETRY": "true", **DAGSTER_CLI_MODULE}
     lines = [f"export {k}={v}" for k, v in env.items()]
     venv = Path(sys.prefix)
@@ -139,8 +159,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
     work = settings.default_work_dir()
     prepare_environment(work)
     os.chdir(settings.REPO_ROOT if (settings.REPO_ROOT / "workspace.yaml").is_file() else Path.cwd())
-    argv = ["dagster", "dev", "-h", args.host, "-p", str(args.port), "-m", "kuai_assets.definitions"]
-    return _exec(argv)
+    return _exec(ui_argv(args))
+
+
+def ui_argv(args: argparse.Namespace) -> list[str]:
+    """`dagster dev` on args.host (127.0.0.1 unless --host says otherwise)."""
+    return ["dagster", "dev", "-h", args.host, "-p", str(args.port), "-m", "kuai_assets.definitions"]
 
 
 def cmd_mlflow_ui(args: argparse.Namespace) -> int:
@@ -151,8 +175,12 @@ def cmd_mlflow_ui(args: argparse.Namespace) -> int:
     uri = default_tracking_uri(work)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    argv = ["mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
-    return _exec(argv)
+    return _exec(mlflow_ui_argv(args, uri))
+
+
+def mlflow_ui_argv(args: argparse.Namespace, uri: str) -> list[str]:
+    """`mlflow ui` over the tracking store `uri`, on args.host (127.0.0.1 unless --host says otherwise)."""
+    return ["mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
 
 
 def _exec(argv: list[str]) -> int:
@@ -179,6 +207,11 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kuai", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="materialize every asset on the configured dataset and print the AUCs")
@@ -197,8 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.set_defaults(func=cmd_generate)
     env = sub.add_parser("env", help="print (and write to .env) what the dagster CLI needs")
     env.set_defaults(func=cmd_env)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return parser
 
 
 if __name__ == "__main__":

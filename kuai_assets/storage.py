@@ -5,6 +5,7 @@ Layout under the work dir (KUAI_WORK_DIR, default `.kuai/` in the repo):
     tables/<asset>.parquet        one Parquet file per table asset, replaced atomically
     stores/<asset> -> .<asset>-<id>/   multi-file outputs (vectors, models): a versioned folder
                                   behind a symlink that is swapped atomically
+    pinned/                       hard links that hold the table versions open connections read
     data/                         synthetic datasets
     mlflow/, dagster_home/        the tracking store and the Dagster instance
     duckdb_tmp/                   DuckDB's spill space
@@ -14,14 +15,32 @@ per database file. So no asset shares a database file: each opens an in-memory D
 upstream Parquet files through views, and writes its own file to a temporary name, renamed into
 place only once complete. A killed step leaves the previous version intact; two runs writing the
 same asset each publish a complete file and the last rename wins.
+
+Three details make that hold under kills and concurrent runs:
+
+- Everything unfinished has a temporary name, `.<name>.tmp-<host>-<pid>-<random>` (a table's
+  file, a store's folder, a link about to be swapped in), never a published one. A writer that is
+  killed leaves it behind; the next write in the same folder deletes such leftovers once their
+  writer is gone (same host, pid no longer running) or they have been idle for a day
+  (STALE_AFTER_SECONDS; other hosts sharing the folder). A live writer's files are never touched.
+- A store folder is renamed to its version name `.<asset>-<id>` and the link swapped under a lock
+  per store, so concurrent publishers never prune a version another one is about to link.
+- DuckDB opens a Parquet file more than once while it scans it. A view on `tables/<name>.parquet`
+  could therefore read half of one version and half of the version another run renames over it;
+  `connect` reads a hard link to the version current when it connected instead, for the whole
+  life of the connection (the link goes when the connection does).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
+import socket
+import time
 import uuid
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -30,6 +49,24 @@ import duckdb
 
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 KEEP_STORE_VERSIONS = 2
+# leftovers whose writer cannot be checked (another host) are deleted after this long idle
+STALE_AFTER_SECONDS = 24 * 3600
+
+
+
+def _host_token() -> str:
+    """This host, and this pid namespace on it: where a pid in a temporary's name can be checked."""
+    token = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:40] or "host"
+    try:
+        namespace = re.sub(r"\D", "", os.readlink("/proc/self/ns/pid"))
+    except OSError:
+        namespace = ""
+    return f"{token}_{namespace}" if namespace else token
+
+
+HOST = _host_token()
+# `.<name>.tmp-<host>-<pid>-<random>`; files written before the host was recorded lack `<host>-`
+TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp-(?:(?P<host>[A-Za-z0-9_]+)-)?(?P<pid>\d+)-(?P<rand>[0-9a-f]+)$")
 
 
 class MissingUpstreamError(RuntimeError):
@@ -69,6 +106,10 @@ class WorkDir:
         return self.root / "stores"
 
     @property
+    def pinned(self) -> Path:
+        return self.root / "pinned"
+
+    @property
     def duckdb_tmp(self) -> Path:
         return self.root / "duckdb_tmp"
 
@@ -104,6 +145,7 @@ class WorkDir:
         """Yield a temporary path to write `name`'s Parquet file to; publish it on success."""
         final = self.table_path(name)
         final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(final.parent)
         with atomic_file(final) as tmp:
             yield tmp
 
@@ -112,17 +154,15 @@ class WorkDir:
         """Yield a fresh folder for `name`'s files; on success swap the `stores/<name>` link to it."""
         link = self.store_path(name)
         link.parent.mkdir(parents=True, exist_ok=True)
-        version = link.parent / f".{name}-{uuid.uuid4().hex[:12]}"
-        version.mkdir()
+        remove_stale_temporaries(link.parent)
+        folder = temporary_sibling(link)
+        folder.mkdir()
         try:
-            yield version
-            tmp_link = link.parent / f".{name}.link-{uuid.uuid4().hex[:8]}"
-            os.symlink(version.name, tmp_link)
-            os.replace(tmp_link, link)
+            yield folder
+            _publish_store(folder, link)
         except BaseException:
-            shutil.rmtree(version, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)
             raise
-        _prune_versions(link, name)
 
     # -- DuckDB -----------------------------------------------------------------------------
 
@@ -132,7 +172,11 @@ class WorkDir:
         memory_limit: str | None = None,
         threads: int | None = None,
     ) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB with a view per upstream table (which must exist)."""
+        """An in-memory DuckDB with a view per upstream table (which must exist).
+
+        Each view reads the version of the table that was current when connecting, however many
+        times DuckDB reopens the file and whatever another run publishes meanwhile.
+        """
         self.duckdb_tmp.mkdir(parents=True, exist_ok=True)
         con = duckdb.connect(
             config={
@@ -142,9 +186,29 @@ class WorkDir:
             }
         )
         con.execute("set enable_progress_bar = false")
-        for name in tables:
-            attach_table(con, name, self.require_table(name))
+        tables = list(tables)
+        if not tables:
+            return con
+        try:
+            pins = self._pin_folder(con)
+            for name in tables:
+                attach_table(con, name, _pin(self.require_table(name), pins))
+        except BaseException:
+            con.close()
+            raise
         return con
+
+    def _pin_folder(self, con: duckdb.DuckDBPyConnection) -> Path | None:
+        """A folder of hard links that lives as long as `con` (None where links are impossible)."""
+        try:
+            self.pinned.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.pinned)
+            folder = temporary_sibling(self.pinned / "connection")
+            folder.mkdir()
+        except OSError:
+            return None
+        weakref.finalize(con, shutil.rmtree, folder, True)
+        return folder
 
 
 def attach_table(con: duckdb.DuckDBPyConnection, name: str, path: Path) -> None:
@@ -154,32 +218,174 @@ def attach_table(con: duckdb.DuckDBPyConnection, name: str, path: Path) -> None:
     )
 
 
+def _pin(path: Path, folder: Path | None) -> Path:
+    """A hard link to the file `path` names now (so later renames onto `path` do not reach it)."""
+    if folder is None:
+        return path
+    pinned = folder / path.name
+    try:
+        os.link(path, pinned)
+    except FileNotFoundError:
+        raise MissingUpstreamError(path.stem, path) from None
+    except OSError:  # no hard links on this filesystem: read the path itself
+        return path
+    return pinned
+
+
 @contextmanager
 def atomic_file(final: Path) -> Iterator[Path]:
     """Write to a temporary sibling, then `os.replace` it onto `final` (atomic on POSIX)."""
     final = Path(final)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    remove_stale_temporaries(final.parent, final.name)
+    tmp = temporary_sibling(final)
     try:
         yield tmp
         if not tmp.exists():
             raise RuntimeError(f"nothing was written to {tmp}")
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        _publish_file(tmp, final)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
+def _publish_file(tmp: Path, final: Path) -> None:
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    _fsync_folder(final.parent)
+
+
+def _publish_store(folder: Path, link: Path) -> None:
+    """Flush `folder`, rename it to a version name, point `link` at it, drop old versions."""
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            with open(path, "rb+") as f:
+                os.fsync(f.fileno())
+    _fsync_folder(folder)
+    name = link.name
+    with _store_lock(link):
+        version = link.parent / f".{name}-{uuid.uuid4().hex[:12]}"
+        os.rename(folder, version)
+        tmp_link = temporary_sibling(link)
+        os.symlink(version.name, tmp_link)
+        os.replace(tmp_link, link)
+        _fsync_folder(link.parent)
+        _prune_versions(link, name)
+
+
+@contextmanager
+def _store_lock(link: Path) -> Iterator[None]:
+    with open(link.parent / f".{link.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _prune_versions(link: Path, name: str) -> None:
     """Drop old versions of a store, keeping the current one and the one before it.
 
-    Readers that still have files of a pruned version open keep reading them (POSIX unlink).
+    Called with the store's lock held. Readers that still have files of a pruned version open
+    keep reading them (POSIX unlink).
     """
     current = link.resolve().name
     versions = sorted(
-        (p for p in link.parent.glob(f".{name}-*") if p.is_dir() and p.name != current),
+        (p for p in link.parent.glob(f".{name}-*") if p.is_dir() and not p.is_symlink() and p.name != current),
         key=lambda p: p.stat().st_mtime,
     )
     for old in versions[: max(0, len(versions) - (KEEP_STORE_VERSIONS - 1))]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# -- temporaries ---------------------------------------------------------------------------------
+
+
+def temporary_sibling(final: Path) -> Path:
+    """A name beside `final` that no reader takes for a published output, and that says who wrote it."""
+    final = Path(final)
+    return final.parent / f".{final.name}.tmp-{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def remove_stale_temporaries(folder: Path, name: str | None = None, now: float | None = None) -> list[Path]:
+    """Delete the temporaries in `folder` (of `name` only, if given) whose writer is gone.
+
+    A temporary is stale when it was written on this host by a process that no longer runs, or
+    when nothing in it changed for STALE_AFTER_SECONDS. Returns what was deleted.
+    """
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = TEMP_NAME.match(entry.name)
+        if match is None or (name is not None and match["name"] != name):
+            continue
+        path = Path(entry.path)
+        try:
+            if not _is_stale(path, match, now):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except FileNotFoundError:  # another process cleaned it up first
+            continue
+        except OSError:
+            continue
+        removed.append(path)
+    return removed
+
+
+def _is_stale(path: Path, match: re.Match, now: float) -> bool:
+    if now - _last_change(path) > STALE_AFTER_SECONDS:
+        return True
+    if match["host"] is not None and match["host"] != HOST:
+        return False
+    pid = int(match["pid"])
+    return pid != os.getpid() and not pid_running(pid)
+
+
+def _last_change(path: Path) -> float:
+    """The newest modification time of `path` and, for a folder, of anything in it."""
+    latest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for root, dirs, files in os.walk(path):
+            for child in dirs + files:
+                try:
+                    latest = max(latest, os.lstat(os.path.join(root, child)).st_mtime)
+                except FileNotFoundError:
+                    pass
+    return latest
+
+
+def pid_running(pid: int) -> bool:
+    """Whether process `pid` exists on this host and is not a zombie (killed, waiting to be reaped)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (macOS): kill(pid, 0) is all there is
+    return stat[stat.rindex(")") + 2 :].split(" ", 1)[0] not in ("Z", "X")

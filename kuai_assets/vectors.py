@@ -1,14 +1,21 @@
 """The consolidated store of every photo's visual vector, and the visual stage built on it.
 
-The store is a folder: `vectors.npy` (an (N, D) matrix opened memory-mapped, float16 by default),
-`photo_id.npy`, `split.npy` (0 train, 1 test) and `meta.json`. Streaming it row-block by
-row-block runs at disk speed; nothing ever holds all N vectors in memory.
+The store is a folder: `vectors.npy` (an (N, D) matrix read memory-mapped), `photo_id.npy`,
+`split.npy` (0 train, 1 test) and `meta.json`. Streaming it row-block by row-block runs at disk
+speed; nothing ever holds all N vectors in memory.
+
+Encodings: `bfloat16` (default) keeps the top 16 bits of each float32, rounded: half the bytes,
+float32's full range, 8 bits of precision, and converts at memory speed (numpy's float16 cast
+runs at ~100M values/s here, a tenth of that, which would make consolidation CPU-bound).
+`float16` and `float32` are there too. BENCHMARKS.md has the measurement that PCA and clusters
+come out the same.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,7 +32,30 @@ from kuai_assets.ml.pca import PcaModel, fit_pca
 
 SPLIT_CODES = {"train": 0, "test": 1}
 FLOAT16_MAX = 65504.0
+ENCODINGS = {"bfloat16": np.dtype("<u2"), "float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
 Progress = Callable[[str], None]
+
+
+def encode(vectors: np.ndarray, encoding: str) -> np.ndarray:
+    """float vectors -> the store's encoding. May overwrite `vectors` (a float32 chunk we own)."""
+    if encoding == "float32":
+        return vectors.astype(np.float32, copy=False)
+    if encoding == "float16":
+        return vectors.astype(np.float16)
+    bits = np.ascontiguousarray(vectors, dtype=np.float32).view(np.uint32)
+    bits += 0x8000  # round to nearest on the 16 dropped bits
+    out = np.empty(bits.shape, dtype=np.uint16)
+    np.right_shift(bits, 16, out=out, casting="unsafe")
+    return out
+
+
+def decode(block: np.ndarray, encoding: str) -> np.ndarray:
+    """The store's encoding -> float32."""
+    if encoding != "bfloat16":
+        return np.asarray(block, dtype=np.float32)
+    out = np.empty(block.shape, dtype=np.uint32)
+    np.left_shift(block, 16, out=out, dtype=np.uint32)
+    return out.view(np.float32)
 
 
 @dataclass
@@ -33,7 +63,7 @@ class VectorStore:
     path: Path
     photo_id: np.ndarray
     split: np.ndarray
-    vectors: np.ndarray  # memory-mapped (N, D)
+    vectors: np.ndarray  # memory-mapped (N, D), in `encoding`
     meta: dict
 
     @classmethod
@@ -54,67 +84,90 @@ class VectorStore:
     def dim(self) -> int:
         return int(self.vectors.shape[1])
 
+    @property
+    def encoding(self) -> str:
+        return self.meta.get("encoding", "float32")
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        """float32 vectors of the given row positions."""
+        return decode(self.vectors[index], self.encoding)
+
     def row_blocks(self, rows: int = 65_536):
-        for start in range(0, len(self), rows):
-            yield start, np.asarray(self.vectors[start : start + rows], dtype=np.float32)
+        """(start, float32 block) in order; the next block is read from disk while this one is used."""
+        starts = list(range(0, len(self), rows))
+
+        def load(start: int) -> np.ndarray:
+            return decode(np.array(self.vectors[start : start + rows]), self.encoding)
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(load, starts[0]) if starts else None
+            for k, start in enumerate(starts):
+                block = pending.result()
+                pending = pool.submit(load, starts[k + 1]) if k + 1 < len(starts) else None
+                yield start, block
 
 
 def consolidate(
     sources: dict[str, VisualSource],
     out: Path,
-    dtype: str = "float16",
+    encoding: str = "bfloat16",
     progress: Progress = lambda message: None,
-    report_every: int = 200_000,
+    report_every: int = 500_000,
 ) -> dict:
     """Stream every split's released vectors into one store at `out` (an empty folder)."""
-    store_dtype = np.dtype(dtype)
-    if store_dtype not in (np.dtype("float16"), np.dtype("float32")):
-        raise ValueError(f"store dtype must be float16 or float32, not {dtype}")
+    if encoding not in ENCODINGS:
+        raise ValueError(f"store encoding must be one of {', '.join(ENCODINGS)}, not {encoding!r}")
     readers = {split: open_vectors(source) for split, source in sources.items()}
     total = sum(len(r) for r in readers.values())
     if total == 0:
         raise DataFormatError(next(iter(sources.values())).path, "no vectors found")
     started = time.time()
-    matrix = None
     photo_id = np.empty(total, dtype=np.int64)
     split_code = np.empty(total, dtype=np.int8)
     source_bytes = 0
     row = 0
+    dim = None
     next_report = report_every
-    for split, reader in readers.items():
-        where = sources[split].path
-        source_bytes += where.stat().st_size if sources[split].kind == "zip" else 0
-        for chunk in reader.chunks():
-            vectors = chunk.vectors
-            if matrix is None:
-                matrix = np.lib.format.open_memmap(
-                    out / "vectors.npy", mode="w+", dtype=store_dtype, shape=(total, vectors.shape[1])
-                )
-            elif vectors.shape[1] != matrix.shape[1]:
-                raise DataFormatError(where, f"vectors have {vectors.shape[1]} values, earlier ones {matrix.shape[1]}")
-            finite = np.isfinite(vectors).all(axis=1)
-            if not finite.all():
-                bad = int(chunk.photo_id[np.argmin(finite)])
-                raise DataFormatError(where, "vector contains NaN or infinity", photo_id=bad)
-            if store_dtype == np.float16:
-                too_big = np.abs(vectors).max(axis=1) > FLOAT16_MAX
-                if too_big.any():
+    with open(out / "vectors.npy", "wb") as store:
+        for split, reader in readers.items():
+            where = sources[split].path
+            source_bytes += where.stat().st_size if sources[split].kind == "zip" else 0
+            for chunk in reader.chunks(reuse_buffers=True):
+                vectors = chunk.vectors
+                if dim is None:
+                    dim = vectors.shape[1]
+                    np.lib.format.write_array_header_1_0(
+                        store, {"descr": ENCODINGS[encoding].str, "fortran_order": False, "shape": (total, dim)}
+                    )
+                elif vectors.shape[1] != dim:
                     raise DataFormatError(
                         where,
-                        "vector values exceed the float16 range; set the store dtype to float32",
-                        photo_id=int(chunk.photo_id[np.argmax(too_big)]),
+                        f"vectors have {vectors.shape[1]} values, those read before (the other split) have {dim}",
+                        photo_id=int(chunk.photo_id[0]),
                     )
-            n = len(vectors)
-            matrix[row : row + n] = vectors
-            photo_id[row : row + n] = chunk.photo_id
-            split_code[row : row + n] = SPLIT_CODES[split]
-            row += n
-            if row >= next_report or row == total:
-                elapsed = max(time.time() - started, 1e-9)
-                progress(f"video_embeddings: {row:,} of {total:,} vectors consolidated ({row / elapsed:,.0f}/s)")
-                next_report = row + report_every
-    matrix.flush()
-    del matrix
+                # one pass each for max and min: NaN propagates through both, infinity shows in one
+                high, low = vectors.max(axis=1), vectors.min(axis=1)
+                finite = np.isfinite(high) & np.isfinite(low)
+                if not finite.all():
+                    bad = int(chunk.photo_id[np.argmin(finite)])
+                    raise DataFormatError(where, "vector contains NaN or infinity", photo_id=bad)
+                if encoding == "float16":
+                    too_big = (high > FLOAT16_MAX) | (low < -FLOAT16_MAX)
+                    if too_big.any():
+                        raise DataFormatError(
+                            where,
+                            "vector values exceed the float16 range; set the store encoding to bfloat16 or float32",
+                            photo_id=int(chunk.photo_id[np.argmax(too_big)]),
+                        )
+                n = len(vectors)
+                encode(vectors, encoding).tofile(store)
+                photo_id[row : row + n] = chunk.photo_id
+                split_code[row : row + n] = SPLIT_CODES[split]
+                row += n
+                if row >= next_report or row == total:
+                    elapsed = max(time.time() - started, 1e-9)
+                    progress(f"video_embeddings: {row:,} of {total:,} vectors consolidated ({row / elapsed:,.0f}/s)")
+                    next_report = row + report_every
     unique, counts = np.unique(photo_id, return_counts=True)
     if (counts > 1).any():
         repeated = int(unique[np.argmax(counts > 1)])
@@ -129,8 +182,9 @@ def consolidate(
     elapsed = time.time() - started
     meta = {
         "vectors": int(total),
-        "dim": int(np.load(out / "vectors.npy", mmap_mode="r").shape[1]),
-        "dtype": str(store_dtype),
+        "dim": int(dim),
+        "encoding": encoding,
+        "bytes": int((out / "vectors.npy").stat().st_size),
         "sources": {s: {"path": str(src.path), "kind": src.kind, "vectors": len(readers[s])} for s, src in sources.items()},
         "seconds": round(elapsed, 2),
         "source_megabytes_per_second": round(source_bytes / 1e6 / max(elapsed, 1e-9), 1) if source_bytes else None,
@@ -152,7 +206,7 @@ def reduce_vectors(
         raise ValueError(f"pca dimensions must be between 1 and {store.dim}, got {n_components}")
     rng = np.random.default_rng(seed)
     sample_rows = np.sort(rng.choice(len(store), size=min(len(store), fit_sample), replace=False))
-    sample = np.asarray(store.vectors[sample_rows], dtype=np.float32)
+    sample = store.rows(sample_rows)
     progress(f"pca_visual_features: fitting {n_components} components on {len(sample_rows):,} vectors")
     model = fit_pca(sample, n_components)
     del sample

@@ -44,18 +44,32 @@ TINY_RUN_CONFIG = {
 }
 
 
+# a local Dagster instance that never calls home (as `kuai` writes it)
+DAGSTER_YAML = "telemetry:\n  enabled: false\n"
+
+
 @pytest.fixture(scope="session")
 def materialized(tiny_data, tmp_path_factory):
-    """Materialize every asset and check of the real definitions on the tiny dataset, in process."""
+    """Materialize every asset and check of the real definitions on the tiny dataset, in process.
+
+    The run is recorded in a persistent Dagster instance at `dagster_home` (inside the work dir,
+    as `kuai` lays it out), so a webserver started with DAGSTER_HOME there shows its
+    materializations and their metadata.
+    """
     import dagster as dg
 
     from kuai_assets.definitions import defs
 
     work = tmp_path_factory.mktemp("work")
-    result = dg.materialize(
-        [*defs.assets, *defs.asset_checks],
-        resources=make_resources(tiny_data, work),
-        run_config=TINY_RUN_CONFIG,
-        raise_on_error=True,
-    )
-    return {"result": result, "work": work, "data": tiny_data}
+    home = work / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        result = dg.materialize(
+            [*defs.assets, *defs.asset_checks],
+            instance=instance,
+            resources=make_resources(tiny_data, work),
+            run_config=TINY_RUN_CONFIG,
+            raise_on_error=True,
+        )
+    return {"result": result, "work": work, "data": tiny_data, "dagster_home": home}

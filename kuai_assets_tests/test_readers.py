@@ -117,19 +117,24 @@ def test_zip_with_another_folder_prefix_and_flat_members(tmp_path):
     assert chunks[0].vectors[:, 0].tolist() == [1.0, 2.0]
 
 
-def test_consolidated_store_matches_sources_in_float16_and_float32(tmp_path):
+def test_consolidated_store_matches_sources_in_every_encoding(tmp_path):
     root = write_dataset(tmp_path / "d")
     sources = {s: layout.find_visual_source(root, s) for s in ("train", "test")}
     reference = {}
     for source in sources.values():
         reference.update(zip_ids_and_vectors(source.path))
-    for dtype, tolerance in (("float32", 0.0), ("float16", 2e-2)):
-        out = tmp_path / dtype
+    for encoding, tolerance in (("float32", 0.0), ("float16", 1e-3), ("bfloat16", 4e-3)):
+        out = tmp_path / encoding
         out.mkdir()
-        meta = consolidate(sources, out, dtype)
+        meta = consolidate(sources, out, encoding)
         store = VectorStore.open(out)
         assert meta["vectors"] == len(reference) == len(store)
-        assert store.vectors.dtype == np.dtype(dtype)
-        for i in range(0, len(store), 97):
-            np.testing.assert_allclose(store.vectors[i], reference[int(store.photo_id[i])], rtol=tolerance, atol=tolerance)
+        assert store.encoding == encoding
+        assert (out / "vectors.npy").stat().st_size < 128 + len(store) * store.dim * (4 if encoding == "float32" else 2) + 1
+        rows = np.arange(0, len(store), 97)
+        decoded = store.rows(rows)
+        for i, vector in zip(rows, decoded):
+            np.testing.assert_allclose(vector, reference[int(store.photo_id[i])], rtol=tolerance, atol=tolerance)
+        blocks = np.concatenate([b for _, b in store.row_blocks(rows=50)])
+        np.testing.assert_array_equal(blocks[rows], decoded)
         assert set(store.split.tolist()) == {0, 1}

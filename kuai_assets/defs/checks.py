@@ -1,11 +1,37 @@
 """Asset checks: the guarantees downstream assets rely on, shown in the UI, blocking where a
-failure would make what comes after wrong."""
+failure would make what comes after wrong.
 
+Each check is a plain function of the `kuai` resource (so a test can call it on a damaged work
+dir) and reports what it counted as metadata, passed or not.
+"""
+
+
+import tempfile
+import time
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
 
 from kuai_assets.defs.resources import KuaiResource
+from kuai_assets.features.catalog import TableModel, feature_groups, load_catalog
+from kuai_assets.features.leakage import probe_label_leakage
+from kuai_assets.features.matrix import MATRIX
+from kuai_assets.formats import layout
+from kuai_assets.formats.released import DataFormatError
+from kuai_assets.formats.submission import validate_submission
+from kuai_assets.storage import sql_string
+
+# the leak probe recomputes every label-using group three times on this many users' rows
+LEAK_PROBE_USERS = 15
+# a feature may differ by float noise (sums in another order) where the probe expects no change
+LEAK_TOLERANCE = 1e-5
+SETUPS = ("validation", "submission")
+ROLES = ("fit", "scored")
+KEY_COLUMNS = ("setup", "role", "row_id", "user_id", "photo_id", "fold")
+
+
+# -- raw -----------------------------------------------------------------------------------------
 
 
 @dg.asset_check(asset="raw_interactions", blocking=True, description="Train and test photo ids are disjoint.")
@@ -38,5 +64,205 @@ def click_rate_plausible(kuai: KuaiResource) -> dg.AssetCheckResult:
     )
 
 
+# -- visual --------------------------------------------------------------------------------------
+
+
+@dg.asset_check(
+    asset="video_embeddings",
+    blocking=True,
+    description="Every photo in the interactions (train and test) has a visual vector in the store.",
+)
+def every_photo_has_a_vector(kuai: KuaiResource) -> dg.AssetCheckResult:
+    work = kuai.work()
+    vector_ids = np.load(work.require_store("video_embeddings") / "photo_id.npy")
+    con = work.connect(["raw_interactions"])
+    needed = con.execute("select distinct photo_id, split from raw_interactions order by photo_id").fetchnumpy()
+    con.close()
+    missing = ~np.isin(needed["photo_id"], vector_ids)
+    by_split = {s: int((missing & (needed["split"] == s)).sum()) for s in layout.SPLITS}
+    return dg.AssetCheckResult(
+        passed=not missing.any(),
+        description=None
+        if not missing.any()
+        else f"{int(missing.sum())} photo(s) have no vector, e.g. photo_id {int(needed['photo_id'][missing][0])}",
+        metadata={
+            "photos_in_interactions": int(len(missing)),
+            "vectors_in_store": int(len(vector_ids)),
+            "photos_without_vector": dg.MetadataValue.json(by_split),
+            "examples": dg.MetadataValue.json(needed["photo_id"][missing][:10].tolist()),
+        },
+    )
+
+
+# -- training matrix -----------------------------------------------------------------------------
+
+
+@dg.asset_check(
+    asset="training_matrix",
+    blocking=True,
+    description="No NaN or infinity in any feature (NULL means missing, by design; NaN/inf is an "
+    "arithmetic bug); keys never NULL and one row per (setup, row_id); labels on every fit and "
+    "validation row, none on the test rows.",
+)
+def training_matrix_finite_and_keyed(kuai: KuaiResource) -> dg.AssetCheckResult:
+    con = kuai.work().connect([MATRIX])
+    try:
+        schema = con.execute(f"describe {MATRIX}").fetchall()
+        floats = [name for name, kind, *_ in schema if kind in ("FLOAT", "DOUBLE")]
+        present = {name for name, *_ in schema}
+        absent_keys = [c for c in (*KEY_COLUMNS, "click") if c not in present]
+        if absent_keys:
+            return dg.AssetCheckResult(passed=False, metadata={"missing_columns": dg.MetadataValue.json(absent_keys)})
+        test_rows = "setup = 'submission' and role = 'scored'"
+        counts = [f'count(*) filter (where not isfinite("{c}"))' for c in floats]
+        counts += [f'count(*) filter (where "{c}" is null)' for c in floats]
+        row = con.execute(
+            f"""
+            select count(*),
+                   count(*) filter (where {' or '.join(f'{c} is null' for c in KEY_COLUMNS)}),
+                   count(*) filter (where setup not in {SETUPS} or role not in {ROLES}),
+                   count(*) filter (where setup in {SETUPS})
+                     - {' - '.join(f"count(distinct row_id) filter (where setup = '{s}')" for s in SETUPS)},
+                   count(*) filter (where click is null and not ({test_rows})),
+                   count(*) filter (where click is not null and {test_rows}),
+                   count(*) filter (where click not in (0, 1)),
+                   {', '.join(counts) or '0'}
+            from {MATRIX}
+            """
+        ).fetchone()
+    finally:
+        con.close()
+    rows, null_keys, bad_setup_or_role, duplicates, unlabelled, labelled_test, bad_labels = row[:7]
+    non_finite = {c: int(n) for c, n in zip(floats, row[7 : 7 + len(floats)]) if n}
+    nulls = row[7 + len(floats) :] if floats else []
+    problems = {
+        "rows_with_null_key": null_keys,
+        "rows_with_unknown_setup_or_role": bad_setup_or_role,
+        "duplicate_setup_row_id": duplicates,
+        "fit_or_validation_rows_without_click": unlabelled,
+        "test_rows_with_a_click_label": labelled_test,
+        "click_not_0_or_1": bad_labels,
+        "nan_or_infinite_values": sum(non_finite.values()),
+    }
+    failing = {k: int(v) for k, v in problems.items() if v}
+    return dg.AssetCheckResult(
+        passed=not failing,
+        description=None if not failing else "; ".join(f"{k}: {v}" for k, v in failing.items()),
+        metadata={
+            "rows": int(rows),
+            "float_columns_checked": len(floats),
+            **{k: int(v) for k, v in problems.items()},
+            "nan_or_infinite_by_column": dg.MetadataValue.json(dict(sorted(non_finite.items())[:30])),
+            "null_feature_share (missing by design)": dg.MetadataValue.float(
+                round(float(sum(nulls)) / max(1, rows * len(floats)), 4)
+            ),
+        },
+    )
+
+
+def label_groups() -> list[TableModel]:
+    """The feature groups the leak probe recomputes: every group that reads labels."""
+    return [g for g in feature_groups(load_catalog()) if g.uses_labels]
+
+
+@dg.asset_check(
+    asset="training_matrix",
+    blocking=True,
+    description=f"Label statistics never see the labels of the rows they describe: on {LEAK_PROBE_USERS} "
+    "users, shuffling the labels of the validation rows (and of one fold) must not move those rows' "
+    "features, and must move others' (kuai_assets/features/leakage.py).",
+)
+def label_statistics_out_of_fold(kuai: KuaiResource) -> dg.AssetCheckResult:
+    work = kuai.work()
+    groups = label_groups()
+    started = time.time()
+    work.root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work.root, prefix=".leak_probe-") as scratch:
+        results = probe_label_leakage(work, Path(scratch) / "probe", groups=groups, users=LEAK_PROBE_USERS)
+    failing = [
+        r for r in results if r.rows_checked == 0 or r.max_change_protected > LEAK_TOLERANCE or r.changed_elsewhere == 0
+    ]
+    return dg.AssetCheckResult(
+        passed=bool(results) and not failing,
+        description=None
+        if not failing
+        else "; ".join(
+            f"{r.scenario}: "
+            + (
+                f"{r.worst_feature} moved by {r.max_change_protected:.3g} on rows whose own labels were shuffled (a leak)"
+                if r.max_change_protected > LEAK_TOLERANCE
+                else "the shuffle moved no other row's features, so the probe proves nothing"
+            )
+            for r in failing
+        ),
+        metadata={
+            "users_sampled": LEAK_PROBE_USERS,
+            "groups_probed": dg.MetadataValue.json([g.name for g in groups]),
+            "scenarios": dg.MetadataValue.json(
+                [
+                    {
+                        "scenario": r.scenario,
+                        "rows_checked": r.rows_checked,
+                        "max_change_on_protected_rows": r.max_change_protected,
+                        "worst_feature": r.worst_feature,
+                        "changed_values_elsewhere": r.changed_elsewhere,
+                    }
+                    for r in results
+                ]
+            ),
+            "seconds": dg.MetadataValue.float(round(time.time() - started, 1)),
+        },
+    )
+
+
+# -- submission ----------------------------------------------------------------------------------
+
+
+@dg.asset_check(
+    asset="submission",
+    blocking=True,
+    description="The submission's keys are exactly those of test_interaction.txt, once each, with a "
+    "six-decimal probability in [0, 1] on every line.",
+)
+def submission_matches_test_keys(kuai: KuaiResource) -> dg.AssetCheckResult:
+    path = kuai.work().submission_file
+    test_file = layout.interaction_file(kuai.dataset(), "test")
+    try:
+        rows = validate_submission(path, test_file)
+    except DataFormatError as exc:
+        return dg.AssetCheckResult(
+            passed=False,
+            description=str(exc),
+            metadata={"problem": str(exc), "path": dg.MetadataValue.path(str(path))},
+        )
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        low, high, mean = con.execute(
+            f"select min(p), max(p), avg(p) from read_csv({sql_string(path)}, delim='\t', header=false, "
+            "auto_detect=false, columns={'user_id': 'BIGINT', 'photo_id': 'BIGINT', 'p': 'DOUBLE'})"
+        ).fetchone()
+    finally:
+        con.close()
+    return dg.AssetCheckResult(
+        passed=True,
+        metadata={
+            "rows": int(rows),
+            "min_probability": float(low),
+            "max_probability": float(high),
+            "mean_probability": dg.MetadataValue.float(round(float(mean), 5)),
+            "validated_against": dg.MetadataValue.path(str(test_file)),
+        },
+    )
+
+
 def all_checks() -> list:
-    return [train_and_test_photos_disjoint, click_rate_plausible]
+    return [
+        train_and_test_photos_disjoint,
+        click_rate_plausible,
+        every_photo_has_a_vector,
+        training_matrix_finite_and_keyed,
+        label_statistics_out_of_fold,
+        submission_matches_test_keys,
+    ]

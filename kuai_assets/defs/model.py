@@ -177,6 +177,7 @@ def fit_track_and_publish(
     ui_url: str,
 ) -> tuple[Validation, dict]:
     """Validate, refit, record in MLflow, then publish the model store (only once recorded)."""
+    tracker.check()  # an unwritable MLflow store fails here, not after the training
     matrix = work.require_table(MATRIX)
     features = select_features(read_features(matrix), groups)
     params, sample = config.params(), config.sample()

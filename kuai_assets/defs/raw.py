@@ -1,6 +1,8 @@
 """Raw: the released text files, typed and validated, one Parquet table each."""
 
 
+import time
+
 import dagster as dg
 
 from kuai_assets.defs.metadata import clear_failures, table_metadata
@@ -25,6 +27,7 @@ def raw_interactions(context: dg.AssetExecutionContext, kuai: KuaiResource) -> d
     repeated (user_id, photo_id) pairs and test photos that also appear in train stop the run
     with the file and line; playing_time outliers are kept and counted.
     """
+    started = time.time()
     with clear_failures("raw_interactions"):
         root = kuai.dataset(context.log)
         work = kuai.work()
@@ -34,7 +37,12 @@ def raw_interactions(context: dg.AssetExecutionContext, kuai: KuaiResource) -> d
         con.close()
     path = work.table_path("raw_interactions")
     return dg.MaterializeResult(
-        metadata={**table_metadata(path), **_report_metadata(report), "data_dir": dg.MetadataValue.path(str(root))}
+        metadata={
+            **table_metadata(path),
+            **_report_metadata(report),
+            "data_dir": dg.MetadataValue.path(str(root)),
+            "seconds": dg.MetadataValue.float(round(time.time() - started, 2)),
+        }
     )
 
 

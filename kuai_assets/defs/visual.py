@@ -18,10 +18,10 @@ GROUP = "visual"
 
 
 class EmbeddingsConfig(dg.Config):
-    store_dtype: str = Field(
-        default="float16",
-        description="float16 halves the store (75 GB of released float32 becomes 37.5 GB at full scale); "
-        "float32 keeps every bit.",
+    encoding: str = Field(
+        default="bfloat16",
+        description="How the store keeps each value: bfloat16 (default: half the bytes of float32, same range, "
+        "converts at memory speed), float16, or float32 (every bit).",
     )
 
 
@@ -32,8 +32,8 @@ def video_embeddings(
     """Every train and test photo's visual vector, consolidated into one memory-mapped matrix.
 
     Reads final_visual_{train,test}.zip (or the unzipped folders, or the preliminary names) in
-    large sequential blocks, never holding more than a block in memory, and writes
-    stores/video_embeddings/{vectors.npy, photo_id.npy, split.npy}. Stops with the photo_id for a
+    large sequential blocks, never holding more than two blocks in memory, and writes
+    stores/video_embeddings/{vectors.npy (bfloat16 by default), photo_id.npy, split.npy}. Stops with the photo_id for a
     vector that is missing, of the wrong shape, not a .npy array, or holds NaN/infinity.
     """
     with clear_failures("video_embeddings"):
@@ -44,7 +44,7 @@ def video_embeddings(
         needed = con.execute("select distinct photo_id, split from raw_interactions").fetchnumpy()
         con.close()
         with work.writing_store("video_embeddings") as out:
-            meta = consolidate(sources, out, config.store_dtype, progress=context.log.info)
+            meta = consolidate(sources, out, config.encoding, progress=context.log.info)
             photo_ids = np.load(out / "photo_id.npy")
             covered = np.isin(needed["photo_id"], photo_ids)
             if not covered.all():
@@ -57,12 +57,12 @@ def video_embeddings(
                     photo_id=int(missing[0]),
                 )
             extra = int((~np.isin(photo_ids, needed["photo_id"])).sum())
-    gigabytes = meta["vectors"] * meta["dim"] * np.dtype(meta["dtype"]).itemsize / 1e9
+    gigabytes = meta["bytes"] / 1e9
     return dg.MaterializeResult(
         metadata={
             "vectors": dg.MetadataValue.int(meta["vectors"]),
             "dimensions": dg.MetadataValue.int(meta["dim"]),
-            "store_dtype": meta["dtype"],
+            "encoding": meta["encoding"],
             "store_gb": dg.MetadataValue.float(round(gigabytes, 3)),
             "seconds": dg.MetadataValue.float(meta["seconds"]),
             "source_mb_per_second": dg.MetadataValue.float(meta["source_megabytes_per_second"] or 0.0),

@@ -8,6 +8,7 @@ count shows in the asset's metadata. The decision for each case is in the README
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,13 +48,81 @@ def _require_file(path: Path) -> None:
         raise DataFormatError(path, "file is empty")
 
 
+INTEGER_TYPES = ("BIGINT", "INTEGER")
+# every byte an all-integer line may hold; anything else ('12.5', '1e3', ' 12', '+12', '0x10')
+# DuckDB's cast would silently round or reinterpret instead of rejecting
+INTEGER_BYTES = b"0123456789-\t\r\n"
+INTEGER = re.compile(r"-?[0-9]+")
+SCAN_BYTES = 1 << 24
+
+
+def _type_name(sql_type: str) -> str:
+    return {"BIGINT": "an integer", "INTEGER": "an integer", "DOUBLE": "a number"}.get(sql_type, sql_type.lower())
+
+
+def _line_text(path: Path, line: int) -> str:
+    """The text of 1-based line `line` (only on the error path: reads up to it)."""
+    with open(path, "rb") as f:
+        for number, text in enumerate(f, start=1):
+            if number == line:
+                return text.rstrip(b"\r\n").decode("utf-8", "replace")
+    return ""
+
+
+def _bad_field(path: Path, line: int, columns: dict[str, str]) -> DataFormatError:
+    """The error for a line of an all-integer file holding something other than integers."""
+    text = _line_text(path, line)
+    fields = text.split("\t")
+    if len(fields) != len(columns):
+        problem = f"expected {len(columns)} tab-separated columns, found {len(fields)}"
+    else:
+        column, value = next(((c, v) for c, v in zip(columns, fields) if v and not INTEGER.fullmatch(v)), (None, None))
+        if column is None:  # a stray carriage return or the like, outside any field
+            problem = "unexpected bytes in the line"
+        else:
+            problem = f"column {column!r} must be an integer, got {value!r}"
+    return DataFormatError(path, f"{problem}; the line reads {text[:120]!r}", line=line)
+
+
+def _scan_lines(path: Path, columns: dict[str, str]) -> None:
+    """One pass over the raw bytes before DuckDB reads the file.
+
+    Stops at a blank line (DuckDB would skip it silently and every later line number would be
+    off by one) and, in an all-integer file (the interactions), at any byte an integer cannot
+    hold: DuckDB's BIGINT cast reads '12.5' as 13, '1e3' as 1000 and ' 12' as 12 without a word.
+    """
+    integers_only = all(t in INTEGER_TYPES for t in columns.values())
+    lines_before = 0  # newlines in the chunks already scanned
+    tail = b"\n"  # the file starts as if after a newline
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(SCAN_BYTES), b""):
+            data = tail + chunk
+            blanks = [p for p in (data.find(b"\n\n"), data.find(b"\n\r\n")) if p >= 0]
+            if blanks:
+                line = lines_before - tail.count(b"\n") + data.count(b"\n", 0, min(blanks) + 1) + 1
+                raise DataFormatError(path, "the line is blank (every line must be a row)", line=line)
+            if integers_only:
+                bad = chunk.translate(None, INTEGER_BYTES)
+                if bad:
+                    at = min(chunk.find(bytes([b])) for b in set(bad))
+                    raise _bad_field(path, lines_before + chunk.count(b"\n", 0, at) + 1, columns)
+            lines_before += chunk.count(b"\n")
+            tail = data[-2:]
+
+
 def _read_tsv(con: duckdb.DuckDBPyConnection, table: str, path: Path, columns: dict[str, str]) -> int:
     """Load a headerless tab-separated file into temp table `table` with a 1-based `line` column.
 
-    Malformed lines (wrong column count, a value of the wrong type) stop the read with the first
-    offending line, its text and DuckDB's reason.
+    Malformed lines (a blank line, wrong column count, a value of the wrong type) stop the read
+    with the first offending line, its text and what is wrong. Integer columns hold integers
+    only: '12.5' or '1e3' is an error, never rounded.
     """
     _require_file(path)
+    _scan_lines(path, columns)
+    integers_only = all(t in INTEGER_TYPES for t in columns.values())
+    # in a file with text columns the byte scan cannot check integers: read them as text, check, cast
+    as_text = [] if integers_only else [c for c, t in columns.items() if t in INTEGER_TYPES]
+    read_types = {c: ("VARCHAR" if c in as_text else t) for c, t in columns.items()}
     con.execute("drop table if exists reject_errors")
     con.execute("drop table if exists reject_scans")
     con.execute(
@@ -61,7 +130,7 @@ def _read_tsv(con: duckdb.DuckDBPyConnection, table: str, path: Path, columns: d
         "select row_number() over () as line, * from read_csv(?, delim='\t', header=false, "
         "columns=?, auto_detect=false, quote='', escape='', store_rejects=true, "
         "null_padding=false, strict_mode=true)",
-        [str(path), columns],
+        [str(path), read_types],
     )
     rejected = con.execute(
         "select line, error_type, column_name, csv_line, error_message from reject_errors "
@@ -77,10 +146,27 @@ def _read_tsv(con: duckdb.DuckDBPyConnection, table: str, path: Path, columns: d
                 problem += " (the last line looks truncated)"
         elif error_type == "CAST":
             value = str(text).split("\t")[_column_position(columns, column)]
-            problem = f"column {column!r} must be {columns[column].lower()}, got {value!r}"
+            problem = f"column {column!r} must be {_type_name(columns[column])}, got {value!r}"
+            if columns[column] in INTEGER_TYPES and INTEGER.fullmatch(value):
+                problem += " (out of the 64-bit integer range)"
         else:
             problem = f"{error_type.lower()}: {message}"
         raise DataFormatError(path, f"{problem}; the line reads {str(text)[:120]!r}", line=line)
+    for column in as_text:
+        row = _first(
+            con,
+            f'select line, "{column}" from {table} where "{column}" is not null and '
+            f"(not regexp_full_match(\"{column}\", '-?[0-9]+') or try_cast(\"{column}\" as bigint) is null) "
+            "order by line limit 1",
+        )
+        if row:
+            problem = f"column {column!r} must be an integer, got {row[1]!r}"
+            if INTEGER.fullmatch(row[1]):
+                problem += " (out of the 64-bit integer range)"
+            raise DataFormatError(path, f"{problem}; the line reads {_line_text(path, row[0])[:120]!r}", line=row[0])
+    if as_text:
+        casts = ", ".join(f'"{c}"::{columns[c]} as "{c}"' for c in as_text)
+        con.execute(f"create or replace temp table {table} as select * replace ({casts}) from {table}")
     n = con.execute(f"select count(*) from {table}").fetchone()[0]
     if n == 0:
         raise DataFormatError(path, "file has no rows")
@@ -136,6 +222,13 @@ def read_interactions(con: duckdb.DuckDBPyConnection, root: Path, out: Path) -> 
         )
         if row:
             raise DataFormatError(path, f"{row[1]} is missing (empty field)", line=row[0])
+        row = _first(
+            con,
+            f"select line, case when user_id < 0 then 'user_id' else 'photo_id' end, least(user_id, photo_id) "
+            f"from {table} where user_id < 0 or photo_id < 0 order by line limit 1",
+        )
+        if row:
+            raise DataFormatError(path, f"{row[1]} must be a non-negative id, got {row[2]}", line=row[0])
         row = _first(con, f"select line, time from {table} where time <= 0 order by line limit 1")
         if row:
             raise DataFormatError(path, f"time must be a positive millisecond timestamp, got {row[1]}", line=row[0])
@@ -250,6 +343,16 @@ def read_faces(con: duckdb.DuckDBPyConnection, root: Path, photos_table: str, ou
         )
         if row:
             raise DataFormatError(path, f"the face list is not valid JSON: {row[2][:80]!r}", line=row[0], photo_id=row[1])
+        row = _first(
+            con, f"select line, photo_id, faces from {table} where json_type(faces) <> 'ARRAY' order by line limit 1"
+        )
+        if row:
+            raise DataFormatError(
+                path,
+                f"the face list must be a JSON list of faces like [[0.2, 0, 18, 69]], got {row[2][:80]!r}",
+                line=row[0],
+                photo_id=row[1],
+            )
         con.execute(
             f"""
             create or replace temp table {table}_long as
@@ -261,18 +364,18 @@ def read_faces(con: duckdb.DuckDBPyConnection, root: Path, photos_table: str, ou
         )
         row = _first(
             con,
-            f"select line, photo_id, face::varchar from {table}_long "
+            f"select line, photo_id, face::varchar, face_index from {table}_long "
             "where json_type(face) <> 'ARRAY' or json_array_length(face) <> 4 "
             "or json_type(face, '$[0]') not in ('DOUBLE', 'UBIGINT', 'BIGINT') "
             "or json_type(face, '$[1]') not in ('UBIGINT', 'BIGINT', 'DOUBLE') "
             "or json_type(face, '$[2]') not in ('UBIGINT', 'BIGINT', 'DOUBLE') "
             "or json_type(face, '$[3]') not in ('UBIGINT', 'BIGINT', 'DOUBLE') "
-            "order by line limit 1",
+            "order by line, face_index limit 1",
         )
         if row:
             raise DataFormatError(
                 path,
-                f"each face must be [share, gender, age, appearance] (4 numbers), got {row[2][:80]}",
+                f"face {row[3]} must be [share, gender, age, appearance] (4 numbers), got {row[2][:80]}",
                 line=row[0],
                 photo_id=row[1],
             )
@@ -361,16 +464,19 @@ def read_text(con: duckdb.DuckDBPyConnection, root: Path, photos_table: str, out
             from {table} where words is not null and trim(words) <> ''
             """
         )
+        # a word id is digits only: try_cast would read '5.5' as 6 and ' 5' as 5
+        not_a_word = "lambda x: not regexp_full_match(x, '[0-9]+') or try_cast(x as bigint) is null"
         row = _first(
             con,
-            f"select line, photo_id, list_filter(tokens, lambda x: try_cast(x as bigint) is null "
-            f"or try_cast(x as bigint) < 0)[1] from {table}_tokens "
-            "where len(list_filter(tokens, lambda x: try_cast(x as bigint) is null or try_cast(x as bigint) < 0)) > 0 "
-            "order by line limit 1",
+            f"select line, photo_id, list_filter(tokens, {not_a_word})[1], words from {table}_tokens "
+            f"where len(list_filter(tokens, {not_a_word})) > 0 order by line limit 1",
         )
         if row:
             raise DataFormatError(
-                path, f"cover word {row[2]!r} is not a non-negative integer word id", line=row[0], photo_id=row[1]
+                path,
+                f"cover word {row[2]!r} is not a word id (a non-negative integer); the value reads {row[3][:80]!r}",
+                line=row[0],
+                photo_id=row[1],
             )
         report.accepted[f"{split}: rows with an empty value (read as no text)"] = _first(
             con, f"select count(*) from {table} where words is null or trim(words) = ''"

@@ -1,17 +1,15 @@
 """Reading the released visual vectors: one `[1, 2048]` .npy per photo, zipped or in a folder.
 
 At full scale there are 9.2M of them (75 GB as float32), so they are streamed in chunks and
-never held in memory together. For a zip the central directory is parsed once with numpy and the
-members are then read in large sequential blocks: stored members are sliced straight out of the
-block, deflated ones are inflated one by one.
+never held in memory together. Zips are read by `visual_zip` (at disk speed); this module holds
+what both forms share: decoding and checking one .npy payload, photo_ids from member names, and
+the unzipped-folder reader.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import struct
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,6 @@ from kuai_assets.formats.layout import VisualSource
 from kuai_assets.formats.released import DataFormatError
 
 NPY_MAGIC = b"\x93NUMPY"
-BLOCK_BYTES = 64 << 20
 CHUNK_VECTORS = 8192
 
 
@@ -71,6 +68,7 @@ class VectorDecoder:
 
     def __init__(self):
         self.layout: NpyLayout | None = None
+        self.first: str | None = None  # where the layout came from, when decode() set it
 
     def decode(self, payload: bytes | memoryview, where: str) -> np.ndarray:
         layout = self.layout
@@ -80,8 +78,14 @@ class VectorDecoder:
             found = parse_npy(payload, where)
             if layout is None:
                 self.layout = layout = found
+                self.first = where
             elif found.dim != layout.dim:
-                raise DataFormatError(where, f"vector has {found.dim} values, earlier vectors have {layout.dim}")
+                first = f" ({self.first})" if self.first else ""
+                raise DataFormatError(
+                    where,
+                    f"vector has {found.dim} values, but the first vector read{first} has {layout.dim}; "
+                    "every vector must have the same length (2048 as released)",
+                )
             return np.frombuffer(payload, found.dtype, count=found.dim, offset=len(found.header))
         return np.frombuffer(payload, layout.dtype, count=layout.dim, offset=len(layout.header))
 
@@ -98,150 +102,6 @@ def photo_id_from_name(name: str, where: str) -> int | None:
     if not base.isdigit():
         raise DataFormatError(where, f"member {name!r} is not named by a bare photo_id")
     return int(base)
-
-
-# -- zip archives ----------------------------------------------------------------------------
-
-
-@dataclass
-class ZipIndex:
-    names: list[str]
-    header_offset: np.ndarray
-    compressed_size: np.ndarray
-    method: np.ndarray
-    end_of_data: int  # where the central directory starts
-
-
-def read_zip_index(path: Path) -> ZipIndex:
-    """Parse a zip's central directory (zip64 included) without building one object per member."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        tail_len = min(size, 65536 + 22 + 20 + 56)
-        f.seek(size - tail_len)
-        tail = f.read(tail_len)
-        at = tail.rfind(b"PK\x05\x06")
-        if at < 0:
-            raise DataFormatError(path, "not a zip archive (no end of central directory record)")
-        (_, _, _, _, count, cd_size, cd_offset, _) = struct.unpack_from("<IHHHHIIH", tail, at)
-        locator = tail.rfind(b"PK\x06\x07", 0, at)
-        if locator >= 0:
-            (zip64_end,) = struct.unpack_from("<Q", tail, locator + 8)
-            f.seek(zip64_end)
-            record = f.read(56)
-            if record[:4] != b"PK\x06\x06":
-                raise DataFormatError(path, "damaged zip64 end of central directory")
-            count, cd_size, cd_offset = struct.unpack_from("<QQQ", record, 32)
-        f.seek(cd_offset)
-        cd = f.read(cd_size)
-    if len(cd) != cd_size:
-        raise DataFormatError(path, "the zip's central directory is truncated")
-
-    names: list[str] = []
-    offsets = np.empty(count, dtype=np.int64)
-    csizes = np.empty(count, dtype=np.int64)
-    methods = np.empty(count, dtype=np.int16)
-    unpack = struct.Struct("<4s6xH8xIIHHH8xI").unpack_from
-    pos = 0
-    view = memoryview(cd)
-    for i in range(count):
-        sig, method, csize, _usize, n_len, x_len, c_len, offset = unpack(cd, pos)
-        if sig != b"PK\x01\x02":
-            raise DataFormatError(path, f"damaged central directory at entry {i}")
-        name_end = pos + 46 + n_len
-        if csize == 0xFFFFFFFF or offset == 0xFFFFFFFF or _usize == 0xFFFFFFFF:
-            csize, offset = _zip64_sizes(view[name_end : name_end + x_len], csize, _usize, offset)
-        names.append(bytes(view[pos + 46 : name_end]).decode("utf-8", "replace"))
-        offsets[i], csizes[i], methods[i] = offset, csize, method
-        pos = name_end + x_len + c_len
-    return ZipIndex(names, offsets, csizes, methods, cd_offset)
-
-
-def _zip64_sizes(extra: memoryview, csize: int, usize: int, offset: int) -> tuple[int, int]:
-    pos = 0
-    while pos + 4 <= len(extra):
-        tag, length = struct.unpack_from("<HH", extra, pos)
-        if tag == 1:
-            field = pos + 4
-            if usize == 0xFFFFFFFF:
-                field += 8
-            if csize == 0xFFFFFFFF:
-                (csize,) = struct.unpack_from("<Q", extra, field)
-                field += 8
-            if offset == 0xFFFFFFFF:
-                (offset,) = struct.unpack_from("<Q", extra, field)
-            break
-        pos += 4 + length
-    return csize, offset
-
-
-class ZipVectors:
-    """The vectors of a zip archive: member index parsed once, then read in sequential blocks."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.index = index = read_zip_index(path)
-        keep, photo_ids = [], []
-        for i, name in enumerate(index.names):
-            photo_id = photo_id_from_name(name, f"{path} member {name!r}")
-            if photo_id is not None:
-                keep.append(i)
-                photo_ids.append(photo_id)
-        keep = np.asarray(keep, dtype=np.int64)
-        order = np.argsort(index.header_offset[keep], kind="stable")  # read in file order
-        self.members = keep[order]
-        self.photo_ids = np.asarray(photo_ids, dtype=np.int64)[order]
-        # each member's bytes end where the next member (or the central directory) begins
-        starts = index.header_offset
-        by_offset = np.argsort(starts, kind="stable")
-        self.member_end = np.empty_like(starts)
-        if len(by_offset):
-            self.member_end[by_offset[:-1]] = starts[by_offset[1:]]
-            self.member_end[by_offset[-1]] = index.end_of_data
-
-    def __len__(self) -> int:
-        return len(self.members)
-
-    def chunks(
-        self, chunk_vectors: int = CHUNK_VECTORS, on_progress: Callable[[int, int], None] | None = None
-    ) -> Iterator[VectorChunk]:
-        index, members, starts = self.index, self.members, self.index.header_offset
-        decoder = VectorDecoder()
-        total = len(members)
-        with open(self.path, "rb") as f:
-            i = 0
-            while i < total:
-                # consecutive members, at most BLOCK_BYTES of them (and at least one), in one read
-                block_start = int(starts[members[i]])
-                j = i + 1
-                while j < total and j - i < chunk_vectors and self.member_end[members[j]] - block_start <= BLOCK_BYTES:
-                    j += 1
-                block_end = int(self.member_end[members[j - 1]])
-                f.seek(block_start)
-                block = f.read(block_end - block_start)
-                if len(block) != block_end - block_start:
-                    raise DataFormatError(self.path, "archive is truncated")
-                view = memoryview(block)
-                rows = []
-                for m in members[i:j]:
-                    rel = int(starts[m]) - block_start
-                    where = f"{self.path} member {index.names[m]!r}"
-                    if view[rel : rel + 4] != b"PK\x03\x04":
-                        raise DataFormatError(where, "damaged local header")
-                    n_len, x_len = struct.unpack_from("<HH", block, rel + 26)
-                    data = rel + 30 + n_len + x_len
-                    payload = view[data : data + int(index.compressed_size[m])]
-                    if index.method[m] == 8:
-                        try:
-                            payload = zlib.decompress(payload, -15)
-                        except zlib.error as exc:
-                            raise DataFormatError(where, f"cannot be inflated ({exc})") from None
-                    elif index.method[m] != 0:
-                        raise DataFormatError(where, f"unsupported zip compression method {index.method[m]}")
-                    rows.append(decoder.decode(payload, where))
-                yield VectorChunk(self.photo_ids[i:j], np.stack(rows))
-                if on_progress:
-                    on_progress(j, total)
-                i = j
 
 
 class FolderVectors:
@@ -266,7 +126,10 @@ class FolderVectors:
         return len(self.names)
 
     def chunks(
-        self, chunk_vectors: int = CHUNK_VECTORS, on_progress: Callable[[int, int], None] | None = None
+        self,
+        chunk_vectors: int = CHUNK_VECTORS,
+        on_progress: Callable[[int, int], None] | None = None,
+        reuse_buffers: bool = False,
     ) -> Iterator[VectorChunk]:
         decoder = VectorDecoder()
 
@@ -283,5 +146,10 @@ class FolderVectors:
                     on_progress(start + len(batch), len(self.names))
 
 
-def open_vectors(source: VisualSource) -> ZipVectors | FolderVectors:
-    return ZipVectors(source.path) if source.kind == "zip" else FolderVectors(source.path)
+def open_vectors(source: VisualSource):
+    """A ZipVectors or FolderVectors: `len()`, `.photo_ids`, and `.chunks()` of VectorChunk."""
+    if source.kind == "zip":
+        from kuai_assets.formats.visual_zip import ZipVectors
+
+        return ZipVectors(source.path)
+    return FolderVectors(source.path)

@@ -9,6 +9,7 @@ an interrupted generation never leaves something that looks like a complete data
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from kuai_assets.formats import layout
 from kuai_assets.ml.metrics import roc_auc
 from kuai_assets.synth.impressions import ExposureSampler, Period, generate_block
 from kuai_assets.synth.sizes import SizeSpec
+from kuai_assets.synth.zipwriter import StoredZipWriter
 from kuai_assets.synth.world import (
     BASE_TIME_MS,
     TEST_HOURS,
@@ -280,26 +282,34 @@ def _write_visual(
     """One [1, D] float32 .npy per photo, named by the bare photo_id: zipped (as released) or a folder."""
     member_dir = f"{visual_prefix}_{split}"
     header = npy_header(topics.projection.shape[1])
-    if visual_format == "zip":
-        compression = {"stored": zipfile.ZIP_STORED, "deflated": zipfile.ZIP_DEFLATED}[zip_compression]
-        archive = zipfile.ZipFile(folder / f"{member_dir}.zip", "w", compression=compression, allowZip64=True)
+    stored = deflated = None
+    if visual_format == "zip" and zip_compression == "stored":
+        stored = StoredZipWriter(folder / f"{member_dir}.zip")
+    elif visual_format == "zip" and zip_compression == "deflated":
+        deflated = zipfile.ZipFile(folder / f"{member_dir}.zip", "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True)
     elif visual_format == "folder":
         (folder / member_dir).mkdir()
-        archive = None
     else:
-        raise ValueError(f"visual_format must be zip or folder, not {visual_format!r}")
+        raise ValueError(f"visual_format must be zip or folder and compression stored or deflated")
     try:
         for start in range(0, len(shown_index), chunk):
             index = shown_index[start : start + chunk]
             vectors = visual_vectors(topics, photos, index, rng)
-            for photo_id, vector in zip(photos.photo_id[index].tolist(), vectors):
-                data = header + vector.tobytes()
-                if archive is not None:
-                    info = zipfile.ZipInfo(f"{member_dir}/{photo_id}", date_time=(2018, 6, 1, 0, 0, 0))
-                    info.compress_type = archive.compression
-                    archive.writestr(info, data)
-                else:
-                    (folder / member_dir / str(photo_id)).write_bytes(data)
+            flat = memoryview(np.ascontiguousarray(vectors)).cast("B")
+            width = vectors.shape[1] * vectors.itemsize
+            rows = [flat[k * width : (k + 1) * width] for k in range(len(index))]
+            names = [f"{member_dir}/{photo_id}" for photo_id in photos.photo_id[index].tolist()]
+            if stored is not None:
+                stored.add(zip((n.encode() for n in names), itertools.repeat(header), rows))
+            elif deflated is not None:
+                for name, row in zip(names, rows):
+                    info = zipfile.ZipInfo(name, date_time=(2018, 6, 1, 0, 0, 0))
+                    info.compress_type = zipfile.ZIP_DEFLATED
+                    deflated.writestr(info, header + bytes(row))
+            else:
+                for name, row in zip(names, rows):
+                    (folder / name).write_bytes(header + bytes(row))
     finally:
-        if archive is not None:
-            archive.close()
+        for archive in (stored, deflated):
+            if archive is not None:
+                archive.close()

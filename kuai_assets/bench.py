@@ -1,0 +1,334 @@
+"""Benchmarks at the challenge's sizes: `python -m kuai_assets.bench --scale preliminary`.
+
+For the chosen scale it generates the synthetic dataset (or reuses `--data`), measures the disk's
+sequential read speed, then materializes every asset one at a time, each in a fresh process, and
+prints per asset: wall time, rows or vectors per second, and peak memory (the step process's
+maximum resident set). For the visual stage it compares throughput with the disk's read speed
+for the same bytes. In the same run it times a straightforward pandas implementation of the
+first stages (reading the interactions; per-user and per-cluster click statistics) and prints the
+ratio. Results go to stdout and to `<work>/bench_results.json`. `--clean` deletes what the
+benchmark generated.
+
+Benchmarks are not tests: they are run by hand and their figures are recorded in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kuai_assets import settings
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+SCALES = ("tiny", "demo", "preliminary", "final")
+VISUAL_ASSETS = ("video_embeddings", "pca_visual_features", "video_clusters")
+
+
+def _run_child(argv: list[str], env: dict[str, str]) -> tuple[int, float, float]:
+    """Run a child process; return (exit code, wall seconds, peak resident memory in MB)."""
+    started = time.time()
+    process = subprocess.Popen(argv, env=env)
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return process.returncode, time.time() - started, usage.ru_maxrss / 1024.0
+
+
+def evict_from_page_cache(path: Path) -> None:
+    """Drop a file's cached pages so the next read comes from disk (clean pages only)."""
+    os.sync()  # dirty pages cannot be dropped until written
+    paths = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    for p in paths:
+        with open(p, "rb") as f:
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def disk_read_speed(path: Path, limit_bytes: int = 4 << 30) -> float:
+    """Sequential read speed of `path` from disk (page cache evicted first), MB/s."""
+    evict_from_page_cache(path)
+    buffer = bytearray(16 << 20)
+    view = memoryview(buffer)
+    done = 0
+    started = time.time()
+    with open(path, "rb", buffering=0) as f:
+        while done < limit_bytes:
+            n = f.readinto(view)
+            if not n:
+                break
+            done += n
+    return done / 1e6 / max(time.time() - started, 1e-9)
+
+
+def visual_bytes(data: Path) -> int:
+    from kuai_assets.formats import layout
+
+    total = 0
+    for split in layout.SPLITS:
+        source = layout.find_visual_source(data, split)
+        total += source.path.stat().st_size if source.kind == "zip" else sum(
+            p.stat().st_size for p in source.path.iterdir()
+        )
+    return total
+
+
+# -- one asset in a fresh process ------------------------------------------------------------
+
+
+def materialize_one(asset: str, run_config: dict) -> int:
+    import dagster as dg
+
+    from kuai_assets.definitions import defs
+
+    key = dg.AssetKey(asset)
+    assets = [a for a in defs.assets if key in a.keys]
+    result = dg.materialize(
+        assets,
+        resources=defs.resources,
+        run_config={"ops": {asset: run_config}} if run_config else None,
+        raise_on_error=False,
+    )
+    if not result.success:
+        return 1
+    events = result.get_asset_materialization_events()
+    metadata = {k: v.value for k, v in events[-1].materialization.metadata.items()} if events else {}
+    keep = {k: v for k, v in metadata.items() if isinstance(v, (int, float, str)) and len(str(v)) < 200}
+    print("BENCH_METADATA " + json.dumps(keep), flush=True)
+    return 0
+
+
+def pandas_first_stages(data: Path, work: Path) -> dict:
+    """The straightforward pandas version of reading the interactions and the label statistics."""
+    import pandas as pd
+
+    from kuai_assets.formats import layout
+
+    out = {}
+    started = time.time()
+    train = pd.read_csv(
+        layout.interaction_file(data, "train"), sep="\t", header=None, names=list(layout.TRAIN_INTERACTION_COLUMNS)
+    )
+    test = pd.read_csv(
+        layout.interaction_file(data, "test"), sep="\t", header=None, names=list(layout.TEST_INTERACTION_COLUMNS)
+    )
+    out["read_interactions_seconds"] = time.time() - started
+    started = time.time()
+    per_user = train.groupby("user_id").agg(
+        impressions=("click", "size"), clicks=("click", "sum"), likes=("like", "sum"), playing=("playing_time", "sum")
+    )
+    per_user["click_rate"] = (per_user["clicks"] + 20 * train["click"].mean()) / (per_user["impressions"] + 20)
+    out["user_stats_seconds"] = time.time() - started
+    started = time.time()
+    clusters = pd.read_parquet(work / "tables" / "video_clusters.parquet")
+    joined = train[["user_id", "photo_id", "click"]].merge(clusters, on="photo_id")
+    per_cluster = joined.groupby(["k", "cluster"])["click"].agg(["size", "sum"])
+    per_user_cluster = joined.groupby(["user_id", "k", "cluster"])["click"].agg(["size", "sum"])
+    out["cluster_stats_seconds"] = time.time() - started
+    out["rows"] = len(train) + len(test)
+    out["groups"] = len(per_user) + len(per_cluster) + len(per_user_cluster)
+    return out
+
+
+# -- the benchmark ---------------------------------------------------------------------------
+
+
+def _env(data: Path, work: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        KUAI_DATA_DIR=str(data),
+        KUAI_WORK_DIR=str(work),
+        MLFLOW_TRACKING_URI=f"sqlite:///{work}/mlflow/mlflow.db",
+        MLFLOW_DISABLE_TELEMETRY="true",
+    )
+    return env
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    bench_root = Path(args.root or settings.default_work_dir() / "bench") / args.scale
+    data = Path(args.data) if args.data else bench_root / "data"
+    work = Path(args.work) if args.work else bench_root / "work"
+    results: dict = {"scale": args.scale, "data": str(data), "work": str(work), "machine": _machine(), "assets": []}
+    print(f"[bench] scale {args.scale}: data {data}, work {work}", flush=True)
+
+    if not data.exists():
+        argv = [sys.executable, "-m", "kuai_assets.synth", "--size", args.scale, "--out", str(data)]
+        if args.vector_dim:
+            argv += ["--vector-dim", str(args.vector_dim)]
+        data.parent.mkdir(parents=True, exist_ok=True)
+        code, seconds, peak = _run_child(argv, dict(os.environ))
+        if code:
+            print("[bench] generation failed", file=sys.stderr)
+            return code
+        results["generate"] = {"seconds": round(seconds, 1), "peak_mb": round(peak)}
+        print(f"[bench] generated in {seconds:.0f}s, peak {peak:,.0f} MB", flush=True)
+    summary_file = data / "ground_truth" / "summary.json"
+    if summary_file.exists():
+        results["dataset"] = json.loads(summary_file.read_text()).get("counts")
+
+    zip_bytes = visual_bytes(data)
+    from kuai_assets.formats import layout
+
+    largest = layout.find_visual_source(data, "train").path
+    if not largest.is_file():
+        largest = layout.interaction_file(data, "train")
+    speed = disk_read_speed(largest)
+    results["disk_read_mb_per_s"] = round(speed, 1)
+    print(f"[bench] sequential disk read: {speed:,.0f} MB/s ({largest.name})", flush=True)
+
+    if args.fresh and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    env = _env(data, work)
+    from kuai_assets.definitions import defs
+
+    order = [k.to_user_string() for k in defs.resolve_asset_graph().toposorted_asset_keys]
+    selected = [a for a in order if not args.assets or a in args.assets.split(",")]
+    run_config = json.loads(args.run_config) if args.run_config else {}
+    total = 0.0
+    for asset in selected:
+        if asset in VISUAL_ASSETS or asset == "raw_interactions":
+            evict_from_page_cache(data)  # read the released files from disk, not from memory
+        argv = [sys.executable, "-m", "kuai_assets.bench", "--one", asset, "--run-config", json.dumps(run_config.get(asset, {}))]
+        output_file = work / f".bench_{asset}.log"
+        with open(output_file, "w") as log:
+            started = time.time()
+            process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+            _, status, usage = os.wait4(process.pid, 0)
+            seconds = time.time() - started
+        code = os.waitstatus_to_exitcode(status)
+        text = output_file.read_text()
+        metadata = next(
+            (json.loads(line[len("BENCH_METADATA ") :]) for line in text.splitlines() if line.startswith("BENCH_METADATA ")),
+            {},
+        )
+        row = {
+            "asset": asset,
+            "seconds": round(seconds, 1),
+            "peak_mb": round(usage.ru_maxrss / 1024.0),
+            "rows": metadata.get("dagster/row_count") or metadata.get("vectors"),
+            "ok": code == 0,
+        }
+        if isinstance(metadata.get("seconds"), (int, float)):
+            row["compute_seconds"] = metadata["seconds"]  # inside the asset, without process start-up
+        if row["rows"]:
+            row["rows_per_second"] = round(row["rows"] / max(seconds, 1e-9))
+        for key in ("valid_auc", "test_auc", "oracle_auc", "oracle_gap_closure", "baseline_test_auc", "all_groups_valid_auc"):
+            if key in metadata:
+                row[key] = metadata[key]
+        if asset == "video_embeddings":
+            row["mb_per_s_of_released_bytes"] = round(zip_bytes / 1e6 / seconds, 1)
+            row["vs_disk_read_speed"] = round(zip_bytes / 1e6 / seconds / speed, 2)
+        if asset == "pca_visual_features":
+            store = (work / "stores" / "video_embeddings").resolve() / "vectors.npy"
+            row["mb_per_s_of_store_bytes"] = round(store.stat().st_size / 1e6 / seconds, 1)
+            row["vs_disk_read_speed"] = round(store.stat().st_size / 1e6 / seconds / speed, 2)
+        results["assets"].append(row)
+        total += seconds
+        print(
+            f"[bench] {asset:28s} {seconds:8.1f}s  peak {row['peak_mb']:7,d} MB"
+            + (f"  {row['rows']:>12,} rows  {row.get('rows_per_second', 0):>12,}/s" if row["rows"] else "")
+            + (f"  {row['vs_disk_read_speed']}x disk" if "vs_disk_read_speed" in row else "")
+            + ("" if code == 0 else f"  FAILED (see {output_file})"),
+            flush=True,
+        )
+        if code:
+            results["failed"] = asset
+            break
+    results["total_seconds"] = round(total, 1)
+    results["peak_mb"] = max((r["peak_mb"] for r in results["assets"]), default=0)
+    visual = [r for r in results["assets"] if r["asset"] in VISUAL_ASSETS]
+    if len(visual) == len(VISUAL_ASSETS):
+        seconds = sum(r["seconds"] for r in visual)
+        results["visual_stage"] = {
+            "seconds": round(seconds, 1),
+            "released_bytes_gb": round(zip_bytes / 1e9, 2),
+            "mb_per_s": round(zip_bytes / 1e6 / seconds, 1),
+            "vs_disk_read_speed": round(zip_bytes / 1e6 / seconds / speed, 2),
+        }
+    print(f"[bench] all assets: {total / 60:.1f} min, highest step peak {results['peak_mb']:,} MB", flush=True)
+
+    if not args.skip_pandas and (work / "tables" / "video_clusters.parquet").exists():
+        argv = [sys.executable, "-m", "kuai_assets.bench", "--pandas", "--data", str(data), "--work", str(work)]
+        output_file = work / ".bench_pandas.log"
+        with open(output_file, "w") as log:
+            started = time.time()
+            process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+            _, status, usage = os.wait4(process.pid, 0)
+            seconds = time.time() - started
+        lines = [l for l in output_file.read_text().splitlines() if l.startswith("BENCH_PANDAS ")]
+        if lines:
+            figures = json.loads(lines[-1][len("BENCH_PANDAS ") :])
+            pandas_seconds = figures["read_interactions_seconds"] + figures["user_stats_seconds"] + figures["cluster_stats_seconds"]
+            by_asset = {r["asset"]: r.get("compute_seconds", r["seconds"]) for r in results["assets"]}
+            ours = sum(
+                by_asset.get(a, 0)
+                for a in ("raw_interactions", "model_rows", "label_history", "user_behaviour", "user_cluster_affinity", "cluster_stats")
+            )
+            results["pandas"] = {
+                **{k: round(v, 1) if isinstance(v, float) else v for k, v in figures.items()},
+                "seconds": round(pandas_seconds, 1),
+                "peak_mb": round(usage.ru_maxrss / 1024.0),
+                "platform_seconds_same_stages": round(ours, 1),
+                "speedup": round(pandas_seconds / ours, 2) if ours else None,
+            }
+            print(
+                f"[bench] pandas first stages: {pandas_seconds:.1f}s, peak {results['pandas']['peak_mb']:,} MB "
+                f"(read {figures['read_interactions_seconds']:.1f}s, user stats {figures['user_stats_seconds']:.1f}s, "
+                f"cluster stats {figures['cluster_stats_seconds']:.1f}s); the platform's raw_interactions + model_rows + "
+                f"label_history + user_behaviour + user_cluster_affinity + cluster_stats: {ours:.1f}s "
+                f"(out of fold, validated, both setups) -> ratio {results['pandas']['speedup']}x",
+                flush=True,
+            )
+        else:
+            print(f"[bench] pandas comparison failed (see {output_file})", flush=True)
+
+    (work / "bench_results.json").write_text(json.dumps(results, indent=2))
+    print(f"[bench] results: {work / 'bench_results.json'}", flush=True)
+    if args.clean:
+        shutil.rmtree(work, ignore_errors=True)
+        if not args.data:
+            shutil.rmtree(data, ignore_errors=True)
+        print("[bench] cleaned up what the benchmark generated", flush=True)
+    return 1 if "failed" in results else 0
+
+
+def _machine() -> dict:
+    import psutil
+
+    return {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kuai_assets.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", choices=SCALES, default="demo")
+    parser.add_argument("--data", help="an existing dataset to use (default: generate one under --root)")
+    parser.add_argument("--work", help="work dir (default: <root>/<scale>/work)")
+    parser.add_argument("--root", help="where generated data and work dirs go (default: .kuai/bench)")
+    parser.add_argument("--vector-dim", type=int, help="generate vectors of this length (e.g. 64 for --scale final)")
+    parser.add_argument("--assets", help="comma-separated assets to run (default: all, in dependency order)")
+    parser.add_argument("--run-config", help='JSON: {"asset": {"config": {...}}} passed to those assets')
+    parser.add_argument("--fresh", action="store_true", help="start from an empty work dir")
+    parser.add_argument("--skip-pandas", action="store_true", help="skip the pandas comparison")
+    parser.add_argument("--clean", action="store_true", help="delete generated data and the work dir at the end")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--pandas", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        return materialize_one(args.one, json.loads(args.run_config) if args.run_config else {})
+    if args.pandas:
+        figures = pandas_first_stages(Path(args.data), Path(args.work))
+        print("BENCH_PANDAS " + json.dumps(figures), flush=True)
+        return 0
+    return run_benchmark(args)
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    sys.exit(main())

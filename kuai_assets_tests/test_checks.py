@@ -1,0 +1,266 @@
+"""Every asset check can fail: each is run on a work dir built to break it, and on a good one.
+
+A check that cannot fail guards nothing, so each test first shows the check passing on a sound
+table and then failing, with the metadata naming what is wrong, once one thing is broken.
+"""
+
+from __future__ import annotations
+
+import re
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from kuai_assets.defs import checks
+from kuai_assets.defs.resources import KuaiResource
+from kuai_assets.storage import WorkDir
+from kuai_assets_tests.conftest import make_resources
+from kuai_assets_tests.handmade import write_dataset
+
+
+def values(result: dg.AssetCheckResult) -> dict:
+    return {k: getattr(v, "value", v) for k, v in result.metadata.items()}
+
+
+def kuai(work, data="/nonexistent") -> KuaiResource:
+    return KuaiResource(data_dir=str(data), work_dir=str(work))
+
+
+def write_table(work, name: str, columns: dict) -> None:
+    path = WorkDir(work).table_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), path)
+
+
+# -- raw_interactions ----------------------------------------------------------------------------
+
+
+def interactions(split, photo_id, click) -> dict:
+    n = len(split)
+    return {
+        "row_id": np.arange(n),
+        "split": split,
+        "user_id": np.ones(n, dtype=np.int64),
+        "photo_id": np.asarray(photo_id, dtype=np.int64),
+        "click": pa.array(click, pa.int8()),
+    }
+
+
+def test_train_and_test_photos_disjoint_can_fail(tmp_path):
+    write_table(tmp_path, "raw_interactions", interactions(["train", "train", "test"], [1, 2, 3], [1, 0, None]))
+    assert checks.train_and_test_photos_disjoint(kuai=kuai(tmp_path)).passed
+    write_table(tmp_path, "raw_interactions", interactions(["train", "train", "test"], [1, 2, 2], [1, 0, None]))
+    result = checks.train_and_test_photos_disjoint(kuai=kuai(tmp_path))
+    assert not result.passed and values(result)["shared_photo_ids"] == 1
+
+
+@pytest.mark.parametrize(
+    "split, click, why",
+    [
+        (["train"] * 4 + ["test"], [1, 1, 1, 1, None], "every train row clicked"),
+        (["train"] * 4 + ["test"], [0, 0, 0, 0, None], "no click at all"),
+        (["train"] * 5, [1, 0, 0, 0, 0], "no test rows"),
+    ],
+)
+def test_click_rate_plausible_can_fail(tmp_path, split, click, why):
+    write_table(tmp_path, "raw_interactions", interactions(["train"] * 4 + ["test"], range(5), [1, 0, 0, 0, None]))
+    assert checks.click_rate_plausible(kuai=kuai(tmp_path)).passed
+    write_table(tmp_path, "raw_interactions", interactions(split, range(5), click))
+    assert not checks.click_rate_plausible(kuai=kuai(tmp_path)).passed, why
+
+
+def test_a_blocking_check_stops_what_comes_after(tmp_path):
+    """Files the reader accepts (every click 0 is valid per line) but the check does not: raw_faces never runs."""
+    from kuai_assets.defs.raw import raw_faces, raw_interactions
+
+    data = write_dataset(tmp_path / "data", n_users=4, n_train_photos=40, n_test_photos=12, rows_per_user=12, dim=4)
+    path = data / "train" / "train_interaction.txt"
+    rows = [line.split("\t") for line in path.read_text().splitlines()]
+    path.write_text("".join("\t".join(r[:2] + ["0"] + r[3:6] + ["0"] + r[7:]) + "\n" for r in rows))
+    result = dg.materialize(
+        [raw_interactions, raw_faces, checks.click_rate_plausible],
+        resources=make_resources(data, tmp_path / "work"),
+        raise_on_error=False,
+    )
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert not evaluation.passed and evaluation.metadata["click_rate"].value == 0.0
+    done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert done == {"raw_interactions"}, "raw_faces ran after a failed blocking check"
+
+
+# -- video_embeddings ----------------------------------------------------------------------------
+
+
+def test_every_photo_has_a_vector_can_fail(tmp_path):
+    write_table(tmp_path, "raw_interactions", interactions(["train", "train", "test"], [1, 2, 3], [1, 0, None]))
+    with WorkDir(tmp_path).writing_store("video_embeddings") as store:
+        np.save(store / "photo_id.npy", np.array([1, 2, 3, 4], dtype=np.int64))
+    result = checks.every_photo_has_a_vector(kuai=kuai(tmp_path))
+    assert result.passed and values(result)["vectors_in_store"] == 4
+
+    write_table(tmp_path, "raw_interactions", interactions(["train", "train", "test"], [1, 2, 9], [1, 0, None]))
+    result = checks.every_photo_has_a_vector(kuai=kuai(tmp_path))
+    assert not result.passed
+    assert values(result)["photos_without_vector"] == {"train": 0, "test": 1}
+    assert values(result)["examples"] == [9]
+    assert "photo_id 9" in result.description
+
+
+# -- training_matrix: finite values, keys, labels ------------------------------------------------
+
+
+def matrix(**change) -> dict:
+    """A sound 4-row matrix: a validation fit row, a validation scored row, a fit row, a test row."""
+    columns = {
+        "setup": ["validation", "validation", "submission", "submission"],
+        "role": ["fit", "scored", "fit", "scored"],
+        "row_id": pa.array([0, 1, 0, 2], pa.int64()),
+        "user_id": pa.array([7, 7, 7, 7], pa.int64()),
+        "photo_id": pa.array([10, 11, 10, 12], pa.int64()),
+        "fold": pa.array([0, -1, 0, -1], pa.int32()),
+        "click": pa.array([1, 0, 1, None], pa.int8()),
+        "user_click_rate": pa.array([0.5, None, 0.25, 0.3], pa.float32()),  # NULL: missing by design
+        "batch_size": pa.array([1.0, 2.0, 3.0, None], pa.float64()),
+        "hour": pa.array([1, 2, 3, 4], pa.int32()),
+    }
+    for name, value in change.items():
+        columns[name] = pa.array(value, columns[name].type) if isinstance(columns[name], pa.Array) else value
+    return columns
+
+
+@pytest.mark.parametrize(
+    "change, failing",
+    [
+        ({"user_click_rate": [0.5, float("nan"), 0.25, 0.3]}, "nan_or_infinite_values"),
+        ({"batch_size": [1.0, 2.0, float("inf"), None]}, "nan_or_infinite_values"),
+        ({"batch_size": [1.0, float("-inf"), 3.0, None]}, "nan_or_infinite_values"),
+        ({"user_id": [7, None, 7, 7]}, "rows_with_null_key"),
+        ({"fold": [0, -1, None, -1]}, "rows_with_null_key"),
+        ({"row_id": [0, 1, 2, 2]}, "duplicate_setup_row_id"),
+        ({"click": [1, None, 1, None]}, "fit_or_validation_rows_without_click"),
+        ({"click": [1, 0, 1, 1]}, "test_rows_with_a_click_label"),
+        ({"click": [1, 0, 3, None]}, "click_not_0_or_1"),
+        ({"role": ["fit", "fitted", "fit", "scored"]}, "rows_with_unknown_setup_or_role"),
+    ],
+)
+def test_training_matrix_finite_and_keyed_can_fail(tmp_path, change, failing):
+    write_table(tmp_path, "training_matrix", matrix())
+    result = checks.training_matrix_finite_and_keyed(kuai=kuai(tmp_path))
+    assert result.passed, values(result)
+    assert values(result)["float_columns_checked"] == 2
+    assert values(result)["null_feature_share (missing by design)"] == pytest.approx(2 / 8)
+
+    write_table(tmp_path, "training_matrix", matrix(**change))
+    result = checks.training_matrix_finite_and_keyed(kuai=kuai(tmp_path))
+    assert not result.passed
+    failing_now = {k for k, v in values(result).items() if k in checks_problems() and v}
+    assert failing_now == {failing}
+    if failing == "nan_or_infinite_values":
+        assert list(values(result)["nan_or_infinite_by_column"].values()) == [1]
+
+
+def checks_problems() -> set[str]:
+    return {
+        "rows_with_null_key",
+        "rows_with_unknown_setup_or_role",
+        "duplicate_setup_row_id",
+        "fit_or_validation_rows_without_click",
+        "test_rows_with_a_click_label",
+        "click_not_0_or_1",
+        "nan_or_infinite_values",
+    }
+
+
+# -- training_matrix: label leakage ----------------------------------------------------------------
+
+LEAKY_SQL = """-- A leak on purpose: the user's click rate over every row, its own included.
+-- grain: setup, fold, user_id
+-- uses_labels: true
+-- continuous: leaky_click_rate
+select r.setup, r.fold, r.user_id, avg(i.click)::float as leaky_click_rate
+from model_rows as r
+join raw_interactions as i using (row_id)
+where i.split = 'train'
+group by all
+"""
+
+
+def test_label_statistics_check_ran_and_passed_in_the_pipeline(materialized):
+    (evaluation,) = [
+        c for c in materialized["result"].get_asset_check_evaluations() if c.check_name == "label_statistics_out_of_fold"
+    ]
+    assert evaluation.passed
+    scenarios = evaluation.metadata["scenarios"].value
+    assert len(scenarios) == 2 and all(s["rows_checked"] > 0 and s["changed_values_elsewhere"] > 0 for s in scenarios)
+    assert "user_behaviour" in evaluation.metadata["groups_probed"].value
+
+
+def test_label_statistics_check_can_fail(materialized, tmp_path, monkeypatch):
+    from kuai_assets.features.catalog import load_sql_model
+
+    (tmp_path / "features").mkdir()
+    path = tmp_path / "features" / "leaky_user_rate.sql"
+    path.write_text(LEAKY_SQL)
+    monkeypatch.setattr(checks, "label_groups", lambda: [load_sql_model(path)])
+    result = checks.label_statistics_out_of_fold(kuai=kuai(materialized["work"], materialized["data"]))
+    assert not result.passed
+    assert "leaky_click_rate" in result.description and "a leak" in result.description
+    assert values(result)["groups_probed"] == ["leaky_user_rate"]
+    assert not list(materialized["work"].glob(".leak_probe-*")), "the probe's scratch space was left behind"
+
+
+# -- submission --------------------------------------------------------------------------------------
+
+TEST_ROWS = [(1, 100), (1, 101), (2, 100), (3, 102)]
+
+
+def submission_setup(tmp_path, lines: list[str]) -> KuaiResource:
+    data, work = tmp_path / "data", tmp_path / "work"
+    (data / "test").mkdir(parents=True)
+    (data / "test" / "test_interaction.txt").write_text(
+        "".join(f"{u}\t{p}\t760000000000\t10\n" for u, p in TEST_ROWS)
+    )
+    work.mkdir()
+    (work / "submission.txt").write_text("".join(line + "\n" for line in lines))
+    return kuai(work, data)
+
+
+GOOD = [f"{u}\t{p}\t0.{i}00000" for i, (u, p) in enumerate(TEST_ROWS)]
+
+
+@pytest.mark.parametrize(
+    "lines, problem",
+    [
+        (GOOD[:3], r"1 row\(s\) of test_interaction.txt have no probability"),
+        (GOOD + ["4\t100\t0.500000"], r"user_id 4, photo_id 100 is not a row of test_interaction.txt"),
+        (GOOD[:3] + ["3\t102\t1.200000"], r"probability 1.2 is outside \[0, 1\]"),
+        (GOOD + [GOOD[0]], r"appears more than once"),
+        (GOOD[:3] + ["3\t102\t0.5"], r"six decimals"),
+    ],
+)
+def test_submission_matches_test_keys_can_fail(tmp_path, lines, problem):
+    result = checks.submission_matches_test_keys(kuai=submission_setup(tmp_path / "good", GOOD))
+    assert result.passed and values(result)["rows"] == 4 and values(result)["max_probability"] == 0.3
+    result = checks.submission_matches_test_keys(kuai=submission_setup(tmp_path / "bad", lines))
+    assert not result.passed
+    assert re.search(problem, result.description), result.description
+    assert "submission.txt" in values(result)["problem"]
+
+
+def test_every_check_is_registered():
+    from kuai_assets.definitions import defs
+
+    registered = {key.name for c in defs.asset_checks for key in c.check_keys}
+    assert registered == {
+        "train_and_test_photos_disjoint",
+        "click_rate_plausible",
+        "every_photo_has_a_vector",
+        "training_matrix_finite_and_keyed",
+        "label_statistics_out_of_fold",
+        "submission_matches_test_keys",
+    }
+    blocking = {key.name for c in defs.asset_checks for key in c.check_keys if c.get_spec_for_check_key(key).blocking}
+    assert blocking == registered
