@@ -12,14 +12,24 @@
 -- continuous: impressions_before_in_log, impressions_remaining_in_log, user_impressions_per_hour
 -- continuous: photo_impressions_in_log, photo_impressions_per_hour, hours_since_photo_first_shown
 -- discrete: is_first_batch, is_last_batch
+-- Every per-user and per-photo count is a window over the log, and the only join is the row to
+-- its batch on (split, user_id, time): joins to per-user and per-photo tables would let a
+-- planner short of row estimates join two large inputs on `split` alone.
 with log as (
-    select row_id, split, user_id, photo_id, time
+    select row_id, split, user_id, photo_id, time,
+           count(*) over (partition by split, user_id) as user_rows,
+           min(time) over (partition by split) as split_first,
+           max(time) over (partition by split) as split_last,
+           count(*) over (partition by split, photo_id) as photo_rows,
+           min(time) over (partition by split, photo_id) as photo_first,
+           max(time) over (partition by split, photo_id) as photo_last,
+           row_number() over (partition by split, user_id, time order by row_id) as position_in_batch
     from raw_interactions
 ),
 
 batches as (
     select split, user_id, time, count(*) as batch_size
-    from log
+    from raw_interactions
     group by all
 ),
 
@@ -41,33 +51,11 @@ batch_context as (
                rows between 1 following and unbounded following), 0) as impressions_remaining_in_log
     from batches
     window user_timeline as (partition by split, user_id order by time)
-),
-
-log_span as (
-    select split, greatest((max(time) - min(time)) / 3600000.0, 1.0) as hours
-    from log
-    group by split
-),
-
-user_rate as (
-    select l.split, l.user_id, count(*) / any_value(s.hours) as user_impressions_per_hour
-    from log as l
-    join log_span as s using (split)
-    group by all
-),
-
-photo_exposure as (
-    select split, photo_id,
-           count(*) as photo_impressions_in_log,
-           min(time) as first_shown,
-           count(*) / ((max(time) - min(time)) / 3600000.0 + 1.0) as photo_impressions_per_hour
-    from log
-    group by all
 )
 
 select l.row_id,
        b.batch_size::float as batch_size,
-       (row_number() over (partition by l.split, l.user_id, l.time order by l.row_id))::float as position_in_batch,
+       l.position_in_batch::float as position_in_batch,
        ((l.time - b.previous_time) / 1000.0)::float as seconds_since_previous_batch,
        ((b.next_time - l.time) / 1000.0)::float as seconds_until_next_batch,
        b.impressions_previous_1min::float as impressions_previous_1min,
@@ -76,13 +64,11 @@ select l.row_id,
        b.impressions_next_10min::float as impressions_next_10min,
        b.impressions_before_in_log::float as impressions_before_in_log,
        b.impressions_remaining_in_log::float as impressions_remaining_in_log,
-       u.user_impressions_per_hour::float as user_impressions_per_hour,
-       p.photo_impressions_in_log::float as photo_impressions_in_log,
-       p.photo_impressions_per_hour::float as photo_impressions_per_hour,
-       ((l.time - p.first_shown) / 3600000.0)::float as hours_since_photo_first_shown,
+       (l.user_rows / greatest((l.split_last - l.split_first) / 3600000.0, 1.0))::float as user_impressions_per_hour,
+       l.photo_rows::float as photo_impressions_in_log,
+       (l.photo_rows / ((l.photo_last - l.photo_first) / 3600000.0 + 1.0))::float as photo_impressions_per_hour,
+       ((l.time - l.photo_first) / 3600000.0)::float as hours_since_photo_first_shown,
        (b.previous_time is null)::integer as is_first_batch,
        (b.next_time is null)::integer as is_last_batch
 from log as l
 join batch_context as b using (split, user_id, time)
-join user_rate as u using (split, user_id)
-join photo_exposure as p using (split, photo_id)
