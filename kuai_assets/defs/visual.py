@@ -81,7 +81,7 @@ class PcaConfig(dg.Config):
     seed: int = Field(default=0, description="Seed of the fitting sample.")
 
 
-@dg.asset(group_name=GROUP, kinds={"python", "numpy"}, deps=[video_embeddings], code_version="1")
+@dg.asset(group_name=GROUP, kinds={"python", "numpy"}, deps=[video_embeddings], code_version="2")
 def pca_visual_features(
     context: dg.AssetExecutionContext, config: PcaConfig, kuai: KuaiResource
 ) -> dg.MaterializeResult:
@@ -122,10 +122,13 @@ class ClusterConfig(dg.Config):
     sample_fraction: float = Field(
         default=0.1, description="Share of photos the KMeans is fitted on (at least 50 per cluster); all are assigned."
     )
+    max_sample_per_cluster: int = Field(
+        default=256, description="At most this many fit photos per cluster (more only costs time)."
+    )
     seed: int = Field(default=0, description="Seed of the sample and of k-means++.")
 
 
-@dg.asset(group_name=GROUP, kinds={"python", "numpy"}, deps=[pca_visual_features], code_version="1")
+@dg.asset(group_name=GROUP, kinds={"python", "numpy"}, deps=[pca_visual_features], code_version="2")
 def video_clusters(context: dg.AssetExecutionContext, config: ClusterConfig, kuai: KuaiResource) -> dg.MaterializeResult:
     """KMeans clusters of the reduced photo vectors at every k: one row per (photo_id, k)."""
     with clear_failures("video_clusters"):
@@ -134,7 +137,14 @@ def video_clusters(context: dg.AssetExecutionContext, config: ClusterConfig, kua
         started = time.time()
         with work.writing_table("video_clusters") as tmp:
             models = cluster_vectors(
-                photo_id, reduced, sorted(set(config.ks)), tmp, config.sample_fraction, config.seed, context.log.info
+                photo_id,
+                reduced,
+                sorted(set(config.ks)),
+                tmp,
+                config.sample_fraction,
+                config.seed,
+                context.log.info,
+                max_sample_per_cluster=config.max_sample_per_cluster,
             )
     from kuai_assets.ml import plots
 

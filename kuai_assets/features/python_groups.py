@@ -30,13 +30,32 @@ def _pca_matrix(con: duckdb.DuckDBPyConnection) -> tuple[np.ndarray, np.ndarray]
     return photo_id, matrix
 
 
-def _positions(sorted_ids: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:
-    pos = np.searchsorted(sorted_ids, ids)
-    pos = np.minimum(pos, len(sorted_ids) - 1)
-    if len(ids) and not np.array_equal(sorted_ids[pos], ids):
-        missing = ids[sorted_ids[pos] != ids][:5]
-        raise ValueError(f"{what}: photo_id(s) {missing.tolist()} have no reduced visual vector")
-    return pos
+class PhotoIndex:
+    """Row positions of photo_ids in a sorted id array.
+
+    Ids that are dense enough (as the released ones are) go through a lookup table, one memory
+    read per id; sparse ids (hashes, say) through a binary search. On 50 million random lookups
+    into 5 million photos the table is tens of times faster.
+    """
+
+    def __init__(self, sorted_ids: np.ndarray):
+        self.sorted_ids = sorted_ids
+        self.table = None
+        if len(sorted_ids) and sorted_ids[0] >= 0 and sorted_ids[-1] < 4 * len(sorted_ids) + 1_000_000:
+            self.table = np.full(int(sorted_ids[-1]) + 1, -1, dtype=np.int64)
+            self.table[sorted_ids] = np.arange(len(sorted_ids))
+
+    def positions(self, ids: np.ndarray, what: str) -> np.ndarray:
+        if self.table is not None:
+            inside = (ids >= 0) & (ids < len(self.table))
+            pos = np.where(inside, self.table[np.where(inside, ids, 0)], -1)
+            found = pos >= 0
+        else:
+            pos = np.minimum(np.searchsorted(self.sorted_ids, ids), len(self.sorted_ids) - 1)
+            found = self.sorted_ids[pos] == ids
+        if not found.all():
+            raise ValueError(f"{what}: photo_id(s) {ids[~found][:5].tolist()} have no reduced visual vector")
+        return pos
 
 
 def _keyed_sums(key: np.ndarray, vectors: np.ndarray, n_keys: int) -> np.ndarray:
@@ -49,6 +68,7 @@ def compute_visual_similarity(
     con: duckdb.DuckDBPyConnection, out: Path, log: Callable[[str], None] = lambda m: None
 ) -> int:
     photo_ids, vectors = _pca_matrix(con)
+    index = PhotoIndex(photo_ids)
     dim = vectors.shape[1]
     schema = pa.schema(
         [
@@ -77,7 +97,7 @@ def compute_visual_similarity(
             for batch in reader:
                 fold = batch.column("fold").to_numpy().astype(np.int64)
                 user = np.searchsorted(users, batch.column("user_id").to_numpy())
-                photo = _positions(photo_ids, batch.column("photo_id").to_numpy(), "label_history")
+                photo = index.positions(batch.column("photo_id").to_numpy(), "label_history")
                 key = (fold * n_users + user) * 2 + batch.column("click").to_numpy().astype(np.int64)
                 sums += _keyed_sums(key, vectors[photo], n_keys)
                 counts += np.bincount(key, minlength=n_keys)
@@ -97,7 +117,7 @@ def compute_visual_similarity(
                 fold = batch.column("fold").to_numpy().astype(np.int64)
                 which = np.where(fold >= 0, fold, n_folds)
                 user = np.searchsorted(users, batch.column("user_id").to_numpy())
-                photo = _positions(photo_ids, batch.column("photo_id").to_numpy(), "model_rows")
+                photo = index.positions(batch.column("photo_id").to_numpy(), "model_rows")
                 similarity = np.einsum("nkd,nd->nk", centroids[which, user], vectors[photo])
                 clicked, unclicked = similarity[:, 1], similarity[:, 0]
                 writer.write_table(

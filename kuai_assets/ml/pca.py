@@ -17,8 +17,9 @@ class PcaModel:
     fitted_on: int
 
     def transform(self, x: np.ndarray) -> np.ndarray:
-        centred = x.astype(np.float32, copy=False) - self.mean.astype(np.float32)
-        return centred @ self.components.T
+        # (x - mean) W = x W - mean W: no centred copy of x (a block of 2048-d rows is half a GB)
+        components = self.components.T.astype(np.float32, copy=False)
+        return x.astype(np.float32, copy=False) @ components - self.mean.astype(np.float32) @ components
 
     def save(self, path: Path) -> None:
         np.savez(
