@@ -172,10 +172,16 @@ def run_benchmark(args: argparse.Namespace) -> int:
     if summary_file.exists():
         results["dataset"] = json.loads(summary_file.read_text()).get("counts")
 
-    zip_bytes = visual_bytes(data)
     from kuai_assets.formats import layout
 
-    largest = layout.find_visual_source(data, "train").path
+    try:
+        zip_bytes = visual_bytes(data)
+        largest = layout.find_visual_source(data, "train").path
+    except FileNotFoundError:
+        # the released vectors were deleted after consolidation to save disk: the visual assets
+        # cannot be rerun, but everything from the consolidated store on can
+        print("[bench] no released visual vectors in the data folder: skipping the visual-stage ratios", flush=True)
+        zip_bytes, largest = 0, layout.interaction_file(data, "train")
     if not largest.is_file():
         largest = layout.interaction_file(data, "train")
     speed = disk_read_speed(largest)
@@ -222,7 +228,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
         for key in ("valid_auc", "test_auc", "oracle_auc", "oracle_gap_closure", "baseline_test_auc", "all_groups_valid_auc"):
             if key in metadata:
                 row[key] = metadata[key]
-        if asset == "video_embeddings":
+        if asset == "video_embeddings" and zip_bytes:
             row["mb_per_s_of_released_bytes"] = round(zip_bytes / 1e6 / seconds, 1)
             row["vs_disk_read_speed"] = round(zip_bytes / 1e6 / seconds / speed, 2)
         if asset == "pca_visual_features":
@@ -244,7 +250,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     results["total_seconds"] = round(total, 1)
     results["peak_mb"] = max((r["peak_mb"] for r in results["assets"]), default=0)
     visual = [r for r in results["assets"] if r["asset"] in VISUAL_ASSETS]
-    if len(visual) == len(VISUAL_ASSETS):
+    if len(visual) == len(VISUAL_ASSETS) and zip_bytes:
         seconds = sum(r["seconds"] for r in visual)
         results["visual_stage"] = {
             "seconds": round(seconds, 1),
