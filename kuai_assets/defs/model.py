@@ -53,14 +53,25 @@ def all_feature_group_keys() -> list[dg.AssetKey]:
 # -- training matrix ---------------------------------------------------------------------------
 
 
+class TrainingMatrixConfig(dg.Config):
+    max_fit_rows_per_setup: int = Field(
+        default=4_000_000,
+        description="Keep at most this many fit rows per setup (a uniform sample; every scored row is kept). "
+        "The models fit on at most max_fit_rows anyway; at the real sizes the full matrix would be tens of GB. "
+        "0 keeps every row.",
+    )
+
+
 @dg.asset(
     group_name=GROUP,
     kinds={"duckdb"},
     deps=[dg.AssetKey("model_rows"), dg.AssetKey("raw_interactions"), dg.AssetKey("video_clusters")]
     + all_feature_group_keys(),
-    code_version="1",
+    code_version="2",
 )
-def training_matrix(context: dg.AssetExecutionContext, kuai: KuaiResource) -> dg.MaterializeResult:
+def training_matrix(
+    context: dg.AssetExecutionContext, config: TrainingMatrixConfig, kuai: KuaiResource
+) -> dg.MaterializeResult:
     """model_rows joined to every feature group by the group's declared grain.
 
     One row per (setup, row): setup 'validation' (fit rows before the cut, scored cold-start rows
@@ -71,7 +82,7 @@ def training_matrix(context: dg.AssetExecutionContext, kuai: KuaiResource) -> dg
     with clear_failures("training_matrix"):
         work = kuai.work()
         groups = feature_groups(load_catalog())
-        result = build_training_matrix(work, groups, context.log.info)
+        result = build_training_matrix(work, groups, context.log.info, config.max_fit_rows_per_setup or None)
     features: list[Feature] = result["features"]
     by_group: dict[str, dict] = {}
     for f in features:
@@ -86,6 +97,7 @@ def training_matrix(context: dg.AssetExecutionContext, kuai: KuaiResource) -> dg
             "feature_groups": dg.MetadataValue.md(markdown_table(list(by_group.values()))),
             "features": dg.MetadataValue.int(len(features)),
             "cluster_ks": dg.MetadataValue.json(result["ks"]),
+            "fit_rows_before_sampling": dg.MetadataValue.json(result["fit_rows_before_sampling"]),
             "seconds": dg.MetadataValue.float(result["seconds"]),
         }
     )

@@ -34,7 +34,11 @@ class Feature:
     uses_scored_window_log: bool = False
 
 
-def build_training_matrix(work: WorkDir, groups: list[TableModel], log=lambda m: None) -> dict:
+def build_training_matrix(
+    work: WorkDir, groups: list[TableModel], log=lambda m: None, max_fit_rows_per_setup: int | None = None
+) -> dict:
+    """Join model_rows to every group; keep every scored row and at most `max_fit_rows_per_setup`
+    fit rows of each setup (a uniform sample by hash of row_id; None keeps all)."""
     started = time.time()
     tables = ["model_rows", "raw_interactions"] + [g.name for g in groups]
     needs_clusters = any(set(CLUSTER_KEYS) <= set(g.grain) for g in groups)
@@ -75,8 +79,24 @@ def build_training_matrix(work: WorkDir, groups: list[TableModel], log=lambda m:
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise CatalogError(f"feature column(s) {repeated} are declared by more than one group")
+        fit_rows = dict(con.execute("select setup, count(*) from model_rows where role = 'fit' group by setup").fetchall())
+        keep = {
+            setup: 1.0 if not max_fit_rows_per_setup or n <= max_fit_rows_per_setup else max_fit_rows_per_setup / n
+            for setup, n in fit_rows.items()
+        }
+        where = ""
+        if any(share < 1.0 for share in keep.values()):
+            cases = " ".join(
+                f"when r.setup = {sql_string(setup)} then {int(share * 1_000_000)}" for setup, share in sorted(keep.items())
+            )
+            where = f"where r.role = 'scored' or hash(r.row_id + 7919) % 1000000 < case {cases} else 1000000 end"
+            log(
+                "training_matrix: keeping "
+                + ", ".join(f"{share:.1%} of the {fit_rows[s]:,} {s} fit rows" for s, share in sorted(keep.items()))
+                + " (max_fit_rows_per_setup); every scored row"
+            )
         query = (
-            f"select {', '.join(select)} from model_rows as r {' '.join(joins)} "
+            f"select {', '.join(select)} from model_rows as r {' '.join(joins)} {where} "
             "order by r.setup, r.role, r.row_id"
         )
         metadata = json.dumps([asdict(f) for f in features])
@@ -93,6 +113,7 @@ def build_training_matrix(work: WorkDir, groups: list[TableModel], log=lambda m:
     return {
         "features": features,
         "counts": counts,
+        "fit_rows_before_sampling": fit_rows,
         "ks": ks,
         "seconds": round(time.time() - started, 2),
     }
