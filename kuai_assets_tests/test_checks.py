@@ -19,6 +19,7 @@ from kuai_assets.defs.resources import KuaiResource
 from kuai_assets.storage import WorkDir
 from kuai_assets_tests.conftest import make_resources
 from kuai_assets_tests.handmade import write_dataset
+from kuai_assets_tests.test_leakage import LEAKY_SQL
 
 
 def values(result: dg.AssetCheckResult) -> dict:
@@ -175,17 +176,6 @@ def checks_problems() -> set[str]:
 
 
 # -- training_matrix: label leakage ----------------------------------------------------------------
-
-LEAKY_SQL = """-- A leak on purpose: the user's click rate over every row, its own included.
--- grain: setup, fold, user_id
--- uses_labels: true
--- continuous: leaky_click_rate
-select r.setup, r.fold, r.user_id, avg(i.click)::float as leaky_click_rate
-from model_rows as r
-join raw_interactions as i using (row_id)
-where i.split = 'train'
-group by all
-"""
 
 
 def test_label_statistics_check_ran_and_passed_in_the_pipeline(materialized):
