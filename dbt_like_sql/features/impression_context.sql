@@ -12,23 +12,29 @@
 -- continuous: impressions_before_in_log, impressions_remaining_in_log, user_impressions_per_hour
 -- continuous: photo_impressions_in_log, photo_impressions_per_hour, hours_since_photo_first_shown
 -- discrete: is_first_batch, is_last_batch
--- Every per-user and per-photo count is a window over the log, and the only join is the row to
--- its batch on (split, user_id, time): joins to per-user and per-photo tables would let a
--- planner short of row estimates join two large inputs on `split` alone.
-with log as (
-    select row_id, split, user_id, photo_id, time,
-           count(*) over (partition by split, user_id) as user_rows,
-           min(time) over (partition by split) as split_first,
-           max(time) over (partition by split) as split_last,
-           count(*) over (partition by split, photo_id) as photo_rows,
-           min(time) over (partition by split, photo_id) as photo_first,
-           max(time) over (partition by split, photo_id) as photo_last,
-           row_number() over (partition by split, user_id, time order by row_id) as position_in_batch
+-- No window runs over every row: each batch is one group (its rows listed in row_id order, so
+-- the position in the batch is the place in that list), every per-user count is a window over
+-- batches (8.8 million at preliminary scale, not 24 million rows), the user's total is before +
+-- this batch + remaining, and per-photo counts are one aggregate joined on photo_id (train and
+-- test photos are disjoint, so photo_id alone names the log). Joining per-user and per-photo
+-- tables on (split, ...) let a planner short of row estimates join two large inputs on `split`.
+with split_hours as (
+    select greatest((max(time) filter (where split = 'train') - min(time) filter (where split = 'train'))
+                    / 3600000.0, 1.0) as train,
+           greatest((max(time) filter (where split = 'test') - min(time) filter (where split = 'test'))
+                    / 3600000.0, 1.0) as test
     from raw_interactions
 ),
 
+photos as (
+    select photo_id, count(*) as photo_rows, min(time) as photo_first, max(time) as photo_last
+    from raw_interactions
+    group by photo_id
+),
+
 batches as (
-    select split, user_id, time, count(*) as batch_size
+    select split, user_id, time, count(*) as batch_size,
+           list_sort(list({'row_id': row_id, 'photo_id': photo_id})) as shown
     from raw_interactions
     group by all
 ),
@@ -51,24 +57,31 @@ batch_context as (
                rows between 1 following and unbounded following), 0) as impressions_remaining_in_log
     from batches
     window user_timeline as (partition by split, user_id order by time)
+),
+
+batch_rows as (
+    select b.*, unnest(b.shown) as row, generate_subscripts(b.shown, 1) as position_in_batch
+    from batch_context as b
 )
 
-select l.row_id,
-       b.batch_size::float as batch_size,
-       l.position_in_batch::float as position_in_batch,
-       ((l.time - b.previous_time) / 1000.0)::float as seconds_since_previous_batch,
-       ((b.next_time - l.time) / 1000.0)::float as seconds_until_next_batch,
-       b.impressions_previous_1min::float as impressions_previous_1min,
-       b.impressions_previous_10min::float as impressions_previous_10min,
-       b.impressions_next_1min::float as impressions_next_1min,
-       b.impressions_next_10min::float as impressions_next_10min,
-       b.impressions_before_in_log::float as impressions_before_in_log,
-       b.impressions_remaining_in_log::float as impressions_remaining_in_log,
-       (l.user_rows / greatest((l.split_last - l.split_first) / 3600000.0, 1.0))::float as user_impressions_per_hour,
-       l.photo_rows::float as photo_impressions_in_log,
-       (l.photo_rows / ((l.photo_last - l.photo_first) / 3600000.0 + 1.0))::float as photo_impressions_per_hour,
-       ((l.time - l.photo_first) / 3600000.0)::float as hours_since_photo_first_shown,
-       (b.previous_time is null)::integer as is_first_batch,
-       (b.next_time is null)::integer as is_last_batch
-from log as l
-join batch_context as b using (split, user_id, time)
+select r.row.row_id as row_id,
+       r.batch_size::float as batch_size,
+       r.position_in_batch::float as position_in_batch,
+       ((r.time - r.previous_time) / 1000.0)::float as seconds_since_previous_batch,
+       ((r.next_time - r.time) / 1000.0)::float as seconds_until_next_batch,
+       r.impressions_previous_1min::float as impressions_previous_1min,
+       r.impressions_previous_10min::float as impressions_previous_10min,
+       r.impressions_next_1min::float as impressions_next_1min,
+       r.impressions_next_10min::float as impressions_next_10min,
+       r.impressions_before_in_log::float as impressions_before_in_log,
+       r.impressions_remaining_in_log::float as impressions_remaining_in_log,
+       ((r.impressions_before_in_log + r.batch_size + r.impressions_remaining_in_log)
+           / case r.split when 'train' then h.train else h.test end)::float as user_impressions_per_hour,
+       p.photo_rows::float as photo_impressions_in_log,
+       (p.photo_rows / ((p.photo_last - p.photo_first) / 3600000.0 + 1.0))::float as photo_impressions_per_hour,
+       ((r.time - p.photo_first) / 3600000.0)::float as hours_since_photo_first_shown,
+       (r.previous_time is null)::integer as is_first_batch,
+       (r.next_time is null)::integer as is_last_batch
+from batch_rows as r
+join photos as p on p.photo_id = r.row.photo_id
+cross join split_hours as h

@@ -1,7 +1,9 @@
 -- Visual affinity: the user's click rate on each visual cluster (at every k), smoothed toward the
 -- user's own rate (10 pseudo-impressions), with the impressions and watch time behind it. This is
 -- the bridge to unseen test photos: a new photo lands in clusters the user already has history on.
--- Label statistics, out of fold.
+-- Label statistics, out of fold: each fold sees its setup's whole history minus its own part
+-- (scored rows have fold -1, which has no part), so no part is ever repeated per fold and
+-- grouped back together.
 --
 -- grain: setup, fold, user_id, k, cluster
 -- uses_labels: true
@@ -13,10 +15,17 @@ with history as (
     join video_clusters as c using (photo_id)
 ),
 
-per_fold as (
+part as (
     select setup, fold, user_id, k, cluster,
            count(*) as impressions, sum(click) as clicks, sum(playing_seconds) as playing_seconds
     from history
+    group by all
+),
+
+total as (
+    select setup, user_id, k, cluster,
+           sum(impressions) as impressions, sum(clicks) as clicks, sum(playing_seconds) as playing_seconds
+    from part
     group by all
 ),
 
@@ -25,19 +34,37 @@ folds as (
 ),
 
 out_of_fold as (
-    select f.setup, f.fold, p.user_id, p.k, p.cluster,
-           sum(p.impressions) as impressions, sum(p.clicks) as clicks,
-           sum(p.playing_seconds) as playing_seconds
-    from per_fold as p
-    join folds as f on f.setup = p.setup and f.fold <> p.fold
+    select t.setup, f.fold, t.user_id, t.k, t.cluster,
+           t.impressions - coalesce(p.impressions, 0) as impressions,
+           t.clicks - coalesce(p.clicks, 0) as clicks,
+           t.playing_seconds - coalesce(p.playing_seconds, 0) as playing_seconds
+    from total as t
+    join folds as f on f.setup = t.setup
+    left join part as p
+        on p.setup = t.setup and p.fold = f.fold and p.user_id = t.user_id and p.k = t.k and p.cluster = t.cluster
+    where t.impressions > coalesce(p.impressions, 0)
+),
+
+user_part as (
+    select setup, fold, user_id, k, sum(impressions) as impressions, sum(clicks) as clicks
+    from part
+    group by all
+),
+
+user_total as (
+    select setup, user_id, k, sum(impressions) as impressions, sum(clicks) as clicks
+    from user_part
     group by all
 ),
 
 user_rate as (
-    select setup, fold, user_id, k,
-           sum(clicks) as clicks, sum(impressions) as impressions
-    from out_of_fold
-    group by all
+    select t.setup, f.fold, t.user_id, t.k,
+           t.impressions - coalesce(p.impressions, 0) as impressions,
+           t.clicks - coalesce(p.clicks, 0) as clicks
+    from user_total as t
+    join folds as f on f.setup = t.setup
+    left join user_part as p on p.setup = t.setup and p.fold = f.fold and p.user_id = t.user_id and p.k = t.k
+    where t.impressions > coalesce(p.impressions, 0)
 ),
 
 population as (

@@ -8,4 +8,3 @@ select r.setup, r.fold, r.row_id, r.user_id, r.photo_id, r.time,
 from model_rows as r
 join raw_interactions as i using (row_id)
 where r.role = 'fit'
-order by r.setup, r.fold, r.user_id
