@@ -16,6 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kuai_assets.features.catalog import TableModel
+from kuai_assets.features.photo_index import PhotoIndex
+from kuai_assets.features.word_affinity import USER_WORD_AFFINITY
 
 ROW_CHUNK = 2_000_000
 
@@ -28,34 +30,6 @@ def _pca_matrix(con: duckdb.DuckDBPyConnection) -> tuple[np.ndarray, np.ndarray]
     matrix = np.column_stack([table.column(c).to_numpy().astype(np.float32) for c in names])
     matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
     return photo_id, matrix
-
-
-class PhotoIndex:
-    """Row positions of photo_ids in a sorted id array.
-
-    Ids that are dense enough (as the released ones are) go through a lookup table, one memory
-    read per id; sparse ids (hashes, say) through a binary search. On 50 million random lookups
-    into 5 million photos the table is tens of times faster.
-    """
-
-    def __init__(self, sorted_ids: np.ndarray):
-        self.sorted_ids = sorted_ids
-        self.table = None
-        if len(sorted_ids) and sorted_ids[0] >= 0 and sorted_ids[-1] < 4 * len(sorted_ids) + 1_000_000:
-            self.table = np.full(int(sorted_ids[-1]) + 1, -1, dtype=np.int64)
-            self.table[sorted_ids] = np.arange(len(sorted_ids))
-
-    def positions(self, ids: np.ndarray, what: str) -> np.ndarray:
-        if self.table is not None:
-            inside = (ids >= 0) & (ids < len(self.table))
-            pos = np.where(inside, self.table[np.where(inside, ids, 0)], -1)
-            found = pos >= 0
-        else:
-            pos = np.minimum(np.searchsorted(self.sorted_ids, ids), len(self.sorted_ids) - 1)
-            found = self.sorted_ids[pos] == ids
-        if not found.all():
-            raise ValueError(f"{what}: photo_id(s) {ids[~found][:5].tolist()} have no reduced visual vector")
-        return pos
 
 
 def _keyed_sums(key: np.ndarray, vectors: np.ndarray, n_keys: int) -> np.ndarray:
@@ -152,4 +126,4 @@ VISUAL_SIMILARITY = TableModel(
     compute=compute_visual_similarity,
 )
 
-PYTHON_FEATURE_GROUPS = (VISUAL_SIMILARITY,)
+PYTHON_FEATURE_GROUPS = (VISUAL_SIMILARITY, USER_WORD_AFFINITY)

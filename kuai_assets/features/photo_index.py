@@ -1,0 +1,38 @@
+"""Row positions of photo_ids in a sorted id array."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class PhotoIndex:
+    """Row positions of photo_ids in a sorted id array.
+
+    Ids that are dense enough (as the released ones are) go through a lookup table, one memory
+    read per id; sparse ids (hashes, say) through a binary search. On 50 million random lookups
+    into 5 million photos the table is tens of times faster.
+    """
+
+    def __init__(self, sorted_ids: np.ndarray):
+        self.sorted_ids = sorted_ids
+        self.table = None
+        if len(sorted_ids) and sorted_ids[0] >= 0 and sorted_ids[-1] < 4 * len(sorted_ids) + 1_000_000:
+            self.table = np.full(int(sorted_ids[-1]) + 1, -1, dtype=np.int64)
+            self.table[sorted_ids] = np.arange(len(sorted_ids))
+
+    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(position, found); the position is meaningless where not found."""
+        if not len(self.sorted_ids):
+            return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
+        if self.table is not None:
+            inside = (ids >= 0) & (ids < len(self.table))
+            pos = np.where(inside, self.table[np.where(inside, ids, 0)], -1)
+            return np.maximum(pos, 0), pos >= 0
+        pos = np.minimum(np.searchsorted(self.sorted_ids, ids), len(self.sorted_ids) - 1)
+        return pos, self.sorted_ids[pos] == ids
+
+    def positions(self, ids: np.ndarray, what: str) -> np.ndarray:
+        pos, found = self.lookup(ids)
+        if not found.all():
+            raise ValueError(f"{what}: photo_id(s) {ids[~found][:5].tolist()} have no reduced visual vector")
+        return pos
