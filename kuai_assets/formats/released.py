@@ -237,10 +237,13 @@ def read_interactions(con: duckdb.DuckDBPyConnection, root: Path, out: Path) -> 
         )
         if row:
             raise DataFormatError(path, f"duration_time must be >= 0, got {row[1]}", line=row[0])
+        # which pairs repeat is a plain count per pair; lines are listed for those pairs only
         row = _first(
             con,
+            f"with repeated as (select user_id, photo_id from {table} group by all having count(*) > 1) "
             f"select user_id, photo_id, list(line order by line) as lines from {table} "
-            "group by user_id, photo_id having count(*) > 1 order by min(line) limit 1",
+            "semi join repeated using (user_id, photo_id) "
+            "group by user_id, photo_id order by min(line) limit 1",
         )
         if row:
             raise DataFormatError(
@@ -302,7 +305,6 @@ def read_interactions(con: duckdb.DuckDBPyConnection, root: Path, out: Path) -> 
                    null::tinyint, null::tinyint, null::tinyint, time, null::bigint,
                    duration_time::integer
             from test_rows
-            order by row_id
         ) to {sql_string(out)} (format parquet, compression zstd)
         """
     )
