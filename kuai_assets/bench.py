@@ -201,6 +201,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
     for asset in selected:
         if asset in VISUAL_ASSETS or asset == "raw_interactions":
             evict_from_page_cache(data)  # read the released files from disk, not from memory
+        if asset == "pca_visual_features" and (work / "stores" / "video_embeddings").exists():
+            evict_from_page_cache((work / "stores" / "video_embeddings").resolve())  # the store, likewise
         argv = [sys.executable, "-m", "kuai_assets.bench", "--one", asset, "--run-config", json.dumps(run_config.get(asset, {}))]
         output_file = work / f".bench_{asset}.log"
         with open(output_file, "w") as log:

@@ -12,8 +12,12 @@
 -- continuous: baseline_user_cluster_click_coarse, baseline_user_cluster_playing_time_coarse
 -- continuous: baseline_user_cluster_click_fine, baseline_user_cluster_playing_time_fine
 -- continuous: baseline_hour, baseline_duration_time
+-- rows_per_user_pass: 30000000
 -- Each statistic is a small table looked up once per row (the photo's clusters at both k pivoted
--- onto one row per photo), so no row is ever repeated per k and grouped back together.
+-- onto one row per photo), so no row is ever repeated per k and grouped back together. The
+-- per-user and per-(user, cluster) tables are the large ones (at 60 million interactions they
+-- spilled over 28 GB): the runner computes them for one slice of the users at a time (the
+-- user_pass variables), while the per-cluster statistics read every user's history.
 with levels as (
     select min(k) as coarse, max(k) as fine from video_clusters
 ),
@@ -31,6 +35,7 @@ history as (
     select h.setup, h.fold, h.user_id, h.click, h.playing_time, p.coarse_cluster, p.fine_cluster
     from label_history as h
     left join photo_clusters as p using (photo_id)
+    where hash(h.user_id) % getvariable('user_passes') = getvariable('user_pass')
 ),
 
 -- out of fold by subtraction: a row sees its setup's whole history minus its own fold
@@ -62,8 +67,11 @@ coarse_pair_total as (
 ),
 
 coarse_cluster_part as (
-    select setup, fold, cluster, sum(n) as n, sum(clicks) as clicks, sum(playing) as playing
-    from coarse_pair_part
+    select h.setup, h.fold, p.coarse_cluster as cluster,
+           count(*) as n, sum(h.click) as clicks, sum(h.playing_time) as playing
+    from label_history as h
+    join photo_clusters as p using (photo_id)
+    where p.coarse_cluster is not null
     group by all
 ),
 
@@ -88,8 +96,11 @@ fine_pair_total as (
 ),
 
 fine_cluster_part as (
-    select setup, fold, cluster, sum(n) as n, sum(clicks) as clicks, sum(playing) as playing
-    from fine_pair_part
+    select h.setup, h.fold, p.fine_cluster as cluster,
+           count(*) as n, sum(h.click) as clicks, sum(h.playing_time) as playing
+    from label_history as h
+    join photo_clusters as p using (photo_id)
+    where p.fine_cluster is not null
     group by all
 ),
 
@@ -113,7 +124,11 @@ rows as (
            (fpt.clicks - coalesce(fpp.clicks, 0)) / nullif(fpt.n - coalesce(fpp.n, 0), 0) as pair_click_fine,
            (fpt.playing - coalesce(fpp.playing, 0)) / nullif(fpt.n - coalesce(fpp.n, 0), 0) as pair_playing_fine
     from model_rows as r
-    join raw_interactions as i using (row_id)
+    join (
+        select row_id, duration_time
+        from raw_interactions
+        where hash(user_id) % getvariable('user_passes') = getvariable('user_pass')
+    ) as i using (row_id)
     left join photo_clusters as p on p.photo_id = r.photo_id
     left join user_total as ut on ut.setup = r.setup and ut.user_id = r.user_id
     left join user_part as up on up.setup = r.setup and up.fold = r.fold and up.user_id = r.user_id
@@ -131,6 +146,7 @@ rows as (
         on fpt.setup = r.setup and fpt.user_id = r.user_id and fpt.cluster = p.fine_cluster
     left join fine_pair_part as fpp
         on fpp.setup = r.setup and fpp.fold = r.fold and fpp.user_id = r.user_id and fpp.cluster = p.fine_cluster
+    where hash(r.user_id) % getvariable('user_passes') = getvariable('user_pass')
 )
 
 -- an unseen (user, cluster) pair falls back to the user's mean

@@ -52,4 +52,3 @@ union all
 select 'submission', 'scored', row_id, user_id, photo_id, time, -1
 from raw_interactions
 where split = 'test'
-order by setup, row_id

@@ -86,7 +86,7 @@ def compute_visual_similarity(
 
             rows = con.sql(
                 "select row_id, fold, user_id, photo_id from model_rows where setup = ?", params=[setup]
-            ).to_arrow_reader(ROW_CHUNK // 4)
+            ).to_arrow_reader(ROW_CHUNK)
             for batch in rows:
                 fold = batch.column("fold").to_numpy().astype(np.int64)
                 which = np.where(fold >= 0, fold, n_folds)
@@ -97,7 +97,7 @@ def compute_visual_similarity(
                 writer.write_table(
                     pa.table(
                         {
-                            "setup": pa.array([setup] * len(fold), pa.string()),
+                            "setup": pa.repeat(pa.scalar(setup, pa.string()), len(fold)),
                             "row_id": batch.column("row_id"),
                             "visual_similarity_clicked": clicked.astype(np.float32),
                             "visual_similarity_unclicked": unclicked.astype(np.float32),
