@@ -322,3 +322,24 @@ def test_label_affinities_match_reference_for_users_without_out_of_fold_history(
     submission = actual_clusters[actual_clusters["setup"] == "submission"]
     assert set(submission.loc[submission["user_id"] == one_fold_user, "fold"]) == {-1, 1, 2, 3, 4}
     assert not (submission["user_id"] == no_history_user).any()
+
+
+def test_user_passes_give_the_same_table_as_one_pass(materialized, tmp_path, tables):
+    """published_baseline in several passes over slices of the users equals it in one pass."""
+    import dataclasses
+
+    from kuai_assets.features.catalog import load_catalog
+    from kuai_assets.features.runner import materialize_table_model
+
+    model = load_catalog()["published_baseline"]
+    assert model.rows_per_user_pass, "published_baseline is expected to declare rows_per_user_pass"
+    source, work = WorkDir(materialized["work"]), WorkDir(tmp_path / "work")
+    work.tables.mkdir(parents=True)
+    for name in model.upstream:
+        (work.tables / f"{name}.parquet").write_bytes(source.require_table(name).read_bytes())
+    rows = len(tables("model_rows"))
+    messages: list[str] = []
+    materialize_table_model(dataclasses.replace(model, rows_per_user_pass=rows // 4 + 1), work, log=messages.append)
+    assert any(m.endswith("pass 4 of 4 done") for m in messages), messages
+    in_passes = pd.read_parquet(work.require_table("published_baseline"))
+    assert_same_table(in_passes, tables("published_baseline"), ["setup", "row_id"], "published_baseline in 4 passes")
