@@ -223,12 +223,20 @@ def load_sql_model(path: Path) -> TableModel:
     layer = path.parent.name
     if layer == FEATURE_LAYER and not (header["continuous"] or header["discrete"]):
         raise CatalogError(f"{path}: a feature group must declare continuous and/or discrete columns")
+    upstream = referenced_tables(text, str(path))
+    if header.get("rows_per_user_pass") and not (
+        "model_rows" in upstream and "getvariable('user_pass')" in text and "getvariable('user_passes')" in text
+    ):
+        raise CatalogError(
+            f"{path}: rows_per_user_pass needs a query that reads model_rows and keeps one slice of the "
+            "users per pass: hash(user_id) % getvariable('user_passes') = getvariable('user_pass')"
+        )
     return TableModel(
         name=name,
         layer=layer,
         description=header["description"],
         grain=tuple(header["grain"]),
-        upstream=referenced_tables(text, str(path)),
+        upstream=upstream,
         continuous=tuple(header["continuous"]),
         discrete=tuple(header["discrete"]),
         uses_labels=header.get("uses_labels", False),
