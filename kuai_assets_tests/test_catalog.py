@@ -57,13 +57,6 @@ def test_header_errors_are_named(tmp_path):
         parse_header("-- grain: photo_id; drop table x\nselect 1", "x")
     with pytest.raises(CatalogError, match="does not parse"):
         load_sql_model(write(tmp_path, "features", "g3", "-- grain: photo_id\n-- continuous: a\nselect from where"))
-    with pytest.raises(CatalogError, match="positive whole number"):
-        parse_header("-- rows_per_user_pass: many\nselect 1", "x")
-    passes = "-- grain: setup, row_id\n-- continuous: a\n-- rows_per_user_pass: 1000\n"
-    with pytest.raises(CatalogError, match="one slice of the\s+users"):
-        load_sql_model(write(tmp_path, "features", "g4", passes + "select setup, row_id, 1 as a from model_rows"))
-    sliced = "select setup, row_id, 1 as a from model_rows where hash(user_id) % getvariable('user_passes') = getvariable('user_pass')"
-    assert load_sql_model(write(tmp_path, "features", "g5", passes + sliced)).rows_per_user_pass == 1000
 
 
 def test_result_columns_must_match_the_declaration(tmp_path):

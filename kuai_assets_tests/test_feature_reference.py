@@ -1,12 +1,12 @@
-"""Three feature tables agree with a brute-force pandas/Python reference on the tiny dataset.
+"""Four feature tables agree with a brute-force pandas/Python reference on the tiny dataset.
 
-The pipeline computes impression_context, user_cluster_affinity and user_word_affinity with
-windows, subtractions of totals and joins written for scale. Each test here recomputes the table
-from its definition with plain Python loops and pandas group-bys (never SQL, never by
-subtracting a fold from a total), from the materialized input tables (raw_interactions,
-raw_text, model_rows, label_history, video_clusters), and compares every row and column. The
-tables are read from the work dir the session `materialized` fixture filled, so whichever
-implementation the catalog names (SQL or Python) is the one under test.
+The pipeline computes impression_context, user_cluster_affinity, user_word_affinity and
+published_baseline with windows, subtractions of totals and joins written for scale. Each test
+here recomputes the table from its definition with plain Python loops and pandas group-bys
+(never SQL, never by subtracting a fold from a total), from the materialized input tables
+(raw_interactions, raw_text, model_rows, label_history, video_clusters), and compares every row
+and column. The tables are read from the work dir the session `materialized` fixture filled, so
+whichever implementation the catalog names (SQL or Python) is the one under test.
 """
 
 from __future__ import annotations
@@ -250,11 +250,79 @@ def test_user_word_affinity_matches_reference(tables):
     assert_same_table(tables("user_word_affinity"), expected, ["setup", "row_id"], "user_word_affinity")
 
 
+# -- published_baseline -----------------------------------------------------------------------
+
+
+def mean_labels(history: pd.DataFrame, rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per row of `rows`: the count and mean click and playing_time of the `history` rows sharing its keys.
+
+    NaN where there are none (a row whose key is NaN has none: group-by drops NaN keys).
+    """
+    stats = history.groupby(keys).agg(
+        n=("click", "size"), click=("click", "mean"), playing_time=("playing_time", "mean")
+    )
+    return rows[keys].merge(stats.reset_index(), on=keys, how="left")
+
+
+def reference_published_baseline(label_history, video_clusters, model_rows, raw_interactions) -> pd.DataFrame:
+    levels = {"coarse": video_clusters["k"].min(), "fine": video_clusters["k"].max()}
+    cluster_of = {
+        level: video_clusters[video_clusters["k"] == k].set_index("photo_id")["cluster"].astype("float64")
+        for level, k in levels.items()
+    }
+    duration_of = raw_interactions.set_index("row_id")["duration_time"]
+    history = label_history.astype({"click": "float64", "playing_time": "float64"})
+    parts = []
+    for (setup, fold), rows in model_rows.groupby(["setup", "fold"]):
+        setup_history = history[history["setup"] == setup]
+        out_of_fold = setup_history[setup_history["fold"] != fold]  # the scored rows (fold -1) see it all
+        rows = rows.reset_index(drop=True)
+        user = mean_labels(out_of_fold, rows, ["user_id"])
+        part = pd.DataFrame({"setup": setup, "row_id": rows["row_id"]})
+        part["baseline_user_click"] = user["click"]
+        part["baseline_user_playing_time"] = user["playing_time"]
+        # 0 when all the user's history is in this fold, NaN when the user has none in this setup
+        part["baseline_user_rows"] = user["n"].fillna(0).where(rows["user_id"].isin(setup_history["user_id"]))
+        for level, clusters in cluster_of.items():
+            rows["cluster"] = rows["photo_id"].map(clusters)
+            in_clusters = out_of_fold.assign(cluster=out_of_fold["photo_id"].map(clusters))
+            cluster = mean_labels(in_clusters, rows, ["cluster"])
+            pair = mean_labels(in_clusters, rows, ["user_id", "cluster"])
+            for label in ["click", "playing_time"]:
+                part[f"baseline_cluster_{label}_{level}"] = cluster[label]
+                # a pair without history out of fold falls back to the user's mean; no cluster, no value
+                fallback = pair[label].fillna(user[label])
+                part[f"baseline_user_cluster_{label}_{level}"] = fallback.where(rows["cluster"].notna())
+        part["baseline_hour"] = rows["time"] // HOUR_MS % 24
+        part["baseline_duration_time"] = rows["row_id"].map(duration_of)
+        parts.append(part)
+    expected = pd.concat(parts, ignore_index=True)
+    return expected.astype({column: "float32" for column in expected.columns if column.startswith("baseline_")})
+
+
+def test_published_baseline_matches_reference(tables):
+    label_history, video_clusters, model_rows = tables("label_history"), tables("video_clusters"), tables("model_rows")
+    raw = tables("raw_interactions")
+    assert not raw["row_id"].duplicated().any() and set(model_rows["fold"]) == {-1, 0, 1, 2, 3, 4}
+    expected = reference_published_baseline(label_history, video_clusters, model_rows, raw)
+    assert len(expected) == len(model_rows) and expected["baseline_cluster_click_fine"].isna().any()
+    # the tiny data must hold (user, fine cluster) pairs whose whole history is in the row's own fold
+    # (the pair's mean is undefined there, and the user's mean stands in)
+    fine = video_clusters[video_clusters["k"] == video_clusters["k"].max()].set_index("photo_id")["cluster"]
+    keys = ["setup", "user_id", "cluster"]
+    pairs = label_history.assign(cluster=label_history["photo_id"].map(fine))
+    rows = model_rows.assign(cluster=model_rows["photo_id"].map(fine))
+    rows = rows.join(pairs.groupby([*keys, "fold"]).size().rename("in_fold"), on=[*keys, "fold"], how="inner")
+    rows = rows.join(pairs.groupby(keys).size().rename("total"), on=keys)
+    assert (rows["in_fold"] == rows["total"]).any()
+    assert_same_table(tables("published_baseline"), expected, ["setup", "row_id"], "published_baseline")
+
+
 # -- the edge cases the tiny data lacks --------------------------------------------------------
 
 
-def rematerialize_with_model_rows(materialized, tmp_path, model_rows: pd.DataFrame, names: list[str]) -> WorkDir:
-    """A work dir holding the fixture's tables, `model_rows` replaced, and `names` recomputed.
+def rematerialize(materialized, tmp_path, edited: dict[str, pd.DataFrame], names: list[str]) -> WorkDir:
+    """A work dir holding the fixture's tables, the `edited` ones replaced, and `names` recomputed.
 
     The tables are computed by whatever the catalog names (SQL or Python), in the order given.
     """
@@ -264,13 +332,26 @@ def rematerialize_with_model_rows(materialized, tmp_path, model_rows: pd.DataFra
     source, work = WorkDir(materialized["work"]), WorkDir(tmp_path / "work")
     work.tables.mkdir(parents=True)
     catalog = load_catalog()
-    needed = {t for name in names for t in catalog[name].upstream} - set(names) - {"model_rows"}
+    needed = {t for name in names for t in catalog[name].upstream} - set(names) - set(edited)
     for name in sorted(needed):
         (work.tables / f"{name}.parquet").write_bytes(source.require_table(name).read_bytes())
-    model_rows.to_parquet(work.table_path("model_rows"), index=False)
+    for name, table in edited.items():
+        table.to_parquet(work.table_path(name), index=False)
     for name in names:
         materialize_table_model(catalog[name], work)
     return work
+
+
+def drop_submission_history(model_rows: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
+    """model_rows where one user's submission fit rows are all in fold 0 and another user has none."""
+    submission_fit = (model_rows["setup"] == "submission") & (model_rows["role"] == "fit")
+    users = sorted(model_rows["user_id"].unique())
+    one_fold_user, no_history_user = users[0], users[1]
+    drop = submission_fit & (
+        ((model_rows["user_id"] == one_fold_user) & (model_rows["fold"] != 0))
+        | (model_rows["user_id"] == no_history_user)
+    )
+    return model_rows[~drop].reset_index(drop=True), one_fold_user, no_history_user
 
 
 def test_label_affinities_match_reference_for_users_without_out_of_fold_history(materialized, tmp_path, tables):
@@ -279,17 +360,9 @@ def test_label_affinities_match_reference_for_users_without_out_of_fold_history(
     On the tiny data every user has history in every fold of both setups, so neither case occurs
     there; this edits model_rows (and so label_history) to make both occur, then recomputes.
     """
-    model_rows = tables("model_rows")
-    submission_fit = (model_rows["setup"] == "submission") & (model_rows["role"] == "fit")
-    users = sorted(model_rows["user_id"].unique())
-    one_fold_user, no_history_user = users[0], users[1]
-    drop = submission_fit & (
-        ((model_rows["user_id"] == one_fold_user) & (model_rows["fold"] != 0))
-        | (model_rows["user_id"] == no_history_user)
-    )
-    edited = model_rows[~drop].reset_index(drop=True)
+    edited, one_fold_user, no_history_user = drop_submission_history(tables("model_rows"))
     names = ["label_history", "user_cluster_affinity", "user_word_affinity"]
-    work = rematerialize_with_model_rows(materialized, tmp_path, edited, names)
+    work = rematerialize(materialized, tmp_path, {"model_rows": edited}, names)
     read = lambda name: pd.read_parquet(work.require_table(name))  # noqa: E731
     label_history, raw_text, video_clusters = read("label_history"), tables("raw_text"), tables("video_clusters")
     submission_history = label_history[label_history["setup"] == "submission"]
@@ -324,22 +397,60 @@ def test_label_affinities_match_reference_for_users_without_out_of_fold_history(
     assert not (submission["user_id"] == no_history_user).any()
 
 
-def test_user_passes_give_the_same_table_as_one_pass(materialized, tmp_path, tables):
-    """published_baseline in several passes over slices of the users equals it in one pass."""
-    import dataclasses
+def test_published_baseline_matches_reference_on_edited_rows(materialized, tmp_path, tables):
+    """The users of the test above, plus a photo without any cluster and one without a fine cluster.
 
+    On the tiny data every photo has a cluster at every k; this drops one photo from video_clusters
+    and another from its finest k.
+    """
+    edited, one_fold_user, no_history_user = drop_submission_history(tables("model_rows"))
+    video_clusters = tables("video_clusters")
+    no_cluster_photo, coarse_only_photo = edited["photo_id"].value_counts().index[:2]
+    fine = video_clusters["k"] == video_clusters["k"].max()
+    video_clusters = video_clusters[
+        (video_clusters["photo_id"] != no_cluster_photo) & ~(fine & (video_clusters["photo_id"] == coarse_only_photo))
+    ]
+    edits = {"model_rows": edited, "video_clusters": video_clusters}
+    work = rematerialize(materialized, tmp_path, edits, ["label_history", "published_baseline"])
+    label_history = pd.read_parquet(work.require_table("label_history"))
+    expected = reference_published_baseline(label_history, video_clusters, edited, tables("raw_interactions"))
+    actual = pd.read_parquet(work.require_table("published_baseline"))
+    assert_same_table(actual, expected, ["setup", "row_id"], "published_baseline (edited rows)")
+
+    # spelled out, on rows that must exist: no user, no user mean, no cluster, no fine cluster
+    rows = actual.merge(edited, on=["setup", "row_id"])
+    user_columns = [c for c in rows if c.startswith("baseline_user_") and c != "baseline_user_rows"]
+    submission = rows[rows["setup"] == "submission"]
+    no_history = submission[submission["user_id"] == no_history_user]
+    assert len(no_history) > 0 and no_history[[*user_columns, "baseline_user_rows"]].isna().all().all()
+    one_fold = submission[(submission["user_id"] == one_fold_user) & (submission["fold"] == 0)]
+    assert len(one_fold) > 0 and (one_fold["baseline_user_rows"] == 0).all()
+    assert one_fold[user_columns].isna().all().all()
+    no_cluster = rows.loc[rows["photo_id"] == no_cluster_photo, [c for c in rows if "_cluster_" in c]]
+    assert len(no_cluster) > 0 and no_cluster.isna().all().all()
+    coarse_only = rows[rows["photo_id"] == coarse_only_photo]
+    assert coarse_only[[c for c in rows if "_cluster_" in c and c.endswith("_fine")]].isna().all().all()
+    assert len(coarse_only) > 0 and coarse_only["baseline_cluster_click_coarse"].notna().all()
+
+
+@pytest.mark.parametrize("name", ["published_baseline", "user_cluster_affinity"])
+def test_chunks_of_users_give_the_same_table_as_one_chunk(materialized, tmp_path, tables, monkeypatch, name):
+    """The (user, cluster) sums counted a few users at a time give the table counted at once."""
+    from kuai_assets.features import fold_statistics
     from kuai_assets.features.catalog import load_catalog
     from kuai_assets.features.runner import materialize_table_model
 
-    model = load_catalog()["published_baseline"]
-    assert model.rows_per_user_pass, "published_baseline is expected to declare rows_per_user_pass"
+    model = load_catalog()[name]
     source, work = WorkDir(materialized["work"]), WorkDir(tmp_path / "work")
     work.tables.mkdir(parents=True)
-    for name in model.upstream:
-        (work.tables / f"{name}.parquet").write_bytes(source.require_table(name).read_bytes())
-    rows = len(tables("model_rows"))
+    for upstream in model.upstream:
+        (work.tables / f"{upstream}.parquet").write_bytes(source.require_table(upstream).read_bytes())
+    users = tables("label_history").groupby("setup")["user_id"].nunique().min()
+    # about five users per chunk at k=500 and five folds
+    monkeypatch.setattr(fold_statistics, "CELLS_PER_CHUNK", 5 * 5 * 500)
     messages: list[str] = []
-    materialize_table_model(dataclasses.replace(model, rows_per_user_pass=rows // 4 + 1), work, log=messages.append)
-    assert any(m.endswith("pass 4 of 4 done") for m in messages), messages
-    in_passes = pd.read_parquet(work.require_table("published_baseline"))
-    assert_same_table(in_passes, tables("published_baseline"), ["setup", "row_id"], "published_baseline in 4 passes")
+    materialize_table_model(model, work, log=messages.append)
+    chunks = [int(m.split("(")[1].split(" chunk")[0]) for m in messages if "chunk(s) of users" in m]
+    assert chunks and min(chunks) >= users // 5, messages
+    in_chunks = pd.read_parquet(work.require_table(name))
+    assert_same_table(in_chunks, tables(name), list(model.grain), f"{name} in chunks of users")

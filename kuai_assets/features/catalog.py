@@ -34,10 +34,7 @@ import duckdb
 from kuai_assets.storage import IDENTIFIER
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-HEADER_KEYS = {
-    "grain", "continuous", "discrete", "uses_labels", "uses_scored_window_log", "default", "variable",
-    "rows_per_user_pass",
-}  # fmt: skip
+HEADER_KEYS = {"grain", "continuous", "discrete", "uses_labels", "uses_scored_window_log", "default", "variable"}
 FEATURE_LAYER = "features"
 # grain keys a feature group may be joined on: columns of model_rows, plus (k, cluster) through
 # the photo's visual cluster at every k
@@ -75,9 +72,6 @@ class TableModel:
     uses_scored_window_log: bool = False
     enabled_by_default: bool = True
     variables: tuple[Variable, ...] = ()
-    # run in passes, each over the users with hash(user_id) % user_passes = user_pass (variables the
-    # SQL reads), as many as keep each pass within this many model_rows rows; None: one pass
-    rows_per_user_pass: int | None = None
     sql: str | None = None
     path: Path | None = None
     compute: Callable[..., Any] | None = field(default=None, compare=False)
@@ -157,10 +151,6 @@ def parse_header(text: str, where: str) -> dict[str, Any]:
                 out["enabled_by_default"] = value.lower() == "enabled"
             elif key == "variable":
                 out["variables"].append(_parse_variable(value, where))
-            elif key == "rows_per_user_pass":
-                if not value.replace("_", "").isdigit() or int(value) < 1:
-                    raise CatalogError(f"{where}: rows_per_user_pass must be a positive whole number, got {value!r}")
-                out[key] = int(value)
         else:
             description.append(body)
     out["description"] = "\n".join(description).strip()
@@ -224,13 +214,6 @@ def load_sql_model(path: Path) -> TableModel:
     if layer == FEATURE_LAYER and not (header["continuous"] or header["discrete"]):
         raise CatalogError(f"{path}: a feature group must declare continuous and/or discrete columns")
     upstream = referenced_tables(text, str(path))
-    if header.get("rows_per_user_pass") and not (
-        "model_rows" in upstream and "getvariable('user_pass')" in text and "getvariable('user_passes')" in text
-    ):
-        raise CatalogError(
-            f"{path}: rows_per_user_pass needs a query that reads model_rows and keeps one slice of the "
-            "users per pass: hash(user_id) % getvariable('user_passes') = getvariable('user_pass')"
-        )
     return TableModel(
         name=name,
         layer=layer,
@@ -243,7 +226,6 @@ def load_sql_model(path: Path) -> TableModel:
         uses_scored_window_log=header.get("uses_scored_window_log", False),
         enabled_by_default=header.get("enabled_by_default", True),
         variables=tuple(header["variables"]),
-        rows_per_user_pass=header.get("rows_per_user_pass"),
         sql=text,
         path=path,
     )

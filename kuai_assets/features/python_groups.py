@@ -16,7 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kuai_assets.features.catalog import TableModel
-from kuai_assets.features.photo_index import PhotoIndex
+from kuai_assets.features.id_index import IdIndex
+from kuai_assets.features.cluster_affinity import USER_CLUSTER_AFFINITY
+from kuai_assets.features.published_baseline import PUBLISHED_BASELINE
 from kuai_assets.features.word_affinity import USER_WORD_AFFINITY
 
 ROW_CHUNK = 2_000_000
@@ -42,7 +44,7 @@ def compute_visual_similarity(
     con: duckdb.DuckDBPyConnection, out: Path, log: Callable[[str], None] = lambda m: None
 ) -> int:
     photo_ids, vectors = _pca_matrix(con)
-    index = PhotoIndex(photo_ids)
+    index = IdIndex(photo_ids)
     dim = vectors.shape[1]
     schema = pa.schema(
         [
@@ -126,4 +128,4 @@ VISUAL_SIMILARITY = TableModel(
     compute=compute_visual_similarity,
 )
 
-PYTHON_FEATURE_GROUPS = (VISUAL_SIMILARITY, USER_WORD_AFFINITY)
+PYTHON_FEATURE_GROUPS = (VISUAL_SIMILARITY, USER_WORD_AFFINITY, USER_CLUSTER_AFFINITY, PUBLISHED_BASELINE)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -38,30 +37,6 @@ def resolve_variables(model: TableModel, overrides: dict | None) -> dict[str, fl
     return values
 
 
-def _run_in_user_passes(model: TableModel, con, out, log: Callable[[str], None]) -> None:
-    """Run the SQL once per slice of the users, streaming every pass into one Parquet file.
-
-    Everything the SQL keys by user then holds one slice's users at a time, so its hash tables
-    (and what DuckDB spills of them) shrink with the number of passes.
-    """
-    rows = con.execute("select count(*) from model_rows").fetchone()[0]
-    passes = max(1, math.ceil(rows / model.rows_per_user_pass))
-    con.execute("set variable user_passes = ?", [passes])
-    writer = None
-    try:
-        for user_pass in range(passes):
-            con.execute("set variable user_pass = ?", [user_pass])
-            reader = con.sql(sql_body(model.sql)).to_arrow_reader(1_000_000)
-            if writer is None:
-                writer = pq.ParquetWriter(out, reader.schema, compression="zstd")
-            for batch in reader:
-                writer.write_batch(batch)
-            log(f"{model.name}: pass {user_pass + 1} of {passes} done")
-    finally:
-        if writer is not None:
-            writer.close()
-
-
 def materialize_table_model(
     model: TableModel,
     work: WorkDir,
@@ -75,9 +50,7 @@ def materialize_table_model(
         for name, value in values.items():
             con.execute(f"set variable {check_identifier(name, 'variable')} = ?", [value])
         with work.writing_table(model.name) as tmp:
-            if model.sql is not None and model.rows_per_user_pass:
-                _run_in_user_passes(model, con, tmp, log)
-            elif model.sql is not None:
+            if model.sql is not None:
                 con.execute(
                     f"copy ({sql_body(model.sql)}) to {sql_string(tmp)} (format parquet, compression zstd)"
                 )

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from kuai_assets.features.catalog import TableModel
-from kuai_assets.features.photo_index import PhotoIndex
+from kuai_assets.features.id_index import IdIndex
 
 ROWS_PER_CHUNK = 8_000_000  # about 26 million (row, word) pairs and 2 GB of arrays per chunk
 USER_PRIOR_WEIGHT, USER_PRIOR_CLICKS = 10, 2  # the user's rate: (clicks + 2) / (impressions + 10)
@@ -47,7 +47,7 @@ class CoverWords:
 
     def __init__(self, con: duckdb.DuckDBPyConnection):
         table = con.sql("select photo_id, words from raw_text order by photo_id").to_arrow_table()
-        self.index = PhotoIndex(table.column("photo_id").to_numpy())
+        self.index = IdIndex(table.column("photo_id").to_numpy())
         words = table.column("words").combine_chunks()
         lengths = pc.fill_null(pc.list_value_length(words), 0).to_numpy().astype(np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(lengths)])

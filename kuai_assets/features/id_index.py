@@ -1,12 +1,12 @@
-"""Row positions of photo_ids in a sorted id array."""
+"""Positions of integer ids (photo_id, user_id) in a sorted array of distinct ids."""
 
 from __future__ import annotations
 
 import numpy as np
 
 
-class PhotoIndex:
-    """Row positions of photo_ids in a sorted id array.
+class IdIndex:
+    """Positions of ids in a sorted array of distinct ids.
 
     Ids that are dense enough (as the released ones are) go through a lookup table, one memory
     read per id; sparse ids (hashes, say) through a binary search. On 50 million random lookups

@@ -1,0 +1,182 @@
+"""published_baseline: the published top-10 recipe's features, for the `baseline` model.
+
+Per row: the user's mean click and playing_time and history rows; the mean click and
+playing_time of the photo's cluster and of the user on that cluster, at the coarsest and the
+finest k (100 and 500 by default), the pair falling back to the user's mean when the user has no
+history on it; the hour and the duration. Label statistics, out of fold: a fit row's statistics
+leave out its own fold, a scored row's (fold -1) use every fit row of its setup. Off in the full
+model. Counted densely per chunk of users (see fold_statistics).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from kuai_assets.features.catalog import TableModel
+from kuai_assets.features.fold_statistics import (
+    FoldSums,
+    PhotoClusters,
+    fetch,
+    float32_column,
+    setups,
+    user_chunks,
+    user_codes,
+)
+
+HOUR_MS = 3_600_000
+FEATURES = (
+    "baseline_user_click",
+    "baseline_user_playing_time",
+    "baseline_user_rows",
+    "baseline_cluster_click_coarse",
+    "baseline_cluster_playing_time_coarse",
+    "baseline_cluster_click_fine",
+    "baseline_cluster_playing_time_fine",
+    "baseline_user_cluster_click_coarse",
+    "baseline_user_cluster_playing_time_coarse",
+    "baseline_user_cluster_click_fine",
+    "baseline_user_cluster_playing_time_fine",
+    "baseline_hour",
+    "baseline_duration_time",
+)
+SCHEMA = pa.schema([("setup", pa.string()), ("row_id", pa.int64())] + [(name, pa.float32()) for name in FEATURES])
+
+
+def _means(sums: FoldSums, fold: np.ndarray, cell: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(rows, mean click, mean playing_time) out of fold; NaN where unknown, means NaN on no rows."""
+    cell = np.where(known, cell, 0)
+    known = known & sums.seen(cell)
+    seen = sums.out_of_fold(fold, cell)
+    n = np.where(known, seen["n"], np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        click = np.where(n > 0, seen["clicks"] / n, np.nan)
+        playing = np.where(n > 0, seen["playing"] / n, np.nan)
+    return n, click, playing
+
+
+def _coalesce(value: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    return np.where(np.isnan(value), fallback, value)
+
+
+def compute_published_baseline(
+    con: duckdb.DuckDBPyConnection, out: Path, log: Callable[[str], None] = lambda m: None
+) -> int:
+    photo_clusters = PhotoClusters(con)
+    if not photo_clusters.ks:
+        raise ValueError("video_clusters is empty: published_baseline needs the photos' clusters")
+    levels = {"coarse": 0, "fine": len(photo_clusters.ks) - 1}  # the smallest and the largest k
+    n_clusters = {name: len(photo_clusters.clusters[level]) for name, level in levels.items()}
+    written = 0
+    with pq.ParquetWriter(out, SCHEMA, compression="zstd", use_dictionary=["setup"]) as writer:
+        for setup, folds in setups(con):
+            n_folds = max(max(folds) + 1, 1)
+            users, user_index = user_codes(con, setup)
+            history = fetch(
+                con, "select fold, user_id, photo_id, click, playing_time from label_history where setup = ?", [setup]
+            )
+            user = user_index.lookup(history.pop("user_id"))[0]
+            fold = history.pop("fold").astype(np.int64)
+            values = {"clicks": history.pop("click").astype(np.float64), "playing": history.pop("playing_time").astype(np.float64)}
+            codes = photo_clusters.codes(history.pop("photo_id"))
+            cluster = {name: codes[level] for name, level in levels.items()}
+            del codes
+            per_user = FoldSums(fold, user, n_folds, len(users), **values)
+            per_cluster = {}
+            for name in levels:
+                has = cluster[name] >= 0
+                per_cluster[name] = FoldSums(
+                    fold[has], cluster[name][has], n_folds, n_clusters[name], **{v: a[has] for v, a in values.items()}
+                )
+
+            rows = fetch(
+                con,
+                "select r.row_id, r.fold, r.user_id, r.photo_id, r.time, i.duration_time "
+                "from model_rows as r join raw_interactions as i using (row_id) where r.setup = ?",
+                [setup],
+            )
+            row_user, row_user_known = user_index.lookup(rows.pop("user_id"))
+            row_fold = rows.pop("fold").astype(np.int64)
+            codes = photo_clusters.codes(rows.pop("photo_id"))
+            row_cluster = {name: codes[level] for name, level in levels.items()}
+            del codes
+
+            # rows of users with history, one chunk of users at a time (their (user, cluster)
+            # sums counted for that chunk alone); then the rows of users without history
+            chunks = user_chunks(len(users), n_folds * max(n_clusters.values()))
+            for start, stop in chunks + [(None, None)]:
+                if start is None:
+                    selected = np.flatnonzero(~row_user_known)
+                else:
+                    selected = np.flatnonzero(row_user_known & (row_user >= start) & (row_user < stop))
+                if not len(selected):
+                    continue
+                r_fold, r_user, r_known = row_fold[selected], row_user[selected], row_user_known[selected]
+                user_n, user_click, user_playing = _means(per_user, r_fold, r_user, r_known)
+                columns = {
+                    "baseline_user_click": user_click,
+                    "baseline_user_playing_time": user_playing,
+                    "baseline_user_rows": user_n,
+                }
+                in_chunk = None if start is None else (user >= start) & (user < stop)
+                for name in levels:
+                    code = row_cluster[name][selected]
+                    has = code >= 0
+                    _, click, playing = _means(per_cluster[name], r_fold, code, has)
+                    columns[f"baseline_cluster_click_{name}"] = click
+                    columns[f"baseline_cluster_playing_time_{name}"] = playing
+                    if in_chunk is None:
+                        pair_click = pair_playing = np.full(len(selected), np.nan)
+                    else:
+                        h_has = in_chunk & (cluster[name] >= 0)
+                        per_pair = FoldSums(
+                            fold[h_has], (user[h_has] - start) * n_clusters[name] + cluster[name][h_has], n_folds,
+                            (stop - start) * n_clusters[name], **{v: a[h_has] for v, a in values.items()},
+                        )
+                        _, pair_click, pair_playing = _means(
+                            per_pair, r_fold, (r_user - start) * n_clusters[name] + code, has
+                        )
+                    # an unseen (user, cluster) pair falls back to the user's mean
+                    columns[f"baseline_user_cluster_click_{name}"] = np.where(
+                        has, _coalesce(pair_click, user_click), np.nan
+                    )
+                    columns[f"baseline_user_cluster_playing_time_{name}"] = np.where(
+                        has, _coalesce(pair_playing, user_playing), np.nan
+                    )
+                time = rows["time"][selected]
+                hours = np.where(time >= 0, time // HOUR_MS, -(-time // HOUR_MS))  # truncated, as in SQL
+                columns["baseline_hour"] = np.fmod(hours, 24).astype(np.float64)
+                columns["baseline_duration_time"] = rows["duration_time"][selected].astype(np.float64)
+                writer.write_table(
+                    pa.table(
+                        [pa.repeat(pa.scalar(setup, pa.string()), len(selected)), pa.array(rows["row_id"][selected])]
+                        + [float32_column(columns.pop(name)) for name in FEATURES],
+                        schema=SCHEMA,
+                    )
+                )
+                written += len(selected)
+            log(f"published_baseline: {setup} done ({len(chunks)} chunk(s) of users), {written:,} rows so far")
+    return written
+
+
+PUBLISHED_BASELINE = TableModel(
+    name="published_baseline",
+    layer="features",
+    description=(
+        "The published top-10 recipe's features, for the `baseline` model: the user's mean click and "
+        "playing_time and history rows; the mean click and playing_time of the photo's cluster and of "
+        "the user on it at the coarsest and finest k (falling back to the user's mean for an unseen "
+        "pair); hour and duration. Label statistics, out of fold. Off in the full model."
+    ),
+    grain=("setup", "row_id"),
+    upstream=("label_history", "model_rows", "raw_interactions", "video_clusters"),
+    continuous=FEATURES,
+    uses_labels=True,
+    enabled_by_default=False,
+    compute=compute_published_baseline,
+)
