@@ -19,13 +19,14 @@ from typing import Callable
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from kuai_assets.features.catalog import TableModel
 from kuai_assets.features.fold_statistics import (
+    BackgroundParquetWriter,
     FoldSums,
     PhotoClusters,
     fetch,
+    codes_of,
     float32_column,
     setups,
     user_chunks,
@@ -50,83 +51,94 @@ SCHEMA = pa.schema(
 )
 
 
+def _write_setup(
+    con: duckdb.DuckDBPyConnection, writer: BackgroundParquetWriter, setup: str, folds: list[int],
+    photo_clusters: PhotoClusters,
+) -> tuple[int, int]:
+    """Write one setup's rows; return (rows written, chunks of users). Its arrays are freed on return."""
+    written = 0
+    n_folds = max(max(folds) + 1, 1)
+    users, user_index = user_codes(con, setup)
+    history = fetch(
+        con,
+        "select fold, user_id, photo_id, click, least(playing_time, 2 * duration_time + 60) as playing "
+        "from label_history where setup = ?",
+        [setup],
+    )
+    user = codes_of(user_index, history.pop("user_id"))
+    fold = history.pop("fold").astype(np.int32)
+    click = history.pop("click").astype(np.float64)
+    playing = history.pop("playing").astype(np.float64)
+    cluster = photo_clusters.codes(history.pop("photo_id"))
+
+    # the user's prior at each k, per fold of the output: rows (folds), columns (users)
+    priors = []
+    for code in cluster:
+        has = code >= 0
+        per_user = FoldSums(fold[has], user[has], n_folds, len(users), clicks=click[has])
+        prior = np.full((len(folds), len(users)), np.nan)
+        for slot, f in enumerate(folds):
+            seen = per_user.out_of_fold(f, np.arange(len(users)))
+            impressions = seen["n"].sum()
+            population = seen["clicks"].sum() / impressions if impressions > 0 else np.nan
+            prior[slot] = (seen["clicks"] + POPULATION_WEIGHT * population) / (seen["n"] + POPULATION_WEIGHT)
+        priors.append(prior)
+
+    widest = max((len(c) for c in photo_clusters.clusters), default=1)
+    chunks = user_chunks(len(users), n_folds * widest)
+    for start, stop in chunks:
+        in_chunk = (user >= start) & (user < stop)
+        chunk_user, chunk_fold = user[in_chunk] - start, fold[in_chunk]
+        chunk_click, chunk_playing = click[in_chunk], playing[in_chunk]
+        for level, k in enumerate(photo_clusters.ks):
+            n_clusters = len(photo_clusters.clusters[level])
+            code = cluster[level][in_chunk]
+            has = code >= 0
+            sums = FoldSums(
+                chunk_fold[has], chunk_user[has] * n_clusters + code[has], n_folds,
+                (stop - start) * n_clusters, clicks=chunk_click[has], playing=chunk_playing[has],
+            )
+            cells = np.flatnonzero(sums.total["n"] > 0)
+            for slot, f in enumerate(folds):
+                seen = sums.out_of_fold(f, cells)
+                kept = seen["n"] > 0
+                n, clicks, playing_sum = seen["n"][kept], seen["clicks"][kept], seen["playing"][kept]
+                local_user, cluster_code = np.divmod(cells[kept], n_clusters)
+                prior = priors[level][slot, start + local_user]
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    rate = (clicks + USER_WEIGHT * prior) / (n + USER_WEIGHT)
+                    lift = rate / prior
+                rows = len(n)
+                writer.write_table(
+                    pa.table(
+                        [
+                            pa.repeat(pa.scalar(setup, pa.string()), rows),
+                            pa.repeat(pa.scalar(f, pa.int32()), rows),
+                            pa.array(users[start + local_user]),
+                            pa.repeat(pa.scalar(k, pa.int32()), rows),
+                            pa.array(photo_clusters.clusters[level][cluster_code].astype(np.int32)),
+                            float32_column(n),
+                            float32_column(rate),
+                            float32_column(lift),
+                            float32_column(playing_sum / n),
+                        ],
+                        schema=SCHEMA,
+                    )
+                )
+                written += rows
+    return written, len(chunks)
+
+
 def compute_user_cluster_affinity(
     con: duckdb.DuckDBPyConnection, out: Path, log: Callable[[str], None] = lambda m: None
 ) -> int:
     photo_clusters = PhotoClusters(con)
     written = 0
-    with pq.ParquetWriter(out, SCHEMA, compression="zstd", use_dictionary=["setup"]) as writer:
+    with BackgroundParquetWriter(out, SCHEMA, compression="zstd", use_dictionary=["setup"]) as writer:
         for setup, folds in setups(con):
-            n_folds = max(max(folds) + 1, 1)
-            users, user_index = user_codes(con, setup)
-            history = fetch(
-                con,
-                "select fold, user_id, photo_id, click, least(playing_time, 2 * duration_time + 60) as playing "
-                "from label_history where setup = ?",
-                [setup],
-            )
-            user = user_index.lookup(history.pop("user_id"))[0]
-            fold = history.pop("fold").astype(np.int64)
-            click = history.pop("click").astype(np.float64)
-            playing = history.pop("playing").astype(np.float64)
-            cluster = photo_clusters.codes(history.pop("photo_id"))
-
-            # the user's prior at each k, per fold of the output: rows (folds), columns (users)
-            priors = []
-            for code in cluster:
-                has = code >= 0
-                per_user = FoldSums(fold[has], user[has], n_folds, len(users), clicks=click[has])
-                prior = np.full((len(folds), len(users)), np.nan)
-                for slot, f in enumerate(folds):
-                    seen = per_user.out_of_fold(f, np.arange(len(users)))
-                    impressions = seen["n"].sum()
-                    population = seen["clicks"].sum() / impressions if impressions > 0 else np.nan
-                    prior[slot] = (seen["clicks"] + POPULATION_WEIGHT * population) / (seen["n"] + POPULATION_WEIGHT)
-                priors.append(prior)
-
-            widest = max((len(c) for c in photo_clusters.clusters), default=1)
-            chunks = user_chunks(len(users), n_folds * widest)
-            for start, stop in chunks:
-                in_chunk = (user >= start) & (user < stop)
-                chunk_user, chunk_fold = user[in_chunk] - start, fold[in_chunk]
-                chunk_click, chunk_playing = click[in_chunk], playing[in_chunk]
-                for level, k in enumerate(photo_clusters.ks):
-                    n_clusters = len(photo_clusters.clusters[level])
-                    code = cluster[level][in_chunk]
-                    has = code >= 0
-                    sums = FoldSums(
-                        chunk_fold[has], chunk_user[has] * n_clusters + code[has], n_folds,
-                        (stop - start) * n_clusters, clicks=chunk_click[has], playing=chunk_playing[has],
-                    )
-                    cells = np.flatnonzero(sums.total["n"] > 0)
-                    for slot, f in enumerate(folds):
-                        seen = sums.out_of_fold(f, cells)
-                        kept = seen["n"] > 0
-                        n, clicks, playing_sum = seen["n"][kept], seen["clicks"][kept], seen["playing"][kept]
-                        local_user, cluster_code = np.divmod(cells[kept], n_clusters)
-                        prior = priors[level][slot, start + local_user]
-                        with np.errstate(invalid="ignore", divide="ignore"):
-                            rate = (clicks + USER_WEIGHT * prior) / (n + USER_WEIGHT)
-                            lift = rate / prior
-                        rows = len(n)
-                        writer.write_table(
-                            pa.table(
-                                [
-                                    pa.repeat(pa.scalar(setup, pa.string()), rows),
-                                    pa.repeat(pa.scalar(f, pa.int32()), rows),
-                                    pa.array(users[start + local_user]),
-                                    pa.repeat(pa.scalar(k, pa.int32()), rows),
-                                    pa.array(photo_clusters.clusters[level][cluster_code].astype(np.int32)),
-                                    float32_column(n),
-                                    float32_column(rate),
-                                    float32_column(lift),
-                                    float32_column(playing_sum / n),
-                                ],
-                                schema=SCHEMA,
-                            )
-                        )
-                        written += rows
-            log(f"user_cluster_affinity: {setup} done ({len(chunks)} chunk(s) of users), {written:,} rows so far")
+            n_rows, n_chunks = _write_setup(con, writer, setup, folds, photo_clusters)
+            written += n_rows
+            log(f"user_cluster_affinity: {setup} done ({n_chunks} chunk(s) of users), {written:,} rows so far")
     return written
 
 

@@ -15,12 +15,17 @@ published_baseline 607 s (in four passes over slices of the users, since one pas
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from kuai_assets.features.id_index import IdIndex
 
+FETCH_BATCH_ROWS = 1_000_000
 CELLS_PER_CHUNK = 10_000_000  # (fold, user, cluster) cells counted at once: 80 MB per sum
 
 
@@ -46,7 +51,7 @@ class FoldSums:
         if np.isscalar(fold):
             own = None if fold < 0 else fold * self.n_cells + cell
         else:
-            own = np.maximum(fold, 0) * self.n_cells + cell
+            own = np.maximum(fold, 0).astype(np.int64) * self.n_cells + cell
             outside = fold < 0
         result = {}
         for name, total in self.total.items():
@@ -67,29 +72,67 @@ class PhotoClusters:
     """
 
     def __init__(self, con: duckdb.DuckDBPyConnection):
-        table = con.sql("select photo_id, k, cluster from video_clusters order by photo_id, k").fetchnumpy()
+        table = con.sql("select photo_id, k, cluster from video_clusters").fetchnumpy()
         photo_id, k, cluster = (np.asarray(table[c], dtype=np.int64) for c in ("photo_id", "k", "cluster"))
         del table
-        repeated = np.flatnonzero((np.diff(photo_id) == 0) & (np.diff(k) == 0))
-        if len(repeated):
-            at = repeated[0]
-            raise ValueError(f"video_clusters: photo_id {photo_id[at]} has more than one cluster at k={k[at]}")
-        photos = np.unique(photo_id)
-        self.index = IdIndex(photos)
+        self.index = IdIndex(distinct_sorted(photo_id))
         self.ks = [int(v) for v in np.unique(k)]
         self.clusters, self._codes = [], []
         position = self.index.lookup(photo_id)[0]
         for level in self.ks:
             at = k == level
-            clusters, code = np.unique(cluster[at], return_inverse=True)
-            per_photo = np.full(len(photos), -1, np.int32)
-            per_photo[position[at]] = code
+            per_photo = np.bincount(position[at], minlength=len(self.index.sorted_ids))
+            if (per_photo > 1).any():
+                repeated = self.index.sorted_ids[np.flatnonzero(per_photo > 1)[0]]
+                raise ValueError(f"video_clusters: photo_id {repeated} has more than one cluster at k={level}")
+            clusters = distinct_sorted(cluster[at])
+            code = np.full(len(self.index.sorted_ids), -1, np.int32)
+            code[position[at]] = IdIndex(clusters).lookup(cluster[at])[0]
             self.clusters.append(clusters)
-            self._codes.append(per_photo)
+            self._codes.append(code)
 
     def codes(self, photo_id: np.ndarray) -> list[np.ndarray]:
         pos, found = self.index.lookup(photo_id)
-        return [np.where(found, code[pos], -1) for code in self._codes]
+        return [np.where(found, code[pos], np.int32(-1)) for code in self._codes]
+
+
+def distinct_sorted(values: np.ndarray) -> np.ndarray:
+    """The distinct values, sorted: by marking them in a table when they are dense small
+    integers (ids usually are; linear time), else by sorting."""
+    if len(values) and values.min() >= 0 and values.max() < 4 * len(values) + 1_000_000:
+        present = np.zeros(int(values.max()) + 1, bool)
+        present[values] = True
+        return np.flatnonzero(present).astype(values.dtype)
+    return np.unique(values)
+
+
+class BackgroundParquetWriter:
+    """A ParquetWriter that encodes and compresses each table on a second thread while the
+    caller computes the next one (pyarrow releases the GIL); at most one table waits."""
+
+    def __init__(self, path: Path, schema: pa.Schema, **options):
+        self._writer = pq.ParquetWriter(path, schema, **options)
+        self._pool = ThreadPoolExecutor(1)
+        self._pending: Future | None = None
+
+    def write_table(self, table: pa.Table) -> None:
+        self._wait()
+        self._pending = self._pool.submit(self._writer.write_table, table)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def __enter__(self) -> "BackgroundParquetWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self._wait()
+        finally:
+            self._pool.shutdown()
+            self._writer.close()
 
 
 def setups(con: duckdb.DuckDBPyConnection) -> list[tuple[str, list[int]]]:
@@ -99,12 +142,23 @@ def setups(con: duckdb.DuckDBPyConnection) -> list[tuple[str, list[int]]]:
 
 
 def fetch(con: duckdb.DuckDBPyConnection, query: str, params: list | None = None) -> dict[str, np.ndarray]:
-    """A query's columns as numpy arrays (the columns must have no nulls)."""
-    columns = con.sql(query, params=params or []).fetchnumpy()
-    for name, column in columns.items():
-        if np.ma.isMaskedArray(column) and column.mask.any():
-            raise ValueError(f"{name} has {int(column.mask.sum()):,} null(s) where a value is required")
-        columns[name] = np.asarray(column)
+    """A query's columns as numpy arrays (the columns must have no nulls).
+
+    The result is streamed in batches and each column joined on its own, so the rows are held
+    about once (fetching all of it at once held the result twice: DuckDB's copy and numpy's).
+    """
+    reader = con.sql(query, params=params or []).to_arrow_reader(FETCH_BATCH_ROWS)
+    parts: dict[str, list[np.ndarray]] = {field.name: [] for field in reader.schema}
+    for batch in reader:
+        for field, column in zip(reader.schema, batch.columns):
+            if column.null_count:
+                raise ValueError(f"{field.name} has null(s) where a value is required ({query[:80]}...)")
+            parts[field.name].append(column.to_numpy(zero_copy_only=False))
+    columns = {}
+    for field in reader.schema:
+        pieces = parts.pop(field.name)
+        columns[field.name] = np.concatenate(pieces) if pieces else np.empty(0, field.type.to_pandas_dtype())
+        del pieces
     return columns
 
 
@@ -115,6 +169,14 @@ def user_codes(con: duckdb.DuckDBPyConnection, setup: str) -> tuple[np.ndarray, 
     ).fetchnumpy()["user_id"]
     users = np.asarray(users, dtype=np.int64)
     return users, IdIndex(users)
+
+
+def codes_of(index: IdIndex, ids: np.ndarray) -> np.ndarray:
+    """Dense codes (int32) of ids that must all be in the index."""
+    pos, found = index.lookup(ids)
+    if not found.all():
+        raise ValueError(f"id(s) {ids[~found][:5].tolist()} are not in the index")
+    return pos.astype(np.int32)
 
 
 def user_chunks(n_users: int, cells_per_user: int) -> list[tuple[int, int]]:

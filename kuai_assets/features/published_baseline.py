@@ -16,13 +16,14 @@ from typing import Callable
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from kuai_assets.features.catalog import TableModel
 from kuai_assets.features.fold_statistics import (
+    BackgroundParquetWriter,
     FoldSums,
     PhotoClusters,
     fetch,
+    codes_of,
     float32_column,
     setups,
     user_chunks,
@@ -64,6 +65,101 @@ def _coalesce(value: np.ndarray, fallback: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(value), fallback, value)
 
 
+def _write_setup(
+    con: duckdb.DuckDBPyConnection, writer: BackgroundParquetWriter, setup: str, folds: list[int],
+    photo_clusters: PhotoClusters, levels: dict[str, int], n_clusters: dict[str, int],
+) -> tuple[int, int]:
+    """Write one setup's rows; return (rows written, chunks of users). Its arrays are freed on return."""
+    written = 0
+    n_folds = max(max(folds) + 1, 1)
+    users, user_index = user_codes(con, setup)
+    history = fetch(
+        con, "select fold, user_id, photo_id, click, playing_time from label_history where setup = ?", [setup]
+    )
+    user = codes_of(user_index, history.pop("user_id"))
+    fold = history.pop("fold").astype(np.int32)
+    values = {"clicks": history.pop("click").astype(np.float64), "playing": history.pop("playing_time").astype(np.float64)}
+    codes = photo_clusters.codes(history.pop("photo_id"))
+    cluster = {name: codes[level] for name, level in levels.items()}
+    del codes
+    per_user = FoldSums(fold, user, n_folds, len(users), **values)
+    per_cluster = {}
+    for name in levels:
+        has = cluster[name] >= 0
+        per_cluster[name] = FoldSums(
+            fold[has], cluster[name][has], n_folds, n_clusters[name], **{v: a[has] for v, a in values.items()}
+        )
+
+    rows = fetch(
+        con,
+        "select r.row_id, r.fold, r.user_id, r.photo_id, r.time, i.duration_time "
+        "from model_rows as r join raw_interactions as i using (row_id) where r.setup = ?",
+        [setup],
+    )
+    row_user, row_user_known = user_index.lookup(rows.pop("user_id"))
+    row_user = row_user.astype(np.int32)
+    row_fold = rows.pop("fold").astype(np.int32)
+    codes = photo_clusters.codes(rows.pop("photo_id"))
+    row_cluster = {name: codes[level] for name, level in levels.items()}
+    del codes
+
+    # rows of users with history, one chunk of users at a time (their (user, cluster)
+    # sums counted for that chunk alone); then the rows of users without history
+    chunks = user_chunks(len(users), n_folds * max(n_clusters.values()))
+    for start, stop in chunks + [(None, None)]:
+        if start is None:
+            selected = np.flatnonzero(~row_user_known)
+        else:
+            selected = np.flatnonzero(row_user_known & (row_user >= start) & (row_user < stop))
+        if not len(selected):
+            continue
+        r_fold, r_user, r_known = row_fold[selected], row_user[selected], row_user_known[selected]
+        user_n, user_click, user_playing = _means(per_user, r_fold, r_user, r_known)
+        columns = {
+            "baseline_user_click": user_click,
+            "baseline_user_playing_time": user_playing,
+            "baseline_user_rows": user_n,
+        }
+        in_chunk = None if start is None else (user >= start) & (user < stop)
+        for name in levels:
+            code = row_cluster[name][selected]
+            has = code >= 0
+            _, click, playing = _means(per_cluster[name], r_fold, code, has)
+            columns[f"baseline_cluster_click_{name}"] = click
+            columns[f"baseline_cluster_playing_time_{name}"] = playing
+            if in_chunk is None:
+                pair_click = pair_playing = np.full(len(selected), np.nan)
+            else:
+                h_has = in_chunk & (cluster[name] >= 0)
+                per_pair = FoldSums(
+                    fold[h_has], (user[h_has] - start) * n_clusters[name] + cluster[name][h_has], n_folds,
+                    (stop - start) * n_clusters[name], **{v: a[h_has] for v, a in values.items()},
+                )
+                _, pair_click, pair_playing = _means(
+                    per_pair, r_fold, (r_user - start) * n_clusters[name] + code, has
+                )
+            # an unseen (user, cluster) pair falls back to the user's mean
+            columns[f"baseline_user_cluster_click_{name}"] = np.where(
+                has, _coalesce(pair_click, user_click), np.nan
+            )
+            columns[f"baseline_user_cluster_playing_time_{name}"] = np.where(
+                has, _coalesce(pair_playing, user_playing), np.nan
+            )
+        time = rows["time"][selected]
+        hours = np.where(time >= 0, time // HOUR_MS, -(-time // HOUR_MS))  # truncated, as in SQL
+        columns["baseline_hour"] = np.fmod(hours, 24).astype(np.float64)
+        columns["baseline_duration_time"] = rows["duration_time"][selected].astype(np.float64)
+        writer.write_table(
+            pa.table(
+                [pa.repeat(pa.scalar(setup, pa.string()), len(selected)), pa.array(rows["row_id"][selected])]
+                + [float32_column(columns.pop(name)) for name in FEATURES],
+                schema=SCHEMA,
+            )
+        )
+        written += len(selected)
+    return written, len(chunks)
+
+
 def compute_published_baseline(
     con: duckdb.DuckDBPyConnection, out: Path, log: Callable[[str], None] = lambda m: None
 ) -> int:
@@ -73,94 +169,11 @@ def compute_published_baseline(
     levels = {"coarse": 0, "fine": len(photo_clusters.ks) - 1}  # the smallest and the largest k
     n_clusters = {name: len(photo_clusters.clusters[level]) for name, level in levels.items()}
     written = 0
-    with pq.ParquetWriter(out, SCHEMA, compression="zstd", use_dictionary=["setup"]) as writer:
+    with BackgroundParquetWriter(out, SCHEMA, compression="zstd", use_dictionary=["setup"]) as writer:
         for setup, folds in setups(con):
-            n_folds = max(max(folds) + 1, 1)
-            users, user_index = user_codes(con, setup)
-            history = fetch(
-                con, "select fold, user_id, photo_id, click, playing_time from label_history where setup = ?", [setup]
-            )
-            user = user_index.lookup(history.pop("user_id"))[0]
-            fold = history.pop("fold").astype(np.int64)
-            values = {"clicks": history.pop("click").astype(np.float64), "playing": history.pop("playing_time").astype(np.float64)}
-            codes = photo_clusters.codes(history.pop("photo_id"))
-            cluster = {name: codes[level] for name, level in levels.items()}
-            del codes
-            per_user = FoldSums(fold, user, n_folds, len(users), **values)
-            per_cluster = {}
-            for name in levels:
-                has = cluster[name] >= 0
-                per_cluster[name] = FoldSums(
-                    fold[has], cluster[name][has], n_folds, n_clusters[name], **{v: a[has] for v, a in values.items()}
-                )
-
-            rows = fetch(
-                con,
-                "select r.row_id, r.fold, r.user_id, r.photo_id, r.time, i.duration_time "
-                "from model_rows as r join raw_interactions as i using (row_id) where r.setup = ?",
-                [setup],
-            )
-            row_user, row_user_known = user_index.lookup(rows.pop("user_id"))
-            row_fold = rows.pop("fold").astype(np.int64)
-            codes = photo_clusters.codes(rows.pop("photo_id"))
-            row_cluster = {name: codes[level] for name, level in levels.items()}
-            del codes
-
-            # rows of users with history, one chunk of users at a time (their (user, cluster)
-            # sums counted for that chunk alone); then the rows of users without history
-            chunks = user_chunks(len(users), n_folds * max(n_clusters.values()))
-            for start, stop in chunks + [(None, None)]:
-                if start is None:
-                    selected = np.flatnonzero(~row_user_known)
-                else:
-                    selected = np.flatnonzero(row_user_known & (row_user >= start) & (row_user < stop))
-                if not len(selected):
-                    continue
-                r_fold, r_user, r_known = row_fold[selected], row_user[selected], row_user_known[selected]
-                user_n, user_click, user_playing = _means(per_user, r_fold, r_user, r_known)
-                columns = {
-                    "baseline_user_click": user_click,
-                    "baseline_user_playing_time": user_playing,
-                    "baseline_user_rows": user_n,
-                }
-                in_chunk = None if start is None else (user >= start) & (user < stop)
-                for name in levels:
-                    code = row_cluster[name][selected]
-                    has = code >= 0
-                    _, click, playing = _means(per_cluster[name], r_fold, code, has)
-                    columns[f"baseline_cluster_click_{name}"] = click
-                    columns[f"baseline_cluster_playing_time_{name}"] = playing
-                    if in_chunk is None:
-                        pair_click = pair_playing = np.full(len(selected), np.nan)
-                    else:
-                        h_has = in_chunk & (cluster[name] >= 0)
-                        per_pair = FoldSums(
-                            fold[h_has], (user[h_has] - start) * n_clusters[name] + cluster[name][h_has], n_folds,
-                            (stop - start) * n_clusters[name], **{v: a[h_has] for v, a in values.items()},
-                        )
-                        _, pair_click, pair_playing = _means(
-                            per_pair, r_fold, (r_user - start) * n_clusters[name] + code, has
-                        )
-                    # an unseen (user, cluster) pair falls back to the user's mean
-                    columns[f"baseline_user_cluster_click_{name}"] = np.where(
-                        has, _coalesce(pair_click, user_click), np.nan
-                    )
-                    columns[f"baseline_user_cluster_playing_time_{name}"] = np.where(
-                        has, _coalesce(pair_playing, user_playing), np.nan
-                    )
-                time = rows["time"][selected]
-                hours = np.where(time >= 0, time // HOUR_MS, -(-time // HOUR_MS))  # truncated, as in SQL
-                columns["baseline_hour"] = np.fmod(hours, 24).astype(np.float64)
-                columns["baseline_duration_time"] = rows["duration_time"][selected].astype(np.float64)
-                writer.write_table(
-                    pa.table(
-                        [pa.repeat(pa.scalar(setup, pa.string()), len(selected)), pa.array(rows["row_id"][selected])]
-                        + [float32_column(columns.pop(name)) for name in FEATURES],
-                        schema=SCHEMA,
-                    )
-                )
-                written += len(selected)
-            log(f"published_baseline: {setup} done ({len(chunks)} chunk(s) of users), {written:,} rows so far")
+            n_rows, n_chunks = _write_setup(con, writer, setup, folds, photo_clusters, levels, n_clusters)
+            written += n_rows
+            log(f"published_baseline: {setup} done ({n_chunks} chunk(s) of users), {written:,} rows so far")
     return written
 
 
