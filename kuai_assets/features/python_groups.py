@@ -3,6 +3,10 @@
 visual_similarity: the cosine similarity between the photo's reduced visual vector and the
 centroids of what the user clicked and did not click. Averaging 64-d vectors per user, out of
 fold, is a few numpy reductions; in SQL it would be 64 hand-written columns.
+
+The others live in their own modules: user_word_affinity (word_affinity.py),
+user_cluster_affinity (cluster_affinity.py) and published_baseline (published_baseline.py), label
+statistics whose cells number in the tens of millions, counted in numpy (fold_statistics.py).
 """
 
 from __future__ import annotations
