@@ -454,3 +454,24 @@ def test_chunks_of_users_give_the_same_table_as_one_chunk(materialized, tmp_path
     assert chunks and min(chunks) >= users // 5, messages
     in_chunks = pd.read_parquet(work.require_table(name))
     assert_same_table(in_chunks, tables(name), list(model.grain), f"{name} in chunks of users")
+
+
+def test_numpy_groups_write_null_not_nan_for_users_without_clicks(materialized, tmp_path, tables):
+    """A user who never clicked has no clicked centroid: visual_similarity_clicked is null (missing
+    by design, as training_matrix's check requires), never NaN; likewise in the other numpy groups."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    label_history = tables("label_history")
+    user = sorted(label_history["user_id"].unique())[0]
+    label_history.loc[label_history["user_id"] == user, "click"] = 0
+    names = ["visual_similarity", "user_cluster_affinity", "published_baseline", "user_word_affinity"]
+    work = rematerialize(materialized, tmp_path, {"label_history": label_history}, names)
+    for name in names:
+        table = pq.read_table(work.require_table(name))
+        floats = [f.name for f in table.schema if f.type in ("float", "double")]
+        nan_values = {c: pc.sum(pc.is_nan(table[c])).as_py() for c in floats}
+        assert floats and not any(nan_values.values()), f"{name} wrote NaN instead of null: {nan_values}"
+    rows = pd.read_parquet(work.require_table("visual_similarity")).merge(tables("model_rows")[["setup", "row_id", "user_id"]])
+    assert rows.loc[rows["user_id"] == user, "visual_similarity_clicked"].isna().all()
+    assert rows.loc[rows["user_id"] != user, "visual_similarity_clicked"].notna().any()

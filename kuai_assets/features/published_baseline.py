@@ -51,6 +51,9 @@ SCHEMA = pa.schema([("setup", pa.string()), ("row_id", pa.int64())] + [(name, pa
 
 def _means(sums: FoldSums, fold: np.ndarray, cell: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, ...]:
     """(rows, mean click, mean playing_time) out of fold; NaN where unknown, means NaN on no rows."""
+    if sums.n_cells == 0:  # nobody to learn from (a setup without fit rows)
+        nothing = np.full(len(cell), np.nan)
+        return nothing, nothing, nothing
     cell = np.where(known, cell, 0)
     known = known & sums.seen(cell)
     seen = sums.out_of_fold(fold, cell)

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kuai_assets.features.catalog import TableModel
+from kuai_assets.features.fold_statistics import float32_column
 from kuai_assets.features.id_index import IdIndex
 from kuai_assets.features.cluster_affinity import USER_CLUSTER_AFFINITY
 from kuai_assets.features.published_baseline import PUBLISHED_BASELINE
@@ -105,9 +106,10 @@ def compute_visual_similarity(
                         {
                             "setup": pa.repeat(pa.scalar(setup, pa.string()), len(fold)),
                             "row_id": batch.column("row_id"),
-                            "visual_similarity_clicked": clicked.astype(np.float32),
-                            "visual_similarity_unclicked": unclicked.astype(np.float32),
-                            "visual_similarity_margin": (clicked - unclicked).astype(np.float32),
+                            # null, not NaN, where the user has no (un)clicked history out of fold
+                            "visual_similarity_clicked": float32_column(clicked),
+                            "visual_similarity_unclicked": float32_column(unclicked),
+                            "visual_similarity_margin": float32_column(clicked - unclicked),
                         },
                         schema=schema,
                     )

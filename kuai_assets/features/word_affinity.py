@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from kuai_assets.features.catalog import TableModel
+from kuai_assets.features.fold_statistics import float32_column
 from kuai_assets.features.id_index import IdIndex
 
 ROWS_PER_CHUNK = 8_000_000  # about 26 million (row, word) pairs and 2 GB of arrays per chunk
@@ -133,11 +134,6 @@ def _chunk_features(
     return row_id[keep], mean, maximum, total_impressions.astype(np.float64)
 
 
-def _column(values: np.ndarray) -> pa.Array:
-    values = values.astype(np.float32)
-    return pa.array(values, mask=np.isnan(values))
-
-
 def compute_user_word_affinity(
     con: duckdb.DuckDBPyConnection, out: Path, log: Callable[[str], None] = lambda m: None
 ) -> int:
@@ -170,7 +166,7 @@ def compute_user_word_affinity(
                 writer.write_table(
                     pa.table(
                         [pa.repeat(pa.scalar(setup, pa.string()), len(row_ids)), pa.array(row_ids),
-                         _column(mean), _column(maximum), _column(impressions)],
+                         float32_column(mean), float32_column(maximum), float32_column(impressions)],
                         schema=SCHEMA,
                     )
                 )
