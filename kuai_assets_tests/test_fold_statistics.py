@@ -59,3 +59,22 @@ def test_background_writer_reports_a_failed_write(tmp_path):
         for i in range(3):
             writer.write_table(pa.table({"a": [i, i]}, schema=schema))
     assert pq.read_table(tmp_path / "u.parquet").column("a").to_pylist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_a_python_group_version_covers_the_helpers_it_imports(monkeypatch):
+    import inspect
+
+    from kuai_assets.features.cluster_affinity import USER_CLUSTER_AFFINITY
+    from kuai_assets.features.python_groups import VISUAL_SIMILARITY
+
+    before = USER_CLUSTER_AFFINITY.code_version
+    visual_before = VISUAL_SIMILARITY.code_version
+    real = inspect.getsource
+
+    def edited(obj):
+        text = real(obj)
+        return text + "\n# edited\n" if getattr(obj, "__name__", "") == fold_statistics.__name__ else text
+
+    monkeypatch.setattr(inspect, "getsource", edited)
+    assert USER_CLUSTER_AFFINITY.code_version != before  # fold_statistics.py changed
+    assert VISUAL_SIMILARITY.code_version != visual_before  # it uses float32_column from there too

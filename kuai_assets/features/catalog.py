@@ -86,8 +86,19 @@ class TableModel:
 
     @property
     def code_version(self) -> str:
-        source = self.sql if self.sql is not None else inspect.getsource(inspect.getmodule(self.compute))
-        return hashlib.sha256(source.encode()).hexdigest()[:12]
+        """A hash of the SQL, or of the Python group's module and the kuai_assets.features
+        modules it imports from (so a change in a shared helper marks the group stale too)."""
+        if self.sql is not None:
+            return hashlib.sha256(self.sql.encode()).hexdigest()[:12]
+        module = inspect.getmodule(self.compute)
+        modules = {module.__name__: module}
+        for value in vars(module).values():
+            source_module = inspect.getmodule(value)
+            if source_module is not None and source_module.__name__.startswith("kuai_assets.features."):
+                modules.setdefault(source_module.__name__, source_module)
+        modules.pop(__name__, None)  # the catalog itself (TableModel) is not the group's logic
+        sources = "".join(inspect.getsource(modules[name]) for name in sorted(modules))
+        return hashlib.sha256(sources.encode()).hexdigest()[:12]
 
     def column_kind(self, column: str) -> str | None:
         """'continuous', 'discrete', or None for a column the header does not declare."""
