@@ -224,13 +224,12 @@ def load_sql_model(path: Path) -> TableModel:
     layer = path.parent.name
     if layer == FEATURE_LAYER and not (header["continuous"] or header["discrete"]):
         raise CatalogError(f"{path}: a feature group must declare continuous and/or discrete columns")
-    upstream = referenced_tables(text, str(path))
     return TableModel(
         name=name,
         layer=layer,
         description=header["description"],
         grain=tuple(header["grain"]),
-        upstream=upstream,
+        upstream=referenced_tables(text, str(path)),
         continuous=tuple(header["continuous"]),
         discrete=tuple(header["discrete"]),
         uses_labels=header.get("uses_labels", False),

@@ -25,12 +25,10 @@ from kuai_assets.features.fold_statistics import (
     BackgroundParquetWriter,
     FoldSums,
     PhotoClusters,
-    fetch,
-    codes_of,
+    fit_rows,
     float32_column,
     setups,
     user_chunks,
-    user_codes,
 )
 
 POPULATION_WEIGHT = 20  # pseudo-impressions pulling the user's rate toward the population's
@@ -58,18 +56,10 @@ def _write_setup(
     """Write one setup's rows; return (rows written, chunks of users). Its arrays are freed on return."""
     written = 0
     n_folds = max(max(folds) + 1, 1)
-    users, user_index = user_codes(con, setup)
-    history = fetch(
-        con,
-        "select fold, user_id, photo_id, click, least(playing_time, 2 * duration_time + 60) as playing "
-        "from label_history where setup = ?",
-        [setup],
-    )
-    user = codes_of(user_index, history.pop("user_id"))
-    fold = history.pop("fold").astype(np.int32)
-    click = history.pop("click").astype(np.float64)
-    playing = history.pop("playing").astype(np.float64)
-    cluster = photo_clusters.codes(history.pop("photo_id"))
+    history = fit_rows(con, setup, photo_clusters, "least(playing_time, 2 * duration_time + 60)")
+    users, user, fold = history.users, history.user, history.fold
+    click, playing, cluster = history.click, history.playing, history.cluster
+    del history
 
     # the user's prior at each k, per fold of the output: rows (folds), columns (users)
     priors = []

@@ -16,6 +16,7 @@ published_baseline 607 s (in four passes over slices of the users, since one pas
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -162,21 +163,37 @@ def fetch(con: duckdb.DuckDBPyConnection, query: str, params: list | None = None
     return columns
 
 
-def user_codes(con: duckdb.DuckDBPyConnection, setup: str) -> tuple[np.ndarray, IdIndex]:
-    """The users with fit rows in a setup (sorted) and an index to number them densely."""
+@dataclass
+class FitRows:
+    """One setup's fit rows (label_history), users numbered densely in user_id order."""
+
+    users: np.ndarray  # the distinct user_ids, sorted: user code i is users[i]
+    user_index: IdIndex
+    user: np.ndarray  # int32 user code per row
+    fold: np.ndarray  # int32
+    click: np.ndarray  # float64
+    playing: np.ndarray  # float64, per `playing_sql`
+    cluster: list[np.ndarray]  # the photo's dense cluster code at each k of PhotoClusters.ks
+
+
+def fit_rows(con: duckdb.DuckDBPyConnection, setup: str, photo_clusters: PhotoClusters, playing_sql: str) -> FitRows:
     users = con.sql(
         "select distinct user_id from label_history where setup = ? order by user_id", params=[setup]
     ).fetchnumpy()["user_id"]
     users = np.asarray(users, dtype=np.int64)
-    return users, IdIndex(users)
-
-
-def codes_of(index: IdIndex, ids: np.ndarray) -> np.ndarray:
-    """Dense codes (int32) of ids that must all be in the index."""
-    pos, found = index.lookup(ids)
-    if not found.all():
-        raise ValueError(f"id(s) {ids[~found][:5].tolist()} are not in the index")
-    return pos.astype(np.int32)
+    user_index = IdIndex(users)
+    history = fetch(
+        con, f"select fold, user_id, photo_id, click, {playing_sql} as playing from label_history where setup = ?", [setup]
+    )
+    return FitRows(
+        users=users,
+        user_index=user_index,
+        user=user_index.positions(history.pop("user_id"), "label_history: user_id(s) not among its own users").astype(np.int32),
+        fold=history.pop("fold").astype(np.int32),
+        click=history.pop("click").astype(np.float64),
+        playing=history.pop("playing").astype(np.float64),
+        cluster=photo_clusters.codes(history.pop("photo_id")),
+    )
 
 
 def user_chunks(n_users: int, cells_per_user: int) -> list[tuple[int, int]]:

@@ -31,8 +31,9 @@ class IdIndex:
         pos = np.minimum(np.searchsorted(self.sorted_ids, ids), len(self.sorted_ids) - 1)
         return pos, self.sorted_ids[pos] == ids
 
-    def positions(self, ids: np.ndarray, what: str) -> np.ndarray:
+    def positions(self, ids: np.ndarray, error: str) -> np.ndarray:
+        """Positions of ids that must all be in the index; else ValueError(`error`: the first few)."""
         pos, found = self.lookup(ids)
         if not found.all():
-            raise ValueError(f"{what}: photo_id(s) {ids[~found][:5].tolist()} have no reduced visual vector")
+            raise ValueError(f"{error}: {ids[~found][:5].tolist()}")
         return pos

@@ -23,11 +23,10 @@ from kuai_assets.features.fold_statistics import (
     FoldSums,
     PhotoClusters,
     fetch,
-    codes_of,
+    fit_rows,
     float32_column,
     setups,
     user_chunks,
-    user_codes,
 )
 
 HOUR_MS = 3_600_000
@@ -75,16 +74,11 @@ def _write_setup(
     """Write one setup's rows; return (rows written, chunks of users). Its arrays are freed on return."""
     written = 0
     n_folds = max(max(folds) + 1, 1)
-    users, user_index = user_codes(con, setup)
-    history = fetch(
-        con, "select fold, user_id, photo_id, click, playing_time from label_history where setup = ?", [setup]
-    )
-    user = codes_of(user_index, history.pop("user_id"))
-    fold = history.pop("fold").astype(np.int32)
-    values = {"clicks": history.pop("click").astype(np.float64), "playing": history.pop("playing_time").astype(np.float64)}
-    codes = photo_clusters.codes(history.pop("photo_id"))
-    cluster = {name: codes[level] for name, level in levels.items()}
-    del codes
+    history = fit_rows(con, setup, photo_clusters, "playing_time")
+    users, user_index, user, fold = history.users, history.user_index, history.user, history.fold
+    values = {"clicks": history.click, "playing": history.playing}
+    cluster = {name: history.cluster[level] for name, level in levels.items()}
+    del history
     per_user = FoldSums(fold, user, n_folds, len(users), **values)
     per_cluster = {}
     for name in levels:

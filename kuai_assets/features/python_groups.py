@@ -27,6 +27,7 @@ from kuai_assets.features.published_baseline import PUBLISHED_BASELINE
 from kuai_assets.features.word_affinity import USER_WORD_AFFINITY
 
 ROW_CHUNK = 2_000_000
+NO_VECTOR = "{}: photo_id(s) with no reduced visual vector"
 
 
 def _pca_matrix(con: duckdb.DuckDBPyConnection) -> tuple[np.ndarray, np.ndarray]:
@@ -78,7 +79,7 @@ def compute_visual_similarity(
             for batch in reader:
                 fold = batch.column("fold").to_numpy().astype(np.int64)
                 user = np.searchsorted(users, batch.column("user_id").to_numpy())
-                photo = index.positions(batch.column("photo_id").to_numpy(), "label_history")
+                photo = index.positions(batch.column("photo_id").to_numpy(), NO_VECTOR.format("label_history"))
                 key = (fold * n_users + user) * 2 + batch.column("click").to_numpy().astype(np.int64)
                 sums += _keyed_sums(key, vectors[photo], n_keys)
                 counts += np.bincount(key, minlength=n_keys)
@@ -98,7 +99,7 @@ def compute_visual_similarity(
                 fold = batch.column("fold").to_numpy().astype(np.int64)
                 which = np.where(fold >= 0, fold, n_folds)
                 user = np.searchsorted(users, batch.column("user_id").to_numpy())
-                photo = index.positions(batch.column("photo_id").to_numpy(), "model_rows")
+                photo = index.positions(batch.column("photo_id").to_numpy(), NO_VECTOR.format("model_rows"))
                 similarity = np.einsum("nkd,nd->nk", centroids[which, user], vectors[photo])
                 clicked, unclicked = similarity[:, 1], similarity[:, 0]
                 writer.write_table(
