@@ -9,6 +9,7 @@ from typing import Callable
 import pyarrow.parquet as pq
 
 from kuai_assets.features.catalog import CatalogError, TableModel
+from kuai_assets.features.grain import first_duplicate
 from kuai_assets.storage import WorkDir, check_identifier, sql_string
 
 
@@ -59,15 +60,12 @@ def materialize_table_model(
             schema = pq.read_schema(tmp)
             features = model.check_columns(schema.names)
             rows = pq.ParquetFile(tmp).metadata.num_rows
-            keys = ", ".join(check_identifier(k, "grain column") for k in model.grain)
-            duplicated = con.execute(
-                f"select {keys}, count(*) as n from read_parquet({sql_string(tmp)}) "
-                f"group by all having count(*) > 1 limit 1"
-            ).fetchone()
+            duplicated = first_duplicate(con, tmp, model.grain)
             if duplicated:
+                values, count = duplicated
                 raise CatalogError(
-                    f"{model.path or model.name}: the grain ({keys}) is not unique: "
-                    f"{dict(zip(model.grain, duplicated[:-1]))} appears {duplicated[-1]} times"
+                    f"{model.path or model.name}: the grain ({', '.join(model.grain)}) is not unique: "
+                    f"{values} appears {count} times"
                 )
             preview = con.sql(f"select * from read_parquet({sql_string(tmp)}) limit 5").to_arrow_table()
     finally:
