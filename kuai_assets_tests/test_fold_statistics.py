@@ -78,3 +78,43 @@ def test_a_python_group_version_covers_the_helpers_it_imports(monkeypatch):
     monkeypatch.setattr(inspect, "getsource", edited)
     assert USER_CLUSTER_AFFINITY.code_version != before  # fold_statistics.py changed
     assert VISUAL_SIMILARITY.code_version != visual_before  # it uses float32_column from there too
+
+
+def test_user_chunks_partition_rows_like_a_mask_per_range(monkeypatch):
+    from kuai_assets.features.fold_statistics import UserChunks, positions_by_part
+
+    rng = np.random.default_rng(5)
+    user = rng.integers(0, 23, 1_000).astype(np.int32)
+    known = rng.random(1_000) < 0.8
+    assert UserChunks(23, 2).ranges == [(0, 23)]  # every user fits in one range
+    monkeypatch.setattr(fold_statistics, "CELLS_PER_CHUNK", 10)  # five users of two cells each
+    chunks = UserChunks(23, 2)
+    assert chunks.ranges == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 23)]
+    parts = chunks.positions(user, known)
+    assert len(parts) == len(chunks) + 1
+    for (start, stop), positions in zip(chunks.ranges, parts):
+        assert positions.tolist() == np.flatnonzero(known & (user >= start) & (user < stop)).tolist()
+    assert parts[-1].tolist() == np.flatnonzero(~known).tolist()
+    # more parts than a 16-bit key holds
+    many = rng.integers(0, 70_000, 5_000)
+    split = positions_by_part(many, 70_000)
+    assert len(split) == 70_000 and sum(len(p) for p in split) == 5_000
+    for p in np.unique(many)[:50]:
+        assert split[p].tolist() == np.flatnonzero(many == p).tolist()
+
+
+def test_durations_by_row_id_dense_and_sparse(tmp_path):
+    import duckdb
+    import pytest
+
+    from kuai_assets.features.published_baseline import Durations
+
+    for name, row_id in [("dense", [4, 0, 2, 3]), ("sparse", [2**40, 7, -1, 3])]:
+        con = duckdb.connect()
+        con.execute("create table raw_interactions (row_id bigint, duration_time bigint)")
+        con.executemany("insert into raw_interactions values (?, ?)", [(r, 10 * i + 1) for i, r in enumerate(row_id)])
+        durations = Durations(con)
+        assert durations.of(np.array(row_id[::-1])).tolist() == [31.0, 21.0, 11.0, 1.0], name
+        for absent in ([1], [5], [-7], [2**41]):
+            with pytest.raises(ValueError, match=r"model_rows: row_id\(s\) not in raw_interactions: \[" + str(absent[0])):
+                durations.of(np.array([row_id[0]] + absent))

@@ -4,19 +4,21 @@
 -- grain: setup, fold, k, cluster
 -- uses_labels: true
 -- continuous: cluster_impressions, cluster_click_rate, cluster_like_rate, cluster_playing_ratio
-with history as (
-    select h.setup, h.fold, c.k, c.cluster, h.click, h."like",
-           least(h.playing_time, 2 * h.duration_time + 60) as playing_seconds,
-           h.duration_time * h.click as clicked_duration
-    from label_history as h
-    join video_clusters as c using (photo_id)
+with per_photo as (  -- one row per (setup, fold, photo) before the join: 7x fewer rows at scale
+    select setup, fold, photo_id,
+           count(*) as impressions, sum(click) as clicks, sum("like") as likes,
+           sum(least(playing_time, 2 * duration_time + 60)) as playing_seconds,
+           sum(duration_time * click) as clicked_duration
+    from label_history
+    group by all
 ),
 
 per_fold as (
-    select setup, fold, k, cluster,
-           count(*) as impressions, sum(click) as clicks, sum("like") as likes,
-           sum(playing_seconds) as playing_seconds, sum(clicked_duration) as clicked_duration
-    from history
+    select p.setup, p.fold, c.k, c.cluster,
+           sum(p.impressions) as impressions, sum(p.clicks) as clicks, sum(p.likes) as likes,
+           sum(p.playing_seconds) as playing_seconds, sum(p.clicked_duration) as clicked_duration
+    from per_photo as p
+    join video_clusters as c using (photo_id)
     group by all
 ),
 

@@ -28,7 +28,7 @@ from kuai_assets.features.fold_statistics import (
     fit_rows,
     float32_column,
     setups,
-    user_chunks,
+    UserChunks,
 )
 
 POPULATION_WEIGHT = 20  # pseudo-impressions pulling the user's rate toward the population's
@@ -75,9 +75,8 @@ def _write_setup(
         priors.append(prior)
 
     widest = max((len(c) for c in photo_clusters.clusters), default=1)
-    chunks = user_chunks(len(users), n_folds * widest)
-    for start, stop in chunks:
-        in_chunk = (user >= start) & (user < stop)
+    chunks = UserChunks(len(users), n_folds * widest)
+    for (start, stop), in_chunk in zip(chunks.ranges, chunks.positions(user)):
         chunk_user, chunk_fold = user[in_chunk] - start, fold[in_chunk]
         chunk_click, chunk_playing = click[in_chunk], playing[in_chunk]
         for level, k in enumerate(photo_clusters.ks):

@@ -36,7 +36,8 @@ class FoldSums:
     def __init__(self, fold: np.ndarray, cell: np.ndarray, n_folds: int, n_cells: int, **values: np.ndarray):
         key = fold.astype(np.int64) * n_cells + cell
         size = n_folds * n_cells
-        self.n_cells = n_cells
+        self.n_cells, self.n_folds = n_cells, n_folds
+        self._outside: dict[str, np.ndarray] | None = None
         # part[name][fold * n_cells + cell]: the cell's sum over one fold's rows
         self.part = {"n": np.bincount(key, minlength=size).astype(np.float64)}
         for name, value in values.items():
@@ -50,19 +51,19 @@ class FoldSums:
     def out_of_fold(self, fold: np.ndarray | int, cell: np.ndarray) -> dict[str, np.ndarray]:
         """Each sum at the cell without the row's own fold (all of it for fold -1)."""
         if np.isscalar(fold):
-            own = None if fold < 0 else fold * self.n_cells + cell
-        else:
-            own = np.maximum(fold, 0).astype(np.int64) * self.n_cells + cell
-            outside = fold < 0
-        result = {}
-        for name, total in self.total.items():
-            if own is None:
-                result[name] = total[cell]
-            elif np.isscalar(fold):
-                result[name] = total[cell] - self.part[name][own]
-            else:
-                result[name] = total[cell] - np.where(outside, 0.0, self.part[name][own])
-        return result
+            if fold < 0:
+                return {name: total[cell] for name, total in self.total.items()}
+            own = fold * self.n_cells + cell
+            return {name: total[cell] - self.part[name][own] for name, total in self.total.items()}
+        if self._outside is None:
+            # outside[name][slot * n_cells + cell]: the cell's sum without fold `slot`, the last
+            # slot (fold -1) the whole sum: one read per row and sum, the subtraction done per cell
+            self._outside = {
+                name: np.concatenate([(total - self.part[name].reshape(self.n_folds, self.n_cells)).ravel(), total])
+                for name, total in self.total.items()
+            }
+        slot = np.where(fold < 0, self.n_folds, fold).astype(np.int64) * self.n_cells + cell
+        return {name: outside[slot] for name, outside in self._outside.items()}
 
 
 class PhotoClusters:
@@ -94,6 +95,8 @@ class PhotoClusters:
 
     def codes(self, photo_id: np.ndarray) -> list[np.ndarray]:
         pos, found = self.index.lookup(photo_id)
+        if found.all():
+            return [code[pos] for code in self._codes]
         return [np.where(found, code[pos], np.int32(-1)) for code in self._codes]
 
 
@@ -196,10 +199,34 @@ def fit_rows(con: duckdb.DuckDBPyConnection, setup: str, photo_clusters: PhotoCl
     )
 
 
-def user_chunks(n_users: int, cells_per_user: int) -> list[tuple[int, int]]:
+class UserChunks:
     """Ranges of dense user codes, each with at most CELLS_PER_CHUNK cells (at least one user)."""
-    per_chunk = max(1, CELLS_PER_CHUNK // max(1, cells_per_user))
-    return [(start, min(start + per_chunk, n_users)) for start in range(0, n_users, per_chunk)]
+
+    def __init__(self, n_users: int, cells_per_user: int):
+        self.width = max(1, CELLS_PER_CHUNK // max(1, cells_per_user))
+        self.ranges = [(start, min(start + self.width, n_users)) for start in range(0, n_users, self.width)]
+
+    def __len__(self) -> int:
+        return len(self.ranges)
+
+    def positions(self, user: np.ndarray, known: np.ndarray | None = None) -> list[np.ndarray]:
+        """Per range, the positions of the rows whose user code falls in it, ascending; one more
+        list at the end: the rows whose user is not `known`."""
+        part = user // self.width
+        if known is not None:
+            part = np.where(known, part, len(self.ranges))
+        return positions_by_part(part, len(self.ranges) + 1)
+
+
+def positions_by_part(part: np.ndarray, n_parts: int) -> list[np.ndarray]:
+    """For each p < n_parts, the positions i with part[i] == p, ascending: one counting sort
+    (a stable radix sort of small keys) instead of a mask over every row per part."""
+    keys = part.astype(np.uint16) if n_parts <= 1 << 16 else part
+    order = np.argsort(keys, kind="stable")
+    if len(order) < 2**31:
+        order = order.astype(np.int32)
+    ends = np.cumsum(np.bincount(part, minlength=n_parts))
+    return np.split(order, ends[:-1])
 
 
 def float32_column(values: np.ndarray) -> pa.Array:

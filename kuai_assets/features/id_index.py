@@ -25,9 +25,13 @@ class IdIndex:
         if not len(self.sorted_ids):
             return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
         if self.table is not None:
-            inside = (ids >= 0) & (ids < len(self.table))
-            pos = np.where(inside, self.table[np.where(inside, ids, 0)], -1)
-            return np.maximum(pos, 0), pos >= 0
+            if len(ids) and ids.min() >= 0 and ids.max() < len(self.table):
+                pos = self.table[ids]  # every id inside the table: one read each
+            else:
+                inside = (ids >= 0) & (ids < len(self.table))
+                pos = np.where(inside, self.table[np.where(inside, ids, 0)], -1)
+            found = pos >= 0
+            return (pos if found.all() else np.maximum(pos, 0)), found
         pos = np.minimum(np.searchsorted(self.sorted_ids, ids), len(self.sorted_ids) - 1)
         return pos, self.sorted_ids[pos] == ids
 

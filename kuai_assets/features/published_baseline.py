@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from kuai_assets.features.catalog import TableModel
+from kuai_assets.features.id_index import IdIndex
 from kuai_assets.features.fold_statistics import (
     BackgroundParquetWriter,
     FoldSums,
@@ -26,7 +27,7 @@ from kuai_assets.features.fold_statistics import (
     fit_rows,
     float32_column,
     setups,
-    user_chunks,
+    UserChunks,
 )
 
 HOUR_MS = 3_600_000
@@ -63,13 +64,41 @@ def _means(sums: FoldSums, fold: np.ndarray, cell: np.ndarray, known: np.ndarray
     return n, click, playing
 
 
+class Durations:
+    """duration_time of every interaction by row_id: a lookup, not a join per setup (at 60M rows
+    DuckDB's join of model_rows to raw_interactions cost about 12 s per setup)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        table = fetch(con, "select row_id, duration_time from raw_interactions")
+        row_id, duration = table.pop("row_id"), table.pop("duration_time").astype(np.float64)
+        self.index = None
+        if not len(row_id) or (row_id.min() >= 0 and row_id.max() < 4 * len(row_id) + 1_000_000):
+            # dense row_ids, as raw_interactions numbers them: one slot per id, NaN where none
+            self.by_row_id = np.full(int(row_id.max()) + 1 if len(row_id) else 0, np.nan)
+            self.by_row_id[row_id] = duration
+        else:
+            order = np.argsort(row_id)
+            self.index, self.by_row_id = IdIndex(row_id[order]), duration[order]
+
+    def of(self, row_id: np.ndarray) -> np.ndarray:
+        error = "model_rows: row_id(s) not in raw_interactions"
+        if self.index is not None:
+            return self.by_row_id[self.index.positions(row_id, error)]
+        inside = (row_id >= 0) & (row_id < len(self.by_row_id))
+        duration = self.by_row_id[np.where(inside, row_id, 0)] if len(self.by_row_id) else np.full(len(row_id), np.nan)
+        missing = ~inside | np.isnan(duration)
+        if missing.any():
+            raise ValueError(f"{error}: {row_id[missing][:5].tolist()}")
+        return duration
+
+
 def _coalesce(value: np.ndarray, fallback: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(value), fallback, value)
 
 
 def _write_setup(
     con: duckdb.DuckDBPyConnection, writer: BackgroundParquetWriter, setup: str, folds: list[int],
-    photo_clusters: PhotoClusters, levels: dict[str, int], n_clusters: dict[str, int],
+    photo_clusters: PhotoClusters, levels: dict[str, int], n_clusters: dict[str, int], durations: Durations,
 ) -> tuple[int, int]:
     """Write one setup's rows; return (rows written, chunks of users). Its arrays are freed on return."""
     written = 0
@@ -87,12 +116,8 @@ def _write_setup(
             fold[has], cluster[name][has], n_folds, n_clusters[name], **{v: a[has] for v, a in values.items()}
         )
 
-    rows = fetch(
-        con,
-        "select r.row_id, r.fold, r.user_id, r.photo_id, r.time, i.duration_time "
-        "from model_rows as r join raw_interactions as i using (row_id) where r.setup = ?",
-        [setup],
-    )
+    rows = fetch(con, "select row_id, fold, user_id, photo_id, time from model_rows where setup = ?", [setup])
+    rows["duration_time"] = durations.of(rows["row_id"])
     row_user, row_user_known = user_index.lookup(rows.pop("user_id"))
     row_user = row_user.astype(np.int32)
     row_fold = rows.pop("fold").astype(np.int32)
@@ -102,12 +127,12 @@ def _write_setup(
 
     # rows of users with history, one chunk of users at a time (their (user, cluster)
     # sums counted for that chunk alone); then the rows of users without history
-    chunks = user_chunks(len(users), n_folds * max(n_clusters.values()))
-    for start, stop in chunks + [(None, None)]:
-        if start is None:
-            selected = np.flatnonzero(~row_user_known)
-        else:
-            selected = np.flatnonzero(row_user_known & (row_user >= start) & (row_user < stop))
+    chunks = UserChunks(len(users), n_folds * max(n_clusters.values()))
+    history_of_chunk = chunks.positions(user)[:-1]
+    rows_of_chunk = chunks.positions(row_user, row_user_known)
+    for (start, stop), in_chunk, selected in zip(
+        chunks.ranges + [(None, None)], history_of_chunk + [None], rows_of_chunk
+    ):
         if not len(selected):
             continue
         r_fold, r_user, r_known = row_fold[selected], row_user[selected], row_user_known[selected]
@@ -117,7 +142,6 @@ def _write_setup(
             "baseline_user_playing_time": user_playing,
             "baseline_user_rows": user_n,
         }
-        in_chunk = None if start is None else (user >= start) & (user < stop)
         for name in levels:
             code = row_cluster[name][selected]
             has = code >= 0
@@ -127,7 +151,7 @@ def _write_setup(
             if in_chunk is None:
                 pair_click = pair_playing = np.full(len(selected), np.nan)
             else:
-                h_has = in_chunk & (cluster[name] >= 0)
+                h_has = in_chunk[cluster[name][in_chunk] >= 0]
                 per_pair = FoldSums(
                     fold[h_has], (user[h_has] - start) * n_clusters[name] + cluster[name][h_has], n_folds,
                     (stop - start) * n_clusters[name], **{v: a[h_has] for v, a in values.items()},
@@ -165,10 +189,11 @@ def compute_published_baseline(
         raise ValueError("video_clusters is empty: published_baseline needs the photos' clusters")
     levels = {"coarse": 0, "fine": len(photo_clusters.ks) - 1}  # the smallest and the largest k
     n_clusters = {name: len(photo_clusters.clusters[level]) for name, level in levels.items()}
+    durations = Durations(con)
     written = 0
     with BackgroundParquetWriter(out, SCHEMA, compression="zstd", use_dictionary=["setup"]) as writer:
         for setup, folds in setups(con):
-            n_rows, n_chunks = _write_setup(con, writer, setup, folds, photo_clusters, levels, n_clusters)
+            n_rows, n_chunks = _write_setup(con, writer, setup, folds, photo_clusters, levels, n_clusters, durations)
             written += n_rows
             log(f"published_baseline: {setup} done ({n_chunks} chunk(s) of users), {written:,} rows so far")
     return written
