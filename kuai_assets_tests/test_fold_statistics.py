@@ -118,3 +118,15 @@ def test_durations_by_row_id_dense_and_sparse(tmp_path):
         for absent in ([1], [5], [-7], [2**41]):
             with pytest.raises(ValueError, match=r"model_rows: row_id\(s\) not in raw_interactions: \[" + str(absent[0])):
                 durations.of(np.array([row_id[0]] + absent))
+
+
+def test_sorted_with_order_packed_and_argsort_agree():
+    from kuai_assets.features.word_affinity import sorted_with_order
+
+    rng = np.random.default_rng(11)
+    for key in (rng.integers(0, 50, 3_000), rng.integers(0, 2**40, 3_000), np.array([], np.int64), np.array([7])):
+        expected_order = np.argsort(key, kind="stable")
+        for bits in (63, 8):  # 8 bits leaves no room for the positions: the argsort path
+            sorted_key, order = sorted_with_order(key.astype(np.int64), bits)
+            assert sorted_key.tolist() == key[expected_order].tolist()
+            assert order.tolist() == expected_order.tolist()

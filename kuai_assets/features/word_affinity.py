@@ -22,10 +22,9 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from kuai_assets.features.catalog import TableModel
-from kuai_assets.features.fold_statistics import float32_column
+from kuai_assets.features.fold_statistics import BackgroundParquetWriter, float32_column
 from kuai_assets.features.id_index import IdIndex
 
 ROWS_PER_CHUNK = 8_000_000  # about 26 million (row, word) pairs and 2 GB of arrays per chunk
@@ -62,16 +61,26 @@ class CoverWords:
         return pos, np.where(found, self.offsets[pos + 1] - self.offsets[pos], 0)
 
 
+def sorted_with_order(key: np.ndarray, bits: int = 63) -> tuple[np.ndarray, np.ndarray]:
+    """(np.sort(key), the stable argsort of key) for non-negative int64 keys.
+
+    Where the key leaves room, each key carries its position in its low bits and one sort of
+    values does it: about ten times faster than an argsort plus a gather (26M keys: 0.6 s
+    against 6.4 s here). Else the argsort.
+    """
+    index_bits = max(1, (len(key) - 1).bit_length())
+    if len(key) and bits > index_bits and int(key.max()) < 1 << (bits - index_bits):
+        packed = (key << index_bits) | np.arange(len(key), dtype=np.int64)
+        packed.sort()
+        return packed >> index_bits, packed & ((1 << index_bits) - 1)
+    order = np.argsort(key, kind="stable")
+    return key[order], order
+
+
 def _runs(sorted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Start and length of each run of equal values."""
     starts = np.flatnonzero(np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]]))
     return starts, np.diff(np.append(starts, len(sorted_keys)))
-
-
-def _run_totals(sorted_keys: np.ndarray, *values: np.ndarray) -> list[np.ndarray]:
-    """For each position, the sum of each of `values` over its run of equal keys."""
-    starts, lengths = _runs(sorted_keys)
-    return [np.repeat(np.add.reduceat(v, starts), lengths) for v in values]
 
 
 def _chunk_features(
@@ -111,19 +120,24 @@ def _chunk_features(
     slots = n_folds + 1
     key = (user[keep][entry_row] * words.vocabulary + word) * slots + (fold[keep][entry_row] + 1)
     del word
-    order = np.argsort(key)
-    sorted_key = key[order]
+    sorted_key, order = sorted_with_order(key)
     del key
-    entry_fit = fit[keep][entry_row][order].astype(np.int64)
     entry_click = click[keep][entry_row][order]
-    total_n, total_c = _run_totals(sorted_key // slots, entry_fit, entry_click)
-    part_n_sorted, part_c_sorted = _run_totals(sorted_key, entry_fit, entry_click)
-    del sorted_key, entry_fit, entry_click
+    # sums per run of (user, word, fold), then per run of those runs sharing (user, word)
+    fine_start, fine_length = _runs(sorted_key)
+    fine_key = sorted_key[fine_start]
+    del sorted_key
+    fine_n = np.where(fine_key % slots > 0, fine_length, 0)  # slot 0: scored rows, no history
+    fine_c = np.add.reduceat(entry_click, fine_start)
+    del entry_click
+    pair_start, pair_length = _runs(fine_key // slots)
+    pair_n = np.repeat(np.add.reduceat(fine_n, pair_start), pair_length)
+    pair_c = np.repeat(np.add.reduceat(fine_c, pair_start), pair_length)
     impressions = np.empty(len(order), np.int64)
-    impressions[order] = total_n - part_n_sorted
+    impressions[order] = np.repeat(pair_n - fine_n, fine_length)
     clicks = np.empty(len(order), np.int64)
-    clicks[order] = total_c - part_c_sorted
-    del order, total_n, total_c, part_n_sorted, part_c_sorted
+    clicks[order] = np.repeat(pair_c - fine_c, fine_length)
+    del order, fine_key, fine_n, fine_c, pair_n, pair_c
 
     rate = (clicks + WORD_PRIOR_WEIGHT * prior[keep][entry_row]) / (impressions + WORD_PRIOR_WEIGHT)
     starts = first_entry
@@ -139,7 +153,7 @@ def compute_user_word_affinity(
 ) -> int:
     words = CoverWords(con)
     written = 0
-    with pq.ParquetWriter(out, SCHEMA, compression="zstd") as writer:
+    with BackgroundParquetWriter(out, SCHEMA, compression="zstd", use_dictionary=["setup"]) as writer:
         for setup, n_rows, max_fold in con.execute(
             "select setup, count(*), max(fold) from model_rows group by setup order by setup"
         ).fetchall():
