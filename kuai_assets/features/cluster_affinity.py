@@ -25,10 +25,10 @@ from kuai_assets.features.fold_statistics import (
     BackgroundParquetWriter,
     FoldSums,
     PhotoClusters,
+    UserChunks,
     fit_rows,
     float32_column,
     setups,
-    UserChunks,
 )
 
 POPULATION_WEIGHT = 20  # pseudo-impressions pulling the user's rate toward the population's

@@ -18,17 +18,17 @@ import numpy as np
 import pyarrow as pa
 
 from kuai_assets.features.catalog import TableModel
-from kuai_assets.features.id_index import IdIndex
 from kuai_assets.features.fold_statistics import (
     BackgroundParquetWriter,
     FoldSums,
     PhotoClusters,
+    UserChunks,
     fetch,
     fit_rows,
     float32_column,
     setups,
-    UserChunks,
 )
+from kuai_assets.features.id_index import IdIndex
 
 HOUR_MS = 3_600_000
 FEATURES = (
