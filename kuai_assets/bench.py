@@ -82,13 +82,15 @@ def visual_bytes(data: Path) -> int:
 # -- one asset in a fresh process ------------------------------------------------------------
 
 
-def materialize_one(asset: str, run_config: dict) -> int:
+def materialize_one(asset: str, run_config: dict, with_checks: bool = False) -> int:
     import dagster as dg
 
     from kuai_assets.definitions import defs
 
     key = dg.AssetKey(asset)
     assets = [a for a in defs.assets if key in a.keys]
+    if with_checks:  # the asset's checks run after it, in the same run, as in `kuai run`
+        assets += [c for c in defs.asset_checks if any(k.asset_key == key for k in c.check_keys)]
     result = dg.materialize(
         assets,
         resources=defs.resources,
@@ -97,6 +99,13 @@ def materialize_one(asset: str, run_config: dict) -> int:
     )
     if not result.success:
         return 1
+    failed = [
+        f"{e.check_name} ({e.severity.value})" for e in result.get_asset_check_evaluations() if not e.passed
+    ]
+    if failed:
+        print(f"[bench] {asset}: check(s) failed: {', '.join(failed)}", flush=True)
+        if any(e.severity == dg.AssetCheckSeverity.ERROR for e in result.get_asset_check_evaluations() if not e.passed):
+            return 1
     events = result.get_asset_materialization_events()
     metadata = {k: v.value for k, v in events[-1].materialization.metadata.items()} if events else {}
     keep = {k: v for k, v in metadata.items() if isinstance(v, (int, float, str)) and len(str(v)) < 200}
@@ -204,6 +213,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
         if asset == "pca_visual_features" and (work / "stores" / "video_embeddings").exists():
             evict_from_page_cache((work / "stores" / "video_embeddings").resolve())  # the store, likewise
         argv = [sys.executable, "-m", "kuai_assets.bench", "--one", asset, "--run-config", json.dumps(run_config.get(asset, {}))]
+        if args.with_checks:
+            argv.append("--with-checks")
         output_file = work / f".bench_{asset}.log"
         with open(output_file, "w") as log:
             started = time.time()
@@ -344,11 +355,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="start from an empty work dir")
     parser.add_argument("--skip-pandas", action="store_true", help="skip the pandas comparison")
     parser.add_argument("--clean", action="store_true", help="delete generated data and the work dir at the end")
+    parser.add_argument(
+        "--with-checks", action="store_true",
+        help="run each asset's checks after it, in its step (as `kuai run` does); a failed ERROR check fails the step",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--pandas", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        return materialize_one(args.one, json.loads(args.run_config) if args.run_config else {})
+        return materialize_one(args.one, json.loads(args.run_config) if args.run_config else {}, args.with_checks)
     if args.pandas:
         figures = pandas_first_stages(Path(args.data), Path(args.work))
         print("BENCH_PANDAS " + json.dumps(figures), flush=True)
