@@ -99,12 +99,11 @@ def materialize_one(asset: str, run_config: dict, with_checks: bool = False) -> 
     )
     if not result.success:
         return 1
-    failed = [
-        f"{e.check_name} ({e.severity.value})" for e in result.get_asset_check_evaluations() if not e.passed
-    ]
+    failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
     if failed:
-        print(f"[bench] {asset}: check(s) failed: {', '.join(failed)}", flush=True)
-        if any(e.severity == dg.AssetCheckSeverity.ERROR for e in result.get_asset_check_evaluations() if not e.passed):
+        names = ", ".join(f"{e.check_name} ({e.severity.value})" for e in failed)
+        print(f"[bench] {asset}: check(s) failed: {names}", flush=True)
+        if any(e.severity == dg.AssetCheckSeverity.ERROR for e in failed):
             return 1
     events = result.get_asset_materialization_events()
     metadata = {k: v.value for k, v in events[-1].materialization.metadata.items()} if events else {}

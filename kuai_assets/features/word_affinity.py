@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kuai_assets.features.catalog import TableModel
-from kuai_assets.features.fold_statistics import BackgroundParquetWriter, float32_column
+from kuai_assets.features.fold_statistics import BackgroundParquetWriter, float32_column, positions_by_part
 from kuai_assets.features.id_index import IdIndex
 
 ROWS_PER_CHUNK = 8_000_000  # about 26 million (row, word) pairs and 2 GB of arrays per chunk
@@ -171,9 +171,8 @@ def compute_user_word_affinity(
             del rows
             chunks = max(1, math.ceil(n_rows / ROWS_PER_CHUNK))
             chunk_of_row = (columns[2] * 0x9E3779B1) % chunks  # all of a user's rows in one chunk
-            for chunk in range(chunks):
-                mask = chunk_of_row == chunk
-                result = _chunk_features(*(c[mask] for c in columns), words, n_folds)
+            for in_chunk in positions_by_part(chunk_of_row, chunks):
+                result = _chunk_features(*(c[in_chunk] for c in columns), words, n_folds)
                 if result is None:
                     continue
                 row_ids, mean, maximum, impressions = result
