@@ -82,19 +82,22 @@ def visual_bytes(data: Path) -> int:
 # -- one asset in a fresh process ------------------------------------------------------------
 
 
-def materialize_one(asset: str, run_config: dict, with_checks: bool = False) -> int:
+def materialize_one(step: str, run_config: dict, with_checks: bool = False) -> int:
+    """Materialize one step: an asset, or `op:key,key` for keys of one multi-asset (run together)."""
     import dagster as dg
 
     from kuai_assets.definitions import defs
 
-    key = dg.AssetKey(asset)
-    assets = [a for a in defs.assets if key in a.keys]
+    op, _, names = step.rpartition(":")
+    keys = [dg.AssetKey(n) for n in names.split(",")]
+    assets = [a for a in defs.assets if set(keys) & set(a.keys)]
     if with_checks:  # the asset's checks run after it, in the same run, as in `kuai run`
-        assets += [c for c in defs.asset_checks if any(k.asset_key == key for k in c.check_keys)]
+        assets += [c for c in defs.asset_checks if any(k.asset_key in keys for k in c.check_keys)]
     result = dg.materialize(
         assets,
+        selection=keys,
         resources=defs.resources,
-        run_config={"ops": {asset: run_config}} if run_config else None,
+        run_config={"ops": {op or names: run_config}} if run_config else None,
         raise_on_error=False,
     )
     if not result.success:
@@ -102,14 +105,32 @@ def materialize_one(asset: str, run_config: dict, with_checks: bool = False) -> 
     failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
     if failed:
         names = ", ".join(f"{e.check_name} ({e.severity.value})" for e in failed)
-        print(f"[bench] {asset}: check(s) failed: {names}", flush=True)
+        print(f"[bench] {step}: check(s) failed: {names}", flush=True)
         if any(e.severity == dg.AssetCheckSeverity.ERROR for e in failed):
             return 1
-    events = result.get_asset_materialization_events()
-    metadata = {k: v.value for k, v in events[-1].materialization.metadata.items()} if events else {}
+    metadata = {}
+    for event in reversed(result.get_asset_materialization_events()):  # the first asset's figures win
+        metadata.update({k: v.value for k, v in event.materialization.metadata.items()})
     keep = {k: v for k, v in metadata.items() if isinstance(v, (int, float, str)) and len(str(v)) < 200}
     print("BENCH_METADATA " + json.dumps(keep), flush=True)
     return 0
+
+
+def steps_of(selected: list[str]) -> list[tuple[str, list[str]]]:
+    """(step name, its assets) in dependency order: the assets of one multi-asset (the visual
+    stage) form one step, run together as `kuai run` runs them."""
+    from kuai_assets.definitions import defs
+
+    steps: list[tuple[str, list[str]]] = []
+    placed: set[str] = set()
+    for name in selected:
+        if name in placed:
+            continue
+        node = next(a for a in defs.assets if any(k.to_user_string() == name for k in a.keys))
+        together = [n for n in selected if any(k.to_user_string() == n for k in node.keys)]
+        placed.update(together)
+        steps.append((node.node_def.name if len(together) > 1 else name, together))
+    return steps
 
 
 def pandas_first_stages(data: Path, work: Path) -> dict:
@@ -206,12 +227,13 @@ def run_benchmark(args: argparse.Namespace) -> int:
     selected = [a for a in order if not args.assets or a in args.assets.split(",")]
     run_config = json.loads(args.run_config) if args.run_config else {}
     total = 0.0
-    for asset in selected:
-        if asset in VISUAL_ASSETS or asset == "raw_interactions":
+    for asset, members in steps_of(selected):
+        if set(members) & set(VISUAL_ASSETS) or asset == "raw_interactions":
             evict_from_page_cache(data)  # read the released files from disk, not from memory
-        if asset == "pca_visual_features" and (work / "stores" / "video_embeddings").exists():
+        if "pca_visual_features" in members and "video_embeddings" not in members and (work / "stores" / "video_embeddings").exists():
             evict_from_page_cache((work / "stores" / "video_embeddings").resolve())  # the store, likewise
-        argv = [sys.executable, "-m", "kuai_assets.bench", "--one", asset, "--run-config", json.dumps(run_config.get(asset, {}))]
+        one = asset if members == [asset] else f"{asset}:{','.join(members)}"
+        argv = [sys.executable, "-m", "kuai_assets.bench", "--one", one, "--run-config", json.dumps(run_config.get(asset, {}))]
         if args.with_checks:
             argv.append("--with-checks")
         output_file = work / f".bench_{asset}.log"
@@ -233,6 +255,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
             "rows": metadata.get("dagster/row_count") or metadata.get("vectors"),
             "ok": code == 0,
         }
+        if members != [asset]:
+            row["assets"] = members
         if isinstance(metadata.get("seconds"), (int, float)):
             row["compute_seconds"] = metadata["seconds"]  # inside the asset, without process start-up
         if row["rows"]:
@@ -240,10 +264,10 @@ def run_benchmark(args: argparse.Namespace) -> int:
         for key in ("valid_auc", "test_auc", "oracle_auc", "oracle_gap_closure", "baseline_test_auc", "all_groups_valid_auc"):
             if key in metadata:
                 row[key] = metadata[key]
-        if asset == "video_embeddings" and zip_bytes:
+        if "video_embeddings" in members and zip_bytes:
             row["mb_per_s_of_released_bytes"] = round(zip_bytes / 1e6 / seconds, 1)
             row["vs_disk_read_speed"] = round(zip_bytes / 1e6 / seconds / speed, 2)
-        if asset == "pca_visual_features":
+        elif "pca_visual_features" in members:
             store = (work / "stores" / "video_embeddings").resolve() / "vectors.npy"
             row["mb_per_s_of_store_bytes"] = round(store.stat().st_size / 1e6 / seconds, 1)
             row["vs_disk_read_speed"] = round(store.stat().st_size / 1e6 / seconds / speed, 2)
@@ -261,8 +285,9 @@ def run_benchmark(args: argparse.Namespace) -> int:
             break
     results["total_seconds"] = round(total, 1)
     results["peak_mb"] = max((r["peak_mb"] for r in results["assets"]), default=0)
-    visual = [r for r in results["assets"] if r["asset"] in VISUAL_ASSETS]
-    if len(visual) == len(VISUAL_ASSETS) and zip_bytes:
+    visual = [r for r in results["assets"] if set(r.get("assets", [r["asset"]])) & set(VISUAL_ASSETS)]
+    covered = {a for r in visual for a in r.get("assets", [r["asset"]])}
+    if covered == set(VISUAL_ASSETS) and zip_bytes:
         seconds = sum(r["seconds"] for r in visual)
         results["visual_stage"] = {
             "seconds": round(seconds, 1),
@@ -350,7 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", help="where generated data and work dirs go (default: .kuai/bench)")
     parser.add_argument("--vector-dim", type=int, help="generate vectors of this length (e.g. 64 for --scale final)")
     parser.add_argument("--assets", help="comma-separated assets to run (default: all, in dependency order)")
-    parser.add_argument("--run-config", help='JSON: {"asset": {"config": {...}}} passed to those assets')
+    parser.add_argument(
+        "--run-config",
+        help='JSON: {"step": {"config": {...}}} passed to those steps (an asset, or visual_stage for the visual assets)',
+    )
     parser.add_argument("--fresh", action="store_true", help="start from an empty work dir")
     parser.add_argument("--skip-pandas", action="store_true", help="skip the pandas comparison")
     parser.add_argument("--clean", action="store_true", help="delete generated data and the work dir at the end")

@@ -93,6 +93,26 @@ class VectorStore:
         """float32 vectors of the given row positions."""
         return decode(self.vectors[index], self.encoding)
 
+    def rows_in_runs(self, sample: "FitSample") -> np.ndarray:
+        """float32 vectors of a FitSample's rows, each run read with one plain file read."""
+        dtype = self.vectors.dtype
+        row_bytes = self.dim * dtype.itemsize
+        offset = int(getattr(self.vectors, "offset", 0))
+        raw = np.empty((len(sample.positions), self.dim), dtype=dtype)
+        view = memoryview(raw).cast("B")
+        done = 0
+        with open(self.path / "vectors.npy", "rb", buffering=0) as handle:
+            for first, last in sample.ranges():
+                want = (last - first) * row_bytes
+                got = 0
+                while got < want:
+                    n = os.preadv(handle.fileno(), [view[done + got : done + want]], offset + first * row_bytes + got)
+                    if n <= 0:
+                        raise OSError(f"{self.path / 'vectors.npy'} ends before row {last}")
+                    got += n
+                done += want
+        return decode(raw, self.encoding)
+
     def row_blocks(self, rows: int = 65_536):
         """(start, float32 block) in order; the next block is read from disk while this one is used.
 
@@ -125,6 +145,145 @@ class VectorStore:
                 yield start, block
 
 
+@dataclass
+class VisualSettings:
+    """What the visual stage keeps and fits (defs.visual.VisualConfig holds the same fields)."""
+
+    encoding: str = "bfloat16"
+    dimensions: int = 64
+    fit_sample: int = 50_000
+    ks: tuple[int, ...] = (100, 500)
+    sample_fraction: float = 0.1
+    max_sample_per_cluster: int = 256
+    seed: int = 0
+    run_length: int = 32
+
+    def cluster_sample_size(self, k: int, total: int) -> int:
+        """KMeans at k fits on `sample_fraction` of the photos, at least 50 and at most
+        `max_sample_per_cluster` per cluster, at most a million: beyond a few hundred points per
+        centre the fit only costs time (at 5 million photos, k=500, a 10% sample took 3x as long)."""
+        wanted = min(self.sample_fraction * total, self.max_sample_per_cluster * k)
+        return int(min(total, max(wanted, 50 * k), 1_000_000))
+
+
+@dataclass
+class FitSample:
+    """The rows the PCA and the KMeans are fitted on: runs of `run_length` consecutive rows,
+    the runs drawn at random.
+
+    Reading runs rather than single rows turns ~50,000 random reads (37 s from a store that is not
+    in the page cache, at preliminary scale) into ~1,600 short sequential ones. The runs come in a
+    random order and every fit takes the rows of the first runs it needs, so the PCA's rows do not
+    depend on the ks and a smaller fit's rows are part of a larger one's.
+    """
+
+    positions: np.ndarray  # sorted row positions of every chosen run
+    run_rank: np.ndarray  # per position: its run's place in the random order
+    run_length: int
+
+    @classmethod
+    def draw(cls, total: int, largest: int, seed: int, run_length: int) -> "FitSample":
+        n_runs = -(-total // run_length)
+        order = np.random.default_rng(seed).permutation(n_runs)
+        chosen = np.sort(order[: min(n_runs, -(-largest // run_length))])
+        rank = np.empty(n_runs, dtype=np.int64)
+        rank[order] = np.arange(n_runs)
+        starts = chosen * run_length
+        ends = np.minimum(starts + run_length, total)
+        lengths = ends - starts
+        positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
+        return cls(positions, np.repeat(rank[chosen], lengths), run_length)
+
+    def first(self, n: int) -> np.ndarray:
+        """Which of `positions` belong to the first runs holding about n rows (a mask)."""
+        return self.run_rank < -(-n // self.run_length)
+
+    def ranges(self, offset: int = 0, length: int | None = None) -> list[tuple[int, int]]:
+        """The positions as sorted [i, j) ranges, shifted by -offset and kept within [0, length)."""
+        if len(self.positions) == 0:
+            return []
+        breaks = np.flatnonzero(np.diff(self.positions) != 1) + 1
+        firsts = self.positions[np.concatenate([[0], breaks])] - offset
+        lasts = self.positions[np.concatenate([breaks - 1, [len(self.positions) - 1]])] + 1 - offset
+        limit = length if length is not None else int(lasts[-1])
+        firsts, lasts = np.clip(firsts, 0, limit), np.clip(lasts, 0, limit)
+        return [(int(a), int(b)) for a, b in zip(firsts, lasts) if b > a]
+
+
+def round_to_encoding(vectors: np.ndarray, encoding: str) -> tuple[np.ndarray, np.ndarray]:
+    """(what the store keeps, those values as float32): the values later steps would read back.
+
+    bfloat16 rounds in place: `vectors` (a float32 chunk we own) then holds the decoded values.
+    """
+    if encoding == "bfloat16" and vectors.dtype == np.float32 and vectors.flags.c_contiguous and vectors.flags.writeable:
+        bits = vectors.view(np.uint32)
+        bits += 0x8000  # round to nearest on the 16 dropped bits
+        out = np.empty(bits.shape, dtype=np.uint16)
+        np.right_shift(bits, 16, out=out, casting="unsafe")
+        bits &= 0xFFFF0000
+        return out, vectors
+    stored = encode(vectors, encoding)
+    return stored, decode(stored, encoding)
+
+
+def check_vectors(vectors: np.ndarray, photo_id: np.ndarray, where, encoding: str) -> None:
+    """Stop on NaN or infinity, or (float16 store) values beyond its range, naming the photo."""
+    # one pass each for max and min: NaN propagates through both, infinity shows in one
+    high, low = vectors.max(axis=1), vectors.min(axis=1)
+    finite = np.isfinite(high) & np.isfinite(low)
+    if not finite.all():
+        raise DataFormatError(where, "vector contains NaN or infinity", photo_id=int(photo_id[np.argmin(finite)]))
+    if encoding == "float16":
+        too_big = (high > FLOAT16_MAX) | (low < -FLOAT16_MAX)
+        if too_big.any():
+            raise DataFormatError(
+                where,
+                "vector values exceed the float16 range; set the store encoding to bfloat16 or float32",
+                photo_id=int(photo_id[np.argmax(too_big)]),
+            )
+
+
+class Released:
+    """The released vectors of every split, read in order (train, then test) as one sequence."""
+
+    def __init__(self, sources: dict[str, VisualSource]):
+        self.sources = sources
+        self.readers = {split: open_vectors(source) for split, source in sources.items()}
+        self.total = sum(len(r) for r in self.readers.values())
+        if self.total == 0:
+            raise DataFormatError(next(iter(sources.values())).path, "no vectors found")
+        self.dim: int | None = None
+
+    def chunks(self, sample: FitSample | None = None, encoding: str = "bfloat16"):
+        """(split, chunk) in order, every chunk checked; with `sample`, only its rows."""
+        offset = 0
+        for split, reader in self.readers.items():
+            where = self.sources[split].path
+            ranges = None if sample is None else sample.ranges(offset, len(reader))
+            offset += len(reader)
+            if ranges == []:
+                continue
+            for chunk in reader.chunks(reuse_buffers=sample is None, ranges=ranges):
+                if self.dim is None:
+                    self.dim = chunk.vectors.shape[1]
+                elif chunk.vectors.shape[1] != self.dim:
+                    raise DataFormatError(
+                        where,
+                        f"vectors have {chunk.vectors.shape[1]} values, those read before (the other split) have {self.dim}",
+                        photo_id=int(chunk.photo_id[0]),
+                    )
+                check_vectors(chunk.vectors, chunk.photo_id, where, encoding)
+                yield split, chunk
+
+    def read(self, sample: FitSample, encoding: str) -> np.ndarray:
+        """The sample's vectors as float32, rounded as the store would keep them."""
+        parts = []
+        for _, chunk in self.chunks(sample, encoding):
+            vectors = np.array(chunk.vectors, dtype=np.float32)  # our own copy: the reader reuses nothing here
+            parts.append(round_to_encoding(vectors, encoding)[1])
+        return np.concatenate(parts)
+
+
 def consolidate(
     sources: dict[str, VisualSource],
     out: Path,
@@ -133,119 +292,240 @@ def consolidate(
     report_every: int = 500_000,
 ) -> dict:
     """Stream every split's released vectors into one store at `out` (an empty folder)."""
-    if encoding not in ENCODINGS:
-        raise ValueError(f"store encoding must be one of {', '.join(ENCODINGS)}, not {encoding!r}")
-    readers = {split: open_vectors(source) for split, source in sources.items()}
-    total = sum(len(r) for r in readers.values())
-    if total == 0:
-        raise DataFormatError(next(iter(sources.values())).path, "no vectors found")
-    started = time.time()
-    photo_id = np.empty(total, dtype=np.int64)
-    split_code = np.empty(total, dtype=np.int8)
-    source_bytes = 0
-    row = 0
-    dim = None
-    next_report = report_every
-    with open(out / "vectors.npy", "wb") as store:
-        for split, reader in readers.items():
-            where = sources[split].path
-            source_bytes += where.stat().st_size if sources[split].kind == "zip" else 0
-            for chunk in reader.chunks(reuse_buffers=True):
-                vectors = chunk.vectors
-                if dim is None:
-                    dim = vectors.shape[1]
-                    np.lib.format.write_array_header_1_0(
-                        store, {"descr": ENCODINGS[encoding].str, "fortran_order": False, "shape": (total, dim)}
-                    )
-                elif vectors.shape[1] != dim:
-                    raise DataFormatError(
-                        where,
-                        f"vectors have {vectors.shape[1]} values, those read before (the other split) have {dim}",
-                        photo_id=int(chunk.photo_id[0]),
-                    )
-                # one pass each for max and min: NaN propagates through both, infinity shows in one
-                high, low = vectors.max(axis=1), vectors.min(axis=1)
-                finite = np.isfinite(high) & np.isfinite(low)
-                if not finite.all():
-                    bad = int(chunk.photo_id[np.argmin(finite)])
-                    raise DataFormatError(where, "vector contains NaN or infinity", photo_id=bad)
-                if encoding == "float16":
-                    too_big = (high > FLOAT16_MAX) | (low < -FLOAT16_MAX)
-                    if too_big.any():
-                        raise DataFormatError(
-                            where,
-                            "vector values exceed the float16 range; set the store encoding to bfloat16 or float32",
-                            photo_id=int(chunk.photo_id[np.argmax(too_big)]),
+    return VisualStage(VisualSettings(encoding=encoding), progress, report_every).run(
+        Released(sources), store_out=out
+    )["store"]
+
+
+class VisualStage:
+    """video_embeddings -> pca_visual_features -> video_clusters in one pass over the vectors.
+
+    Each vector is read once, from the released files (or, without the store among the outputs,
+    from the store): the pass checks it, writes it to the store, projects it on the PCA axes and
+    keeps the reduced vector for the cluster assignment. The PCA and the KMeans are fitted before
+    the pass on a sample of runs (`FitSample`) read first; the KMeans fits run on a second thread
+    while the pass reads. Reading the 41 GB of preliminary vectors, the store after them and the
+    store again for the projection made three passes over the disk; this is one.
+    """
+
+    def __init__(self, settings: VisualSettings, progress: Progress = lambda message: None, report_every: int = 500_000):
+        if settings.encoding not in ENCODINGS:
+            raise ValueError(f"store encoding must be one of {', '.join(ENCODINGS)}, not {settings.encoding!r}")
+        self.settings = settings
+        self.progress = progress
+        self.report_every = report_every
+
+    def run(
+        self,
+        source: "Released | VectorStore",
+        store_out: Path | None = None,
+        pca_out: Path | None = None,
+        clusters_out: Path | None = None,
+    ) -> dict:
+        """Write the outputs given (a folder for the store, Parquet paths for the tables).
+
+        Returns what each made: "store" (its meta), "pca" (PcaModel), "clusters" ({k: (model, sizes)}).
+        """
+        settings, log = self.settings, self.progress
+        released = isinstance(source, Released)
+        if store_out is not None and not released:
+            raise ValueError("the store is written from the released vectors")
+        total = source.total if released else len(source)
+        ks = sorted(set(settings.ks)) if clusters_out is not None else []
+        for k in ks:
+            if k < 2 or k > total:
+                raise ValueError(f"cannot make {k} clusters of {total} photos")
+        results: dict = {}
+        pca = fits = None
+        pool = ThreadPoolExecutor(max_workers=1)
+        try:
+            if pca_out is not None:
+                sizes = {k: settings.cluster_sample_size(k, total) for k in ks}
+                sample = FitSample.draw(
+                    total, max([settings.fit_sample, *sizes.values()]), settings.seed, settings.run_length
+                )
+                started = time.time()
+                vectors = source.read(sample, settings.encoding) if released else source.rows_in_runs(sample)
+                log(
+                    f"pca_visual_features: read {len(vectors):,} sample vectors in {len(sample.ranges()):,} runs "
+                    f"({time.time() - started:.1f} s); fitting {settings.dimensions} components"
+                )
+                if not 1 <= settings.dimensions <= vectors.shape[1]:
+                    raise ValueError(f"pca dimensions must be between 1 and {vectors.shape[1]}, got {settings.dimensions}")
+                pca = results["pca"] = fit_pca(vectors[sample.first(settings.fit_sample)], settings.dimensions)
+                reduced_sample = pca.transform(vectors)
+                del vectors
+                if ks:  # fitted on a second thread while the pass reads
+                    fits = pool.submit(self._fit_clusters, reduced_sample, sample, sizes)
+            elif ks:
+                raise ValueError("clusters are made in the pass only with the PCA; see clusters_from_table")
+            kept = self._pass(source, store_out, pca, pca_out, keep_reduced=bool(ks), results=results)
+            if ks:
+                results["clusters"] = self._assign(fits.result(), *kept, clusters_out)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return results
+
+    def clusters_from_table(self, reduced_table: Path, clusters_out: Path) -> dict:
+        """Only the clusters, from an existing pca_visual_features table (fitted on the same rows
+        a whole pass would fit them on)."""
+        photo_id, reduced = read_reduced(reduced_table)
+        ks = sorted(set(self.settings.ks))
+        for k in ks:
+            if k < 2 or k > len(reduced):
+                raise ValueError(f"cannot make {k} clusters of {len(reduced)} photos")
+        sizes = {k: self.settings.cluster_sample_size(k, len(reduced)) for k in ks}
+        sample = FitSample.draw(
+            len(reduced), max([self.settings.fit_sample, *sizes.values()]), self.settings.seed, self.settings.run_length
+        )
+        models = self._fit_clusters(reduced[sample.positions], sample, sizes)
+        return {"clusters": self._assign(models, photo_id, reduced, clusters_out)}
+
+    def _fit_clusters(self, reduced_sample: np.ndarray, sample: FitSample, sizes: dict[int, int]) -> dict:
+        models = {}
+        for k, size in sizes.items():
+            rows = reduced_sample[sample.first(size)]
+            started = time.time()
+            models[k] = fit_kmeans(rows, k, seed=self.settings.seed)
+            self.progress(
+                f"video_clusters: k={k} fitted on {len(rows):,} photos "
+                f"({models[k].iterations} iterations, {time.time() - started:.1f} s)"
+            )
+        return models
+
+    def _assign(self, models: dict, photo_id: np.ndarray, reduced: np.ndarray, out: Path) -> dict:
+        schema = pa.schema([("photo_id", pa.int64()), ("k", pa.int32()), ("cluster", pa.int32())])
+        made = {}
+        with pq.ParquetWriter(out, schema, compression="zstd") as writer:
+            for k, model in models.items():
+                labels = model.assign(reduced)
+                made[k] = (model, np.bincount(labels, minlength=k))
+                writer.write_table(
+                    pa.table({"photo_id": photo_id, "k": np.full(len(labels), k, np.int32), "cluster": labels}, schema=schema)
+                )
+                self.progress(f"video_clusters: k={k} assigned to {len(labels):,} photos")
+        return made
+
+    def _pass(self, source, store_out, pca, pca_out, keep_reduced: bool, results: dict):
+        settings, log = self.settings, self.progress
+        released = isinstance(source, Released)
+        total = source.total if released else len(source)
+        started = time.time()
+        photo_id = np.empty(total, dtype=np.int64) if released else source.photo_id
+        split_code = np.empty(total, dtype=np.int8) if released else source.split
+        reduced_all = np.empty((total, settings.dimensions), dtype=np.float32) if keep_reduced else None
+        writer = _ReducedWriter(pca_out, settings.dimensions) if pca is not None else None
+        store = open(store_out / "vectors.npy", "wb") if store_out is not None else None
+        row, next_report = 0, self.report_every
+        try:
+            blocks = source.chunks(encoding=settings.encoding) if released else source.row_blocks()
+            for item in blocks:
+                if released:
+                    split, chunk = item
+                    n = len(chunk.vectors)
+                    photo_id[row : row + n] = chunk.photo_id
+                    split_code[row : row + n] = SPLIT_CODES[split]
+                    if row == 0 and store is not None:
+                        np.lib.format.write_array_header_1_0(
+                            store,
+                            {"descr": ENCODINGS[settings.encoding].str, "fortran_order": False, "shape": (total, source.dim)},
                         )
-                n = len(vectors)
-                encode(vectors, encoding).tofile(store)
-                photo_id[row : row + n] = chunk.photo_id
-                split_code[row : row + n] = SPLIT_CODES[split]
+                    stored, values = round_to_encoding(chunk.vectors, settings.encoding)
+                    if store is not None:
+                        stored.tofile(store)
+                else:
+                    _, values = item
+                    n = len(values)
+                if pca is not None:
+                    reduced = pca.transform(values)
+                    writer.add(photo_id[row : row + n], split_code[row : row + n], reduced)
+                    if reduced_all is not None:
+                        reduced_all[row : row + n] = reduced
                 row += n
                 if row >= next_report or row == total:
-                    elapsed = max(time.time() - started, 1e-9)
-                    progress(f"video_embeddings: {row:,} of {total:,} vectors consolidated ({row / elapsed:,.0f}/s)")
-                    next_report = row + report_every
-    unique, counts = np.unique(photo_id, return_counts=True)
-    if (counts > 1).any():
-        repeated = int(unique[np.argmax(counts > 1)])
-        splits = sorted({s for s, c in SPLIT_CODES.items() if (split_code[photo_id == repeated] == c).any()})
-        raise DataFormatError(
-            ", ".join(str(sources[s].path) for s in splits),
-            "photo has more than one vector" + (" (in both train and test)" if len(splits) > 1 else ""),
-            photo_id=repeated,
+                    rate = row / max(time.time() - started, 1e-9)
+                    log(f"visual pass: {row:,} of {total:,} vectors ({rate:,.0f}/s)")
+                    next_report = row + self.report_every
+        finally:
+            if store is not None:
+                store.close()
+            if writer is not None:
+                writer.close()
+        if store_out is not None:
+            results["store"] = self._finish_store(source, store_out, photo_id, split_code, time.time() - started)
+        return photo_id, reduced_all
+
+    def _finish_store(self, source: Released, out: Path, photo_id, split_code, elapsed: float) -> dict:
+        unique, counts = np.unique(photo_id, return_counts=True)
+        if (counts > 1).any():
+            repeated = int(unique[np.argmax(counts > 1)])
+            splits = sorted({s for s, c in SPLIT_CODES.items() if (split_code[photo_id == repeated] == c).any()})
+            raise DataFormatError(
+                ", ".join(str(source.sources[s].path) for s in splits),
+                "photo has more than one vector" + (" (in both train and test)" if len(splits) > 1 else ""),
+                photo_id=repeated,
+            )
+        np.save(out / "photo_id.npy", photo_id)
+        np.save(out / "split.npy", split_code)
+        source_bytes = sum(src.path.stat().st_size for src in source.sources.values() if src.kind == "zip")
+        meta = {
+            "vectors": int(source.total),
+            "dim": int(source.dim),
+            "encoding": self.settings.encoding,
+            "bytes": int((out / "vectors.npy").stat().st_size),
+            "sources": {
+                s: {"path": str(src.path), "kind": src.kind, "vectors": len(source.readers[s])}
+                for s, src in source.sources.items()
+            },
+            "seconds": round(elapsed, 2),
+            "source_megabytes_per_second": round(source_bytes / 1e6 / max(elapsed, 1e-9), 1) if source_bytes else None,
+        }
+        (out / "meta.json").write_text(json.dumps(meta, indent=2))
+        return meta
+
+
+class _ReducedWriter:
+    """pca_visual_features' Parquet, in row groups of about 65,536 photos, encoded on a second thread."""
+
+    ROWS = 65_536
+
+    def __init__(self, path: Path, dimensions: int):
+        from kuai_assets.features.fold_statistics import BackgroundParquetWriter
+
+        self.names = [f"pc_{i:02d}" for i in range(dimensions)]
+        self.schema = pa.schema(
+            [("photo_id", pa.int64()), ("split", pa.string())] + [(n, pa.float32()) for n in self.names]
         )
-    np.save(out / "photo_id.npy", photo_id)
-    np.save(out / "split.npy", split_code)
-    elapsed = time.time() - started
-    meta = {
-        "vectors": int(total),
-        "dim": int(dim),
-        "encoding": encoding,
-        "bytes": int((out / "vectors.npy").stat().st_size),
-        "sources": {s: {"path": str(src.path), "kind": src.kind, "vectors": len(readers[s])} for s, src in sources.items()},
-        "seconds": round(elapsed, 2),
-        "source_megabytes_per_second": round(source_bytes / 1e6 / max(elapsed, 1e-9), 1) if source_bytes else None,
-    }
-    (out / "meta.json").write_text(json.dumps(meta, indent=2))
-    return meta
+        self.writer = BackgroundParquetWriter(path, self.schema, compression="zstd")
+        self.writer.__enter__()
+        self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.rows = 0
+
+    def add(self, photo_id: np.ndarray, split_code: np.ndarray, reduced: np.ndarray) -> None:
+        self.pending.append((photo_id.copy(), split_code.copy(), reduced))
+        self.rows += len(photo_id)
+        if self.rows >= self.ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        photo_id = np.concatenate([p[0] for p in self.pending])
+        split = SPLIT_NAMES[np.concatenate([p[1] for p in self.pending])]
+        reduced = np.concatenate([p[2] for p in self.pending])
+        columns = {"photo_id": photo_id, "split": split}
+        columns.update({n: reduced[:, i] for i, n in enumerate(self.names)})
+        self.writer.write_table(pa.table(columns, schema=self.schema))
+        self.pending, self.rows = [], 0
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self.writer.__exit__(None, None, None)
 
 
-def reduce_vectors(
-    store: VectorStore,
-    out_table: Path,
-    n_components: int,
-    fit_sample: int,
-    seed: int = 0,
-    progress: Progress = lambda message: None,
-) -> PcaModel:
-    """Fit PCA on a random sample of the store, then write every photo's reduced vector (Parquet)."""
-    if n_components < 1 or n_components > store.dim:
-        raise ValueError(f"pca dimensions must be between 1 and {store.dim}, got {n_components}")
-    rng = np.random.default_rng(seed)
-    sample_rows = np.sort(rng.choice(len(store), size=min(len(store), fit_sample), replace=False))
-    sample = store.rows(sample_rows)
-    progress(f"pca_visual_features: fitting {n_components} components on {len(sample_rows):,} vectors")
-    model = fit_pca(sample, n_components)
-    del sample
-    names = [f"pc_{i:02d}" for i in range(n_components)]
-    schema = pa.schema(
-        [("photo_id", pa.int64()), ("split", pa.string())] + [(n, pa.float32()) for n in names]
-    )
-    split_names = np.array(["train", "test"], dtype=object)
-    with pq.ParquetWriter(out_table, schema, compression="zstd") as writer:
-        for start, block in store.row_blocks():
-            reduced = model.transform(block)
-            end = start + len(block)
-            columns = {
-                "photo_id": store.photo_id[start:end],
-                "split": split_names[store.split[start:end]],
-            }
-            columns.update({n: reduced[:, i] for i, n in enumerate(names)})
-            writer.write_table(pa.table(columns, schema=schema))
-            if (start // len(block)) % 16 == 15 or end == len(store):
-                progress(f"pca_visual_features: {end:,} of {len(store):,} vectors reduced")
-    return model
+SPLIT_NAMES = np.array(["train", "test"], dtype=object)
 
 
 def read_reduced(table: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -257,42 +537,3 @@ def read_reduced(table: Path) -> tuple[np.ndarray, np.ndarray]:
     for i, n in enumerate(names):
         matrix[:, i] = data.column(n).to_numpy()
     return data.column("photo_id").to_numpy(), matrix
-
-
-def cluster_vectors(
-    photo_id: np.ndarray,
-    reduced: np.ndarray,
-    ks: list[int],
-    out_table: Path,
-    sample_fraction: float,
-    seed: int = 0,
-    progress: Progress = lambda message: None,
-    max_sample_per_cluster: int = 256,
-) -> dict[int, tuple[KMeansModel, np.ndarray]]:
-    """KMeans at every k, fitted on a sample, applied to all photos.
-
-    The sample is `sample_fraction` of the photos, at least 50 and at most
-    `max_sample_per_cluster` per cluster (and at most a million): beyond a few hundred points per
-    centre the fit only costs time (at 5 million photos, k=500, a 10% sample took 3x as long).
-
-    Returns, per k, the model and the number of photos in each cluster.
-    """
-    rng = np.random.default_rng(seed)
-    models: dict[int, tuple[KMeansModel, np.ndarray]] = {}
-    schema = pa.schema([("photo_id", pa.int64()), ("k", pa.int32()), ("cluster", pa.int32())])
-    with pq.ParquetWriter(out_table, schema, compression="zstd") as writer:
-        for k in ks:
-            if k < 2 or k > len(reduced):
-                raise ValueError(f"cannot make {k} clusters of {len(reduced)} photos")
-            wanted = min(sample_fraction * len(reduced), max_sample_per_cluster * k)
-            size = int(min(len(reduced), max(wanted, 50 * k), 1_000_000))
-            sample = reduced[np.sort(rng.choice(len(reduced), size=size, replace=False))]
-            progress(f"video_clusters: fitting k={k} on {size:,} photos")
-            model = fit_kmeans(sample, k, seed=seed)
-            labels = model.assign(reduced)
-            models[k] = (model, np.bincount(labels, minlength=k))
-            writer.write_table(
-                pa.table({"photo_id": photo_id, "k": np.full(len(labels), k, np.int32), "cluster": labels}, schema=schema)
-            )
-            progress(f"video_clusters: k={k} assigned to {len(labels):,} photos ({model.iterations} iterations)")
-    return models

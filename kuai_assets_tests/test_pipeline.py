@@ -80,8 +80,7 @@ def test_pipeline_runs_on_a_dataset_written_by_another_generator(tmp_path):
     run_config = {
         "ops": {
             **ops,
-            "pca_visual_features": {"config": {"dimensions": 16}},
-            "video_clusters": {"config": {"ks": [4, 12]}},
+            "visual_stage": {"config": {"dimensions": 16, "ks": [4, 12]}},
         }
     }
     result = dg.materialize(

@@ -1,7 +1,15 @@
-"""Visual: every photo's 2048-d cover vector, reduced by PCA, grouped by KMeans."""
+"""Visual: every photo's 2048-d cover vector, reduced by PCA, grouped by KMeans.
+
+The three assets are made by one step (`visual_stage`, a multi-asset): each vector is read once,
+from the released files, and in the same pass written to the store, projected on the PCA axes
+and assigned its clusters (see vectors.VisualStage). Any one of them can still be materialized on
+its own: the PCA and clusters then read the store (or the PCA table) instead.
+"""
 
 
 import time
+from contextlib import ExitStack
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -12,95 +20,172 @@ from kuai_assets.defs.raw import raw_interactions
 from kuai_assets.defs.resources import KuaiResource
 from kuai_assets.formats import layout
 from kuai_assets.formats.released import DataFormatError
-from kuai_assets.vectors import VectorStore, cluster_vectors, consolidate, read_reduced, reduce_vectors
+from kuai_assets.vectors import Released, VectorStore, VisualSettings, VisualStage
 
 GROUP = "visual"
 
 
-class EmbeddingsConfig(dg.Config):
+
+class VisualConfig(dg.Config):
     encoding: str = Field(
         default="bfloat16",
-        description="How the store keeps each value: bfloat16 (default: half the bytes of float32, same range, "
-        "converts at memory speed), float16, or float32 (every bit).",
+        description="video_embeddings: how the store keeps each value: bfloat16 (default: half the bytes of float32, "
+        "same range, converts at memory speed), float16, or float32 (every bit).",
     )
+    dimensions: int = Field(default=64, description="pca_visual_features: principal components kept (pc_00, pc_01, ...).")
+    fit_sample: int = Field(
+        default=50_000,
+        description="pca_visual_features: vectors the PCA is fitted on (train and test alike; no labels), "
+        "read as runs of consecutive photos drawn at random.",
+    )
+    ks: list[int] = Field(
+        default=[100, 500], description="video_clusters: numbers of clusters; the published top-10 solution used 100 and 500."
+    )
+    sample_fraction: float = Field(
+        default=0.1,
+        description="video_clusters: share of photos each KMeans is fitted on (at least 50 per cluster); all are assigned.",
+    )
+    max_sample_per_cluster: int = Field(
+        default=256, description="video_clusters: at most this many fit photos per cluster (more only costs time)."
+    )
+    seed: int = Field(default=0, description="Seed of the fitting samples and of k-means++.")
+
+    def settings(self) -> VisualSettings:
+        return VisualSettings(
+            encoding=self.encoding,
+            dimensions=self.dimensions,
+            fit_sample=self.fit_sample,
+            ks=tuple(self.ks),
+            sample_fraction=self.sample_fraction,
+            max_sample_per_cluster=self.max_sample_per_cluster,
+            seed=self.seed,
+        )
 
 
-@dg.asset(group_name=GROUP, kinds={"python", "numpy"}, deps=[raw_interactions], code_version="1")
-def video_embeddings(
-    context: dg.AssetExecutionContext, config: EmbeddingsConfig, kuai: KuaiResource
-) -> dg.MaterializeResult:
-    """Every train and test photo's visual vector, consolidated into one memory-mapped matrix.
+EMBEDDINGS = dg.AssetKey("video_embeddings")
+PCA = dg.AssetKey("pca_visual_features")
+CLUSTERS = dg.AssetKey("video_clusters")
+VISUAL_SPECS = [
+    dg.AssetSpec(
+        EMBEDDINGS,
+        group_name=GROUP,
+        kinds={"python", "numpy"},
+        deps=[raw_interactions],
+        code_version="2",
+        skippable=True,
+        description="Every train and test photo's visual vector, consolidated into one memory-mapped matrix. "
+        "Reads final_visual_{train,test}.zip (or the unzipped folders, or the preliminary names) in large "
+        "sequential blocks and writes stores/video_embeddings/{vectors.npy (bfloat16 by default), photo_id.npy, "
+        "split.npy}. Stops with the photo_id for a vector that is missing, of the wrong shape, not a .npy array, "
+        "or holds NaN/infinity.",
+    ),
+    dg.AssetSpec(
+        PCA,
+        group_name=GROUP,
+        kinds={"python", "numpy"},
+        deps=[EMBEDDINGS],
+        code_version="3",
+        skippable=True,
+        description="The photo vectors reduced by PCA (64 dimensions by default), one row per photo. Unsupervised: "
+        "fitted on train and test photos alike, on a sample of runs of consecutive photos; every vector is "
+        "projected in the same pass that consolidates it.",
+    ),
+    dg.AssetSpec(
+        CLUSTERS,
+        group_name=GROUP,
+        kinds={"python", "numpy"},
+        deps=[PCA],
+        code_version="3",
+        skippable=True,
+        description="KMeans clusters of the reduced photo vectors at every k: one row per (photo_id, k). Fitted on "
+        "a sample of the reduced vectors (on a second thread, during the pass); every photo is assigned.",
+    ),
+]
 
-    Reads final_visual_{train,test}.zip (or the unzipped folders, or the preliminary names) in
-    large sequential blocks, never holding more than two blocks in memory, and writes
-    stores/video_embeddings/{vectors.npy (bfloat16 by default), photo_id.npy, split.npy}. Stops with the photo_id for a
-    vector that is missing, of the wrong shape, not a .npy array, or holds NaN/infinity.
-    """
-    with clear_failures("video_embeddings"):
-        root = kuai.dataset(context.log)
-        work = kuai.work()
-        sources = {split: layout.find_visual_source_checked(root, split) for split in layout.SPLITS}
-        con = work.connect(["raw_interactions"])
-        needed = con.execute("select distinct photo_id, split from raw_interactions").fetchnumpy()
-        con.close()
-        with work.writing_store("video_embeddings") as out:
-            meta = consolidate(sources, out, config.encoding, progress=context.log.info)
-            photo_ids = np.load(out / "photo_id.npy")
-            covered = np.isin(needed["photo_id"], photo_ids)
-            if not covered.all():
-                missing = needed["photo_id"][~covered]
-                split = needed["split"][~covered][0]
-                raise DataFormatError(
-                    sources[split].path,
-                    f"{len(missing)} photo(s) in the interactions have no vector, e.g. photo_id "
-                    f"{', '.join(map(str, missing[:5].tolist()))}",
-                    photo_id=int(missing[0]),
-                )
-            extra = int((~np.isin(photo_ids, needed["photo_id"])).sum())
-    gigabytes = meta["bytes"] / 1e9
+
+@dg.multi_asset(name="visual_stage", specs=VISUAL_SPECS, can_subset=True)
+def visual_stage(context: dg.AssetExecutionContext, config: VisualConfig, kuai: KuaiResource):
+    """video_embeddings, pca_visual_features and video_clusters in one pass over the vectors."""
+    selected = context.selected_asset_keys
+    work = kuai.work()
+    stage = VisualStage(config.settings(), context.log.info)
+    started = time.time()
+    names = [n for key, n in ((EMBEDDINGS, "video_embeddings"), (PCA, "pca_visual_features"), (CLUSTERS, "video_clusters")) if key in selected]
+    with clear_failures(", ".join(names)), ExitStack() as outputs:
+        store_out = pca_out = clusters_out = None
+        if EMBEDDINGS in selected:
+            root = kuai.dataset(context.log)
+            sources = {split: layout.find_visual_source_checked(root, split) for split in layout.SPLITS}
+            source = Released(sources)
+            store_out = outputs.enter_context(work.writing_store("video_embeddings"))
+        else:
+            source = VectorStore.open(work.require_store("video_embeddings")) if PCA in selected else None
+        if PCA in selected:
+            pca_out = outputs.enter_context(work.writing_table("pca_visual_features"))
+        if CLUSTERS in selected:
+            clusters_out = outputs.enter_context(work.writing_table("video_clusters"))
+        if PCA in selected or EMBEDDINGS in selected:
+            made = stage.run(source, store_out, pca_out, clusters_out if PCA in selected else None)
+        else:
+            made = {}
+        if store_out is not None:
+            extra = _check_coverage(work, store_out, sources)
+        if CLUSTERS in selected and PCA not in selected:
+            made.update(stage.clusters_from_table(work.require_table("pca_visual_features"), clusters_out))
+        # every output is published together when this block ends without an error
+    seconds = round(time.time() - started, 1)
+    if EMBEDDINGS in selected:
+        yield _embeddings_result(made["store"], extra, work, seconds)
+    if PCA in selected:
+        yield _pca_result(made["pca"], work, seconds)
+    if CLUSTERS in selected:
+        yield _clusters_result(made["clusters"], work, seconds)
+
+
+def _check_coverage(work, store: Path, sources: dict) -> int:
+    """Every photo of the interactions has a vector; returns how many vectors have no interaction."""
+    con = work.connect(["raw_interactions"])
+    needed = con.execute("select distinct photo_id, split from raw_interactions").fetchnumpy()
+    con.close()
+    photo_ids = np.load(store / "photo_id.npy")
+    covered = np.isin(needed["photo_id"], photo_ids)
+    if not covered.all():
+        missing = needed["photo_id"][~covered]
+        split = needed["split"][~covered][0]
+        raise DataFormatError(
+            sources[split].path,
+            f"{len(missing)} photo(s) in the interactions have no vector, e.g. photo_id "
+            f"{', '.join(map(str, missing[:5].tolist()))}",
+            photo_id=int(missing[0]),
+        )
+    return int((~np.isin(photo_ids, needed["photo_id"])).sum())
+
+
+def _embeddings_result(meta: dict, extra: int, work, seconds: float) -> dg.MaterializeResult:
     return dg.MaterializeResult(
+        asset_key=EMBEDDINGS,
         metadata={
             "vectors": dg.MetadataValue.int(meta["vectors"]),
             "dimensions": dg.MetadataValue.int(meta["dim"]),
             "encoding": meta["encoding"],
-            "store_gb": dg.MetadataValue.float(round(gigabytes, 3)),
+            "store_gb": dg.MetadataValue.float(round(meta["bytes"] / 1e9, 3)),
             "seconds": dg.MetadataValue.float(meta["seconds"]),
+            "visual_stage_seconds": dg.MetadataValue.float(seconds),
             "source_mb_per_second": dg.MetadataValue.float(meta["source_megabytes_per_second"] or 0.0),
             "vectors_for_photos_not_in_interactions (kept)": dg.MetadataValue.int(extra),
             "sources": dg.MetadataValue.json(meta["sources"]),
             "path": dg.MetadataValue.path(str(work.store_path("video_embeddings"))),
-        }
+        },
     )
 
 
-class PcaConfig(dg.Config):
-    dimensions: int = Field(default=64, description="Principal components kept (pc_00, pc_01, ...).")
-    fit_sample: int = Field(
-        default=50_000, description="Vectors sampled to fit the PCA (train and test alike; no labels)."
-    )
-    seed: int = Field(default=0, description="Seed of the fitting sample.")
-
-
-@dg.asset(group_name=GROUP, kinds={"python", "numpy"}, deps=[video_embeddings], code_version="2")
-def pca_visual_features(
-    context: dg.AssetExecutionContext, config: PcaConfig, kuai: KuaiResource
-) -> dg.MaterializeResult:
-    """The photo vectors reduced by PCA (64 dimensions by default), one row per photo.
-
-    Unsupervised and fitted on train and test photos alike, on a random sample; every vector is
-    then projected in streamed blocks.
-    """
-    with clear_failures("pca_visual_features"):
-        work = kuai.work()
-        store = VectorStore.open(work.require_store("video_embeddings"))
-        started = time.time()
-        with work.writing_table("pca_visual_features") as tmp:
-            model = reduce_vectors(store, tmp, config.dimensions, config.fit_sample, config.seed, context.log.info)
+def _pca_result(model, work, seconds: float) -> dg.MaterializeResult:
     from kuai_assets.ml import plots
 
     ratio = model.explained_variance_ratio
     cumulative = np.cumsum(ratio)
     return dg.MaterializeResult(
+        asset_key=PCA,
         metadata={
             **table_metadata(work.table_path("pca_visual_features")),
             "explained_variance_total": dg.MetadataValue.float(round(float(cumulative[-1]), 4)),
@@ -110,42 +195,12 @@ def pca_visual_features(
                 "cumulative explained variance",
             ),
             "fitted_on_vectors": dg.MetadataValue.int(model.fitted_on),
-            "seconds": dg.MetadataValue.float(round(time.time() - started, 1)),
-        }
+            "visual_stage_seconds": dg.MetadataValue.float(seconds),
+        },
     )
 
 
-class ClusterConfig(dg.Config):
-    ks: list[int] = Field(
-        default=[100, 500], description="Numbers of clusters; the published top-10 solution used 100 and 500."
-    )
-    sample_fraction: float = Field(
-        default=0.1, description="Share of photos the KMeans is fitted on (at least 50 per cluster); all are assigned."
-    )
-    max_sample_per_cluster: int = Field(
-        default=256, description="At most this many fit photos per cluster (more only costs time)."
-    )
-    seed: int = Field(default=0, description="Seed of the sample and of k-means++.")
-
-
-@dg.asset(group_name=GROUP, kinds={"python", "numpy"}, deps=[pca_visual_features], code_version="2")
-def video_clusters(context: dg.AssetExecutionContext, config: ClusterConfig, kuai: KuaiResource) -> dg.MaterializeResult:
-    """KMeans clusters of the reduced photo vectors at every k: one row per (photo_id, k)."""
-    with clear_failures("video_clusters"):
-        work = kuai.work()
-        photo_id, reduced = read_reduced(work.require_table("pca_visual_features"))
-        started = time.time()
-        with work.writing_table("video_clusters") as tmp:
-            models = cluster_vectors(
-                photo_id,
-                reduced,
-                sorted(set(config.ks)),
-                tmp,
-                config.sample_fraction,
-                config.seed,
-                context.log.info,
-                max_sample_per_cluster=config.max_sample_per_cluster,
-            )
+def _clusters_result(models: dict, work, seconds: float) -> dg.MaterializeResult:
     from kuai_assets.ml import plots
 
     metadata = {**table_metadata(work.table_path("video_clusters"))}
@@ -157,5 +212,5 @@ def video_clusters(context: dg.AssetExecutionContext, config: ClusterConfig, kua
             plots.histogram_png(sizes, f"k={k}: photos per cluster", "photos in cluster"), f"cluster sizes k={k}"
         )
         metadata[f"k{k}_inertia"] = dg.MetadataValue.float(round(model.inertia, 4))
-    metadata["seconds"] = dg.MetadataValue.float(round(time.time() - started, 1))
-    return dg.MaterializeResult(metadata=metadata)
+    metadata["visual_stage_seconds"] = dg.MetadataValue.float(seconds)
+    return dg.MaterializeResult(asset_key=CLUSTERS, metadata=metadata)

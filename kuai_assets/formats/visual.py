@@ -130,7 +130,9 @@ class FolderVectors:
         chunk_vectors: int = CHUNK_VECTORS,
         on_progress: Callable[[int, int], None] | None = None,
         reuse_buffers: bool = False,
+        ranges: list[tuple[int, int]] | None = None,
     ) -> Iterator[VectorChunk]:
+        """Vectors in photo_id order; with `ranges` (sorted, disjoint [i, j) positions) only those."""
         decoder = VectorDecoder()
 
         def read(name: str) -> bytes:
@@ -138,12 +140,13 @@ class FolderVectors:
                 return f.read()
 
         with ThreadPoolExecutor(max_workers=4) as pool:
-            for start in range(0, len(self.names), chunk_vectors):
-                batch = self.names[start : start + chunk_vectors]
-                rows = [decoder.decode(p, str(self.path / n)) for n, p in zip(batch, pool.map(read, batch))]
-                yield VectorChunk(self.photo_ids[start : start + len(batch)], np.stack(rows))
-                if on_progress:
-                    on_progress(start + len(batch), len(self.names))
+            for first, last in ranges if ranges is not None else [(0, len(self.names))]:
+                for start in range(first, last, chunk_vectors):
+                    batch = self.names[start : min(start + chunk_vectors, last)]
+                    rows = [decoder.decode(p, str(self.path / n)) for n, p in zip(batch, pool.map(read, batch))]
+                    yield VectorChunk(self.photo_ids[start : start + len(batch)], np.stack(rows))
+                    if on_progress:
+                        on_progress(start + len(batch), len(self.names))
 
 
 def open_vectors(source: VisualSource):

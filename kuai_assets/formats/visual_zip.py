@@ -195,35 +195,39 @@ class ZipVectors:
     def __len__(self) -> int:
         return len(self.members)
 
-    def _blocks(self, chunk_vectors: int) -> Iterator[tuple[int, int]]:
-        """[i, j) ranges of members, each at most BLOCK_BYTES on disk (at least one member)."""
+    def _blocks(self, chunk_vectors: int, ranges: list[tuple[int, int]] | None = None) -> Iterator[tuple[int, int]]:
+        """[i, j) ranges of members, each at most BLOCK_BYTES on disk (at least one member),
+        covering `ranges` of member positions in order (default: every member)."""
         starts = self.index.header_offset[self.members]
         ends = self.member_end[self.members]
-        i, total = 0, len(self.members)
-        while i < total:
-            limit = np.searchsorted(ends, starts[i] + BLOCK_BYTES, side="right")
-            j = int(min(max(limit, i + 1), i + chunk_vectors, total))
-            yield i, j
-            i = j
+        for first, last in ranges if ranges is not None else [(0, len(self.members))]:
+            i = first
+            while i < last:
+                limit = np.searchsorted(ends, starts[i] + BLOCK_BYTES, side="right")
+                j = int(min(max(limit, i + 1), i + chunk_vectors, last))
+                yield i, j
+                i = j
 
     def chunks(
         self,
         chunk_vectors: int = CHUNK_VECTORS,
         on_progress: Callable[[int, int], None] | None = None,
         reuse_buffers: bool = False,
+        ranges: list[tuple[int, int]] | None = None,
     ) -> Iterator[VectorChunk]:
         """Vectors in file order, one block at a time; the next block is read while this one is
-        decoded. With `reuse_buffers` every chunk's array is overwritten by the next one."""
+        decoded. With `reuse_buffers` every chunk's array is overwritten by the next one. With
+        `ranges` (sorted, disjoint [i, j) member positions) only those members are read."""
         index, members = self.index, self.members
         decoder = VectorDecoder()
         layout = None
         total = len(members)
-        blocks = list(self._blocks(chunk_vectors))
+        blocks = list(self._blocks(chunk_vectors, ranges))
         buffers = [np.empty(0, dtype=np.uint8), np.empty(0, dtype=np.uint8)]
         out_buffer = None
         with open(self.path, "rb", buffering=0) as f, ThreadPoolExecutor(max_workers=2) as pool:
             try:
-                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL if ranges is None else os.POSIX_FADV_RANDOM)
             except (AttributeError, OSError):
                 pass
 

@@ -1,0 +1,111 @@
+"""The visual stage in one pass (vectors.VisualStage): the fitting sample of runs, and the fused
+pass against the same outputs made one asset at a time from the store."""
+
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kuai_assets.formats import layout
+from kuai_assets.vectors import FitSample, Released, VectorStore, VisualSettings, VisualStage
+from kuai_assets_tests.handmade import write_dataset
+
+SETTINGS = VisualSettings(dimensions=8, fit_sample=300, ks=(4, 9), seed=3, run_length=7)
+
+
+def test_fit_sample_is_runs_of_consecutive_rows_in_a_random_order():
+    sample = FitSample.draw(total=1_000, largest=200, seed=5, run_length=32)
+    positions = sample.positions
+    assert np.all(np.diff(positions) > 0) and positions.min() >= 0 and positions.max() < 1_000
+    # whole runs: every position's run is [32 r, 32 r + 32) and all of it is there
+    runs = np.unique(positions // 32)
+    assert len(runs) == 7  # ceil(200 / 32)
+    assert np.array_equal(positions, np.concatenate([np.arange(32 * r, min(32 * r + 32, 1_000)) for r in runs]))
+    # the first runs of the random order: nested, about n rows each
+    small, large = sample.first(64), sample.first(150)
+    assert small.sum() == 64 and large.sum() == 160 and np.all(large[small])
+    assert len(np.unique(sample.run_rank)) == 7 and sorted(np.unique(sample.run_rank)) == list(range(7))
+    # another seed draws other runs; the same seed the same ones
+    assert np.array_equal(FitSample.draw(1_000, 200, 5, 32).positions, positions)
+    assert not np.array_equal(FitSample.draw(1_000, 200, 6, 32).positions, positions)
+
+
+def test_fit_sample_ranges_merge_neighbours_and_split_at_a_boundary():
+    sample = FitSample(np.array([3, 4, 5, 9, 10, 11, 12, 20]), np.zeros(8, dtype=np.int64), 4)
+    assert sample.ranges() == [(3, 6), (9, 13), (20, 21)]
+    # the second reader holds rows 10.. : its own ranges, shifted and clipped
+    assert sample.ranges(0, 10) == [(3, 6), (9, 10)]
+    assert sample.ranges(10, 5) == [(0, 3)]
+    assert sample.ranges(15, 100) == [(5, 6)]
+
+
+def test_a_sample_larger_than_the_rows_takes_every_row():
+    sample = FitSample.draw(total=50, largest=1_000, seed=0, run_length=8)
+    assert np.array_equal(sample.positions, np.arange(50)) and sample.first(10**6).all()
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory):
+    root = write_dataset(tmp_path_factory.mktemp("visual") / "data", n_train_photos=700, n_test_photos=260, dim=24,
+                         compression=zipfile.ZIP_STORED)
+    return {split: layout.find_visual_source_checked(root, split) for split in layout.SPLITS}
+
+
+@pytest.fixture(scope="module")
+def fused(released, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fused")
+    (out / "store").mkdir()
+    made = VisualStage(SETTINGS).run(Released(released), out / "store", out / "pca.parquet", out / "clusters.parquet")
+    return out, made
+
+
+def test_sample_read_from_the_released_files_equals_the_store_rows(released, fused):
+    out, _ = fused
+    store = VectorStore.open(out / "store")
+    sample = FitSample.draw(len(store), 400, seed=1, run_length=7)
+    # the sample spans both zips (train rows, then test rows)
+    assert sample.positions.min() < 700 <= sample.positions.max()
+    from_released = Released(released).read(sample, "bfloat16")
+    assert np.array_equal(from_released, store.rows_in_runs(sample))
+    assert np.array_equal(from_released, store.rows(sample.positions))
+
+
+def test_one_pass_makes_what_the_assets_make_one_at_a_time(released, fused, tmp_path):
+    out, made = fused
+    assert set(made) == {"store", "pca", "clusters"}
+    # one at a time: the store alone, then PCA from the store, then clusters from the PCA table
+    (tmp_path / "store").mkdir()
+    stage = VisualStage(SETTINGS)
+    stage.run(Released(released), store_out=tmp_path / "store")
+    for name in ("vectors.npy", "photo_id.npy", "split.npy"):
+        assert (tmp_path / "store" / name).read_bytes() == (out / "store" / name).read_bytes(), name
+    alone = stage.run(VectorStore.open(tmp_path / "store"), pca_out=tmp_path / "pca.parquet")
+    stage.clusters_from_table(tmp_path / "pca.parquet", tmp_path / "clusters.parquet")
+
+    # the same sample rows, so the same PCA (up to the float error of another block size)
+    assert np.allclose(alone["pca"].components, made["pca"].components, atol=1e-6)
+    pca_fused, pca_alone = pd.read_parquet(out / "pca.parquet"), pd.read_parquet(tmp_path / "pca.parquet")
+    assert list(pca_fused.columns) == ["photo_id", "split"] + [f"pc_{i:02d}" for i in range(8)]
+    assert pca_fused[["photo_id", "split"]].equals(pca_alone[["photo_id", "split"]])
+    assert len(pca_fused) == 960 and set(pca_fused["split"]) == {"train", "test"}
+    np.testing.assert_allclose(pca_fused.iloc[:, 2:].to_numpy(), pca_alone.iloc[:, 2:].to_numpy(), atol=1e-5)
+
+    # clusters from the fused PCA table: fitted on the same rows as in the pass, so identical
+    stage.clusters_from_table(out / "pca.parquet", tmp_path / "clusters_again.parquet")
+    assert pd.read_parquet(tmp_path / "clusters_again.parquet").equals(pd.read_parquet(out / "clusters.parquet"))
+    clusters = pd.read_parquet(out / "clusters.parquet")
+    assert sorted(clusters["k"].unique()) == [4, 9] and clusters.groupby("k")["photo_id"].nunique().eq(960).all()
+    # each k's sizes as the result reports them
+    for k, (_, sizes) in made["clusters"].items():
+        assert np.array_equal(np.bincount(clusters.loc[clusters["k"] == k, "cluster"], minlength=k), sizes)
+
+
+def test_pca_axes_are_fitted_on_the_sample_rows(released, fused):
+    """The fitted mean is the sample's mean (of the values the store keeps), not of every row."""
+    out, made = fused
+    store = VectorStore.open(out / "store")
+    sample = FitSample.draw(len(store), 300, seed=3, run_length=7)
+    rows = store.rows(sample.positions[sample.first(300)])
+    assert made["pca"].fitted_on == len(rows)
+    np.testing.assert_allclose(made["pca"].mean, rows.astype(np.float64).mean(axis=0), rtol=1e-6, atol=1e-6)
