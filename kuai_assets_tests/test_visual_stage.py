@@ -109,3 +109,55 @@ def test_pca_axes_are_fitted_on_the_sample_rows(released, fused):
     rows = store.rows(sample.positions[sample.first(300)])
     assert made["pca"].fitted_on == len(rows)
     np.testing.assert_allclose(made["pca"].mean, rows.astype(np.float64).mean(axis=0), rtol=1e-6, atol=1e-6)
+
+
+def test_clusters_assigned_during_the_pass_equal_those_assigned_after_it(released, fused, tmp_path, monkeypatch):
+    """Small chunks, and KMeans fits that end while the pass runs: the chunks before are caught
+    up, the ones after assigned as they come; every label is the nearest centre's."""
+    import threading
+
+    out, made = fused
+    gate = threading.Event()
+    original = VisualStage._fit_clusters
+
+    def slow_fits(self, *args):
+        gate.wait(timeout=30)  # until the pass has done a few chunks
+        return original(self, *args)
+
+    monkeypatch.setattr(VisualStage, "_fit_clusters", slow_fits)
+    messages = []
+
+    def progress(message):
+        messages.append(message)
+        if "visual pass: 300 of" in message:
+            gate.set()
+
+    (tmp_path / "store").mkdir()
+    stage = VisualStage(SETTINGS, progress, report_every=100, chunk_rows=100)
+    again = stage.run(Released(released), tmp_path / "store", tmp_path / "pca.parquet", tmp_path / "clusters.parquet")
+    import re
+
+    caught_up = [int(m.group(1)) for m in map(re.compile(r"assigning from row [\d,]+ on \(and the ([\d,]+) before").search, messages) if m]
+    assert len(caught_up) == 1 and 300 <= caught_up[0] < 960 - 100, messages  # some rows before, some after
+    clusters = pd.read_parquet(tmp_path / "clusters.parquet")
+    reduced = pd.read_parquet(tmp_path / "pca.parquet").iloc[:, 2:].to_numpy()
+    for k, (model, _) in again["clusters"].items():
+        expected = ((reduced[:, None, :] - model.centers[None]) ** 2).sum(axis=2).argmin(axis=1)
+        got = clusters.loc[clusters["k"] == k, "cluster"].to_numpy()
+        assert (got == expected).mean() > 0.999, k  # ties in float32 may break either way
+        assert np.array_equal(model.centers, made["clusters"][k][0].centers)
+
+
+def test_kmeans_finds_separated_groups_and_assigns_the_nearest_centre():
+    from kuai_assets.ml.kmeans import fit_kmeans
+
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(6, 5)).astype(np.float32) * 20
+    group = rng.integers(6, size=3_000)
+    x = truth[group] + rng.normal(size=(3_000, 5)).astype(np.float32)
+    model = fit_kmeans(x, 6, seed=1)
+    labels = model.assign(x, chunk=700)
+    # the same partition as the truth (up to the order of the clusters)
+    assert len({(g, c) for g, c in zip(group, labels)}) == 6
+    brute = ((x[:, None, :] - model.centers[None]) ** 2).sum(axis=2).argmin(axis=1)
+    assert np.array_equal(labels, brute)

@@ -130,10 +130,12 @@ def visual_stage(context: dg.AssetExecutionContext, config: VisualConfig, kuai: 
             made = {}
         if store_out is not None:
             extra = _check_coverage(work, store_out, sources)
+        context.log.info(f"visual_stage: outputs written after {time.time() - started:.1f} s; publishing them")
         if CLUSTERS in selected and PCA not in selected:
             made.update(stage.clusters_from_table(work.require_table("pca_visual_features"), clusters_out))
         # every output is published together when this block ends without an error
     seconds = round(time.time() - started, 1)
+    context.log.info(f"visual_stage: published after {seconds} s")
     if EMBEDDINGS in selected:
         yield _embeddings_result(made["store"], extra, work, seconds)
     if PCA in selected:

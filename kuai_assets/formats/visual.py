@@ -129,7 +129,7 @@ class FolderVectors:
         self,
         chunk_vectors: int = CHUNK_VECTORS,
         on_progress: Callable[[int, int], None] | None = None,
-        reuse_buffers: bool = False,
+        reuse_buffers: bool | int = False,
         ranges: list[tuple[int, int]] | None = None,
     ) -> Iterator[VectorChunk]:
         """Vectors in photo_id order; with `ranges` (sorted, disjoint [i, j) positions) only those."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,20 +28,27 @@ from kuai_assets.formats.released import DataFormatError
 from kuai_assets.formats.visual import CHUNK_VECTORS, VectorChunk, VectorDecoder, parse_npy, photo_id_from_name
 
 BLOCK_BYTES = 64 << 20
+READ_AHEAD = 2
 NAME_CHUNK = 500_000
 SATURATED = 0xFFFFFFFF
 
 
+def _unaligned(buf: np.ndarray, dtype: str) -> np.ndarray:
+    """`buf` (contiguous bytes) read as little-endian integers starting at every byte offset."""
+    size = np.dtype(dtype).itemsize
+    return np.ndarray(shape=(max(len(buf) - size + 1, 0),), dtype=dtype, buffer=np.ascontiguousarray(buf), strides=(1,))
+
+
 def _u16(buf: np.ndarray, at: np.ndarray) -> np.ndarray:
-    return buf[at].astype(np.int64) | (buf[at + 1].astype(np.int64) << 8)
+    return _unaligned(buf, "<u2")[at].astype(np.int64)
 
 
 def _u32(buf: np.ndarray, at: np.ndarray) -> np.ndarray:
-    return _u16(buf, at) | (_u16(buf, at + 2) << 16)
+    return _unaligned(buf, "<u4")[at].astype(np.int64)
 
 
 def _u64(buf: np.ndarray, at: np.ndarray) -> np.ndarray:
-    return _u32(buf, at) | (_u32(buf, at + 4) << 32)
+    return _unaligned(buf, "<u8")[at].astype(np.int64)
 
 
 @dataclass
@@ -109,7 +117,8 @@ def read_zip_index(path: Path) -> ZipIndex:
         empty = np.zeros(0, dtype=np.int64)
         return ZipIndex(cd, empty, empty, empty, empty, empty, cd_offset)
     # every record starts with PK\x01\x02; accept the candidates if they chain exactly
-    entry = np.flatnonzero((cd[:-3] == 0x50) & (cd[1:-2] == 0x4B) & (cd[2:-1] == 1) & (cd[3:] == 2))
+    # (read as one little-endian uint32 at every byte offset: one comparison per byte, not four)
+    entry = np.flatnonzero(_unaligned(cd, "<u4") == 0x02014B50)
     chained = False
     if len(entry) == count:
         following = entry + 46 + _u16(cd, entry + 28) + _u16(cd, entry + 30) + _u16(cd, entry + 32)
@@ -212,20 +221,23 @@ class ZipVectors:
         self,
         chunk_vectors: int = CHUNK_VECTORS,
         on_progress: Callable[[int, int], None] | None = None,
-        reuse_buffers: bool = False,
+        reuse_buffers: bool | int = False,
         ranges: list[tuple[int, int]] | None = None,
     ) -> Iterator[VectorChunk]:
-        """Vectors in file order, one block at a time; the next block is read while this one is
-        decoded. With `reuse_buffers` every chunk's array is overwritten by the next one. With
+        """Vectors in file order, one block at a time; the next blocks are read while this one is
+        decoded. With `reuse_buffers` (True, or a number n of arrays taken in turn) a chunk's array
+        is overwritten by the next one (the n-th next one). With
         `ranges` (sorted, disjoint [i, j) member positions) only those members are read."""
         index, members = self.index, self.members
         decoder = VectorDecoder()
         layout = None
         total = len(members)
         blocks = list(self._blocks(chunk_vectors, ranges))
-        buffers = [np.empty(0, dtype=np.uint8), np.empty(0, dtype=np.uint8)]
-        out_buffer = None
-        with open(self.path, "rb", buffering=0) as f, ThreadPoolExecutor(max_workers=2) as pool:
+        # READ_AHEAD blocks are read (on as many threads) while this one is decoded: the disk
+        # stays busy while the caller computes or waits on its own writes
+        buffers = [np.empty(0, dtype=np.uint8) for _ in range(READ_AHEAD + 1)]
+        out_buffers: list = [None] * int(reuse_buffers)
+        with open(self.path, "rb", buffering=0) as f, ThreadPoolExecutor(max_workers=READ_AHEAD) as pool:
             try:
                 os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL if ranges is None else os.POSIX_FADV_RANDOM)
             except (AttributeError, OSError):
@@ -235,17 +247,19 @@ class ZipVectors:
                 i, j = blocks[k]
                 start = int(index.header_offset[members[i]])
                 length = int(self.member_end[members[j - 1]]) - start
-                if len(buffers[k % 2]) < length:
-                    buffers[k % 2] = np.empty(max(length, BLOCK_BYTES), dtype=np.uint8)
-                buf = buffers[k % 2][:length]
+                slot = k % len(buffers)
+                if len(buffers[slot]) < length:
+                    buffers[slot] = np.empty(max(length, BLOCK_BYTES), dtype=np.uint8)
+                buf = buffers[slot][:length]
                 if os.preadv(f.fileno(), [memoryview(buf)], start) != length:
                     raise DataFormatError(self.path, "archive is truncated")
                 return buf
 
-            pending = pool.submit(read, 0) if blocks else None
+            pending = deque(pool.submit(read, k) for k in range(min(READ_AHEAD, len(blocks))))
             for k, (i, j) in enumerate(blocks):
-                buf = pending.result()
-                pending = pool.submit(read, k + 1) if k + 1 < len(blocks) else None
+                buf = pending.popleft().result()
+                if k + READ_AHEAD < len(blocks):  # its buffer slot is the one freed by block k - 1
+                    pending.append(pool.submit(read, k + READ_AHEAD))
                 block_members = members[i:j]
                 block_start = int(index.header_offset[block_members[0]])
                 rel = index.header_offset[block_members] - block_start
@@ -260,10 +274,11 @@ class ZipVectors:
                     first = self._payload(buf, int(data[0]), int(size[0]), int(method[0]), int(block_members[0]))
                     layout = parse_npy(first, f"{self.path} member {index.name(int(block_members[0]))!r}")
                     decoder.layout = layout
-                if reuse_buffers:
-                    if out_buffer is None or len(out_buffer) < j - i:
-                        out_buffer = np.empty((max(chunk_vectors, j - i), layout.dim), dtype=layout.dtype)
-                    out = out_buffer[: j - i]
+                if out_buffers:
+                    turn = k % len(out_buffers)
+                    if out_buffers[turn] is None or len(out_buffers[turn]) < j - i:
+                        out_buffers[turn] = np.empty((max(chunk_vectors, j - i), layout.dim), dtype=layout.dtype)
+                    out = out_buffers[turn][: j - i]
                 else:
                     out = np.empty((j - i, layout.dim), dtype=layout.dtype)
                 nbytes = layout.dim * layout.dtype.itemsize

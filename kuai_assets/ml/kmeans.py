@@ -18,23 +18,23 @@ class KMeansModel:
     iterations: int
 
     def assign(self, x: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+        """The nearest centre of every row of x: argmin of |c|^2 - 2 x.c, in chunks."""
         out = np.empty(len(x), dtype=np.int32)
-        center_norms = (self.centers.astype(np.float32) ** 2).sum(axis=1)
+        centers = self.centers.astype(np.float32)
+        center_norms = (centers**2).sum(axis=1)
+        minus_twice = np.ascontiguousarray(-2.0 * centers.T, dtype=np.float32)
         for start in range(0, len(x), chunk):
             part = x[start : start + chunk].astype(np.float32, copy=False)
-            distances = center_norms - 2.0 * (part @ self.centers.T)
+            distances = part @ minus_twice
+            distances += center_norms
             out[start : start + chunk] = distances.argmin(axis=1)
         return out
 
 
 def cluster_sums(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    """Per-cluster sums of rows of x (sort + reduceat: far faster than np.add.at)."""
-    order = np.argsort(labels, kind="stable")
-    sorted_labels = labels[order]
-    starts = np.flatnonzero(np.concatenate([[True], sorted_labels[1:] != sorted_labels[:-1]]))
-    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
-    sums[sorted_labels[starts]] = np.add.reduceat(x[order].astype(np.float64), starts, axis=0)
-    return sums
+    """Per-cluster sums of rows of x, in float64: one weighted bincount per column (no sort, no
+    float64 copy of x)."""
+    return np.stack([np.bincount(labels, weights=x[:, j], minlength=k) for j in range(x.shape[1])], axis=1)
 
 
 def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
