@@ -6,7 +6,9 @@ fold, is a few numpy reductions; in SQL it would be 64 hand-written columns.
 
 The others live in their own modules: user_word_affinity (word_affinity.py),
 user_cluster_affinity (cluster_affinity.py) and published_baseline (published_baseline.py), label
-statistics whose cells number in the tens of millions, counted in numpy (fold_statistics.py).
+statistics whose cells number in the tens of millions, counted in numpy (fold_statistics.py);
+impression_context (impression_context.py), the row's batch and the user's and photo's exposure in
+the impression log, one sort and range sums over batches.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from kuai_assets.features.catalog import TableModel
 from kuai_assets.features.fold_statistics import float32_column
 from kuai_assets.features.id_index import IdIndex
 from kuai_assets.features.cluster_affinity import USER_CLUSTER_AFFINITY
+from kuai_assets.features.impression_context import IMPRESSION_CONTEXT
 from kuai_assets.features.published_baseline import PUBLISHED_BASELINE
 from kuai_assets.features.word_affinity import USER_WORD_AFFINITY
 
@@ -135,4 +138,6 @@ VISUAL_SIMILARITY = TableModel(
     compute=compute_visual_similarity,
 )
 
-PYTHON_FEATURE_GROUPS = (VISUAL_SIMILARITY, USER_WORD_AFFINITY, USER_CLUSTER_AFFINITY, PUBLISHED_BASELINE)
+PYTHON_FEATURE_GROUPS = (
+    VISUAL_SIMILARITY, USER_WORD_AFFINITY, USER_CLUSTER_AFFINITY, PUBLISHED_BASELINE, IMPRESSION_CONTEXT
+)
