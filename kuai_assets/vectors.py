@@ -17,7 +17,7 @@ import json
 import os
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -252,7 +252,9 @@ class Released:
 
     def __init__(self, sources: dict[str, VisualSource]):
         self.sources = sources
-        self.readers = {split: open_vectors(source) for split, source in sources.items()}
+        with ThreadPoolExecutor(max_workers=len(sources) or 1) as pool:  # each zip's index parsed at once
+            opened = {split: pool.submit(open_vectors, source) for split, source in sources.items()}
+            self.readers = {split: reader.result() for split, reader in opened.items()}
         self.total = sum(len(r) for r in self.readers.values())
         if self.total == 0:
             raise DataFormatError(next(iter(sources.values())).path, "no vectors found")
@@ -351,31 +353,45 @@ class VisualStage:
         pool = ThreadPoolExecutor(max_workers=1)
         try:
             if pca_out is not None:
-                sizes = {k: settings.cluster_sample_size(k, total) for k in ks}
-                sample = FitSample.draw(
-                    total, max([settings.fit_sample, *sizes.values()]), settings.seed, settings.run_length
-                )
-                started = time.time()
-                vectors = source.read(sample, settings.encoding) if released else source.rows_in_runs(sample)
-                log(
-                    f"pca_visual_features: read {len(vectors):,} sample vectors in {len(sample.ranges()):,} runs "
-                    f"({time.time() - started:.1f} s); fitting {settings.dimensions} components"
-                )
-                if not 1 <= settings.dimensions <= vectors.shape[1]:
-                    raise ValueError(f"pca dimensions must be between 1 and {vectors.shape[1]}, got {settings.dimensions}")
-                pca = results["pca"] = fit_pca(vectors[sample.first(settings.fit_sample)], settings.dimensions)
-                reduced_sample = pca.transform(vectors)
-                del vectors
-                if ks:  # fitted on a second thread while the pass reads
-                    fits = pool.submit(self._fit_clusters, reduced_sample, sample, sizes)
+                pca = Future()
+                fits = pool.submit(self._prepare, source, total, ks, pca)
             elif ks:
                 raise ValueError("clusters are made in the pass only with the PCA; see clusters_from_table")
-            photo_id, labels, models = self._pass(source, store_out, pca, pca_out, fits, results)
+            photo_id, labels, models = self._pass(source, store_out, pca, pca_out, fits if ks else None, results)
+            if fits is not None:
+                fits.result()  # raises what the preparation raised, if the pass did not
             if ks:
                 results["clusters"] = self._write_clusters(models, photo_id, labels, clusters_out)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         return results
+
+    def _prepare(self, source, total: int, ks: list[int], pca: Future) -> dict:
+        """On a second thread while the pass starts: read the fitting sample, fit the PCA (and
+        hand it to the pass through `pca`), then fit the KMeans at every k on the reduced sample."""
+        settings, log = self.settings, self.progress
+        try:
+            sizes = {k: settings.cluster_sample_size(k, total) for k in ks}
+            sample = FitSample.draw(total, max([settings.fit_sample, *sizes.values()]), settings.seed, settings.run_length)
+            started = time.time()
+            vectors = source.read(sample, settings.encoding) if isinstance(source, Released) else source.rows_in_runs(sample)
+            log(
+                f"pca_visual_features: read {len(vectors):,} sample vectors in {len(sample.ranges()):,} runs "
+                f"({time.time() - started:.1f} s); fitting {settings.dimensions} components"
+            )
+            if not 1 <= settings.dimensions <= vectors.shape[1]:
+                raise ValueError(f"pca dimensions must be between 1 and {vectors.shape[1]}, got {settings.dimensions}")
+            model = fit_pca(vectors[sample.first(settings.fit_sample)], settings.dimensions)
+            log(f"pca_visual_features: fitted ({time.time() - started:.1f} s after the sample read began)")
+        except BaseException as exc:
+            pca.set_exception(exc)
+            raise
+        pca.set_result(model)
+        if not ks:
+            return {}
+        reduced_sample = model.transform(vectors)
+        del vectors
+        return self._fit_clusters(reduced_sample, sample, sizes)
 
     def clusters_from_table(self, reduced_table: Path, clusters_out: Path) -> dict:
         """Only the clusters, from an existing pca_visual_features table (fitted on the same rows
@@ -416,14 +432,17 @@ class VisualStage:
                 )
         return made
 
-    def _pass(self, source, store_out, pca, pca_out, fits, results: dict):
+    def _pass(self, source, store_out, pca: Future | None, pca_out, fits, results: dict):
         """The pass; returns (photo_id, {k: cluster of every row}, {k: KMeansModel}).
 
         Four things overlap: the reader's threads read the next blocks, this thread checks and
         rounds each chunk, a writer thread writes the store, and a projection thread projects and
-        assigns the chunk before. The KMeans fits (on another thread, `fits`) finish during the pass; from then on each chunk is assigned as it
-        is projected, and the chunks projected before are caught up at that moment, from the
-        reduced vectors kept in memory (N x 64 float32: 1.2 GB at 4.85M photos).
+        assigns the chunk before. The PCA (`pca`, a future) and then the KMeans fits (`fits`) are
+        fitted on another thread while the pass runs. Until the PCA is there, chunks are only
+        consolidated and their rounded values kept (as stored: 2 bytes a value in bfloat16); then
+        they are projected in one go, and each chunk after as it comes. Likewise, once the KMeans
+        fits end, the rows projected before are assigned at once from the reduced vectors kept
+        in memory (N x 64 float32: 1.2 GB at 4.85M photos), and each chunk after as it is projected.
         """
         settings, log = self.settings, self.progress
         released = isinstance(source, Released)
@@ -434,6 +453,8 @@ class VisualStage:
         reduced_all = np.empty((total, settings.dimensions), dtype=np.float32) if fits is not None else None
         labels = {k: np.empty(total, dtype=np.int32) for k in settings.ks} if fits is not None else {}
         models, assigned = None, 0
+        model = None if released or pca is None else pca.result()  # a store source: nothing to overlap
+        backlog: list[tuple[int, np.ndarray]] = []  # (row, stored values) consolidated before the PCA was there
         writer = _ReducedWriter(pca_out, settings.dimensions) if pca is not None else None
         store = _BackgroundFile(store_out / "vectors.npy") if store_out is not None else None
         row, next_report = 0, self.report_every
@@ -444,11 +465,15 @@ class VisualStage:
                 labels[k][assigned:end] = model.assign(reduced_all[assigned:end])
             assigned = end
 
+        def project_all(chunks: list[tuple[int, np.ndarray, bool]]) -> None:
+            for start, values, encoded in chunks:
+                project(start, decode(values, settings.encoding) if encoded else values)
+
         def project(start: int, values: np.ndarray) -> None:
             """On the projection thread: one chunk's PCA, its table rows and its clusters."""
             nonlocal models
             end = start + len(values)
-            reduced = pca.transform(values)
+            reduced = model.transform(values)
             writer.add(photo_id[start:end], split_code[start:end], reduced)
             if reduced_all is not None:
                 reduced_all[start:end] = reduced
@@ -480,23 +505,40 @@ class VisualStage:
                             {"descr": ENCODINGS[settings.encoding].str, "fortran_order": False, "shape": (total, source.dim)}
                         )
                     stored, values = round_to_encoding(chunk.vectors, settings.encoding)
+                    # handed to other threads while the reader refills chunk.vectors: never the buffer itself
+                    own = stored.copy() if np.may_share_memory(stored, chunk.vectors) else stored
                     if store is not None:
-                        # written on another thread while the reader refills chunk.vectors: never the buffer itself
-                        store.write(stored.copy() if np.may_share_memory(stored, chunk.vectors) else stored)
+                        store.write(own)
                 else:
                     _, values = item
                     n = len(values)
+                    own = values
                 if projecting is not None:
-                    if projected is not None:
-                        projected.result()  # the chunk before: at most one chunk waits, so buffers are reused safely
-                    projected = projecting.submit(project, row, values)
+                    if model is None and pca.done():
+                        model = pca.result()
+                        if backlog:
+                            log(f"pca_visual_features: projecting from row {row:,} on (and the {row:,} before it now)")
+                    if model is None:
+                        backlog.append((row, own))
+                    else:
+                        if projected is not None:
+                            projected.result()  # the chunk before: at most one chunk waits, so buffers are reused safely
+                        projected = projecting.submit(
+                            project_all, [(start, kept, released) for start, kept in backlog] + [(row, values, False)]
+                        )
+                        backlog = []
                 row += n
                 if row >= next_report or row == total:
                     rate = row / max(time.time() - started, 1e-9)
                     log(f"visual pass: {row:,} of {total:,} vectors ({rate:,.0f}/s)")
                     next_report = row + self.report_every
-            if projected is not None:
-                projected.result()
+            if projecting is not None:
+                if model is None:
+                    model = pca.result()
+                if projected is not None:
+                    projected.result()
+                project_all([(start, kept, released) for start, kept in backlog])
+                backlog = []
         finally:
             if projecting is not None:
                 projecting.shutdown(wait=True, cancel_futures=True)
@@ -509,6 +551,8 @@ class VisualStage:
                 models = fits.result()
             assign_up_to(total)
             log(f"video_clusters: every photo assigned at k={', '.join(map(str, models))}")
+        if model is not None:
+            results["pca"] = model
         if store_out is not None:
             results["store"] = self._finish_store(source, store_out, photo_id, split_code, time.time() - started)
         return photo_id, labels, models

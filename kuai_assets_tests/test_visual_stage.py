@@ -111,41 +111,73 @@ def test_pca_axes_are_fitted_on_the_sample_rows(released, fused):
     np.testing.assert_allclose(made["pca"].mean, rows.astype(np.float64).mean(axis=0), rtol=1e-6, atol=1e-6)
 
 
-def test_clusters_assigned_during_the_pass_equal_those_assigned_after_it(released, fused, tmp_path, monkeypatch):
-    """Small chunks, and KMeans fits that end while the pass runs: the chunks before are caught
-    up, the ones after assigned as they come; every label is the nearest centre's."""
+def test_pca_and_clusters_arriving_during_the_pass_give_what_one_would_expect(released, fused, tmp_path, monkeypatch):
+    """Small chunks, a PCA fit that ends only after some chunks were consolidated, and KMeans fits
+    that end later still: the chunks before each are caught up, the ones after handled as they
+    come; the PCA table is the fused one's and every label is the nearest centre's."""
+    import re
     import threading
+    import time
+
+    import kuai_assets.vectors as vectors
 
     out, made = fused
-    gate = threading.Event()
-    original = VisualStage._fit_clusters
+    pca_gate, kmeans_gate, pca_done, kmeans_done = (threading.Event() for _ in range(4))
+    fit_pca, fit_clusters = vectors.fit_pca, VisualStage._fit_clusters
+
+    def slow_pca(*args):
+        pca_gate.wait(timeout=30)  # until the pass has consolidated a few chunks
+        try:
+            return fit_pca(*args)
+        finally:
+            pca_done.set()
 
     def slow_fits(self, *args):
-        gate.wait(timeout=30)  # until the pass has done a few chunks
-        return original(self, *args)
+        kmeans_gate.wait(timeout=30)
+        try:
+            return fit_clusters(self, *args)
+        finally:
+            kmeans_done.set()
 
+    monkeypatch.setattr(vectors, "fit_pca", slow_pca)
     monkeypatch.setattr(VisualStage, "_fit_clusters", slow_fits)
     messages = []
 
     def progress(message):
         messages.append(message)
+        # the pass waits here for the fit it let go (and a moment for its result to be handed over)
         if "visual pass: 300 of" in message:
-            gate.set()
+            pca_gate.set()
+            pca_done.wait(timeout=30)
+            time.sleep(0.2)
+        if "visual pass: 600 of" in message:
+            kmeans_gate.set()
+            kmeans_done.wait(timeout=30)
+            time.sleep(0.2)
 
     (tmp_path / "store").mkdir()
     stage = VisualStage(SETTINGS, progress, report_every=100, chunk_rows=100)
     again = stage.run(Released(released), tmp_path / "store", tmp_path / "pca.parquet", tmp_path / "clusters.parquet")
-    import re
 
-    caught_up = [int(m.group(1)) for m in map(re.compile(r"assigning from row [\d,]+ on \(and the ([\d,]+) before").search, messages) if m]
-    assert len(caught_up) == 1 and 300 <= caught_up[0] < 960 - 100, messages  # some rows before, some after
+    def caught_up(pattern):
+        found = [int(m.group(1).replace(",", "")) for m in map(re.compile(pattern).search, messages) if m]
+        assert len(found) == 1, messages
+        return found[0]
+
+    assert caught_up(r"projecting from row [\d,]+ on \(and the ([\d,]+) before") == 300, messages
+    assert 600 <= caught_up(r"assigning from row [\d,]+ on \(and the ([\d,]+) before") < 960, messages
+    for name in ("vectors.npy", "photo_id.npy", "split.npy"):
+        assert (tmp_path / "store" / name).read_bytes() == (out / "store" / name).read_bytes(), name
+    pca = pd.read_parquet(tmp_path / "pca.parquet")
+    assert pca[["photo_id", "split"]].equals(pd.read_parquet(out / "pca.parquet")[["photo_id", "split"]])
+    np.testing.assert_allclose(pca.iloc[:, 2:].to_numpy(), pd.read_parquet(out / "pca.parquet").iloc[:, 2:].to_numpy(), atol=1e-5)
     clusters = pd.read_parquet(tmp_path / "clusters.parquet")
-    reduced = pd.read_parquet(tmp_path / "pca.parquet").iloc[:, 2:].to_numpy()
+    reduced = pca.iloc[:, 2:].to_numpy()
     for k, (model, _) in again["clusters"].items():
         expected = ((reduced[:, None, :] - model.centers[None]) ** 2).sum(axis=2).argmin(axis=1)
         got = clusters.loc[clusters["k"] == k, "cluster"].to_numpy()
         assert (got == expected).mean() > 0.999, k  # ties in float32 may break either way
-        assert np.array_equal(model.centers, made["clusters"][k][0].centers)
+        np.testing.assert_allclose(model.centers, made["clusters"][k][0].centers, atol=1e-4)
 
 
 def test_kmeans_finds_separated_groups_and_assigns_the_nearest_centre():
