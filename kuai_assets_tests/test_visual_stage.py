@@ -1,6 +1,7 @@
 """The visual stage in one pass (vectors.VisualStage): the fitting sample of runs, and the fused
 pass against the same outputs made one asset at a time from the store."""
 
+import time
 import zipfile
 
 import numpy as np
@@ -193,3 +194,22 @@ def test_kmeans_finds_separated_groups_and_assigns_the_nearest_centre():
     assert len({(g, c) for g, c in zip(group, labels)}) == 6
     brute = ((x[:, None, :] - model.centers[None]) ** 2).sum(axis=2).argmin(axis=1)
     assert np.array_equal(labels, brute)
+
+
+def test_the_pass_waits_for_the_pca_rather_than_keep_more_than_its_backlog_allows(released, fused, tmp_path, monkeypatch):
+    import kuai_assets.vectors as vectors
+
+    out, _ = fused
+    fit_pca = vectors.fit_pca
+    monkeypatch.setattr(vectors, "fit_pca", lambda *args: (time.sleep(0.5), fit_pca(*args))[1])
+    monkeypatch.setattr(VisualStage, "BACKLOG_BYTES", 1)  # one chunk kept is already too much
+    messages = []
+    (tmp_path / "store").mkdir()
+    stage = VisualStage(SETTINGS, messages.append, report_every=100, chunk_rows=100)
+    stage.run(Released(released), tmp_path / "store", tmp_path / "pca.parquet", tmp_path / "clusters.parquet")
+    assert "pca_visual_features: projecting from row 100 on (and the 100 before it now)" in messages, messages
+    np.testing.assert_allclose(
+        pd.read_parquet(tmp_path / "pca.parquet").iloc[:, 2:].to_numpy(),
+        pd.read_parquet(out / "pca.parquet").iloc[:, 2:].to_numpy(),
+        atol=1e-5,
+    )
