@@ -83,7 +83,7 @@ def visual_bytes(data: Path) -> int:
 
 
 def materialize_one(step: str, run_config: dict, with_checks: bool = False) -> int:
-    """Materialize one step: an asset, or `op:key,key` for keys of one multi-asset (run together)."""
+    """Materialize one step, `op:key,key`: the selected assets of one op (a multi-asset's run together)."""
     import dagster as dg
 
     from kuai_assets.definitions import defs
@@ -116,12 +116,12 @@ def materialize_one(step: str, run_config: dict, with_checks: bool = False) -> i
     return 0
 
 
-def steps_of(selected: list[str]) -> list[tuple[str, list[str]]]:
-    """(step name, its assets) in dependency order: the assets of one multi-asset (the visual
-    stage) form one step, run together as `kuai run` runs them."""
+def steps_of(selected: list[str]) -> list[tuple[str, list[str], str]]:
+    """(step name, its assets, its op) in dependency order: the assets of one multi-asset (the
+    visual stage) form one step, run together as `kuai run` runs them."""
     from kuai_assets.definitions import defs
 
-    steps: list[tuple[str, list[str]]] = []
+    steps: list[tuple[str, list[str], str]] = []
     placed: set[str] = set()
     for name in selected:
         if name in placed:
@@ -129,7 +129,7 @@ def steps_of(selected: list[str]) -> list[tuple[str, list[str]]]:
         node = next(a for a in defs.assets if any(k.to_user_string() == name for k in a.keys))
         together = [n for n in selected if any(k.to_user_string() == n for k in node.keys)]
         placed.update(together)
-        steps.append((node.node_def.name if len(together) > 1 else name, together))
+        steps.append((node.node_def.name if len(together) > 1 else name, together, node.node_def.name))
     return steps
 
 
@@ -227,13 +227,14 @@ def run_benchmark(args: argparse.Namespace) -> int:
     selected = [a for a in order if not args.assets or a in args.assets.split(",")]
     run_config = json.loads(args.run_config) if args.run_config else {}
     total = 0.0
-    for asset, members in steps_of(selected):
+    for asset, members, op in steps_of(selected):
         if set(members) & set(VISUAL_ASSETS) or asset == "raw_interactions":
             evict_from_page_cache(data)  # read the released files from disk, not from memory
         if "pca_visual_features" in members and "video_embeddings" not in members and (work / "stores" / "video_embeddings").exists():
             evict_from_page_cache((work / "stores" / "video_embeddings").resolve())  # the store, likewise
-        one = asset if members == [asset] else f"{asset}:{','.join(members)}"
-        argv = [sys.executable, "-m", "kuai_assets.bench", "--one", one, "--run-config", json.dumps(run_config.get(asset, {}))]
+        one = f"{op}:{','.join(members)}"
+        step_config = run_config.get(op, run_config.get(asset, {}))
+        argv = [sys.executable, "-m", "kuai_assets.bench", "--one", one, "--run-config", json.dumps(step_config)]
         if args.with_checks:
             argv.append("--with-checks")
         output_file = work / f".bench_{asset}.log"

@@ -25,7 +25,6 @@ from kuai_assets.vectors import Released, VectorStore, VisualSettings, VisualSta
 GROUP = "visual"
 
 
-
 class VisualConfig(dg.Config):
     encoding: str = Field(
         default="bfloat16",
@@ -110,7 +109,7 @@ def visual_stage(context: dg.AssetExecutionContext, config: VisualConfig, kuai: 
     work = kuai.work()
     stage = VisualStage(config.settings(), context.log.info)
     started = time.time()
-    names = [n for key, n in ((EMBEDDINGS, "video_embeddings"), (PCA, "pca_visual_features"), (CLUSTERS, "video_clusters")) if key in selected]
+    names = [key.to_user_string() for key in (EMBEDDINGS, PCA, CLUSTERS) if key in selected]
     with clear_failures(", ".join(names)), ExitStack() as outputs:
         store_out = pca_out = clusters_out = None
         if EMBEDDINGS in selected:
@@ -130,9 +129,9 @@ def visual_stage(context: dg.AssetExecutionContext, config: VisualConfig, kuai: 
             made = {}
         if store_out is not None:
             extra = _check_coverage(work, store_out, sources)
-        context.log.info(f"visual_stage: outputs written after {time.time() - started:.1f} s; publishing them")
         if CLUSTERS in selected and PCA not in selected:
             made.update(stage.clusters_from_table(work.require_table("pca_visual_features"), clusters_out))
+        context.log.info(f"visual_stage: outputs written after {time.time() - started:.1f} s; publishing them")
         # every output is published together when this block ends without an error
     seconds = round(time.time() - started, 1)
     context.log.info(f"visual_stage: published after {seconds} s")
