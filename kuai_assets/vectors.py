@@ -308,10 +308,10 @@ class VisualStage:
 
     Each vector is read once, from the released files (or, without the store among the outputs,
     from the store): the pass checks it, writes it to the store, projects it on the PCA axes and
-    keeps the reduced vector for the cluster assignment. The PCA and the KMeans are fitted before
-    the pass on a sample of runs (`FitSample`) read first; the KMeans fits run on a second thread
-    while the pass reads. Reading the 41 GB of preliminary vectors, the store after them and the
-    store again for the projection made three passes over the disk; this is one.
+    assigns its clusters. A sample of runs (`FitSample`) is read first; the PCA and then the
+    KMeans are fitted on it on a second thread while the pass starts (see `_pass` for how the
+    chunks before each fit are caught up). Reading the 41 GB of preliminary vectors, the store
+    after them and the store again for the projection made three passes over the disk; this is one.
     """
 
     # chunks consolidated before the PCA is fitted are kept (as stored) up to this many bytes
