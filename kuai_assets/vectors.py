@@ -29,8 +29,8 @@ import pyarrow.parquet as pq
 from kuai_assets.formats.layout import VisualSource
 from kuai_assets.formats.released import DataFormatError
 from kuai_assets.formats.visual import CHUNK_VECTORS, open_vectors
-from kuai_assets.ml.kmeans import KMeansModel, fit_kmeans
-from kuai_assets.ml.pca import PcaModel, fit_pca
+from kuai_assets.ml.kmeans import fit_kmeans
+from kuai_assets.ml.pca import fit_pca
 
 SPLIT_CODES = {"train": 0, "test": 1}
 FLOAT16_MAX = 65504.0
@@ -347,10 +347,7 @@ class VisualStage:
         if store_out is not None and not released:
             raise ValueError("the store is written from the released vectors")
         total = source.total if released else len(source)
-        ks = sorted(set(settings.ks)) if clusters_out is not None else []
-        for k in ks:
-            if k < 2 or k > total:
-                raise ValueError(f"cannot make {k} clusters of {total} photos")
+        ks = self._ks(total) if clusters_out is not None else []
         results: dict = {}
         pca = fits = None
         pool = ThreadPoolExecutor(max_workers=1)
@@ -373,11 +370,25 @@ class VisualStage:
             pool.shutdown(wait=True, cancel_futures=True)
         return results
 
-    def _read_sample(self, source, total: int, ks: list[int]) -> tuple[FitSample, dict[int, int], np.ndarray]:
-        """The fitting sample's rows (and each k's sample size) and their vectors as the store keeps them."""
+    def _ks(self, total: int) -> list[int]:
+        ks = sorted(set(self.settings.ks))
+        for k in ks:
+            if k < 2 or k > total:
+                raise ValueError(f"cannot make {k} clusters of {total} photos")
+        return ks
+
+    def _sample_plan(self, total: int, ks: list[int]) -> tuple[FitSample, dict[int, int]]:
+        """The fitting sample's rows and each k's sample size: the same for a whole pass and for
+        clusters made alone from the PCA table, so both fit on the same rows."""
         settings = self.settings
         sizes = {k: settings.cluster_sample_size(k, total) for k in ks}
         sample = FitSample.draw(total, max([settings.fit_sample, *sizes.values()]), settings.seed, settings.run_length)
+        return sample, sizes
+
+    def _read_sample(self, source, total: int, ks: list[int]) -> tuple[FitSample, dict[int, int], np.ndarray]:
+        """The fitting sample's rows (and each k's sample size) and their vectors as the store keeps them."""
+        settings = self.settings
+        sample, sizes = self._sample_plan(total, ks)
         started = time.time()
         vectors = source.read(sample, settings.encoding) if isinstance(source, Released) else source.rows_in_runs(sample)
         self.progress(
@@ -409,14 +420,7 @@ class VisualStage:
         """Only the clusters, from an existing pca_visual_features table (fitted on the same rows
         a whole pass would fit them on)."""
         photo_id, reduced = read_reduced(reduced_table)
-        ks = sorted(set(self.settings.ks))
-        for k in ks:
-            if k < 2 or k > len(reduced):
-                raise ValueError(f"cannot make {k} clusters of {len(reduced)} photos")
-        sizes = {k: self.settings.cluster_sample_size(k, len(reduced)) for k in ks}
-        sample = FitSample.draw(
-            len(reduced), max([self.settings.fit_sample, *sizes.values()]), self.settings.seed, self.settings.run_length
-        )
+        sample, sizes = self._sample_plan(len(reduced), self._ks(len(reduced)))
         models = self._fit_clusters(reduced[sample.positions], sample, sizes)
         labels = {k: model.assign(reduced) for k, model in models.items()}
         return {"clusters": self._write_clusters(models, photo_id, labels, clusters_out)}

@@ -64,39 +64,44 @@ class VisualConfig(dg.Config):
 EMBEDDINGS = dg.AssetKey("video_embeddings")
 PCA = dg.AssetKey("pca_visual_features")
 CLUSTERS = dg.AssetKey("video_clusters")
-VISUAL_SPECS = [
-    dg.AssetSpec(
-        EMBEDDINGS,
+
+
+def _spec(key: dg.AssetKey, dep, code_version: str, description: str) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        key,
         group_name=GROUP,
         kinds={"python", "numpy"},
-        deps=[raw_interactions],
-        code_version="2",
+        deps=[dep],
+        code_version=code_version,
         skippable=True,
-        description="Every train and test photo's visual vector, consolidated into one memory-mapped matrix. "
+        description=description,
+    )
+
+
+VISUAL_SPECS = [
+    _spec(
+        EMBEDDINGS,
+        raw_interactions,
+        "2",
+        "Every train and test photo's visual vector, consolidated into one memory-mapped matrix. "
         "Reads final_visual_{train,test}.zip (or the unzipped folders, or the preliminary names) in large "
         "sequential blocks and writes stores/video_embeddings/{vectors.npy (bfloat16 by default), photo_id.npy, "
         "split.npy}. Stops with the photo_id for a vector that is missing, of the wrong shape, not a .npy array, "
         "or holds NaN/infinity.",
     ),
-    dg.AssetSpec(
+    _spec(
         PCA,
-        group_name=GROUP,
-        kinds={"python", "numpy"},
-        deps=[EMBEDDINGS],
-        code_version="3",
-        skippable=True,
-        description="The photo vectors reduced by PCA (64 dimensions by default), one row per photo. Unsupervised: "
+        EMBEDDINGS,
+        "3",
+        "The photo vectors reduced by PCA (64 dimensions by default), one row per photo. Unsupervised: "
         "fitted on train and test photos alike, on a sample of runs of consecutive photos; every vector is "
         "projected in the same pass that consolidates it.",
     ),
-    dg.AssetSpec(
+    _spec(
         CLUSTERS,
-        group_name=GROUP,
-        kinds={"python", "numpy"},
-        deps=[PCA],
-        code_version="3",
-        skippable=True,
-        description="KMeans clusters of the reduced photo vectors at every k: one row per (photo_id, k). Fitted on "
+        PCA,
+        "3",
+        "KMeans clusters of the reduced photo vectors at every k: one row per (photo_id, k). Fitted on "
         "a sample of the reduced vectors (on a second thread, during the pass); every photo is assigned.",
     ),
 ]
