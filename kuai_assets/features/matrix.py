@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kuai_assets.features.catalog import CLUSTER_KEYS, CatalogError, TableModel
+from kuai_assets.features.fold_statistics import BackgroundParquetWriter
 from kuai_assets.storage import WorkDir, check_identifier, remove_stale_temporaries, sql_string, temporary_sibling
 
 MATRIX = "training_matrix"
@@ -159,7 +160,11 @@ def _stitch(pieces: list[Path], n_rows: int, out: Path, metadata: dict, batch_ro
     schema = pa.schema(fields, metadata=metadata)
     streams = [f.iter_batches(batch_size=batch_rows) for f in files]
     pending: list = [None] * len(files)
-    with pq.ParquetWriter(out, schema, compression="zstd") as writer:
+    # dictionary pages only for the keys and integer columns: on float features they rarely pay
+    # and cost most of the writer's time (measured on the demo matrix: 25 s -> 15 s, 18% larger)
+    dictionary = [f.name for f in fields if not pa.types.is_floating(f.type)]
+    # the next batches are read and lined up while the writer thread encodes the last ones
+    with BackgroundParquetWriter(out, schema, compression="zstd", use_dictionary=dictionary) as writer:
         while True:
             for i, stream in enumerate(streams):
                 if pending[i] is None or len(pending[i]) == 0:
@@ -177,7 +182,7 @@ def _stitch(pieces: list[Path], n_rows: int, out: Path, metadata: dict, batch_ro
                 if not part.column("__row_id").equals(row_id):
                     raise CatalogError("training_matrix pieces are not in the same row order")
                 columns += [part.column(j) for j, name in enumerate(part.schema.names) if name != "__row_id"]
-            writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=schema), row_group_size=batch_rows)
+            writer.write_table(pa.Table.from_arrays(columns, schema=schema))
 
 
 def _typed(expression: str, kind: str, alias: str) -> str:
