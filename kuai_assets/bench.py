@@ -116,6 +116,118 @@ def materialize_one(step: str, run_config: dict, with_checks: bool = False) -> i
     return 0
 
 
+SELECTION_ENV = "KUAI_BENCH_SELECTION"
+
+
+def selection_job():
+    """The assets named in $KUAI_BENCH_SELECTION (no checks) as one job on the project's own
+    executor: steps in parallel processes, two at a time, LightGBM steps one at a time.
+    Module-level, so Dagster can rebuild it in each step process."""
+    import dagster as dg
+
+    from kuai_assets.definitions import EXECUTOR, defs
+
+    keys = [dg.AssetKey(name) for name in os.environ[SELECTION_ENV].split(",")]
+    selection = dg.AssetSelection.assets(*keys) - dg.AssetSelection.all_asset_checks()
+    bench = dg.Definitions(
+        assets=defs.assets,
+        asset_checks=defs.asset_checks,
+        resources=defs.resources,
+        executor=EXECUTOR,
+        jobs=[dg.define_asset_job("bench_selection", selection)],
+    )
+    return bench.resolve_job_def("bench_selection")
+
+
+def materialize_as_one_run(home: Path, run_config: dict) -> int:
+    """Run selection_job in the Dagster instance at `home`; print each step's start and end."""
+    import dagster as dg
+
+    from kuai_assets.cli import initialize_dagster_home
+
+    initialize_dagster_home(home)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        result = dg.execute_job(
+            dg.reconstructable(selection_job), instance=instance, run_config={"ops": run_config} if run_config else None
+        )
+        steps = {
+            s.step_key: {"start": s.start_time, "end": s.end_time, "ok": s.status is not None and s.status.value == "SUCCESS"}
+            for s in instance.get_run_step_stats(result.run_id)
+        }
+    print("BENCH_STEPS " + json.dumps(steps), flush=True)
+    return 0 if result.success else 1
+
+
+class TreeMemory:
+    """Peak of the summed resident memory of a process and all its descendants, sampled on a
+    thread (steps running side by side add up; one process's ru_maxrss would not show that)."""
+
+    def __init__(self, pid: int, every: float = 0.5):
+        import threading
+
+        import psutil
+
+        self.peak_bytes = 0
+        self._root = psutil.Process(pid)
+        self._every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                processes = [self._root, *self._root.children(recursive=True)]
+            except psutil.Error:
+                return
+            total = 0
+            for process in processes:
+                try:
+                    total += process.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak_bytes = max(self.peak_bytes, total)
+            self._stop.wait(self._every)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_bytes / 2**20
+
+
+def run_as_one_run(selected: list[str], run_config: dict, env: dict[str, str], work: Path, results: dict) -> int:
+    """The selection as one Dagster run (what `dagster asset materialize --select ...` does):
+    wall time, each step's own time, and the peak memory of all steps together."""
+    argv = [sys.executable, "-m", "kuai_assets.bench", "--one-run-child", str(work / "dagster_home"),
+            "--run-config", json.dumps(run_config)]
+    output_file = work / ".bench_one_run.log"
+    with open(output_file, "w") as log:
+        started = time.time()
+        process = subprocess.Popen(argv, env={**env, SELECTION_ENV: ",".join(selected)}, stdout=log, stderr=subprocess.STDOUT)
+        memory = TreeMemory(process.pid)
+        code = process.wait()
+        seconds = time.time() - started
+        peak_mb = memory.stop()
+    line = next((l for l in output_file.read_text().splitlines() if l.startswith("BENCH_STEPS ")), None)
+    steps = json.loads(line[len("BENCH_STEPS ") :]) if line else {}
+    rows = [
+        {"step": key, "seconds": round(s["end"] - s["start"], 1) if s["start"] and s["end"] else None, "ok": s["ok"]}
+        for key, s in sorted(steps.items(), key=lambda item: item[1]["start"] or 0)
+    ]
+    results["one_run"] = {"assets": selected, "seconds": round(seconds, 1), "peak_mb": round(peak_mb), "ok": code == 0, "steps": rows}
+    for row in rows:
+        print(f"[bench]   {row['step']:28s} {row['seconds'] or 0:8.1f}s" + ("" if row["ok"] else "  FAILED"), flush=True)
+    print(
+        f"[bench] as one Dagster run ({len(rows)} steps, two at a time): {seconds / 60:.1f} min, "
+        f"peak {peak_mb:,.0f} MB of all step processes together"
+        + ("" if code == 0 else f"  FAILED (see {output_file})"),
+        flush=True,
+    )
+    return code
+
+
 def steps_of(selected: list[str]) -> list[tuple[str, list[str], str]]:
     """(step name, its assets, its op) in dependency order: the assets of one multi-asset (the
     visual stage) form one step, run together as `kuai run` runs them."""
@@ -227,6 +339,15 @@ def run_benchmark(args: argparse.Namespace) -> int:
     selected = [a for a in order if not args.assets or a in args.assets.split(",")]
     run_config = json.loads(args.run_config) if args.run_config else {}
     total = 0.0
+    if args.one_run:
+        evict_from_page_cache(data)
+        code = run_as_one_run(selected, run_config, env, work, results)
+        if code:
+            results["failed"] = "one run"
+        _print_raw_and_tables(results)
+        (work / "bench_results.json").write_text(json.dumps(results, indent=2))
+        print(f"[bench] results: {work / 'bench_results.json'}", flush=True)
+        return code
     for asset, members, op in steps_of(selected):
         if set(members) & set(VISUAL_ASSETS) or asset == "raw_interactions":
             evict_from_page_cache(data)  # read the released files from disk, not from memory
@@ -351,6 +472,17 @@ def _print_raw_and_tables(results: dict) -> None:
     from kuai_assets.features.catalog import load_catalog
 
     steps = ["raw_interactions", "raw_faces", "raw_text"] + sorted(n for n in load_catalog() if n != "visual_similarity")
+    one_run = results.get("one_run")
+    if one_run is not None:
+        extra = sorted(set(one_run["assets"]) - set(steps))
+        missing = sorted(set(steps) - set(one_run["assets"]))
+        if not extra and not missing and one_run["ok"]:
+            results["raw_and_table_models"] = {"seconds": one_run["seconds"], "steps": len(steps), "as_one_run": True}
+            print(f"[bench] raw + every table model but visual_similarity, as one Dagster run: {one_run['seconds'] / 60:.1f} min", flush=True)
+        else:
+            print(f"[bench] (the one run is not exactly raw + every table model but visual_similarity: "
+                  f"also {extra or 'nothing'}, without {missing or 'nothing'})", flush=True)
+        return
     seconds = {r["asset"]: r["seconds"] for r in results["assets"]}
     missing = [s for s in steps if s not in seconds]
     total = sum(seconds.get(s, 0.0) for s in steps)
@@ -387,11 +519,20 @@ def main(argv: list[str] | None = None) -> int:
         "--with-checks", action="store_true",
         help="run each asset's checks after it, in its step (as `kuai run` does); a failed ERROR check fails the step",
     )
+    parser.add_argument(
+        "--one-run", action="store_true",
+        help="materialize the selection as one Dagster run on the project's executor (steps two at a time, as "
+        "`dagster asset materialize --select ...` runs them) instead of one step at a time; prints the run's wall "
+        "time, each step's time and the peak memory of all steps together",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--one-run-child", help=argparse.SUPPRESS)
     parser.add_argument("--pandas", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
         return materialize_one(args.one, json.loads(args.run_config) if args.run_config else {}, args.with_checks)
+    if args.one_run_child:
+        return materialize_as_one_run(Path(args.one_run_child), json.loads(args.run_config) if args.run_config else {})
     if args.pandas:
         figures = pandas_first_stages(Path(args.data), Path(args.work))
         print("BENCH_PANDAS " + json.dumps(figures), flush=True)

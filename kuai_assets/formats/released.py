@@ -9,10 +9,12 @@ count shows in the asset's metadata. The decision for each case is in the README
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import numpy as np
 
 from kuai_assets.formats import layout
 from kuai_assets.storage import sql_string
@@ -118,20 +120,28 @@ def _read_tsv(con: duckdb.DuckDBPyConnection, table: str, path: Path, columns: d
     only: '12.5' or '1e3' is an error, never rounded.
     """
     _require_file(path)
-    _scan_lines(path, columns)
     integers_only = all(t in INTEGER_TYPES for t in columns.values())
     # in a file with text columns the byte scan cannot check integers: read them as text, check, cast
     as_text = [] if integers_only else [c for c, t in columns.items() if t in INTEGER_TYPES]
     read_types = {c: ("VARCHAR" if c in as_text else t) for c, t in columns.items()}
     con.execute("drop table if exists reject_errors")
     con.execute("drop table if exists reject_scans")
-    con.execute(
-        f"create or replace temp table {table} as "
-        "select row_number() over () as line, * from read_csv(?, delim='\t', header=false, "
-        "columns=?, auto_detect=false, quote='', escape='', store_rejects=true, "
-        "null_padding=false, strict_mode=true)",
-        [str(path), read_types],
-    )
+    # the byte scan runs on a thread while DuckDB reads (DuckDB releases the GIL); its finding
+    # comes first, since DuckDB's reading of such a line can be wrong without an error
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        scan = pool.submit(_scan_lines, path, columns)
+        try:
+            con.execute(
+                f"create or replace temp table {table} as "
+                "select row_number() over () as line, * from read_csv(?, delim='\t', header=false, "
+                "columns=?, auto_detect=false, quote='', escape='', store_rejects=true, "
+                "null_padding=false, strict_mode=true)",
+                [str(path), read_types],
+            )
+        except duckdb.Error:
+            scan.result()  # the scan's clearer error, if it found one
+            raise
+        scan.result()
     rejected = con.execute(
         "select line, error_type, column_name, csv_line, error_message from reject_errors "
         "order by line, column_idx limit 1"
@@ -193,6 +203,21 @@ def _first(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None)
 # -- interactions --------------------------------------------------------------------------
 
 
+def _may_repeat_a_pair(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    """False when no (user_id, photo_id) pair of `table` repeats, by sorting the pairs packed in
+    one int64 (ids are non-negative by now): at 60M rows a quarter of DuckDB's group by. True when
+    one does, or when the ids are too large to pack (the SQL that names the pair then decides)."""
+    max_user, max_photo = con.execute(f"select max(user_id), max(photo_id) from {table}").fetchone()
+    if max_user is None or (max_user + 1) * (max_photo + 1) >= 2**63:
+        return max_user is not None
+    pairs = con.execute(f"select user_id, photo_id from {table}").fetchnumpy()
+    key = pairs["user_id"].astype(np.int64, copy=False) * np.int64(max_photo + 1)
+    key += pairs["photo_id"]
+    del pairs
+    key.sort()
+    return bool((key[1:] == key[:-1]).any())
+
+
 def read_interactions(con: duckdb.DuckDBPyConnection, root: Path, out: Path) -> ReadReport:
     """train/test interactions -> one typed table `raw_interactions` written to `out` (Parquet).
 
@@ -237,8 +262,8 @@ def read_interactions(con: duckdb.DuckDBPyConnection, root: Path, out: Path) -> 
         )
         if row:
             raise DataFormatError(path, f"duration_time must be >= 0, got {row[1]}", line=row[0])
-        # which pairs repeat is a plain count per pair; lines are listed for those pairs only
-        row = _first(
+        # whether a pair repeats is one sort of packed keys; the lines are looked up only if one does
+        row = None if not _may_repeat_a_pair(con, table) else _first(
             con,
             f"with repeated as (select user_id, photo_id from {table} group by all having count(*) > 1) "
             f"select user_id, photo_id, list(line order by line) as lines from {table} "
