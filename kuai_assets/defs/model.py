@@ -205,12 +205,16 @@ def fit_track_and_publish(
     )
     log(f"{store_name}: validation AUC {validation.auc:.4f} at iteration {validation.best_iteration}; refitting on the train rows")
     rounds = max(1, int(round(validation.best_iteration * config.refit_rounds_factor)))
+    started = time.time()
     refit_rows = load_rows(matrix, features, "submission", "fit", sample)
     final = train_final(refit_rows, features, params, rounds)
     refit_count = len(refit_rows.x)
     del refit_rows
     test = load_rows(matrix, features, "submission", "scored")
     test_prediction = sample.calibrate(final.predict(test.x))
+    log(f"{store_name}: refitted {rounds} rounds on {refit_count:,} rows and scored {len(test.x):,} test rows "
+        f"in {time.time() - started:.0f} s; recording in MLflow")
+    started = time.time()
 
     group_importance = importance_by_group(validation.importance, features)
     fpr, tpr = roc_curve(validation.label, validation.prediction)
@@ -285,6 +289,7 @@ def fit_track_and_publish(
         "training_data_digest": digest,
         "config": config_name,
     }
+    log(f"{store_name}: recorded in MLflow in {time.time() - started:.0f} s")
     with work.writing_store(store_name) as out:
         validation.booster.save_model(str(out / "validation_model.txt"))
         final.save_model(str(out / "submission_model.txt"))
