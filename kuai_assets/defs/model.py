@@ -325,7 +325,14 @@ def model_metadata(validation: Validation, info: dict) -> dict:
     }
 
 
-@dg.asset(group_name=GROUP, kinds={"lightgbm", "mlflow"}, deps=[training_matrix], code_version="1", op_tags=LIGHTGBM_TAGS)
+@dg.asset(
+    group_name=GROUP,
+    kinds={"lightgbm", "mlflow"},
+    deps=[training_matrix],
+    code_version="1",
+    # first of the LightGBM steps, so that the submission (one core) runs beside the baseline's training
+    op_tags={**LIGHTGBM_TAGS, "dagster/priority": "1"},
+)
 def model(
     context: dg.AssetExecutionContext, config: ModelConfig, kuai: KuaiResource, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
