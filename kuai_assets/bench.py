@@ -6,8 +6,11 @@ prints per asset: wall time, rows or vectors per second, and peak memory (the st
 maximum resident set). For the visual stage it compares throughput with the disk's read speed
 for the same bytes. In the same run it times a straightforward pandas implementation of the
 first stages (reading the interactions; per-user and per-cluster click statistics) and prints the
-ratio. Results go to stdout and to `<work>/bench_results.json`. `--clean` deletes what the
-benchmark generated.
+ratio. With `--one-run` the selection is instead materialized as one Dagster run on the project's
+own executor (two steps at a time, as `kuai run` and `dagster asset materialize` run them): it
+prints the run's wall time, each step's time and the peak memory of all step processes together.
+Results go to stdout and to `<work>/bench_results.json`. `--clean` deletes what the benchmark
+generated.
 
 Benchmarks are not tests: they are run by hand and their figures are recorded in BENCHMARKS.md.
 """
@@ -117,18 +120,21 @@ def materialize_one(step: str, run_config: dict, with_checks: bool = False) -> i
 
 
 SELECTION_ENV = "KUAI_BENCH_SELECTION"
+WITH_CHECKS_ENV = "KUAI_BENCH_WITH_CHECKS"
 
 
 def selection_job():
-    """The assets named in $KUAI_BENCH_SELECTION (no checks) as one job on the project's own
-    executor: steps in parallel processes, two at a time, LightGBM steps one at a time.
-    Module-level, so Dagster can rebuild it in each step process."""
+    """The assets named in $KUAI_BENCH_SELECTION (and their checks if $KUAI_BENCH_WITH_CHECKS is
+    1) as one job on the project's own executor: steps in parallel processes, two at a time,
+    LightGBM steps one at a time. Module-level, so Dagster can rebuild it in each step process."""
     import dagster as dg
 
     from kuai_assets.definitions import EXECUTOR, defs
 
     keys = [dg.AssetKey(name) for name in os.environ[SELECTION_ENV].split(",")]
-    selection = dg.AssetSelection.assets(*keys) - dg.AssetSelection.all_asset_checks()
+    selection = dg.AssetSelection.assets(*keys)
+    if os.environ.get(WITH_CHECKS_ENV) != "1":
+        selection = selection - dg.AssetSelection.all_asset_checks()
     bench = dg.Definitions(
         assets=defs.assets,
         asset_checks=defs.asset_checks,
@@ -197,7 +203,9 @@ class TreeMemory:
         return self.peak_bytes / 2**20
 
 
-def run_as_one_run(selected: list[str], run_config: dict, env: dict[str, str], work: Path, results: dict) -> int:
+def run_as_one_run(
+    selected: list[str], run_config: dict, env: dict[str, str], work: Path, results: dict, with_checks: bool = False
+) -> int:
     """The selection as one Dagster run (what `dagster asset materialize --select ...` does):
     wall time, each step's own time, and the peak memory of all steps together."""
     argv = [sys.executable, "-m", "kuai_assets.bench", "--one-run-child", str(work / "dagster_home"),
@@ -205,7 +213,7 @@ def run_as_one_run(selected: list[str], run_config: dict, env: dict[str, str], w
     output_file = work / ".bench_one_run.log"
     with open(output_file, "w") as log:
         started = time.time()
-        process = subprocess.Popen(argv, env={**env, SELECTION_ENV: ",".join(selected)}, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(argv, env={**env, SELECTION_ENV: ",".join(selected), WITH_CHECKS_ENV: "1" if with_checks else "0"}, stdout=log, stderr=subprocess.STDOUT)
         memory = TreeMemory(process.pid)
         code = process.wait()
         seconds = time.time() - started
@@ -341,12 +349,14 @@ def run_benchmark(args: argparse.Namespace) -> int:
     total = 0.0
     if args.one_run:
         evict_from_page_cache(data)
-        code = run_as_one_run(selected, run_config, env, work, results)
+        code = run_as_one_run(selected, run_config, env, work, results, args.with_checks)
         if code:
             results["failed"] = "one run"
         _print_raw_and_tables(results)
         (work / "bench_results.json").write_text(json.dumps(results, indent=2))
         print(f"[bench] results: {work / 'bench_results.json'}", flush=True)
+        if args.clean:
+            _clean(args, data, work)
         return code
     for asset, members, op in steps_of(selected):
         if set(members) & set(VISUAL_ASSETS) or asset == "raw_interactions":
@@ -459,11 +469,15 @@ def run_benchmark(args: argparse.Namespace) -> int:
     (work / "bench_results.json").write_text(json.dumps(results, indent=2))
     print(f"[bench] results: {work / 'bench_results.json'}", flush=True)
     if args.clean:
-        shutil.rmtree(work, ignore_errors=True)
-        if not args.data:
-            shutil.rmtree(data, ignore_errors=True)
-        print("[bench] cleaned up what the benchmark generated", flush=True)
+        _clean(args, data, work)
     return 1 if "failed" in results else 0
+
+
+def _clean(args: argparse.Namespace, data: Path, work: Path) -> None:
+    shutil.rmtree(work, ignore_errors=True)
+    if not args.data:
+        shutil.rmtree(data, ignore_errors=True)
+    print("[bench] cleaned up what the benchmark generated", flush=True)
 
 
 def _print_raw_and_tables(results: dict) -> None:

@@ -205,8 +205,9 @@ def _first(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None)
 
 def _may_repeat_a_pair(con: duckdb.DuckDBPyConnection, table: str) -> bool:
     """False when no (user_id, photo_id) pair of `table` repeats, by sorting the pairs packed in
-    one int64 (ids are non-negative by now): at 60M rows a quarter of DuckDB's group by. True when
-    one does, or when the ids are too large to pack (the SQL that names the pair then decides)."""
+    one int64 (ids are non-negative by now): 3 s where DuckDB's group by takes 9-10 s, on the
+    final scale's 52M train rows. True when one does, or when the ids are too large to pack (the
+    SQL that names the pair then decides)."""
     max_user, max_photo = con.execute(f"select max(user_id), max(photo_id) from {table}").fetchone()
     if max_user is None or (max_user + 1) * (max_photo + 1) >= 2**63:
         return max_user is not None
