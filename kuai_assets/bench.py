@@ -213,7 +213,8 @@ def run_as_one_run(
     output_file = work / ".bench_one_run.log"
     with open(output_file, "w") as log:
         started = time.time()
-        process = subprocess.Popen(argv, env={**env, SELECTION_ENV: ",".join(selected), WITH_CHECKS_ENV: "1" if with_checks else "0"}, stdout=log, stderr=subprocess.STDOUT)
+        child_env = {**env, SELECTION_ENV: ",".join(selected), WITH_CHECKS_ENV: "1" if with_checks else "0"}
+        process = subprocess.Popen(argv, env=child_env, stdout=log, stderr=subprocess.STDOUT)
         memory = TreeMemory(process.pid)
         code = process.wait()
         seconds = time.time() - started

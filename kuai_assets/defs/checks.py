@@ -98,8 +98,8 @@ def non_finite_and_null_counts(path: Path, columns: list[str]) -> tuple[list[int
     """NaN/inf and NULL counts per float column of a Parquet file, one row group at a time.
 
     Arrow's compute kernels over the decoded columns: about ten times faster than the same
-    counts as filtered aggregates in DuckDB (28 s against 3 s on the demo's 4.4M x 105 matrix),
-    and memory stays at one row group whatever the file's size.
+    counts as filtered aggregates in DuckDB (3 s against 28 s on the demo's 4.4M x 105 matrix;
+    the whole check now takes 5 s), and memory stays at one row group whatever the file's size.
     """
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
