@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from kuai_assets.formats.layout import VisualSource
 from kuai_assets.formats.released import DataFormatError
-from kuai_assets.formats.visual import CHUNK_VECTORS, open_vectors
+from kuai_assets.formats.visual import CHUNK_VECTORS, VectorChunk, open_vectors
 from kuai_assets.ml.kmeans import fit_kmeans
 from kuai_assets.ml.pca import fit_pca
 
@@ -247,8 +247,8 @@ def check_vectors(vectors: np.ndarray, photo_id: np.ndarray, where, encoding: st
 class Released:
     """The released vectors of every split, read in order (train, then test) as one sequence."""
 
-    # a chunk's array is reused three chunks later: the pass may still project the one before
-    BUFFERS = 3
+    # the pass holds two chunks at once: the one it was given and the one before, still projected
+    HELD = 2
 
     def __init__(self, sources: dict[str, VisualSource]):
         self.sources = sources
@@ -261,7 +261,13 @@ class Released:
         self.dim: int | None = None
 
     def chunks(self, sample: FitSample | None = None, encoding: str = "bfloat16", rows: int = CHUNK_VECTORS):
-        """(split, chunk) in order, every chunk checked; with `sample`, only its rows."""
+        """(split, chunk) in order; with `sample`, only its rows.
+
+        Every chunk is checked and rounded to `encoding` on the reader's thread that decoded it,
+        so that the two read threads share that work: `chunk.stored` holds the values as the
+        store keeps them, `chunk.vectors` the same values as float32 (without `sample`, its array
+        is reused two chunks later: see HELD).
+        """
         offset = 0
         for split, reader in self.readers.items():
             where = self.sources[split].path
@@ -269,7 +275,14 @@ class Released:
             offset += len(reader)
             if ranges == []:
                 continue
-            for chunk in reader.chunks(rows, reuse_buffers=self.BUFFERS if sample is None else False, ranges=ranges):
+
+            def checked_and_rounded(chunk: VectorChunk, where=where) -> VectorChunk:
+                check_vectors(chunk.vectors, chunk.photo_id, where, encoding)
+                stored, values = round_to_encoding(chunk.vectors, encoding)
+                return VectorChunk(chunk.photo_id, values, stored)
+
+            reuse = self.HELD if sample is None else None
+            for chunk in reader.chunks(rows, reuse_after=reuse, ranges=ranges, prepare=checked_and_rounded):
                 if self.dim is None:
                     self.dim = chunk.vectors.shape[1]
                 elif chunk.vectors.shape[1] != self.dim:
@@ -278,16 +291,12 @@ class Released:
                         f"vectors have {chunk.vectors.shape[1]} values, those read before (the other split) have {self.dim}",
                         photo_id=int(chunk.photo_id[0]),
                     )
-                check_vectors(chunk.vectors, chunk.photo_id, where, encoding)
                 yield split, chunk
 
     def read(self, sample: FitSample, encoding: str) -> np.ndarray:
         """The sample's vectors as float32, rounded as the store would keep them."""
-        parts = []
-        for _, chunk in self.chunks(sample, encoding):
-            vectors = np.array(chunk.vectors, dtype=np.float32)  # our own copy: the reader reuses nothing here
-            parts.append(round_to_encoding(vectors, encoding)[1])
-        return np.concatenate(parts)
+        # without reuse, every chunk's array is its own
+        return np.concatenate([chunk.vectors for _, chunk in self.chunks(sample, encoding)])
 
 
 def consolidate(
@@ -520,9 +529,9 @@ class VisualStage:
                         store.header(
                             {"descr": ENCODINGS[settings.encoding].str, "fortran_order": False, "shape": (total, source.dim)}
                         )
-                    stored, values = round_to_encoding(chunk.vectors, settings.encoding)
+                    stored, values = chunk.stored, chunk.vectors  # checked and rounded by the reader
                     # handed to other threads while the reader refills chunk.vectors: never the buffer itself
-                    own = stored.copy() if np.may_share_memory(stored, chunk.vectors) else stored
+                    own = stored.copy() if np.may_share_memory(stored, values) else stored
                     if store is not None:
                         store.write(own)
                 else:

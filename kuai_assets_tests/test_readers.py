@@ -1,5 +1,6 @@
 """The readers take the released files exactly as released, in every form the format allows."""
 
+import time
 import zipfile
 
 import duckdb
@@ -138,3 +139,25 @@ def test_consolidated_store_matches_sources_in_every_encoding(tmp_path):
         blocks = np.concatenate([b for _, b in store.row_blocks(rows=50)])
         np.testing.assert_array_equal(blocks[rows], decoded)
         assert set(store.split.tolist()) == {0, 1}
+
+
+def test_zip_chunks_with_reused_arrays_hold_what_a_fresh_read_holds(tmp_path, monkeypatch):
+    """Blocks are decoded ahead on the read threads into arrays taken in turn: a caller holding
+    `reuse_after` chunks at once must never see one of them overwritten by a block read ahead."""
+    from kuai_assets.formats import visual_zip
+
+    root = write_dataset(tmp_path / "d", compression=zipfile.ZIP_STORED)
+    source = layout.find_visual_source(root, "train")
+    reader = open_vectors(source)
+    fresh = [(c.photo_id.copy(), c.vectors.copy()) for c in reader.chunks(chunk_vectors=7)]
+    assert len(fresh) > 2 * (visual_zip.READ_AHEAD + 2)  # enough chunks to take every array several times
+    held = []
+    for k, chunk in enumerate(reader.chunks(chunk_vectors=7, reuse_after=2)):
+        held.append(chunk)
+        time.sleep(0.002)  # the read threads run ahead meanwhile
+        for back, earlier in enumerate(held[-2:][::-1]):  # this chunk and the one before, as the pass holds them
+            ids, vectors = fresh[k - back]
+            assert np.array_equal(earlier.photo_id, ids) and np.array_equal(earlier.vectors, vectors), (k, back)
+    assert len(held) == len(fresh)
+    # and it can fail: the arrays are reused, so a chunk held longer than promised is overwritten
+    assert not all(np.array_equal(c.vectors, v) for c, (_, v) in zip(held, fresh))

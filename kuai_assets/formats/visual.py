@@ -28,6 +28,7 @@ CHUNK_VECTORS = 8192
 class VectorChunk:
     photo_id: np.ndarray  # int64
     vectors: np.ndarray  # (n, dim), the file's float dtype
+    stored: np.ndarray | None = None  # the same vectors in a store's encoding, when a reader made them
 
 
 # -- .npy payloads ---------------------------------------------------------------------------
@@ -129,10 +130,13 @@ class FolderVectors:
         self,
         chunk_vectors: int = CHUNK_VECTORS,
         on_progress: Callable[[int, int], None] | None = None,
-        reuse_buffers: bool | int = False,
+        reuse_after: int | None = None,
         ranges: list[tuple[int, int]] | None = None,
-    ) -> Iterator[VectorChunk]:
-        """Vectors in photo_id order; with `ranges` (sorted, disjoint [i, j) positions) only those."""
+        prepare: Callable[[VectorChunk], object] | None = None,
+    ) -> Iterator:
+        """Vectors in photo_id order; with `ranges` (sorted, disjoint [i, j) positions) only those.
+        Every chunk gets a new array (`reuse_after` is accepted for `ZipVectors.chunks`' sake);
+        with `prepare`, what it returns for each chunk is yielded instead."""
         decoder = VectorDecoder()
 
         def read(name: str) -> bytes:
@@ -144,7 +148,8 @@ class FolderVectors:
                 for start in range(first, last, chunk_vectors):
                     batch = self.names[start : min(start + chunk_vectors, last)]
                     rows = [decoder.decode(p, str(self.path / n)) for n, p in zip(batch, pool.map(read, batch))]
-                    yield VectorChunk(self.photo_ids[start : start + len(batch)], np.stack(rows))
+                    chunk = VectorChunk(self.photo_ids[start : start + len(batch)], np.stack(rows))
+                    yield chunk if prepare is None else prepare(chunk)
                     if on_progress:
                         on_progress(start + len(batch), len(self.names))
 

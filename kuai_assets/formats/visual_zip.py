@@ -25,7 +25,14 @@ from typing import Callable, Iterator
 import numpy as np
 
 from kuai_assets.formats.released import DataFormatError
-from kuai_assets.formats.visual import CHUNK_VECTORS, VectorChunk, VectorDecoder, parse_npy, photo_id_from_name
+from kuai_assets.formats.visual import (
+    CHUNK_VECTORS,
+    NpyLayout,
+    VectorChunk,
+    VectorDecoder,
+    parse_npy,
+    photo_id_from_name,
+)
 
 BLOCK_BYTES = 64 << 20
 READ_AHEAD = 2
@@ -221,27 +228,38 @@ class ZipVectors:
         self,
         chunk_vectors: int = CHUNK_VECTORS,
         on_progress: Callable[[int, int], None] | None = None,
-        reuse_buffers: bool | int = False,
+        reuse_after: int | None = None,
         ranges: list[tuple[int, int]] | None = None,
-    ) -> Iterator[VectorChunk]:
-        """Vectors in file order, one block at a time; the next blocks are read while this one is
-        decoded. With `reuse_buffers` (True, or a number n of arrays taken in turn) a chunk's array
-        is overwritten by the next one (the n-th next one). With
-        `ranges` (sorted, disjoint [i, j) member positions) only those members are read."""
+        prepare: Callable[[VectorChunk], object] | None = None,
+    ) -> Iterator:
+        """Vectors in file order, one block at a time.
+
+        READ_AHEAD blocks are read and decoded at once, each on its own thread, while the caller
+        uses the last one. With `prepare`, each chunk is also passed through it on the thread
+        that decoded it (numpy releases the GIL, so the caller's own per-chunk work runs in
+        parallel too), and what it returns is yielded instead of the chunk.
+        With `reuse_after` = n, the caller holds at most n chunks at once (the last one yielded
+        among them) and the chunks' arrays are reused after that; without it every chunk gets
+        a new array. With `ranges` (sorted, disjoint [i, j) member positions) only those
+        members are read."""
         index, members = self.index, self.members
-        decoder = VectorDecoder()
-        layout = None
         total = len(members)
         blocks = list(self._blocks(chunk_vectors, ranges))
-        # READ_AHEAD blocks are read (on as many threads) while this one is decoded: the disk
-        # stays busy while the caller computes or waits on its own writes
-        buffers = [np.empty(0, dtype=np.uint8) for _ in range(READ_AHEAD + 1)]
-        out_buffers: list = [None] * int(reuse_buffers)
+        if not blocks:
+            return
+        # a block's buffer is free again once it is decoded, before the block READ_AHEAD on is asked for
+        buffers = [np.empty(0, dtype=np.uint8) for _ in range(READ_AHEAD)]
+        out_buffers: list = [None] * (reuse_after + READ_AHEAD if reuse_after else 0)
         with open(self.path, "rb", buffering=0) as f, ThreadPoolExecutor(max_workers=READ_AHEAD) as pool:
             try:
                 os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL if ranges is None else os.POSIX_FADV_RANDOM)
             except (AttributeError, OSError):
                 pass
+            decoder = VectorDecoder()
+            decoder.layout = layout = self._layout(f.fileno(), int(members[blocks[0][0]]))
+            decoder.first = f"{self.path} member {index.name(int(members[blocks[0][0]]))!r}"
+            nbytes = layout.dim * layout.dtype.itemsize
+            header = np.frombuffer(layout.header, dtype=np.uint8)
 
             def read(k: int) -> np.ndarray:
                 i, j = blocks[k]
@@ -255,11 +273,10 @@ class ZipVectors:
                     raise DataFormatError(self.path, "archive is truncated")
                 return buf
 
-            pending = deque(pool.submit(read, k) for k in range(min(READ_AHEAD, len(blocks))))
-            for k, (i, j) in enumerate(blocks):
-                buf = pending.popleft().result()
-                if k + READ_AHEAD < len(blocks):  # its buffer slot is the one freed by block k - 1
-                    pending.append(pool.submit(read, k + READ_AHEAD))
+            def decode_block(k: int):
+                """On a read thread: block k read, its members decoded, then `prepare`d."""
+                i, j = blocks[k]
+                buf = read(k)
                 block_members = members[i:j]
                 block_start = int(index.header_offset[block_members[0]])
                 rel = index.header_offset[block_members] - block_start
@@ -270,10 +287,6 @@ class ZipVectors:
                 data = rel + 30 + _u16(buf, rel + 26) + _u16(buf, rel + 28)
                 size = index.compressed_size[block_members]
                 method = index.method[block_members]
-                if layout is None:
-                    first = self._payload(buf, int(data[0]), int(size[0]), int(method[0]), int(block_members[0]))
-                    layout = parse_npy(first, f"{self.path} member {index.name(int(block_members[0]))!r}")
-                    decoder.layout = layout
                 if out_buffers:
                     turn = k % len(out_buffers)
                     if out_buffers[turn] is None or len(out_buffers[turn]) < j - i:
@@ -281,22 +294,43 @@ class ZipVectors:
                     out = out_buffers[turn][: j - i]
                 else:
                     out = np.empty((j - i, layout.dim), dtype=layout.dtype)
-                nbytes = layout.dim * layout.dtype.itemsize
-                header = np.frombuffer(layout.header, dtype=np.uint8)
                 fast = (method == 0) & (size == len(header) + nbytes)
                 if fast.any():
                     at = np.flatnonzero(fast)
                     same = (buf[data[at, None] + np.arange(len(header))] == header).all(axis=1)
                     fast[at[~same]] = False
                     _copy_strided(buf, data[fast] + len(header), nbytes, layout.dtype, out, np.flatnonzero(fast))
-                slow = np.flatnonzero(~fast)
-                for k_slow in slow:
+                for k_slow in np.flatnonzero(~fast):
                     member = int(block_members[k_slow])
                     payload = self._payload(buf, int(data[k_slow]), int(size[k_slow]), int(method[k_slow]), member)
                     out[k_slow] = decoder.decode(payload, f"{self.path} member {index.name(member)!r}")
-                yield VectorChunk(self.photo_ids[i:j], out)
+                chunk = VectorChunk(self.photo_ids[i:j], out)
+                return chunk if prepare is None else prepare(chunk)
+
+            # block k + READ_AHEAD is asked for once block k is taken: its read buffer is free,
+            # and its output array is the one of a chunk the caller no longer holds
+            pending = deque(pool.submit(decode_block, k) for k in range(min(READ_AHEAD, len(blocks))))
+            for k, (_, j) in enumerate(blocks):
+                item = pending.popleft().result()
+                if k + READ_AHEAD < len(blocks):
+                    pending.append(pool.submit(decode_block, k + READ_AHEAD))
+                yield item
                 if on_progress:
                     on_progress(j, total)
+
+    def _layout(self, fd: int, member: int) -> NpyLayout:
+        """The .npy layout of one member, read on its own (the fast path expects it of every member)."""
+        where = f"{self.path} member {self.index.name(member)!r}"
+        start = int(self.index.header_offset[member])
+        local = os.pread(fd, 30, start)
+        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+            raise DataFormatError(where, "damaged local header")
+        name_length, extra_length = struct.unpack_from("<HH", local, 26)
+        size = int(self.index.compressed_size[member])
+        raw = np.frombuffer(os.pread(fd, size, start + 30 + name_length + extra_length), dtype=np.uint8)
+        if len(raw) != size:
+            raise DataFormatError(self.path, "archive is truncated")
+        return parse_npy(self._payload(raw, 0, size, int(self.index.method[member]), member), where)
 
     def _payload(self, buf: np.ndarray, start: int, size: int, method: int, member: int) -> bytes:
         raw = buf[start : start + size].tobytes()
