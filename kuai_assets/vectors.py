@@ -470,14 +470,17 @@ class VisualStage:
     def _pass(self, source, store_out, pca: Future | None, pca_out, fits, results: dict):
         """The pass; returns (photo_id, {k: cluster of every row}, {k: KMeansModel}).
 
-        Four things overlap: the reader's threads read the next blocks, this thread checks and
-        rounds each chunk, a writer thread writes the store, and a projection thread projects and
-        assigns the chunk before. The PCA (`pca`, a future) and then the KMeans fits (`fits`) are
-        fitted on another thread while the pass runs. Until the PCA is there, chunks are only
-        consolidated and their rounded values kept (as stored: 2 bytes a value in bfloat16); then
-        they are projected in one go, and each chunk after as it comes. Likewise, once the KMeans
-        fits end, the rows projected before are assigned at once from the reduced vectors kept
-        in memory (N x 64 float32: 1.2 GB at 4.85M photos), and each chunk after as it is projected.
+        Four things overlap: the reader's two threads each read a block, then decode, check and
+        round it; this thread hands each chunk to a writer thread, which writes the store, and
+        to a projection thread, which projects and assigns it while the next chunk is read.
+        The PCA (`pca`, a future) and then the KMeans fits (`fits`) are fitted on another thread
+        while the pass runs. Until the PCA is there, chunks are only consolidated and their
+        rounded values kept (as stored: 2 bytes a value in bfloat16); then they are projected in
+        one go, and each chunk after as it comes. Likewise, once the KMeans fits end, the rows
+        projected before are assigned at once from the reduced vectors kept in memory (N x 64
+        float32: 1.2 GB at 4.85M photos), and each chunk after as it is projected. While the
+        projection thread catches up like this, the chunks that come are kept too (up to
+        BACKLOG_BYTES), so that the reads do not stop.
         """
         settings, log = self.settings, self.progress
         released = isinstance(source, Released)
@@ -489,7 +492,10 @@ class VisualStage:
         labels = {k: np.empty(total, dtype=np.int32) for k in settings.ks} if fits is not None else {}
         models, assigned = None, 0
         model = None if released or pca is None else pca.result()  # a store source: nothing to overlap
-        backlog: list[tuple[int, np.ndarray]] = []  # (row, stored values) consolidated before the PCA was there
+        # (row, stored values) consolidated but not projected yet: before the PCA was there, or
+        # while the projection thread was busy catching up
+        backlog: list[tuple[int, np.ndarray]] = []
+        backlog_bytes = 0
         writer = _ReducedWriter(pca_out, settings.dimensions) if pca is not None else None
         store = _BackgroundFile(store_out / "vectors.npy") if store_out is not None else None
         row, next_report = 0, self.report_every
@@ -506,23 +512,34 @@ class VisualStage:
 
         def project(start: int, values: np.ndarray) -> None:
             """On the projection thread: one chunk's PCA, its table rows and its clusters."""
-            nonlocal models
+            nonlocal projected_end
             end = start + len(values)
             reduced = model.transform(values)
             writer.add(photo_id[start:end], split_code[start:end], reduced)
             if reduced_all is not None:
                 reduced_all[start:end] = reduced
-                if models is None and fits.done():
-                    models = fits.result()
-                    log(f"video_clusters: assigning from row {end:,} on (and the {start:,} before it now)")
                 if models is not None:
                     assign_up_to(end)
+            projected_end = end
 
-        # the projection runs on its own thread, one chunk behind this one (which reads, checks,
-        # rounds and hands the store its bytes): numpy and BLAS release the GIL, so the two
-        # overlap on the two cores
+        def catch_up_assignment() -> None:
+            """On the projection thread, after every chunk handed to it before: the KMeans fits
+            are there; the rows projected so far are assigned, each chunk after as it comes."""
+            nonlocal models
+            models = fits.result()
+            log(f"video_clusters: assigning from row {projected_end:,} on (and the {projected_end:,} before it now)")
+            assign_up_to(projected_end)
+
+        # the projection runs on its own thread, one chunk behind this one (which hands each chunk
+        # on): numpy and BLAS release the GIL, so it overlaps with the reader's threads
         projecting = ThreadPoolExecutor(max_workers=1) if pca is not None else None
-        projected = None
+        projected = None  # the last task handed to the projection thread (they run in turn)
+        # the last one that reads a chunk's array in the reader's buffers, which the reader reuses
+        # once this thread has taken two more chunks (Released.HELD): until it is done, this
+        # thread waits for the projection rather than keep chunks and read on
+        holding: Future | None = None
+        assignment_caught_up = fits is None
+        projected_end = 0
         try:
             blocks = (
                 source.chunks(encoding=settings.encoding, rows=self.chunk_rows)
@@ -550,19 +567,29 @@ class VisualStage:
                     own = values
                 if projecting is not None:
                     # with enough kept, wait for the PCA rather than hold more
-                    if model is None and (pca.done() or sum(kept.nbytes for _, kept in backlog) > self.BACKLOG_BYTES):
+                    if model is None and (pca.done() or backlog_bytes > self.BACKLOG_BYTES):
                         model = pca.result()
                         if backlog:
                             log(f"pca_visual_features: projecting from row {row:,} on (and the {row:,} before it now)")
-                    if model is None:
+                    if model is not None and not assignment_caught_up and fits.done():
+                        projected = projecting.submit(catch_up_assignment)
+                        assignment_caught_up = True
+                    # while the projection thread catches up (the backlog above, or the rows before
+                    # the KMeans fits ended), this chunk joins the backlog: the reads go on
+                    if holding is not None and holding is not projected:
+                        holding.result()  # a catch-up waits behind it: wait for the buffer only
+                    busy = projected is not None and projected is not holding and not projected.done()
+                    if model is None or (busy and backlog_bytes + own.nbytes <= self.BACKLOG_BYTES):
                         backlog.append((row, own))
+                        backlog_bytes += own.nbytes
                     else:
                         if projected is not None:
                             projected.result()  # the chunk before: at most one chunk waits, so buffers are reused safely
-                        projected = projecting.submit(
-                            project_all, [(start, kept, released) for start, kept in backlog] + [(row, values, False)]
-                        )
-                        backlog = []
+                        # a catch-up takes this chunk as kept too, so that it holds no buffer while it runs
+                        this = (row, own, released) if backlog else (row, values, False)
+                        projected = projecting.submit(project_all, [(start, kept, released) for start, kept in backlog] + [this])
+                        holding = projected if released and not backlog else holding
+                        backlog, backlog_bytes = [], 0
                 row += n
                 if row >= next_report or row == total:
                     rate = row / max(time.time() - started, 1e-9)

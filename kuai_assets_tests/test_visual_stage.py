@@ -166,7 +166,9 @@ def test_pca_and_clusters_arriving_during_the_pass_give_what_one_would_expect(re
         return found[0]
 
     assert caught_up(r"projecting from row [\d,]+ on \(and the ([\d,]+) before") == 300, messages
-    assert 600 <= caught_up(r"assigning from row [\d,]+ on \(and the ([\d,]+) before") < 960, messages
+    # the fits end once 600 rows are read; the rows read while the projection thread caught up on
+    # the PCA's 300 may still wait their turn then, so the assignment catches up on at least those 300
+    assert 300 <= caught_up(r"assigning from row [\d,]+ on \(and the ([\d,]+) before") < 960, messages
     for name in ("vectors.npy", "photo_id.npy", "split.npy"):
         assert (tmp_path / "store" / name).read_bytes() == (out / "store" / name).read_bytes(), name
     pca = pd.read_parquet(tmp_path / "pca.parquet")
@@ -213,3 +215,62 @@ def test_the_pass_waits_for_the_pca_rather_than_keep_more_than_its_backlog_allow
         pd.read_parquet(out / "pca.parquet").iloc[:, 2:].to_numpy(),
         atol=1e-5,
     )
+
+
+def test_while_the_projection_thread_catches_up_the_pass_reads_on_and_keeps_the_order(released, fused, tmp_path, monkeypatch):
+    """A slow catch-up (here the assignment of the rows projected before the KMeans fits ended):
+    the chunks that come meanwhile are kept and projected together after it, so the pass reads
+    on to its last row during the catch-up, and the PCA table and the clusters are still the
+    fused pass's, row for row."""
+    import threading
+
+    from kuai_assets.ml.kmeans import KMeansModel
+    from kuai_assets.ml.pca import PcaModel
+
+    out, made = fused
+    assign = KMeansModel.assign
+    read_by_then = []
+    rows_read = [0]
+
+    def slow_catch_up(self, x, *args):
+        if len(x) > 100:  # more than one chunk: the catch-up (each chunk after is assigned alone)
+            time.sleep(0.5)
+            read_by_then.append(rows_read[0])
+        return assign(self, x, *args)
+
+    monkeypatch.setattr(KMeansModel, "assign", slow_catch_up)
+    # and each chunk's projection takes a while: the reader must not reuse a chunk's array
+    # while its projection still reads it, catch-up or not
+    transform = PcaModel.transform
+    monkeypatch.setattr(PcaModel, "transform", lambda self, x: (time.sleep(0.05), transform(self, x))[1])
+    fits_may_end, fits_ended = threading.Event(), threading.Event()
+    fit_clusters = VisualStage._fit_clusters
+
+    def late_fits(self, *args):  # the fits end once the pass has read 300 rows
+        fits_may_end.wait(timeout=30)
+        try:
+            return fit_clusters(self, *args)
+        finally:
+            fits_ended.set()
+
+    monkeypatch.setattr(VisualStage, "_fit_clusters", late_fits)
+    messages = []
+
+    def progress(message):
+        messages.append(message)
+        if message.startswith("visual pass: "):
+            rows_read[0] = int(message.split()[2].replace(",", ""))
+            if rows_read[0] == 300:
+                fits_may_end.set()
+                fits_ended.wait(timeout=30)
+
+    (tmp_path / "store").mkdir()
+    stage = VisualStage(SETTINGS, progress, report_every=100, chunk_rows=100)
+    again = stage.run(Released(released), tmp_path / "store", tmp_path / "pca.parquet", tmp_path / "clusters.parquet")
+    assert any(m.startswith("video_clusters: assigning from row") for m in messages), messages
+    # both ks' catch-ups ran while the pass read on: it had read every row by the end of them
+    assert len(read_by_then) == 2 and read_by_then[-1] == 960, (read_by_then, messages)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "pca.parquet"), pd.read_parquet(out / "pca.parquet"), atol=1e-5)
+    assert pd.read_parquet(tmp_path / "clusters.parquet").equals(pd.read_parquet(out / "clusters.parquet"))
+    for k, (model, sizes) in again["clusters"].items():
+        np.testing.assert_allclose(model.centers, made["clusters"][k][0].centers, atol=1e-4)
