@@ -183,19 +183,23 @@ def test_pca_and_clusters_arriving_during_the_pass_give_what_one_would_expect(re
         np.testing.assert_allclose(model.centers, made["clusters"][k][0].centers, atol=1e-4)
 
 
-def test_kmeans_finds_separated_groups_and_assigns_the_nearest_centre():
-    from kuai_assets.ml.kmeans import fit_kmeans
+@pytest.mark.parametrize("block_values", [1 << 19, 6])  # one block of distances; blocks of 256 rows
+def test_kmeans_finds_separated_groups_and_assigns_the_nearest_centre(monkeypatch, block_values):
+    from kuai_assets.ml import kmeans
 
+    monkeypatch.setattr(kmeans, "DISTANCE_BLOCK_VALUES", block_values)
     rng = np.random.default_rng(0)
     truth = rng.normal(size=(6, 5)).astype(np.float32) * 20
     group = rng.integers(6, size=3_000)
     x = truth[group] + rng.normal(size=(3_000, 5)).astype(np.float32)
-    model = fit_kmeans(x, 6, seed=1)
-    labels = model.assign(x, chunk=700)
+    model = kmeans.fit_kmeans(x, 6, seed=1)
+    labels = model.assign(x)
     # the same partition as the truth (up to the order of the clusters)
     assert len({(g, c) for g, c in zip(group, labels)}) == 6
-    brute = ((x[:, None, :] - model.centers[None]) ** 2).sum(axis=2).argmin(axis=1)
-    assert np.array_equal(labels, brute)
+    brute = ((x[:, None, :] - model.centers[None]) ** 2).sum(axis=2)
+    assert np.array_equal(labels, brute.argmin(axis=1))
+    # the inertia is the mean squared distance to the nearest centre
+    assert model.inertia == pytest.approx(brute.min(axis=1).mean(), rel=1e-4)
 
 
 def test_the_pass_waits_for_the_pca_rather_than_keep_more_than_its_backlog_allows(released, fused, tmp_path, monkeypatch):

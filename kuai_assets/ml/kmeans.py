@@ -17,18 +17,32 @@ class KMeansModel:
     inertia: float  # mean squared distance of the fit sample to its centre
     iterations: int
 
-    def assign(self, x: np.ndarray, chunk: int = 65_536) -> np.ndarray:
-        """The nearest centre of every row of x: argmin of |c|^2 - 2 x.c, in chunks."""
-        out = np.empty(len(x), dtype=np.int32)
-        centers = self.centers.astype(np.float32)
-        center_norms = (centers**2).sum(axis=1)
-        minus_twice = np.ascontiguousarray(-2.0 * centers.T, dtype=np.float32)
-        for start in range(0, len(x), chunk):
-            part = x[start : start + chunk].astype(np.float32, copy=False)
-            distances = part @ minus_twice
-            distances += center_norms
-            out[start : start + chunk] = distances.argmin(axis=1)
-        return out
+    def assign(self, x: np.ndarray) -> np.ndarray:
+        """The nearest centre of every row of x."""
+        return nearest(x, self.centers)[0]
+
+
+# rows of x per block of distances: about 2 MB of them (at k=500, 1,048 rows), which stay in the
+# CPU's cache while they are summed and searched; blocks of 65,536 rows (131 MB) made the fit's
+# distance step take twice as long (0.39 s against 0.19 s per Lloyd step on 128,000 x 64, k=500)
+DISTANCE_BLOCK_VALUES = 1 << 19
+
+
+def nearest(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the nearest centre of every row of x, |c|^2 - 2 x.c for it), block by block of rows."""
+    labels = np.empty(len(x), dtype=np.int32)
+    best = np.empty(len(x), dtype=np.float32)
+    centers = np.asarray(centers, dtype=np.float32)
+    center_norms = (centers**2).sum(axis=1)
+    minus_twice = np.ascontiguousarray(-2.0 * centers.T, dtype=np.float32)
+    rows = max(256, DISTANCE_BLOCK_VALUES // max(len(centers), 1))
+    for start in range(0, len(x), rows):
+        distances = x[start : start + rows].astype(np.float32, copy=False) @ minus_twice
+        distances += center_norms
+        closest = distances.argmin(axis=1)
+        labels[start : start + rows] = closest
+        best[start : start + rows] = np.take_along_axis(distances, closest[:, None], axis=1)[:, 0]
+    return labels, best
 
 
 def cluster_sums(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -62,11 +76,8 @@ def fit_kmeans(x: np.ndarray, k: int, seed: int = 0, max_iterations: int = 30, t
     row_norms = (x**2).sum(axis=1)
     iteration = 0
     for iteration in range(1, max_iterations + 1):
-        distances = x @ centers.T
-        distances *= -2.0
-        distances += (centers**2).sum(axis=1)
-        labels = distances.argmin(axis=1)
-        best = distances[np.arange(len(x)), labels] + row_norms
+        labels, best = nearest(x, centers)
+        best += row_norms
         inertia = float(np.maximum(best, 0).mean())
         counts = np.bincount(labels, minlength=k)
         sums = cluster_sums(x, labels, k)
