@@ -4,7 +4,7 @@ For the chosen scale it generates the synthetic dataset (or reuses `--data`), me
 sequential read speed, then materializes every asset one at a time, each in a fresh process, and
 prints per asset: wall time, rows or vectors per second, and peak memory (the step process's
 maximum resident set). For the visual stage it compares throughput with the disk's read speed
-for the same bytes. In the same run it times a straightforward pandas implementation of the
+for the same bytes (every byte of the released vectors, read in the same run just before). In the same run it times a straightforward pandas implementation of the
 first stages (reading the interactions; per-user and per-cluster click statistics) and prints the
 ratio. With `--one-run` the selection is instead materialized as one Dagster run on the project's
 own executor (two steps at a time, as `kuai run` and `dagster asset materialize` run them): it
@@ -54,32 +54,40 @@ def evict_from_page_cache(path: Path) -> None:
             os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
 
-def disk_read_speed(path: Path, limit_bytes: int = 4 << 30) -> float:
-    """Sequential read speed of `path` from disk (page cache evicted first), MB/s."""
-    evict_from_page_cache(path)
+def disk_read_speed(paths: Path | list[Path], limit_bytes: int | None = 4 << 30) -> float:
+    """Sequential read speed of `paths`, one after the other, from disk (page cache evicted
+    first), MB/s: over their first `limit_bytes`, or (None) over every byte."""
+    paths = [paths] if isinstance(paths, Path) else paths
     buffer = bytearray(16 << 20)
     view = memoryview(buffer)
     done = 0
+    for path in paths:
+        evict_from_page_cache(path)
     started = time.time()
-    with open(path, "rb", buffering=0) as f:
-        while done < limit_bytes:
-            n = f.readinto(view)
-            if not n:
-                break
-            done += n
+    for path in paths:
+        with open(path, "rb", buffering=0) as f:
+            while limit_bytes is None or done < limit_bytes:
+                n = f.readinto(view)
+                if not n:
+                    break
+                done += n
+        evict_from_page_cache(path)  # what the visual stage then reads comes from disk again
     return done / 1e6 / max(time.time() - started, 1e-9)
 
 
-def visual_bytes(data: Path) -> int:
+def visual_files(data: Path) -> list[Path]:
+    """The released visual vectors' files: the zips, or every file of the unzipped folders."""
     from kuai_assets.formats import layout
 
-    total = 0
+    files = []
     for split in layout.SPLITS:
         source = layout.find_visual_source(data, split)
-        total += source.path.stat().st_size if source.kind == "zip" else sum(
-            p.stat().st_size for p in source.path.iterdir()
-        )
-    return total
+        files += [source.path] if source.kind == "zip" else sorted(p for p in source.path.iterdir() if p.is_file())
+    return files
+
+
+def visual_bytes(data: Path) -> int:
+    return sum(p.stat().st_size for p in visual_files(data))
 
 
 # -- one asset in a fresh process ------------------------------------------------------------
@@ -336,7 +344,14 @@ def run_benchmark(args: argparse.Namespace) -> int:
         largest = layout.interaction_file(data, "train")
     speed = disk_read_speed(largest)
     results["disk_read_mb_per_s"] = round(speed, 1)
-    print(f"[bench] sequential disk read: {speed:,.0f} MB/s ({largest.name})", flush=True)
+    print(f"[bench] sequential disk read: {speed:,.0f} MB/s (the first 4 GB of {largest.name})", flush=True)
+    if zip_bytes and (not args.assets or set(args.assets.split(",")) & set(VISUAL_ASSETS)):
+        # the visual stage's target is against the disk's speed for the same bytes: all of them,
+        # read in the same run (this disk's first gigabytes often read faster than the rest)
+        results["disk_read_mb_per_s_first_4gb"] = results["disk_read_mb_per_s"]
+        speed = disk_read_speed(visual_files(data), limit_bytes=None)
+        results["disk_read_mb_per_s"] = round(speed, 1)
+        print(f"[bench] sequential disk read of every released vector byte ({zip_bytes / 1e9:.1f} GB): {speed:,.0f} MB/s", flush=True)
 
     if args.fresh and work.exists():
         shutil.rmtree(work)
