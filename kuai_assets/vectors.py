@@ -230,6 +230,17 @@ def round_to_encoding(vectors: np.ndarray, encoding: str) -> tuple[np.ndarray, n
 
 def check_vectors(vectors: np.ndarray, photo_id: np.ndarray, where, encoding: str) -> None:
     """Stop on NaN or infinity, or (float16 store) values beyond its range, naming the photo."""
+    if encoding != "float16":
+        # one pass: NaN and infinity make a row's sum NaN or infinite; a finite row's sum can
+        # only overflow, so the rows whose sum is not finite are looked at value by value
+        with np.errstate(over="ignore", invalid="ignore"):
+            sums = vectors.sum(axis=1)
+        suspect = np.flatnonzero(~np.isfinite(sums))
+        if len(suspect):
+            finite = np.isfinite(vectors[suspect]).all(axis=1)
+            if not finite.all():
+                raise DataFormatError(where, "vector contains NaN or infinity", photo_id=int(photo_id[suspect[np.argmin(finite)]]))
+        return
     # one pass each for max and min: NaN propagates through both, infinity shows in one
     high, low = vectors.max(axis=1), vectors.min(axis=1)
     finite = np.isfinite(high) & np.isfinite(low)

@@ -161,3 +161,39 @@ def test_zip_chunks_with_reused_arrays_hold_what_a_fresh_read_holds(tmp_path, mo
     assert len(held) == len(fresh)
     # and it can fail: the arrays are reused, so a chunk held longer than promised is overwritten
     assert not all(np.array_equal(c.vectors, v) for c, (_, v) in zip(held, fresh))
+
+
+def test_zip_members_with_another_npy_header_among_equally_spaced_ones_are_read_too(tmp_path):
+    """The fast path compares each member's .npy header with the first one's, run by run; a
+    member whose header differs (here a 1-d array of the same length) is decoded on its own."""
+    path = tmp_path / "final_visual_train.zip"
+    rng = np.random.default_rng(0)
+    vectors = {photo_id: rng.normal(size=(1, 16)).astype(np.float32) for photo_id in range(100, 140)}
+    with zipfile.ZipFile(path, "w") as z:
+        for photo_id, v in vectors.items():
+            z.writestr(f"final_visual_train/{photo_id}", npy_bytes(v.reshape(16) if photo_id in (107, 131) else v))
+    chunks = list(open_vectors(layout.VisualSource(path, "zip")).chunks(chunk_vectors=25))
+    got = np.concatenate([c.vectors for c in chunks])
+    assert np.concatenate([c.photo_id for c in chunks]).tolist() == list(vectors)
+    assert np.array_equal(got, np.concatenate(list(vectors.values())))
+
+
+def test_the_vector_check_stops_on_nan_or_infinity_and_not_on_a_sum_that_overflows():
+    from kuai_assets.formats.released import DataFormatError
+    from kuai_assets.vectors import check_vectors
+
+    photo_id = np.array([5, 6, 7])
+    big = np.full((3, 8), 3e38, dtype=np.float32)  # every row's sum overflows float32
+    for encoding in ("bfloat16", "float32"):
+        check_vectors(big, photo_id, "here", encoding)
+        for bad in (np.nan, np.inf, -np.inf):
+            vectors = big.copy()
+            vectors[1, 3] = bad
+            with pytest.raises(DataFormatError, match="NaN or infinity") as raised:
+                check_vectors(vectors, photo_id, "here", encoding)
+            assert raised.value.photo_id == 6
+    both = np.zeros((3, 8), dtype=np.float32)
+    both[2, :2] = [np.inf, -np.inf]  # the sum is NaN
+    with pytest.raises(DataFormatError) as raised:
+        check_vectors(both, photo_id, "here", "bfloat16")
+    assert raised.value.photo_id == 7

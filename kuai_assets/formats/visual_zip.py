@@ -297,7 +297,7 @@ class ZipVectors:
                 fast = (method == 0) & (size == len(header) + nbytes)
                 if fast.any():
                     at = np.flatnonzero(fast)
-                    same = (buf[data[at, None] + np.arange(len(header))] == header).all(axis=1)
+                    same = _headers_match(buf, data[at], header)
                     fast[at[~same]] = False
                     _copy_strided(buf, data[fast] + len(header), nbytes, layout.dtype, out, np.flatnonzero(fast))
                 for k_slow in np.flatnonzero(~fast):
@@ -345,24 +345,43 @@ class ZipVectors:
             raise DataFormatError(where, f"cannot be inflated ({exc})") from None
 
 
-def _copy_strided(buf: np.ndarray, starts: np.ndarray, nbytes: int, dtype: np.dtype, out: np.ndarray, rows: np.ndarray) -> None:
-    """Copy `nbytes` at each of `starts` into out[rows]: equally spaced runs as one strided view."""
+def _equally_spaced_runs(starts: np.ndarray) -> list[tuple[int, int]]:
+    """[a, b) ranges of `starts` in which consecutive starts are equally far apart."""
     if len(starts) == 0:
-        return
+        return []
     breaks = np.flatnonzero(np.diff(starts, n=2) != 0) + 2 if len(starts) > 2 else np.zeros(0, dtype=np.int64)
     bounds = [0, *breaks.tolist(), len(starts)]
-    k = 0
-    while k < len(bounds) - 1:
-        a, b = bounds[k], bounds[k + 1]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _strided(buf: np.ndarray, starts: np.ndarray, a: int, b: int, nbytes: int) -> np.ndarray:
+    """The `nbytes` at starts[a:b] (equally spaced, b - a >= 2) as one (b - a, nbytes) view of buf."""
+    stride = int(starts[a + 1] - starts[a])
+    return np.lib.stride_tricks.as_strided(buf[int(starts[a]) :], shape=(b - a, nbytes), strides=(stride, 1))
+
+
+def _headers_match(buf: np.ndarray, starts: np.ndarray, header: np.ndarray) -> np.ndarray:
+    """Whether the bytes at each of `starts` are `header`: a run of equally spaced members is
+    compared as one strided view (gathering the bytes by index took about 17 ms per 4,096
+    members, as long as copying their vectors)."""
+    same = np.zeros(len(starts), dtype=bool)
+    for a, b in _equally_spaced_runs(starts):
         if b - a >= 2:
-            stride = int(starts[a + 1] - starts[a])
-            view = np.lib.stride_tricks.as_strided(buf[int(starts[a]) :], shape=(b - a, nbytes), strides=(stride, 1))
+            same[a:b] = (_strided(buf, starts, a, b, len(header)) == header).all(axis=1)
+        else:
+            same[a] = np.array_equal(buf[int(starts[a]) : int(starts[a]) + len(header)], header)
+    return same
+
+
+def _copy_strided(buf: np.ndarray, starts: np.ndarray, nbytes: int, dtype: np.dtype, out: np.ndarray, rows: np.ndarray) -> None:
+    """Copy `nbytes` at each of `starts` into out[rows]: equally spaced runs as one strided view."""
+    for a, b in _equally_spaced_runs(starts):
+        if b - a >= 2:
+            view = _strided(buf, starts, a, b, nbytes)
             first, last = int(rows[a]), int(rows[b - 1])
             if last - first == b - a - 1:  # consecutive output rows: one copy, bytes to bytes
                 np.copyto(out[first : last + 1].view(np.uint8).reshape(b - a, nbytes), view)
             else:
                 out[rows[a:b]] = np.ascontiguousarray(view).view(dtype)
         else:
-            for r in range(a, b):
-                out[rows[r]] = np.frombuffer(buf, dtype=dtype, count=out.shape[1], offset=int(starts[r]))
-        k += 1
+            out[rows[a]] = np.frombuffer(buf, dtype=dtype, count=out.shape[1], offset=int(starts[a]))
