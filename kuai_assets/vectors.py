@@ -272,13 +272,20 @@ class Released:
             raise DataFormatError(next(iter(sources.values())).path, "no vectors found")
         self.dim: int | None = None
 
-    def chunks(self, sample: FitSample | None = None, encoding: str = "bfloat16", rows: int = CHUNK_VECTORS):
+    def chunks(
+        self,
+        sample: FitSample | None = None,
+        encoding: str = "bfloat16",
+        rows: int = CHUNK_VECTORS,
+        project: Callable[[np.ndarray], np.ndarray | None] | None = None,
+    ):
         """(split, chunk) in order; with `sample`, only its rows.
 
         Every chunk is checked and rounded to `encoding` on the reader's thread that decoded it,
-        so that the two read threads share that work: `chunk.stored` holds the values as the
-        store keeps them, `chunk.vectors` the same values as float32 (without `sample`, its array
-        is reused two chunks later: see HELD).
+        so that the read threads share that work: `chunk.stored` holds the values as the store
+        keeps them, `chunk.vectors` the same values as float32 (without `sample`, its array is
+        reused two chunks later: see HELD). With `project`, `chunk.reduced` is what it returns
+        for those float32 values, computed there too.
         """
         offset = 0
         for split, reader in self.readers.items():
@@ -291,7 +298,7 @@ class Released:
             def checked_and_rounded(chunk: VectorChunk, where=where) -> VectorChunk:
                 check_vectors(chunk.vectors, chunk.photo_id, where, encoding)
                 stored, values = round_to_encoding(chunk.vectors, encoding)
-                return VectorChunk(chunk.photo_id, values, stored)
+                return VectorChunk(chunk.photo_id, values, stored, None if project is None else project(values))
 
             reuse = self.HELD if sample is None else None
             for chunk in reader.chunks(rows, reuse_after=reuse, ranges=ranges, prepare=checked_and_rounded):
@@ -517,21 +524,28 @@ class VisualStage:
                 labels[k][assigned:end] = model.assign(reduced_all[assigned:end])
             assigned = end
 
-        def project_all(chunks: list[tuple[int, np.ndarray, bool]]) -> None:
-            for start, values, encoded in chunks:
-                project(start, decode(values, settings.encoding) if encoded else values)
+        def project_all(chunks: list[tuple[int, np.ndarray | None, bool, np.ndarray | None]]) -> None:
+            for start, values, encoded, reduced in chunks:
+                if reduced is None:  # not projected by the reader
+                    reduced = model.transform(decode(values, settings.encoding) if encoded else values)
+                place(start, reduced)
 
-        def project(start: int, values: np.ndarray) -> None:
-            """On the projection thread: one chunk's PCA, its table rows and its clusters."""
+        def place(start: int, reduced: np.ndarray) -> None:
+            """On the projection thread: one chunk's table rows and its clusters."""
             nonlocal projected_end
-            end = start + len(values)
-            reduced = model.transform(values)
+            end = start + len(reduced)
             writer.add(photo_id[start:end], split_code[start:end], reduced)
             if reduced_all is not None:
                 reduced_all[start:end] = reduced
                 if models is not None:
                     assign_up_to(end)
             projected_end = end
+
+        def project_early(values: np.ndarray) -> np.ndarray | None:
+            """On a reader's thread: the chunk's projection, once the PCA is there."""
+            if pca is None or not pca.done() or pca.exception() is not None:
+                return None
+            return pca.result().transform(values)
 
         def catch_up_assignment() -> None:
             """On the projection thread, after every chunk handed to it before: the KMeans fits
@@ -553,7 +567,7 @@ class VisualStage:
         projected_end = 0
         try:
             blocks = (
-                source.chunks(encoding=settings.encoding, rows=self.chunk_rows)
+                source.chunks(encoding=settings.encoding, rows=self.chunk_rows, project=project_early)
                 if released
                 else source.row_blocks(max(self.chunk_rows, 1))
             )
@@ -590,15 +604,24 @@ class VisualStage:
                     if holding is not None and holding is not projected:
                         holding.result()  # a catch-up waits behind it: wait for the buffer only
                     busy = projected is not None and projected is not holding and not projected.done()
-                    if model is None or (busy and backlog_bytes + own.nbytes <= self.BACKLOG_BYTES):
+                    if released and chunk.reduced is not None:
+                        # projected by the reader: its task holds none of the reader's buffers, so
+                        # this thread hands it on (after the backlog, if any) and goes on at once
+                        if holding is not None:
+                            holding.result()  # the last task that does, before its buffer is reused
+                            holding = None
+                        waiting = [(start, kept, released, None) for start, kept in backlog]
+                        projected = projecting.submit(project_all, waiting + [(row, None, False, chunk.reduced)])
+                        backlog, backlog_bytes = [], 0
+                    elif model is None or (busy and backlog_bytes + own.nbytes <= self.BACKLOG_BYTES):
                         backlog.append((row, own))
                         backlog_bytes += own.nbytes
                     else:
                         if projected is not None:
                             projected.result()  # the chunk before: at most one chunk waits, so buffers are reused safely
                         # a catch-up takes this chunk as kept too, so that it holds no buffer while it runs
-                        this = (row, own, released) if backlog else (row, values, False)
-                        projected = projecting.submit(project_all, [(start, kept, released) for start, kept in backlog] + [this])
+                        this = (row, own, released, None) if backlog else (row, values, False, None)
+                        projected = projecting.submit(project_all, [(start, kept, released, None) for start, kept in backlog] + [this])
                         holding = projected if released and not backlog else holding
                         backlog, backlog_bytes = [], 0
                 row += n
@@ -611,7 +634,7 @@ class VisualStage:
                     model = pca.result()
                 if projected is not None:
                     projected.result()
-                project_all([(start, kept, released) for start, kept in backlog])
+                project_all([(start, kept, released, None) for start, kept in backlog])
                 backlog = []
         finally:
             if projecting is not None:

@@ -29,6 +29,7 @@ class VectorChunk:
     photo_id: np.ndarray  # int64
     vectors: np.ndarray  # (n, dim), the file's float dtype
     stored: np.ndarray | None = None  # the same vectors in a store's encoding, when a reader made them
+    reduced: np.ndarray | None = None  # their projection on the PCA axes, when a reader made it
 
 
 # -- .npy payloads ---------------------------------------------------------------------------
