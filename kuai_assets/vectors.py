@@ -284,7 +284,7 @@ class Released:
         Every chunk is checked and rounded to `encoding` on the reader's thread that decoded it,
         so that the read threads share that work: `chunk.stored` holds the values as the store
         keeps them, `chunk.vectors` the same values as float32 (without `sample`, its array is
-        reused two chunks later: see HELD). With `project`, `chunk.reduced` is what it returns
+        reused once two more chunks have been taken: see HELD). With `project`, `chunk.reduced` is what it returns
         for those float32 values, computed there too.
         """
         offset = 0
@@ -488,9 +488,11 @@ class VisualStage:
     def _pass(self, source, store_out, pca: Future | None, pca_out, fits, results: dict):
         """The pass; returns (photo_id, {k: cluster of every row}, {k: KMeansModel}).
 
-        Four things overlap: the reader's two threads each read a block, then decode, check and
-        round it; this thread hands each chunk to a writer thread, which writes the store, and
-        to a projection thread, which projects and assigns it while the next chunk is read.
+        Four things overlap: the reader's threads (visual_zip.READ_AHEAD of them) each read a
+        block, then decode, check and round it, and once the PCA is there project it too; this
+        thread hands each chunk to a writer thread, which writes the store, and to a projection
+        thread, which writes its table rows and assigns its clusters (and projects the chunks
+        the readers could not) while the next chunks are read.
         The PCA (`pca`, a future) and then the KMeans fits (`fits`) are fitted on another thread
         while the pass runs. Until the PCA is there, chunks are only consolidated and their
         rounded values kept (as stored: 2 bytes a value in bfloat16); then they are projected in
