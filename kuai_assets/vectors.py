@@ -34,6 +34,11 @@ from kuai_assets.ml.kmeans import fit_kmeans
 from kuai_assets.ml.pca import fit_pca
 
 SPLIT_CODES = {"train": 0, "test": 1}
+
+
+class VisualSettingsError(ValueError):
+    """A visual-stage setting that cannot work (with this data): names the setting and why."""
+
 FLOAT16_MAX = 65504.0
 ENCODINGS = {"bfloat16": np.dtype("<u2"), "float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
 Progress = Callable[[str], None]
@@ -353,7 +358,7 @@ class VisualStage:
         chunk_rows: int = CHUNK_VECTORS,
     ):
         if settings.encoding not in ENCODINGS:
-            raise ValueError(f"store encoding must be one of {', '.join(ENCODINGS)}, not {settings.encoding!r}")
+            raise VisualSettingsError(f"encoding must be one of {', '.join(ENCODINGS)}, not {settings.encoding!r}")
         self.settings = settings
         self.progress = progress
         self.report_every = report_every
@@ -411,7 +416,7 @@ class VisualStage:
         ks = sorted(set(self.settings.ks))
         for k in ks:
             if k < 2 or k > total:
-                raise ValueError(f"cannot make {k} clusters of {total} photos")
+                raise VisualSettingsError(f"ks: cannot make {k} clusters of {total:,} photos (each k must be 2 to the number of photos)")
         return ks
 
     def _sample_plan(self, total: int, ks: list[int]) -> tuple[FitSample, dict[int, int]]:
@@ -433,7 +438,7 @@ class VisualStage:
             f"({time.time() - started:.1f} s); fitting {settings.dimensions} components while the pass starts"
         )
         if not 1 <= settings.dimensions <= vectors.shape[1]:
-            raise ValueError(f"pca dimensions must be between 1 and {vectors.shape[1]}, got {settings.dimensions}")
+            raise VisualSettingsError(f"dimensions must be between 1 and {vectors.shape[1]} (the vectors' length), got {settings.dimensions}")
         return sample, sizes, vectors
 
     def _fit(self, vectors: np.ndarray, sample: FitSample, sizes: dict[int, int], pca: Future) -> dict:

@@ -533,6 +533,34 @@ def test_failed_asset_names_the_problem_and_keeps_the_previous_output(asset, dam
         assert table(work / "tables", asset, "select count(*) from {t}")[0][0] > 0
 
 
+@pytest.mark.parametrize(
+    "config, problem",
+    [
+        ({"ks": [4, 10**6]}, r"ks: cannot make 1000000 clusters of [\d,]+ photos \(each k must be 2 to the number of photos\)"),
+        ({"ks": [4, 9], "dimensions": 10**4}, r"dimensions must be between 1 and \d+ \(the vectors' length\), got 10000"),
+        ({"encoding": "int4"}, r"encoding must be one of bfloat16, float16, float32, not 'int4'"),
+    ],
+)
+def test_a_visual_setting_that_cannot_work_fails_clearly_and_keeps_the_previous_outputs(pristine, good_work, tmp_path, config, problem):
+    from kuai_assets.defs.visual import visual_stage
+
+    work = tmp_path / "work"
+    shutil.copytree(good_work, work, symlinks=True)
+    before = outputs(work)
+    result = dg.materialize(
+        [visual_stage],
+        resources=make_resources(pristine, work),
+        run_config={"ops": {"visual_stage": {"config": config}}},
+        raise_on_error=False,
+    )
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    assert failure.step_failure_data.error.cls_name == "Failure"  # raised by clear_failures, with no traceback to read
+    description = failure.step_failure_data.user_failure_data.description
+    assert re.fullmatch(r"video_embeddings, pca_visual_features, video_clusters: " + problem, description), description
+    assert outputs(work) == before
+
+
 def _parse(message: str) -> DataFormatError:
     """Rebuild the DataFormatError from its message (`<path>[, line N][, photo_id P]: problem`)."""
     match = re.match(r"^(?P<path>.+?)(?:, line (?P<line>\d+))?(?:, photo_id (?P<photo>\d+))?: (?P<problem>.*)$", message)

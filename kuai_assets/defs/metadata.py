@@ -13,6 +13,7 @@ from kuai_assets.features.catalog import CatalogError
 from kuai_assets.formats.released import DataFormatError
 from kuai_assets.ml.tracking import TrackingError
 from kuai_assets.storage import MissingUpstreamError
+from kuai_assets.vectors import VisualSettingsError
 
 
 def table_metadata(path: Path, preview_rows: int = 5) -> dict:
@@ -63,5 +64,5 @@ def clear_failures(step: str) -> Iterator[None]:
     """Turn the platform's own errors into a Dagster Failure with a message a person can act on."""
     try:
         yield
-    except (DataFormatError, MissingUpstreamError, CatalogError, TrackingError) as exc:
+    except (DataFormatError, MissingUpstreamError, CatalogError, TrackingError, VisualSettingsError) as exc:
         raise dg.Failure(description=f"{step}: {exc}", allow_retries=False) from None

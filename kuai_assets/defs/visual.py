@@ -112,10 +112,10 @@ def visual_stage(context: dg.AssetExecutionContext, config: VisualConfig, kuai: 
     """video_embeddings, pca_visual_features and video_clusters in one pass over the vectors."""
     selected = context.selected_asset_keys
     work = kuai.work()
-    stage = VisualStage(config.settings(), context.log.info)
     started = time.time()
     names = [key.to_user_string() for key in (EMBEDDINGS, PCA, CLUSTERS) if key in selected]
     with clear_failures(", ".join(names)), ExitStack() as outputs:
+        stage = VisualStage(config.settings(), context.log.info)
         store_out = pca_out = clusters_out = None
         if EMBEDDINGS in selected:
             root = kuai.dataset(context.log)
