@@ -4,7 +4,8 @@ For the chosen scale it generates the synthetic dataset (or reuses `--data`), me
 sequential read speed, then materializes every asset one at a time, each in a fresh process, and
 prints per asset: wall time, rows or vectors per second, and peak memory (the step process's
 maximum resident set). For the visual stage it compares throughput with the disk's read speed
-for the same bytes (every byte of the released vectors, read in the same run just before). In the same run it times a straightforward pandas implementation of the
+for the same bytes (every byte of the released vectors, read in the same run just before), and
+prints what the disk reads while it writes half as much beside it, as the pass does (its bound). In the same run it times a straightforward pandas implementation of the
 first stages (reading the interactions; per-user and per-cluster click statistics) and prints the
 ratio. With `--one-run` the selection is instead materialized as one Dagster run on the project's
 own executor (two steps at a time, as `kuai run` and `dagster asset materialize` run them): it
@@ -73,6 +74,53 @@ def disk_read_speed(paths: Path | list[Path], limit_bytes: int | None = 4 << 30)
                 done += n
         evict_from_page_cache(path)  # what the visual stage then reads comes from disk again
     return done / 1e6 / max(time.time() - started, 1e-9)
+
+
+def disk_read_while_writing(path: Path, scratch: Path, read_bytes: int = 16 << 30) -> tuple[float, float]:
+    """(read, write) MB/s of the visual pass's disk traffic alone, without its CPU work: `path`
+    read in 64 MB blocks on the reader's threads while half as many bytes are written to a
+    scratch file beside it, the way the store's writer writes (write, flush, drop behind)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kuai_assets.formats.visual_zip import BLOCK_BYTES, READ_AHEAD
+
+    evict_from_page_cache(path)
+    blocks = min(read_bytes, path.stat().st_size) // BLOCK_BYTES
+    buffers = [bytearray(BLOCK_BYTES) for _ in range(READ_AHEAD)]
+    payload = bytes(BLOCK_BYTES // 2)
+    target = scratch / ".bench_disk_mix.tmp"
+    written = 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with open(target, "wb") as out, ThreadPoolExecutor(READ_AHEAD) as readers, ThreadPoolExecutor(1) as writer:
+
+            def write() -> None:
+                nonlocal written
+                out.write(payload)
+                out.flush()
+                written = out.tell()
+                start = max(0, written - (256 << 20))
+                os.posix_fadvise(out.fileno(), start, written - start, os.POSIX_FADV_DONTNEED)
+
+            started = time.time()
+            reading = [readers.submit(os.preadv, fd, [buffers[k % READ_AHEAD]], k * BLOCK_BYTES) for k in range(min(READ_AHEAD, blocks))]
+            writing: list = []
+            for k in range(blocks):
+                reading.pop(0).result()
+                if k + READ_AHEAD < blocks:
+                    reading.append(readers.submit(os.preadv, fd, [buffers[(k + READ_AHEAD) % READ_AHEAD]], (k + READ_AHEAD) * BLOCK_BYTES))
+                while len(writing) >= 2:
+                    writing.pop(0).result()
+                writing.append(writer.submit(write))
+            for done in writing:
+                done.result()
+            os.fdatasync(out.fileno())
+            seconds = max(time.time() - started, 1e-9)
+    finally:
+        os.close(fd)
+        target.unlink(missing_ok=True)
+        evict_from_page_cache(path)
+    return blocks * BLOCK_BYTES / 1e6 / seconds, written / 1e6 / seconds
 
 
 def visual_files(data: Path) -> list[Path]:
@@ -344,7 +392,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
         largest = layout.interaction_file(data, "train")
     speed = disk_read_speed(largest)
     results["disk_read_mb_per_s"] = round(speed, 1)
-    print(f"[bench] sequential disk read: {speed:,.0f} MB/s (the first 4 GB of {largest.name})", flush=True)
+    measured = min(largest.stat().st_size, 4 << 30) / 1e9
+    print(f"[bench] sequential disk read: {speed:,.0f} MB/s (the first {measured:.1f} GB of {largest.name})", flush=True)
     if zip_bytes and (not args.assets or set(args.assets.split(",")) & set(VISUAL_ASSETS)):
         # the visual stage's target is against the disk's speed for the same bytes: all of them,
         # read in the same run (on the development disk the first 4 GB alone read 10-25% slower)
@@ -352,6 +401,15 @@ def run_benchmark(args: argparse.Namespace) -> int:
         speed = disk_read_speed(visual_files(data), limit_bytes=None)
         results["disk_read_mb_per_s"] = round(speed, 1)
         print(f"[bench] sequential disk read of every released vector byte ({zip_bytes / 1e9:.1f} GB): {speed:,.0f} MB/s", flush=True)
+        if layout.find_visual_source(data, "train").kind == "zip":
+            # what bounds the stage when the disk is the bound: its reads while the store is written
+            read_speed, write_speed = disk_read_while_writing(largest, work if work.exists() else data)
+            results["disk_read_while_writing_mb_per_s"] = {"read": round(read_speed, 1), "write": round(write_speed, 1)}
+            print(
+                f"[bench] disk reading while writing half as much (the visual pass's traffic, no CPU work): "
+                f"read {read_speed:,.0f} MB/s + write {write_speed:,.0f} MB/s",
+                flush=True,
+            )
 
     if args.fresh and work.exists():
         shutil.rmtree(work)
