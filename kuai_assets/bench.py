@@ -5,9 +5,9 @@ sequential read speed, then materializes every asset one at a time, each in a fr
 prints per asset: wall time, rows or vectors per second, and peak memory (the step process's
 maximum resident set). For the visual stage it compares throughput with the disk's read speed
 for the same bytes (every byte of the released vectors, read in the same run just before), and
-prints what the disk reads while it writes half as much beside it, as the pass does (its bound). In the same run it times a straightforward pandas implementation of the
-first stages (reading the interactions; per-user and per-cluster click statistics) and prints the
-ratio. With `--one-run` the selection is instead materialized as one Dagster run on the project's
+prints what the disk reads while it writes half as much beside it, as the pass does (its bound).
+In the same run it times a straightforward pandas implementation of the first stages (reading
+the interactions; per-user and per-cluster click statistics) and prints the ratio. With `--one-run` the selection is instead materialized as one Dagster run on the project's
 own executor (two steps at a time, as `kuai run` and `dagster asset materialize` run them): it
 prints the run's wall time, each step's time and the peak memory of all step processes together.
 Results go to stdout and to `<work>/bench_results.json`. `--clean` deletes what the benchmark
