@@ -261,6 +261,20 @@ def check_vectors(vectors: np.ndarray, photo_id: np.ndarray, where, encoding: st
             )
 
 
+def check_rounded(stored: np.ndarray, photo_id: np.ndarray, where, encoding: str) -> None:
+    """After rounding to bfloat16 (NaN and infinity were stopped before): a finite value within
+    half a bfloat16 step of float32's largest (above about 3.39e38) rounds up to infinity."""
+    if encoding != "bfloat16" or stored.dtype != np.uint16:
+        return
+    overflowed = (stored & 0x7FFF).max(axis=1) >= 0x7F80  # every exponent bit set: infinity
+    if overflowed.any():
+        raise DataFormatError(
+            where,
+            "vector values exceed the bfloat16 range (about 3.39e38); set the store encoding to float32",
+            photo_id=int(photo_id[np.argmax(overflowed)]),
+        )
+
+
 class Released:
     """The released vectors of every split, read in order (train, then test) as one sequence."""
 
@@ -303,6 +317,7 @@ class Released:
             def checked_and_rounded(chunk: VectorChunk, where=where) -> VectorChunk:
                 check_vectors(chunk.vectors, chunk.photo_id, where, encoding)
                 stored, values = round_to_encoding(chunk.vectors, encoding)
+                check_rounded(stored, chunk.photo_id, where, encoding)
                 return VectorChunk(chunk.photo_id, values, stored, None if project is None else project(values))
 
             reuse = self.HELD if sample is None else None

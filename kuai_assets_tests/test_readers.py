@@ -197,3 +197,21 @@ def test_the_vector_check_stops_on_nan_or_infinity_and_not_on_a_sum_that_overflo
     with pytest.raises(DataFormatError) as raised:
         check_vectors(both, photo_id, "here", "bfloat16")
     assert raised.value.photo_id == 7
+
+
+def test_a_finite_value_that_bfloat16_rounds_to_infinity_is_stopped_naming_the_photo(tmp_path):
+    """bfloat16 keeps float32's range, except the last half step: 3.4e38 rounds up to infinity."""
+    from kuai_assets.formats.released import DataFormatError
+
+    path = tmp_path / "final_visual_train.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        for photo_id, value in ((21, 1.0), (22, 3.38e38), (23, 3.4e38)):
+            z.writestr(f"final_visual_train/{photo_id}", npy_bytes(np.full((1, 8), value, np.float32)))
+    sources = {"train": layout.VisualSource(path, "zip")}
+    (tmp_path / "store_bf16").mkdir()
+    with pytest.raises(DataFormatError, match="exceed the bfloat16 range") as raised:
+        consolidate(sources, tmp_path / "store_bf16", "bfloat16")
+    assert raised.value.photo_id == 23
+    (tmp_path / "store_f32").mkdir()
+    meta = consolidate(sources, tmp_path / "store_f32", "float32")  # float32 keeps them
+    assert meta["vectors"] == 3
