@@ -264,7 +264,7 @@ def check_vectors(vectors: np.ndarray, photo_id: np.ndarray, where, encoding: st
 def check_rounded(stored: np.ndarray, photo_id: np.ndarray, where, encoding: str) -> None:
     """After rounding to bfloat16 (NaN and infinity were stopped before): a finite value within
     half a bfloat16 step of float32's largest (above about 3.39e38) rounds up to infinity."""
-    if encoding != "bfloat16" or stored.dtype != np.uint16:
+    if encoding != "bfloat16":
         return
     overflowed = (stored & 0x7FFF).max(axis=1) >= 0x7F80  # every exponent bit set: infinity
     if overflowed.any():
@@ -532,9 +532,10 @@ class VisualStage:
         labels = {k: np.empty(total, dtype=np.int32) for k in settings.ks} if fits is not None else {}
         models, assigned = None, 0
         model = None if released or pca is None else pca.result()  # a store source: nothing to overlap
-        # (row, stored values) consolidated but not projected yet: before the PCA was there, or
-        # while the projection thread was busy catching up
-        backlog: list[tuple[int, np.ndarray]] = []
+        # chunks consolidated but not projected yet (before the PCA was there, or while the
+        # projection thread was busy catching up), as project_all's tasks: (row, stored values,
+        # whether they are encoded, None)
+        backlog: list[tuple[int, np.ndarray, bool, None]] = []
         backlog_bytes = 0
         writer = _ReducedWriter(pca_out, settings.dimensions) if pca is not None else None
         store = _BackgroundFile(store_out / "vectors.npy") if store_out is not None else None
@@ -621,29 +622,29 @@ class VisualStage:
                     if model is not None and not assignment_caught_up and fits.done():
                         projected = projecting.submit(catch_up_assignment)
                         assignment_caught_up = True
+                    projected_by_reader = released and chunk.reduced is not None
+                    # the last task that reads a reader buffer ends before that buffer is reused: waited
+                    # for here when a catch-up waits behind it, or when this chunk needs no waiting
+                    if holding is not None and (holding is not projected or projected_by_reader):
+                        holding.result()
+                        holding = None
                     # while the projection thread catches up (the backlog above, or the rows before
                     # the KMeans fits ended), this chunk joins the backlog: the reads go on
-                    if holding is not None and holding is not projected:
-                        holding.result()  # a catch-up waits behind it: wait for the buffer only
                     busy = projected is not None and projected is not holding and not projected.done()
-                    if released and chunk.reduced is not None:
-                        # projected by the reader: its task holds none of the reader's buffers, so
-                        # this thread hands it on (after the backlog, if any) and goes on at once
-                        if holding is not None:
-                            holding.result()  # the last task that does, before its buffer is reused
-                            holding = None
-                        waiting = [(start, kept, released, None) for start, kept in backlog]
-                        projected = projecting.submit(project_all, waiting + [(row, None, False, chunk.reduced)])
+                    if projected_by_reader:
+                        # its task holds none of the reader's buffers, so this thread hands it on
+                        # (after the backlog, if any) and goes on at once
+                        projected = projecting.submit(project_all, backlog + [(row, None, False, chunk.reduced)])
                         backlog, backlog_bytes = [], 0
                     elif model is None or (busy and backlog_bytes + own.nbytes <= self.BACKLOG_BYTES):
-                        backlog.append((row, own))
+                        backlog.append((row, own, released, None))
                         backlog_bytes += own.nbytes
                     else:
                         if projected is not None:
                             projected.result()  # the chunk before: at most one chunk waits, so buffers are reused safely
                         # a catch-up takes this chunk as kept too, so that it holds no buffer while it runs
                         this = (row, own, released, None) if backlog else (row, values, False, None)
-                        projected = projecting.submit(project_all, [(start, kept, released, None) for start, kept in backlog] + [this])
+                        projected = projecting.submit(project_all, backlog + [this])
                         holding = projected if released and not backlog else holding
                         backlog, backlog_bytes = [], 0
                 row += n
@@ -656,7 +657,7 @@ class VisualStage:
                     model = pca.result()
                 if projected is not None:
                     projected.result()
-                project_all([(start, kept, released, None) for start, kept in backlog])
+                project_all(backlog)
                 backlog = []
         finally:
             if projecting is not None:
