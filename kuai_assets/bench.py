@@ -7,9 +7,10 @@ maximum resident set). For the visual stage it compares throughput with the disk
 for the same bytes (every byte of the released vectors, read in the same run just before), and
 prints what the disk reads while it writes half as much beside it, as the pass does (its bound).
 In the same run it times a straightforward pandas implementation of the first stages (reading
-the interactions; per-user and per-cluster click statistics) and prints the ratio. With `--one-run` the selection is instead materialized as one Dagster run on the project's
-own executor (two steps at a time, as `kuai run` and `dagster asset materialize` run them): it
-prints the run's wall time, each step's time and the peak memory of all step processes together.
+the interactions; per-user and per-cluster click statistics) and prints the ratio. With
+`--one-run` the selection is instead materialized as one Dagster run on the project's own
+executor (two steps at a time, as `kuai run` and `dagster asset materialize` run them): it prints
+the run's wall time, each step's time and the peak memory of all step processes together.
 Results go to stdout and to `<work>/bench_results.json`. `--clean` deletes what the benchmark
 generated.
 
@@ -78,49 +79,47 @@ def disk_read_speed(paths: Path | list[Path], limit_bytes: int | None = 4 << 30)
 
 def disk_read_while_writing(path: Path, scratch: Path, read_bytes: int = 16 << 30) -> tuple[float, float]:
     """(read, write) MB/s of the visual pass's disk traffic alone, without its CPU work: `path`
-    read in 64 MB blocks on the reader's threads while half as many bytes are written to a
-    scratch file beside it, the way the store's writer writes (write, flush, drop behind)."""
+    read in 64 MB blocks on the reader's threads while half as many bytes are written beside it
+    to a scratch file by the store's own writer (vectors.BackgroundFile)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    import numpy as np
+
     from kuai_assets.formats.visual_zip import BLOCK_BYTES, READ_AHEAD
+    from kuai_assets.vectors import BackgroundFile
 
     evict_from_page_cache(path)
     blocks = min(read_bytes, path.stat().st_size) // BLOCK_BYTES
     buffers = [bytearray(BLOCK_BYTES) for _ in range(READ_AHEAD)]
-    payload = bytes(BLOCK_BYTES // 2)
+    payload = np.zeros(BLOCK_BYTES // 2, dtype=np.uint8)
     target = scratch / ".bench_disk_mix.tmp"
-    written = 0
     fd = os.open(path, os.O_RDONLY)
+    store = None
+
+    def read(k: int) -> int:
+        return os.preadv(fd, [buffers[k % READ_AHEAD]], k * BLOCK_BYTES)
+
     try:
-        with open(target, "wb") as out, ThreadPoolExecutor(READ_AHEAD) as readers, ThreadPoolExecutor(1) as writer:
-
-            def write() -> None:
-                nonlocal written
-                out.write(payload)
-                out.flush()
-                written = out.tell()
-                start = max(0, written - (256 << 20))
-                os.posix_fadvise(out.fileno(), start, written - start, os.POSIX_FADV_DONTNEED)
-
+        store = BackgroundFile(target)
+        with ThreadPoolExecutor(READ_AHEAD) as readers:
             started = time.time()
-            reading = [readers.submit(os.preadv, fd, [buffers[k % READ_AHEAD]], k * BLOCK_BYTES) for k in range(min(READ_AHEAD, blocks))]
-            writing: list = []
+            reading = [readers.submit(read, k) for k in range(min(READ_AHEAD, blocks))]
             for k in range(blocks):
                 reading.pop(0).result()
                 if k + READ_AHEAD < blocks:
-                    reading.append(readers.submit(os.preadv, fd, [buffers[(k + READ_AHEAD) % READ_AHEAD]], (k + READ_AHEAD) * BLOCK_BYTES))
-                while len(writing) >= 2:
-                    writing.pop(0).result()
-                writing.append(writer.submit(write))
-            for done in writing:
-                done.result()
-            os.fdatasync(out.fileno())
+                    reading.append(readers.submit(read, k + READ_AHEAD))
+                store.write(payload)
+            store.close()
+            with open(target, "rb") as written:
+                os.fsync(written.fileno())  # what the writer left in the page cache, on disk too
             seconds = max(time.time() - started, 1e-9)
     finally:
         os.close(fd)
+        if store is not None:
+            store.close()  # again after a failure: the writer's thread and file are let go
         target.unlink(missing_ok=True)
         evict_from_page_cache(path)
-    return blocks * BLOCK_BYTES / 1e6 / seconds, written / 1e6 / seconds
+    return blocks * BLOCK_BYTES / 1e6 / seconds, store.written / 1e6 / seconds
 
 
 def visual_files(data: Path) -> list[Path]:

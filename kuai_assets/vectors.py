@@ -538,7 +538,7 @@ class VisualStage:
         backlog: list[tuple[int, np.ndarray, bool, None]] = []
         backlog_bytes = 0
         writer = _ReducedWriter(pca_out, settings.dimensions) if pca is not None else None
-        store = _BackgroundFile(store_out / "vectors.npy") if store_out is not None else None
+        store = BackgroundFile(store_out / "vectors.npy") if store_out is not None else None
         row, next_report = 0, self.report_every
 
         def assign_up_to(end: int) -> None:
@@ -706,7 +706,7 @@ class VisualStage:
         return meta
 
 
-class _BackgroundFile:
+class BackgroundFile:
     """A file written on a second thread, at most two arrays waiting: the pass does not stop
     while the page cache flushes the store to disk. Behind the writes, the kernel is asked to
     start writing back what is written (and to drop it from the page cache once clean), so that
