@@ -112,6 +112,19 @@ def test_pca_axes_are_fitted_on_the_sample_rows(released, fused):
     np.testing.assert_allclose(made["pca"].mean, rows.astype(np.float64).mean(axis=0), rtol=1e-6, atol=1e-6)
 
 
+def gated(function, gate, done):
+    """`function` that starts only once `gate` is set, and sets `done` when it returns or raises."""
+
+    def wrapped(*args):
+        gate.wait(timeout=30)
+        try:
+            return function(*args)
+        finally:
+            done.set()
+
+    return wrapped
+
+
 def test_pca_and_clusters_arriving_during_the_pass_give_what_one_would_expect(released, fused, tmp_path, monkeypatch):
     """Small chunks, a PCA fit that ends only after some chunks were consolidated, and KMeans fits
     that end later still: the chunks before each are caught up, the ones after handled as they
@@ -124,24 +137,9 @@ def test_pca_and_clusters_arriving_during_the_pass_give_what_one_would_expect(re
 
     out, made = fused
     pca_gate, kmeans_gate, pca_done, kmeans_done = (threading.Event() for _ in range(4))
-    fit_pca, fit_clusters = vectors.fit_pca, VisualStage._fit_clusters
-
-    def slow_pca(*args):
-        pca_gate.wait(timeout=30)  # until the pass has consolidated a few chunks
-        try:
-            return fit_pca(*args)
-        finally:
-            pca_done.set()
-
-    def slow_fits(self, *args):
-        kmeans_gate.wait(timeout=30)
-        try:
-            return fit_clusters(self, *args)
-        finally:
-            kmeans_done.set()
-
-    monkeypatch.setattr(vectors, "fit_pca", slow_pca)
-    monkeypatch.setattr(VisualStage, "_fit_clusters", slow_fits)
+    # the PCA fit waits until the pass has consolidated a few chunks, the KMeans fits longer still
+    monkeypatch.setattr(vectors, "fit_pca", gated(vectors.fit_pca, pca_gate, pca_done))
+    monkeypatch.setattr(VisualStage, "_fit_clusters", gated(VisualStage._fit_clusters, kmeans_gate, kmeans_done))
     messages = []
 
     def progress(message):
@@ -248,16 +246,8 @@ def test_while_the_projection_thread_catches_up_the_pass_reads_on_and_keeps_the_
     transform = PcaModel.transform
     monkeypatch.setattr(PcaModel, "transform", lambda self, x: (time.sleep(0.05), transform(self, x))[1])
     fits_may_end, fits_ended = threading.Event(), threading.Event()
-    fit_clusters = VisualStage._fit_clusters
-
-    def late_fits(self, *args):  # the fits end once the pass has read 300 rows
-        fits_may_end.wait(timeout=30)
-        try:
-            return fit_clusters(self, *args)
-        finally:
-            fits_ended.set()
-
-    monkeypatch.setattr(VisualStage, "_fit_clusters", late_fits)
+    # the fits end once the pass has read 300 rows
+    monkeypatch.setattr(VisualStage, "_fit_clusters", gated(VisualStage._fit_clusters, fits_may_end, fits_ended))
     messages = []
 
     def progress(message):
