@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from kuai_assets.ml.metrics import roc_auc
+from kuai_assets.ml.metrics import adjusted_rand_index, matched_share, roc_auc
 
 
 def brute_force_auc(label, score):
@@ -25,3 +25,32 @@ def test_auc_extremes_and_errors():
     assert roc_auc(np.array([0, 1]), np.array([0.5, 0.5])) == 0.5
     with pytest.raises(ValueError):
         roc_auc(np.array([1, 1]), np.array([0.1, 0.2]))
+
+
+def test_adjusted_rand_index_against_values_worked_by_hand():
+    # pairs of [0, 0, 1, 1] vs [0, 0, 1, 2]: 1 together in both, 2 in the first, 1 in the second,
+    # of 6: expected 2 * 1 / 6, so (1 - 1/3) / (1.5 - 1/3) = 4/7
+    assert adjusted_rand_index(np.array([0, 0, 1, 1]), np.array([0, 0, 1, 2])) == pytest.approx(4 / 7, abs=1e-12)
+    # 7 pairs together in the first, 3 in the second, 2 in both, of 15: (2 - 7 * 3 / 15) / (5 - 1.4) = 4/9
+    assert adjusted_rand_index(np.array([0, 0, 0, 0, 1, 1]), np.array([0, 0, 1, 1, 2, 2])) == pytest.approx(4 / 9, abs=1e-12)
+    # the labels' names do not matter, only the grouping
+    assert adjusted_rand_index(np.array([0, 0, 1, 1, 2]), np.array([7, 7, -3, -3, 5])) == 1.0
+
+
+def test_adjusted_rand_index_is_about_zero_for_unrelated_groupings_and_falls_with_moved_items():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 50, 100_000)
+    assert abs(adjusted_rand_index(a, rng.integers(0, 50, 100_000))) < 1e-3
+    moved = a.copy()
+    moved[:5_000] = rng.integers(0, 50, 5_000)
+    near = adjusted_rand_index(a, moved)
+    moved[:20_000] = rng.integers(0, 50, 20_000)
+    assert 0.85 < near < 0.95 and adjusted_rand_index(a, moved) < near - 0.1
+    with pytest.raises(ValueError, match="same items"):
+        adjusted_rand_index(a, a[:10])
+
+
+def test_matched_share_counts_the_items_in_the_cluster_most_of_theirs_went_to():
+    # cluster 0 went to 5 (two of three), cluster 1 to 6 (both): 4 of 5 items
+    assert matched_share(np.array([0, 0, 0, 1, 1]), np.array([5, 5, 6, 6, 6])) == pytest.approx(0.8)
+    assert matched_share(np.array([0, 0, 1, 1]), np.array([3, 3, 2, 2])) == 1.0

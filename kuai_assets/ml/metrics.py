@@ -41,3 +41,45 @@ def roc_curve(label: np.ndarray, score: np.ndarray, points: int = 200) -> tuple[
     tpr = np.concatenate([[0.0], tp[keep] / max(tp[-1], 1)])
     fpr = np.concatenate([[0.0], fp[keep] / max(fp[-1], 1)])
     return fpr, tpr
+
+
+def _contingency(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Counts of every (label in a, label in b) pair that occurs (labels are any integers)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"two labellings of the same items are needed, got shapes {a.shape} and {b.shape}")
+    _, a_code = np.unique(a, return_inverse=True)
+    _, b_code = np.unique(b, return_inverse=True)
+    width = int(b_code.max()) + 1 if len(b_code) else 1
+    pair, counts = np.unique(a_code.astype(np.int64) * width + b_code, return_counts=True)
+    return np.stack([pair // width, pair % width, counts], axis=1)
+
+
+def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
+    """Adjusted Rand index of two clusterings of the same items (Hubert and Arabie, 1985): 1 when
+    they group the items alike (whatever the labels' names), about 0 for unrelated groupings."""
+    cells = _contingency(a, b)
+    n = len(a)
+
+    def pairs(counts: np.ndarray) -> float:
+        counts = counts.astype(np.float64)
+        return float((counts * (counts - 1) / 2).sum())
+
+    together = pairs(cells[:, 2])
+    in_a = pairs(np.bincount(cells[:, 0], weights=cells[:, 2]))
+    in_b = pairs(np.bincount(cells[:, 1], weights=cells[:, 2]))
+    expected = in_a * in_b / (n * (n - 1) / 2) if n > 1 else 0.0
+    most = (in_a + in_b) / 2
+    if most == expected:  # both put every item alone, or every item together
+        return 1.0
+    return (together - expected) / (most - expected)
+
+
+def matched_share(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of items whose cluster in `b` is the one that most of their cluster in `a` went to."""
+    cells = _contingency(a, b)
+    if len(cells) == 0:
+        return 1.0
+    order = np.lexsort((-cells[:, 2], cells[:, 0]))
+    first = np.concatenate([[True], np.diff(cells[order, 0]) != 0])
+    return float(cells[order][first, 2].sum() / len(a))
