@@ -443,10 +443,11 @@ def run_benchmark(args: argparse.Namespace) -> int:
             argv.append("--with-checks")
         output_file = work / f".bench_{asset}.log"
         with open(output_file, "w") as log:
-            started = time.time()
+            started, cpus_before = time.time(), machine_cpu_times()
             process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
             _, status, usage = os.wait4(process.pid, 0)
             seconds = time.time() - started
+        steal = stolen_share(cpus_before, machine_cpu_times())
         code = os.waitstatus_to_exitcode(status)
         text = output_file.read_text()
         metadata = next(
@@ -457,6 +458,9 @@ def run_benchmark(args: argparse.Namespace) -> int:
             "asset": asset,
             "seconds": round(seconds, 1),
             "peak_mb": round(usage.ru_maxrss / 1024.0),
+            # the step's CPU time (user + system): over `seconds`, how many cores it kept busy
+            "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
+            "cpu_stolen_share": steal,  # of the machine's CPU time meanwhile, what its host took (steal)
             "rows": metadata.get("dagster/row_count") or metadata.get("vectors"),
             "ok": code == 0,
         }
@@ -482,6 +486,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
             f"[bench] {asset:28s} {seconds:8.1f}s  peak {row['peak_mb']:7,d} MB"
             + (f"  {row['rows']:>12,} rows  {row.get('rows_per_second', 0):>12,}/s" if row["rows"] else "")
             + (f"  {row['vs_disk_read_speed']}x disk" if "vs_disk_read_speed" in row else "")
+            + (f"  CPU {row['cpu_seconds']:,.0f} s ({row['cpu_seconds'] / max(seconds, 1e-9):.2f} cores busy"
+               + (f", the host took {steal:.0%} of the CPUs" if steal else "") + ")" if set(members) & set(VISUAL_ASSETS) else "")
             + ("" if code == 0 else f"  FAILED (see {output_file})"),
             flush=True,
         )
@@ -500,6 +506,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
             "mb_per_s": round(zip_bytes / 1e6 / seconds, 1),
             "vs_disk_read_speed": round(zip_bytes / 1e6 / seconds / speed, 2),
         }
+        if args.visual_without_store and "failed" not in results:
+            results["visual_pass_without_store"] = _visual_pass_without_store(data, work, env, run_config, zip_bytes, speed)
     print(f"[bench] all assets: {total / 60:.1f} min, highest step peak {results['peak_mb']:,} MB", flush=True)
     _print_raw_and_tables(results)
 
@@ -544,6 +552,77 @@ def run_benchmark(args: argparse.Namespace) -> int:
     if args.clean:
         _clean(args, data, work)
     return 1 if "failed" in results else 0
+
+
+def machine_cpu_times() -> tuple[int, int]:
+    """(stolen, all) CPU time of the whole machine so far, in clock ticks (/proc/stat's cpu line)."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    except (OSError, ValueError):
+        return 0, 0
+    return fields[7], sum(fields)
+
+
+def stolen_share(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    """Of the machine's CPU time between two readings, the share its host took for others (steal)."""
+    elapsed = after[1] - before[1]
+    return round((after[0] - before[0]) / elapsed, 3) if elapsed > 0 else None
+
+
+def visual_pass_without_store(data: Path, work: Path, step_config: dict) -> dict:
+    """In this process: the visual stage's pass with its settings, making the PCA and the clusters
+    but no store (tables written to a scratch folder, then deleted)."""
+    from kuai_assets.defs.visual import VisualConfig
+    from kuai_assets.formats import layout
+    from kuai_assets.vectors import Released, VisualStage
+
+    settings = VisualConfig(**step_config.get("config", {})).settings()
+    sources = {split: layout.find_visual_source_checked(data, split) for split in layout.SPLITS}
+    out = work / ".bench_visual_pass"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    try:
+        started = time.time()
+        VisualStage(settings).run(Released(sources), pca_out=out / "pca.parquet", clusters_out=out / "clusters.parquet")
+        return {"seconds": round(time.time() - started, 1)}
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _visual_pass_without_store(data: Path, work: Path, env: dict, run_config: dict, zip_bytes: int, speed: float) -> dict:
+    """The visual stage's own work without the store's 20 GB of writes, timed in a child process:
+    with the stage's figure and the disk's, it shows what bounds the stage (the CPU or the disk)."""
+    evict_from_page_cache(data)
+    argv = [sys.executable, "-m", "kuai_assets.bench", "--visual-pass-child", "--data", str(data), "--work", str(work),
+            "--run-config", json.dumps(run_config.get("visual_stage", {}))]
+    output_file = work / ".bench_visual_pass.log"
+    with open(output_file, "w") as log:
+        started, cpus_before = time.time(), machine_cpu_times()
+        process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.time() - started
+    steal = stolen_share(cpus_before, machine_cpu_times())
+    if os.waitstatus_to_exitcode(status):
+        print(f"[bench] the visual pass without the store failed (see {output_file})", flush=True)
+        return {"ok": False}
+    cpu = usage.ru_utime + usage.ru_stime
+    figures = {
+        "seconds": round(seconds, 1),
+        "mb_per_s": round(zip_bytes / 1e6 / seconds, 1),
+        "vs_disk_read_speed": round(zip_bytes / 1e6 / seconds / speed, 2),
+        "cpu_seconds": round(cpu, 1),
+        "cpu_stolen_share": steal,
+        "peak_mb": round(usage.ru_maxrss / 1024.0),
+    }
+    print(
+        f"[bench] the visual pass without writing the store (PCA and clusters only, one process, no Dagster): "
+        f"{seconds:.1f}s = {figures['mb_per_s']:,.0f} MB/s of released bytes ({figures['vs_disk_read_speed']}x disk); "
+        f"CPU {cpu:,.0f} s ({cpu / max(seconds, 1e-9):.2f} of {os.cpu_count()} cores busy"
+        + (f", the host took {steal:.0%} of the CPUs" if steal else "") + ")",
+        flush=True,
+    )
+    return figures
 
 
 def _clean(args: argparse.Namespace, data: Path, work: Path) -> None:
@@ -612,7 +691,13 @@ def main(argv: list[str] | None = None) -> int:
         "`dagster asset materialize --select ...` runs them) instead of one step at a time; prints the run's wall "
         "time, each step's time and the peak memory of all steps together",
     )
+    parser.add_argument(
+        "--visual-without-store", action="store_true",
+        help="after the visual stage, time its pass again without writing the store (PCA and clusters only), with "
+        "its CPU time: what the stage's own work costs, apart from the store's writes",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--visual-pass-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--one-run-child", help=argparse.SUPPRESS)
     parser.add_argument("--pandas", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -620,6 +705,10 @@ def main(argv: list[str] | None = None) -> int:
         return materialize_one(args.one, json.loads(args.run_config) if args.run_config else {}, args.with_checks)
     if args.one_run_child:
         return materialize_as_one_run(Path(args.one_run_child), json.loads(args.run_config) if args.run_config else {})
+    if args.visual_pass_child:
+        figures = visual_pass_without_store(Path(args.data), Path(args.work), json.loads(args.run_config or "{}"))
+        print("BENCH_VISUAL_PASS " + json.dumps(figures), flush=True)
+        return 0
     if args.pandas:
         figures = pandas_first_stages(Path(args.data), Path(args.work))
         print("BENCH_PANDAS " + json.dumps(figures), flush=True)
