@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from kuai_assets.settings import default_work_dir
 from kuai_assets.formats import layout
 from kuai_assets.ml.metrics import adjusted_rand_index, matched_share
 from kuai_assets.vectors import ENCODINGS, Released, VisualSettings, VisualStage, read_reduced
@@ -89,30 +90,30 @@ def compare(reference: dict, other: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kuai_assets.encoding_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="a dataset in the released layout")
-    parser.add_argument("--work", help="where the tables are made, then deleted (default: <data>/../encoding_check)")
+    parser.add_argument("--work", help="where the tables are made, then deleted (default: .kuai/encoding_check)")
     parser.add_argument("--encodings", default="bfloat16,float16", help="compared with float32 (default: bfloat16,float16)")
     parser.add_argument("--dimensions", type=int, default=VisualSettings.dimensions)
     parser.add_argument("--ks", default=",".join(map(str, VisualSettings.ks)))
     parser.add_argument("--seed", type=int, default=VisualSettings.seed)
     args = parser.parse_args(argv)
     data = Path(args.data)
-    work = Path(args.work) if args.work else data.parent / "encoding_check"
+    work = Path(args.work) if args.work else default_work_dir() / "encoding_check"
     encodings = [e for e in args.encodings.split(",") if e]
     unknown = [e for e in encodings if e not in ENCODINGS]
     if unknown:
         parser.error(f"unknown encoding {unknown[0]!r}: one of {', '.join(ENCODINGS)}")
 
-    def settings(encoding: str, seed: int = args.seed) -> VisualSettings:
+    def visual_settings(encoding: str, seed: int = args.seed) -> VisualSettings:
         return VisualSettings(encoding=encoding, dimensions=args.dimensions, ks=tuple(int(k) for k in args.ks.split(",")), seed=seed)
 
     results: dict = {"data": str(data), "dimensions": args.dimensions, "ks": args.ks, "encodings": {}}
     try:
-        reference = make(data, work / "float32", settings("float32"))
+        reference = make(data, work / "float32", visual_settings("float32"))
         results["float32_seconds"] = round(reference["seconds"], 1)
         print(f"[encoding_check] float32: {len(reference['photo_id']):,} photos in {reference['seconds']:.1f} s", flush=True)
         runs = [(f"float32 seed {args.seed + 1}", "float32", args.seed + 1)] + [(e, e, args.seed) for e in encodings]
         for name, encoding, seed in runs:
-            figures = compare(reference, make(data, work / "other", settings(encoding, seed)))
+            figures = compare(reference, make(data, work / "other", visual_settings(encoding, seed)))
             results["encodings"][name] = figures
             shutil.rmtree(work / "other")
             clusters = "; ".join(

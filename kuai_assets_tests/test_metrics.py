@@ -31,7 +31,7 @@ def test_adjusted_rand_index_against_values_worked_by_hand():
     # pairs of [0, 0, 1, 1] vs [0, 0, 1, 2]: 1 together in both, 2 in the first, 1 in the second,
     # of 6: expected 2 * 1 / 6, so (1 - 1/3) / (1.5 - 1/3) = 4/7
     assert adjusted_rand_index(np.array([0, 0, 1, 1]), np.array([0, 0, 1, 2])) == pytest.approx(4 / 7, abs=1e-12)
-    # 7 pairs together in the first, 3 in the second, 2 in both, of 15: (2 - 7 * 3 / 15) / (5 - 1.4) = 4/9
+    # 7 pairs together in the first, 3 in the second, 3 in both, of 15: (3 - 7 * 3 / 15) / (5 - 1.4) = 4/9
     assert adjusted_rand_index(np.array([0, 0, 0, 0, 1, 1]), np.array([0, 0, 1, 1, 2, 2])) == pytest.approx(4 / 9, abs=1e-12)
     # the labels' names do not matter, only the grouping
     assert adjusted_rand_index(np.array([0, 0, 1, 1, 2]), np.array([7, 7, -3, -3, 5])) == 1.0
