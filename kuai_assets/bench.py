@@ -28,6 +28,8 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +42,37 @@ SCALES = ("tiny", "demo", "preliminary", "final")
 VISUAL_ASSETS = ("video_embeddings", "pca_visual_features", "video_clusters")
 
 
-def _run_child(argv: list[str], env: dict[str, str]) -> tuple[int, float, float]:
-    """Run a child process; return (exit code, wall seconds, peak resident memory in MB)."""
-    started = time.time()
-    process = subprocess.Popen(argv, env=env)
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return process.returncode, time.time() - started, usage.ru_maxrss / 1024.0
+@dataclass
+class ChildRun:
+    code: int  # exit code
+    seconds: float  # wall time
+    peak_mb: float  # the child's maximum resident set
+    cpu_seconds: float  # its CPU time, user + system
+    stolen_share: float | None  # of the machine's CPU time meanwhile, what its host took (steal)
+    output: str  # what it printed ("" when it printed to our stdout)
+
+
+def _run_child(argv: list[str], env: dict[str, str], output_file: Path | None = None) -> ChildRun:
+    """Run a child process to its end (its output to `output_file`, else to ours) and measure it."""
+    with open(output_file, "w") if output_file else nullcontext() as log:
+        started, cpus_before = time.time(), machine_cpu_times()
+        process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT if log else None)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.time() - started
+    return ChildRun(
+        os.waitstatus_to_exitcode(status),
+        seconds,
+        usage.ru_maxrss / 1024.0,
+        usage.ru_utime + usage.ru_stime,
+        stolen_share(cpus_before, machine_cpu_times()),
+        output_file.read_text() if output_file else "",
+    )
+
+
+def _marked(output: str, mark: str):
+    """The JSON a child printed on its last line starting with `mark` (e.g. "BENCH_METADATA "), or None."""
+    lines = [line for line in output.splitlines() if line.startswith(mark)]
+    return json.loads(lines[-1][len(mark) :]) if lines else None
 
 
 def evict_from_page_cache(path: Path) -> None:
@@ -276,8 +302,7 @@ def run_as_one_run(
         code = process.wait()
         seconds = time.time() - started
         peak_mb = memory.stop()
-    line = next((l for l in output_file.read_text().splitlines() if l.startswith("BENCH_STEPS ")), None)
-    steps = json.loads(line[len("BENCH_STEPS ") :]) if line else {}
+    steps = _marked(output_file.read_text(), "BENCH_STEPS ") or {}
     rows = [
         {"step": key, "seconds": round(s["end"] - s["start"], 1) if s["start"] and s["end"] else None, "ok": s["ok"]}
         for key, s in sorted(steps.items(), key=lambda item: item[1]["start"] or 0)
@@ -369,12 +394,12 @@ def run_benchmark(args: argparse.Namespace) -> int:
         if args.vector_dim:
             argv += ["--vector-dim", str(args.vector_dim)]
         data.parent.mkdir(parents=True, exist_ok=True)
-        code, seconds, peak = _run_child(argv, dict(os.environ))
-        if code:
+        generated = _run_child(argv, dict(os.environ))
+        if generated.code:
             print("[bench] generation failed", file=sys.stderr)
-            return code
-        results["generate"] = {"seconds": round(seconds, 1), "peak_mb": round(peak)}
-        print(f"[bench] generated in {seconds:.0f}s, peak {peak:,.0f} MB", flush=True)
+            return generated.code
+        results["generate"] = {"seconds": round(generated.seconds, 1), "peak_mb": round(generated.peak_mb)}
+        print(f"[bench] generated in {generated.seconds:.0f}s, peak {generated.peak_mb:,.0f} MB", flush=True)
     summary_file = data / "ground_truth" / "summary.json"
     if summary_file.exists():
         results["dataset"] = json.loads(summary_file.read_text()).get("counts")
@@ -444,24 +469,15 @@ def run_benchmark(args: argparse.Namespace) -> int:
         if args.with_checks:
             argv.append("--with-checks")
         output_file = work / f".bench_{asset}.log"
-        with open(output_file, "w") as log:
-            started, cpus_before = time.time(), machine_cpu_times()
-            process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-            _, status, usage = os.wait4(process.pid, 0)
-            seconds = time.time() - started
-        steal = stolen_share(cpus_before, machine_cpu_times())
-        code = os.waitstatus_to_exitcode(status)
-        text = output_file.read_text()
-        metadata = next(
-            (json.loads(line[len("BENCH_METADATA ") :]) for line in text.splitlines() if line.startswith("BENCH_METADATA ")),
-            {},
-        )
+        step = _run_child(argv, env, output_file)
+        code, seconds, steal = step.code, step.seconds, step.stolen_share
+        metadata = _marked(step.output, "BENCH_METADATA ") or {}
         row = {
             "asset": asset,
             "seconds": round(seconds, 1),
-            "peak_mb": round(usage.ru_maxrss / 1024.0),
+            "peak_mb": round(step.peak_mb),
             # the step's CPU time (user + system): over `seconds`, how many cores it kept busy
-            "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
+            "cpu_seconds": round(step.cpu_seconds, 1),
             "cpu_stolen_share": steal,  # of the machine's CPU time meanwhile, what its host took (steal)
             "rows": metadata.get("dagster/row_count") or metadata.get("vectors"),
             "ok": code == 0,
@@ -516,14 +532,9 @@ def run_benchmark(args: argparse.Namespace) -> int:
     if not args.skip_pandas and (work / "tables" / "video_clusters.parquet").exists():
         argv = [sys.executable, "-m", "kuai_assets.bench", "--pandas", "--data", str(data), "--work", str(work)]
         output_file = work / ".bench_pandas.log"
-        with open(output_file, "w") as log:
-            started = time.time()
-            process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-            _, status, usage = os.wait4(process.pid, 0)
-            seconds = time.time() - started
-        lines = [l for l in output_file.read_text().splitlines() if l.startswith("BENCH_PANDAS ")]
-        if lines:
-            figures = json.loads(lines[-1][len("BENCH_PANDAS ") :])
+        pandas_run = _run_child(argv, env, output_file)
+        figures = _marked(pandas_run.output, "BENCH_PANDAS ")
+        if figures:
             pandas_seconds = figures["read_interactions_seconds"] + figures["user_stats_seconds"] + figures["cluster_stats_seconds"]
             by_asset = {r["asset"]: r.get("compute_seconds", r["seconds"]) for r in results["assets"]}
             stages = ("raw_interactions", "model_rows", "label_history", "user_behaviour", "user_cluster_affinity", "cluster_stats")
@@ -532,7 +543,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
             results["pandas"] = {
                 **{k: round(v, 1) if isinstance(v, float) else v for k, v in figures.items()},
                 "seconds": round(pandas_seconds, 1),
-                "peak_mb": round(usage.ru_maxrss / 1024.0),
+                "peak_mb": round(pandas_run.peak_mb),
                 "platform_seconds_same_stages": round(ours, 1),
                 "speedup": round(pandas_seconds / ours, 2) if ours and not not_run else None,
                 "platform_stages_not_run": not_run,
@@ -599,25 +610,19 @@ def _visual_pass_without_store(data: Path, work: Path, env: dict, run_config: di
     argv = [sys.executable, "-m", "kuai_assets.bench", "--visual-pass-child", "--data", str(data), "--work", str(work),
             "--run-config", json.dumps(run_config.get("visual_stage", {}))]
     output_file = work / ".bench_visual_pass.log"
-    with open(output_file, "w") as log:
-        started, cpus_before = time.time(), machine_cpu_times()
-        process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.time() - started
-    steal = stolen_share(cpus_before, machine_cpu_times())
-    if os.waitstatus_to_exitcode(status):
+    child = _run_child(argv, env, output_file)
+    if child.code:
         print(f"[bench] the visual pass without the store failed (see {output_file})", flush=True)
         return {"ok": False}
-    cpu = usage.ru_utime + usage.ru_stime
-    child = [l for l in output_file.read_text().splitlines() if l.startswith("BENCH_VISUAL_PASS ")]
+    seconds, cpu, steal = child.seconds, child.cpu_seconds, child.stolen_share
     figures = {
         "seconds": round(seconds, 1),
-        "in_process_seconds": json.loads(child[-1][len("BENCH_VISUAL_PASS ") :])["seconds"] if child else None,
+        "in_process_seconds": (_marked(child.output, "BENCH_VISUAL_PASS ") or {}).get("seconds"),
         "mb_per_s": round(zip_bytes / 1e6 / seconds, 1),
         "vs_disk_read_speed": round(zip_bytes / 1e6 / seconds / speed, 2),
         "cpu_seconds": round(cpu, 1),
         "cpu_stolen_share": steal,
-        "peak_mb": round(usage.ru_maxrss / 1024.0),
+        "peak_mb": round(child.peak_mb),
     }
     print(
         f"[bench] the visual pass without writing the store (PCA and clusters only, one process, no Dagster): "
