@@ -24,11 +24,11 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 def make_resources(data_dir: Path, work_dir: Path) -> dict:
-    from kuai_assets.defs.resources import KuaiResource, MlflowResource
+    from kuai_assets.defs.resources import WorkspaceResource, TrackingResource
 
     return {
-        "kuai": KuaiResource(data_dir=str(data_dir), work_dir=str(work_dir)),
-        "mlflow": MlflowResource(
+        "workspace": WorkspaceResource(data_dir=str(data_dir), work_dir=str(work_dir)),
+        "tracking": TrackingResource(
             tracking_uri=f"sqlite:///{work_dir}/mlflow/mlflow.db", artifact_root=str(work_dir / "mlflow" / "artifacts")
         ),
     }

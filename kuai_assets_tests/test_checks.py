@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kuai_assets.defs import checks
-from kuai_assets.defs.resources import KuaiResource
+from kuai_assets.defs.resources import WorkspaceResource
 from kuai_assets.storage import WorkDir
 from kuai_assets_tests.conftest import make_resources
 from kuai_assets_tests.handmade import write_dataset
@@ -26,8 +26,8 @@ def values(result: dg.AssetCheckResult) -> dict:
     return {k: getattr(v, "value", v) for k, v in result.metadata.items()}
 
 
-def kuai(work, data="/nonexistent") -> KuaiResource:
-    return KuaiResource(data_dir=str(data), work_dir=str(work))
+def workspace(work, data="/nonexistent") -> WorkspaceResource:
+    return WorkspaceResource(data_dir=str(data), work_dir=str(work))
 
 
 def write_table(work, name: str, columns: dict) -> None:
@@ -52,9 +52,9 @@ def interactions(split, photo_id, click) -> dict:
 
 def test_train_and_test_photos_disjoint_can_fail(tmp_path):
     write_table(tmp_path, "raw_interactions", interactions(["train", "train", "test"], [1, 2, 3], [1, 0, None]))
-    assert checks.train_and_test_photos_disjoint(kuai=kuai(tmp_path)).passed
+    assert checks.train_and_test_photos_disjoint(workspace=workspace(tmp_path)).passed
     write_table(tmp_path, "raw_interactions", interactions(["train", "train", "test"], [1, 2, 2], [1, 0, None]))
-    result = checks.train_and_test_photos_disjoint(kuai=kuai(tmp_path))
+    result = checks.train_and_test_photos_disjoint(workspace=workspace(tmp_path))
     assert not result.passed and values(result)["shared_photo_ids"] == 1
 
 
@@ -68,9 +68,9 @@ def test_train_and_test_photos_disjoint_can_fail(tmp_path):
 )
 def test_click_rate_plausible_can_fail(tmp_path, split, click, why):
     write_table(tmp_path, "raw_interactions", interactions(["train"] * 4 + ["test"], range(5), [1, 0, 0, 0, None]))
-    assert checks.click_rate_plausible(kuai=kuai(tmp_path)).passed
+    assert checks.click_rate_plausible(workspace=workspace(tmp_path)).passed
     write_table(tmp_path, "raw_interactions", interactions(split, range(5), click))
-    assert not checks.click_rate_plausible(kuai=kuai(tmp_path)).passed, why
+    assert not checks.click_rate_plausible(workspace=workspace(tmp_path)).passed, why
 
 
 def test_a_blocking_check_stops_what_comes_after(tmp_path):
@@ -99,11 +99,11 @@ def test_every_photo_has_a_vector_can_fail(tmp_path):
     write_table(tmp_path, "raw_interactions", interactions(["train", "train", "test"], [1, 2, 3], [1, 0, None]))
     with WorkDir(tmp_path).writing_store("video_embeddings") as store:
         np.save(store / "photo_id.npy", np.array([1, 2, 3, 4], dtype=np.int64))
-    result = checks.every_photo_has_a_vector(kuai=kuai(tmp_path))
+    result = checks.every_photo_has_a_vector(workspace=workspace(tmp_path))
     assert result.passed and values(result)["vectors_in_store"] == 4
 
     write_table(tmp_path, "raw_interactions", interactions(["train", "train", "test"], [1, 2, 9], [1, 0, None]))
-    result = checks.every_photo_has_a_vector(kuai=kuai(tmp_path))
+    result = checks.every_photo_has_a_vector(workspace=workspace(tmp_path))
     assert not result.passed
     assert values(result)["photos_without_vector"] == {"train": 0, "test": 1}
     assert values(result)["examples"] == [9]
@@ -149,13 +149,13 @@ def matrix(**change) -> dict:
 )
 def test_training_matrix_finite_and_keyed_can_fail(tmp_path, change, failing):
     write_table(tmp_path, "training_matrix", matrix())
-    result = checks.training_matrix_finite_and_keyed(kuai=kuai(tmp_path))
+    result = checks.training_matrix_finite_and_keyed(workspace=workspace(tmp_path))
     assert result.passed, values(result)
     assert values(result)["float_columns_checked"] == 2
     assert values(result)["null_feature_share (missing by design)"] == pytest.approx(2 / 8)
 
     write_table(tmp_path, "training_matrix", matrix(**change))
-    result = checks.training_matrix_finite_and_keyed(kuai=kuai(tmp_path))
+    result = checks.training_matrix_finite_and_keyed(workspace=workspace(tmp_path))
     assert not result.passed
     failing_now = {k for k, v in values(result).items() if k in checks_problems() and v}
     assert failing_now == {failing}
@@ -195,7 +195,7 @@ def test_label_statistics_check_can_fail(materialized, tmp_path, monkeypatch):
     path = tmp_path / "features" / "leaky_user_rate.sql"
     path.write_text(LEAKY_SQL)
     monkeypatch.setattr(checks, "label_groups", lambda: [load_sql_model(path)])
-    result = checks.label_statistics_out_of_fold(kuai=kuai(materialized["work"], materialized["data"]))
+    result = checks.label_statistics_out_of_fold(workspace=workspace(materialized["work"], materialized["data"]))
     assert not result.passed
     assert "leaky_click_rate" in result.description and "a leak" in result.description
     assert values(result)["groups_probed"] == ["leaky_user_rate"]
@@ -207,7 +207,7 @@ def test_label_statistics_check_can_fail(materialized, tmp_path, monkeypatch):
 TEST_ROWS = [(1, 100), (1, 101), (2, 100), (3, 102)]
 
 
-def submission_setup(tmp_path, lines: list[str]) -> KuaiResource:
+def submission_setup(tmp_path, lines: list[str]) -> WorkspaceResource:
     data, work = tmp_path / "data", tmp_path / "work"
     (data / "test").mkdir(parents=True)
     (data / "test" / "test_interaction.txt").write_text(
@@ -215,7 +215,7 @@ def submission_setup(tmp_path, lines: list[str]) -> KuaiResource:
     )
     work.mkdir()
     (work / "submission.txt").write_text("".join(line + "\n" for line in lines))
-    return kuai(work, data)
+    return workspace(work, data)
 
 
 GOOD = [f"{u}\t{p}\t0.{i}00000" for i, (u, p) in enumerate(TEST_ROWS)]
@@ -232,9 +232,9 @@ GOOD = [f"{u}\t{p}\t0.{i}00000" for i, (u, p) in enumerate(TEST_ROWS)]
     ],
 )
 def test_submission_matches_test_keys_can_fail(tmp_path, lines, problem):
-    result = checks.submission_matches_test_keys(kuai=submission_setup(tmp_path / "good", GOOD))
+    result = checks.submission_matches_test_keys(workspace=submission_setup(tmp_path / "good", GOOD))
     assert result.passed and values(result)["rows"] == 4 and values(result)["max_probability"] == 0.3
-    result = checks.submission_matches_test_keys(kuai=submission_setup(tmp_path / "bad", lines))
+    result = checks.submission_matches_test_keys(workspace=submission_setup(tmp_path / "bad", lines))
     assert not result.passed
     assert re.search(problem, result.description), result.description
     assert "submission.txt" in values(result)["problem"]

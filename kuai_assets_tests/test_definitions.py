@@ -71,5 +71,5 @@ def test_jobs_and_resources():
     assert {k.to_user_string() for k in retrain.asset_layer.selected_asset_keys} == {
         "training_matrix", "model", "baseline_model", "feature_group_ablation", "submission", "evaluation"
     }
-    assert set(defs.resources) == {"kuai", "mlflow"}
+    assert set(defs.resources) == {"workspace", "tracking"}
     assert isinstance(defs.resolve_job_def("everything"), dg.JobDefinition)

@@ -1,7 +1,7 @@
 """Asset checks: the guarantees downstream assets rely on, shown in the UI, blocking where a
 failure would make what comes after wrong.
 
-Each check is a plain function of the `kuai` resource (so a test can call it on a damaged work
+Each check is a plain function of the `workspace` resource (so a test can call it on a damaged work
 dir) and reports what it counted as metadata, passed or not.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 
-from kuai_assets.defs.resources import KuaiResource
+from kuai_assets.defs.resources import WorkspaceResource
 from kuai_assets.features.catalog import TableModel, feature_groups, load_catalog
 from kuai_assets.features.leakage import probe_label_leakage
 from kuai_assets.features.matrix import MATRIX
@@ -35,8 +35,8 @@ KEY_COLUMNS = ("setup", "role", "row_id", "user_id", "photo_id", "fold")
 
 
 @dg.asset_check(asset="raw_interactions", blocking=True, description="Train and test photo ids are disjoint.")
-def train_and_test_photos_disjoint(kuai: KuaiResource) -> dg.AssetCheckResult:
-    con = kuai.work().connect(["raw_interactions"])
+def train_and_test_photos_disjoint(workspace: WorkspaceResource) -> dg.AssetCheckResult:
+    con = workspace.work().connect(["raw_interactions"])
     shared = con.execute(
         "select count(*) from (select photo_id from raw_interactions where split = 'train' "
         "intersect select photo_id from raw_interactions where split = 'test')"
@@ -50,8 +50,8 @@ def train_and_test_photos_disjoint(kuai: KuaiResource) -> dg.AssetCheckResult:
     blocking=True,
     description="Train click rate and row counts are plausible (click rate 1%-60%, both splits non-empty).",
 )
-def click_rate_plausible(kuai: KuaiResource) -> dg.AssetCheckResult:
-    con = kuai.work().connect(["raw_interactions"])
+def click_rate_plausible(workspace: WorkspaceResource) -> dg.AssetCheckResult:
+    con = workspace.work().connect(["raw_interactions"])
     train_rows, test_rows, click_rate = con.execute(
         "select count(*) filter (where split = 'train'), count(*) filter (where split = 'test'), "
         "avg(click) filter (where split = 'train') from raw_interactions"
@@ -72,8 +72,8 @@ def click_rate_plausible(kuai: KuaiResource) -> dg.AssetCheckResult:
     blocking=True,
     description="Every photo in the interactions (train and test) has a visual vector in the store.",
 )
-def every_photo_has_a_vector(kuai: KuaiResource) -> dg.AssetCheckResult:
-    work = kuai.work()
+def every_photo_has_a_vector(workspace: WorkspaceResource) -> dg.AssetCheckResult:
+    work = workspace.work()
     vector_ids = np.load(work.require_store("video_embeddings") / "photo_id.npy")
     con = work.connect(["raw_interactions"])
     needed = con.execute("select distinct photo_id, split from raw_interactions order by photo_id").fetchnumpy()
@@ -125,8 +125,8 @@ def non_finite_and_null_counts(path: Path, columns: list[str]) -> tuple[list[int
     "arithmetic bug); keys never NULL and one row per (setup, row_id); labels on every fit and "
     "validation row, none on the test rows.",
 )
-def training_matrix_finite_and_keyed(kuai: KuaiResource) -> dg.AssetCheckResult:
-    work = kuai.work()
+def training_matrix_finite_and_keyed(workspace: WorkspaceResource) -> dg.AssetCheckResult:
+    work = workspace.work()
     con = work.connect([MATRIX])
     try:
         schema = con.execute(f"describe {MATRIX}").fetchall()
@@ -193,8 +193,8 @@ def label_groups() -> list[TableModel]:
     "users, shuffling the labels of the validation rows (and of one fold) must not move those rows' "
     "features, and must move others' (kuai_assets/features/leakage.py).",
 )
-def label_statistics_out_of_fold(kuai: KuaiResource) -> dg.AssetCheckResult:
-    work = kuai.work()
+def label_statistics_out_of_fold(workspace: WorkspaceResource) -> dg.AssetCheckResult:
+    work = workspace.work()
     groups = label_groups()
     started = time.time()
     work.root.mkdir(parents=True, exist_ok=True)
@@ -245,9 +245,9 @@ def label_statistics_out_of_fold(kuai: KuaiResource) -> dg.AssetCheckResult:
     description="The submission's keys are exactly those of test_interaction.txt, once each, with a "
     "six-decimal probability in [0, 1] on every line.",
 )
-def submission_matches_test_keys(kuai: KuaiResource) -> dg.AssetCheckResult:
-    path = kuai.work().submission_file
-    test_file = layout.interaction_file(kuai.dataset(), "test")
+def submission_matches_test_keys(workspace: WorkspaceResource) -> dg.AssetCheckResult:
+    path = workspace.work().submission_file
+    test_file = layout.interaction_file(workspace.dataset(), "test")
     try:
         rows = validate_submission(path, test_file)
     except DataFormatError as exc:

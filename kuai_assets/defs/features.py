@@ -8,7 +8,7 @@ the SQL, so the UI marks it stale after an edit; its header variables become run
 import dagster as dg
 
 from kuai_assets.defs.metadata import clear_failures, markdown_table, table_metadata
-from kuai_assets.defs.resources import KuaiResource
+from kuai_assets.defs.resources import WorkspaceResource
 from kuai_assets.features.catalog import TableModel, load_catalog
 from kuai_assets.features.runner import materialize_table_model
 
@@ -53,9 +53,9 @@ def table_model_asset(model: TableModel) -> dg.AssetsDefinition:
         config_schema=_config_schema(model) or None,
         tags=tags,
     )
-    def _asset(context: dg.AssetExecutionContext, kuai: KuaiResource) -> dg.MaterializeResult:
+    def _asset(context: dg.AssetExecutionContext, workspace: WorkspaceResource) -> dg.MaterializeResult:
         with clear_failures(model.name):
-            work = kuai.work()
+            work = workspace.work()
             result = materialize_table_model(model, work, dict(context.op_config or {}), context.log.info)
         metadata = table_metadata(work.table_path(model.name))
         metadata["seconds"] = dg.MetadataValue.float(result.seconds)

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from kuai_assets.defs.metadata import clear_failures, image, markdown_table, table_metadata
-from kuai_assets.defs.resources import KuaiResource, MlflowResource
+from kuai_assets.defs.resources import WorkspaceResource, TrackingResource
 from kuai_assets.features.catalog import CatalogError, feature_groups, load_catalog
 from kuai_assets.features.matrix import MATRIX, Feature, build_training_matrix, read_features
 from kuai_assets.formats import layout
@@ -70,7 +70,7 @@ class TrainingMatrixConfig(dg.Config):
     code_version="2",
 )
 def training_matrix(
-    context: dg.AssetExecutionContext, config: TrainingMatrixConfig, kuai: KuaiResource
+    context: dg.AssetExecutionContext, config: TrainingMatrixConfig, workspace: WorkspaceResource
 ) -> dg.MaterializeResult:
     """model_rows joined to every feature group by the group's declared grain.
 
@@ -80,7 +80,7 @@ def training_matrix(
     group and kind travel in the Parquet metadata; the models choose groups from there.
     """
     with clear_failures("training_matrix"):
-        work = kuai.work()
+        work = workspace.work()
         groups = feature_groups(load_catalog())
         result = build_training_matrix(work, groups, context.log.info, config.max_fit_rows_per_setup or None)
     features: list[Feature] = result["features"]
@@ -334,7 +334,7 @@ def model_metadata(validation: Validation, info: dict) -> dict:
     op_tags={**LIGHTGBM_TAGS, "dagster/priority": "1"},
 )
 def model(
-    context: dg.AssetExecutionContext, config: ModelConfig, kuai: KuaiResource, mlflow: MlflowResource
+    context: dg.AssetExecutionContext, config: ModelConfig, workspace: WorkspaceResource, tracking: TrackingResource
 ) -> dg.MaterializeResult:
     """The full LightGBM click model over the enabled feature groups, tracked in MLflow.
 
@@ -346,15 +346,15 @@ def model(
     """
     with clear_failures("model"):
         validation, info = fit_track_and_publish(
-            context, kuai.work(), mlflow.tracker(), "model", FULL, list(config.feature_groups), config,
-            REGISTERED_MODEL, mlflow.ui_url,
+            context, workspace.work(), tracking.tracker(), "model", FULL, list(config.feature_groups), config,
+            REGISTERED_MODEL, tracking.ui_url,
         )
     return dg.MaterializeResult(metadata=model_metadata(validation, info))
 
 
 @dg.asset(group_name=GROUP, kinds={"lightgbm", "mlflow"}, deps=[training_matrix], code_version="1", op_tags=LIGHTGBM_TAGS)
 def baseline_model(
-    context: dg.AssetExecutionContext, config: LightGbmConfig, kuai: KuaiResource, mlflow: MlflowResource
+    context: dg.AssetExecutionContext, config: LightGbmConfig, workspace: WorkspaceResource, tracking: TrackingResource
 ) -> dg.MaterializeResult:
     """The published top-10 recipe as a baseline: LightGBM on the `published_baseline` group only.
 
@@ -363,8 +363,8 @@ def baseline_model(
     """
     with clear_failures("baseline_model"):
         validation, info = fit_track_and_publish(
-            context, kuai.work(), mlflow.tracker(), "baseline_model", BASELINE, BASELINE_GROUPS, config,
-            f"{REGISTERED_MODEL}_baseline", mlflow.ui_url,
+            context, workspace.work(), tracking.tracker(), "baseline_model", BASELINE, BASELINE_GROUPS, config,
+            f"{REGISTERED_MODEL}_baseline", tracking.ui_url,
         )
     return dg.MaterializeResult(metadata=model_metadata(validation, info))
 
@@ -373,14 +373,14 @@ def baseline_model(
 
 
 @dg.asset(group_name=GROUP, kinds={"lightgbm", "python"}, deps=[model], code_version="1")
-def submission(context: dg.AssetExecutionContext, kuai: KuaiResource) -> dg.MaterializeResult:
+def submission(context: dg.AssetExecutionContext, workspace: WorkspaceResource) -> dg.MaterializeResult:
     """The competition file at $KUAI_WORK_DIR/submission.txt: `user_id \\t photo_id \\t probability`.
 
     Scores the test rows of the training matrix with the recorded submission model, writes six
     decimals per row, and checks the keys are exactly those of test_interaction.txt.
     """
     with clear_failures("submission"):
-        work = kuai.work()
+        work = workspace.work()
         store = work.require_store("model")
         info = json.loads((store / "run.json").read_text())
         import lightgbm as lgb
@@ -396,7 +396,7 @@ def submission(context: dg.AssetExecutionContext, kuai: KuaiResource) -> dg.Mate
         probability = RowSample(info["negative_sample_rate"]).calibrate(booster.predict(test.x))
         path = work.submission_file
         write_submission(path, test.user_id, test.photo_id, probability)
-        rows = validate_submission(path, layout.interaction_file(kuai.dataset(), "test"))
+        rows = validate_submission(path, layout.interaction_file(workspace.dataset(), "test"))
     with open(path) as f:
         head = [next(f).rstrip("\n") for _ in range(min(5, rows))]
     return dg.MaterializeResult(
@@ -406,7 +406,7 @@ def submission(context: dg.AssetExecutionContext, kuai: KuaiResource) -> dg.Mate
             "mean_probability": dg.MetadataValue.float(round(float(probability.mean()), 5)),
             "mlflow_run_id": info["mlflow_run_id"],
             "preview": dg.MetadataValue.md("```\n" + "\n".join(head) + "\n```"),
-            "validated_against": dg.MetadataValue.path(str(layout.interaction_file(kuai.dataset(), "test"))),
+            "validated_against": dg.MetadataValue.path(str(layout.interaction_file(workspace.dataset(), "test"))),
         }
     )
 
@@ -437,7 +437,7 @@ def _test_auc(ground_truth: Path, submission_file: Path | None, predictions: Pat
 
 @dg.asset(group_name=GROUP, kinds={"python", "mlflow"}, deps=[submission, baseline_model], code_version="1")
 def evaluation(
-    context: dg.AssetExecutionContext, kuai: KuaiResource, mlflow: MlflowResource
+    context: dg.AssetExecutionContext, workspace: WorkspaceResource, tracking: TrackingResource
 ) -> dg.MaterializeResult:
     """AUC of the submission (and of the baseline) on the test rows, against a ground-truth file.
 
@@ -447,8 +447,8 @@ def evaluation(
     both MLflow runs.
     """
     with clear_failures("evaluation"):
-        work = kuai.work()
-        truth = kuai.ground_truth_path()
+        work = workspace.work()
+        truth = workspace.ground_truth_path()
         if truth is None:
             context.log.warning("No ground truth for this dataset: nothing to evaluate against.")
             return dg.MaterializeResult(metadata={"ground_truth": "none (real data: submit the file to score it)"})
@@ -458,7 +458,7 @@ def evaluation(
         baseline_auc, _, _ = _test_auc(truth, None, work.require_store("baseline_model") / "test_predictions.parquet")
         closure = (test_auc - 0.5) / (oracle_auc - 0.5)
         baseline_closure = (baseline_auc - 0.5) / (oracle_auc - 0.5)
-        tracker = mlflow.tracker()
+        tracker = tracking.tracker()
         tracker.log_metrics_to(
             model_info["mlflow_run_id"], {"test_auc": test_auc, "oracle_auc": oracle_auc, "oracle_gap_closure": closure}
         )
@@ -518,14 +518,14 @@ class AblationConfig(LightGbmConfig):
 
 @dg.asset(group_name=GROUP, kinds={"lightgbm", "mlflow"}, deps=[training_matrix], code_version="1", op_tags=LIGHTGBM_TAGS)
 def feature_group_ablation(
-    context: dg.AssetExecutionContext, config: AblationConfig, kuai: KuaiResource, mlflow: MlflowResource
+    context: dg.AssetExecutionContext, config: AblationConfig, workspace: WorkspaceResource, tracking: TrackingResource
 ) -> dg.MaterializeResult:
     """Which feature group carries the gain: validation AUC with each group removed, and with each
     group alone on top of the user-behaviour group. One MLflow run per variant, nested under one
     parent; a table and a bar chart here.
     """
     with clear_failures("feature_group_ablation"):
-        work = kuai.work()
+        work = workspace.work()
         matrix = work.require_table(MATRIX)
         groups = list(config.feature_groups)
         features = select_features(read_features(matrix), groups)
@@ -539,7 +539,7 @@ def feature_group_ablation(
         variants.update({f"{config.base_group} + {g}": [config.base_group, g] for g in groups if g != config.base_group})
         params = config.params()
         results = []
-        tracker = mlflow.tracker()
+        tracker = tracking.tracker()
         tags = {"dagster_run_id": context.run.run_id, "dagster_asset": "feature_group_ablation"}
         with tracker.run(f"ablation · {len(groups)} groups · {len(variants)} variants", tags) as parent:
             parent_id = parent.info.run_id
@@ -554,10 +554,10 @@ def feature_group_ablation(
                             "best_iteration": result.best_iteration})
             context.log.info(f"ablation: {name}: validation AUC {result.auc:.4f}")
             with tracker.run(name, {**tags, "variant": name}, parent_run_id=parent_id):
-                import mlflow as mlflow_module
+                import mlflow
 
-                mlflow_module.log_params({"variant": name, "feature_groups": ",".join(variant_groups), "fit_rows": len(fit.x)})
-                mlflow_module.log_metrics({"valid_auc": result.auc, "best_iteration": result.best_iteration})
+                mlflow.log_params({"variant": name, "feature_groups": ",".join(variant_groups), "fit_rows": len(fit.x)})
+                mlflow.log_metrics({"valid_auc": result.auc, "best_iteration": result.best_iteration})
         from kuai_assets.ml import plots
 
         full_auc = results[0]["valid_auc"]

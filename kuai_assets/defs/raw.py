@@ -6,7 +6,7 @@ import time
 import dagster as dg
 
 from kuai_assets.defs.metadata import clear_failures, table_metadata
-from kuai_assets.defs.resources import KuaiResource
+from kuai_assets.defs.resources import WorkspaceResource
 from kuai_assets.formats.released import read_faces, read_interactions, read_text
 
 GROUP = "raw"
@@ -19,7 +19,7 @@ def _report_metadata(report) -> dict:
 
 
 @dg.asset(group_name=GROUP, kinds={"duckdb"}, code_version="1")
-def raw_interactions(context: dg.AssetExecutionContext, kuai: KuaiResource) -> dg.MaterializeResult:
+def raw_interactions(context: dg.AssetExecutionContext, workspace: WorkspaceResource) -> dg.MaterializeResult:
     """Train and test impressions from train_interaction.txt and test_interaction.txt.
 
     One row per impression: row_id, split, line (in its file), user_id, photo_id, click, like,
@@ -29,8 +29,8 @@ def raw_interactions(context: dg.AssetExecutionContext, kuai: KuaiResource) -> d
     """
     started = time.time()
     with clear_failures("raw_interactions"):
-        root = kuai.dataset(context.log)
-        work = kuai.work()
+        root = workspace.dataset(context.log)
+        work = workspace.work()
         con = work.connect()
         with work.writing_table("raw_interactions") as tmp:
             report = read_interactions(con, root, tmp)
@@ -47,7 +47,7 @@ def raw_interactions(context: dg.AssetExecutionContext, kuai: KuaiResource) -> d
 
 
 @dg.asset(group_name=GROUP, kinds={"duckdb"}, deps=[raw_interactions], code_version="1")
-def raw_faces(context: dg.AssetExecutionContext, kuai: KuaiResource) -> dg.MaterializeResult:
+def raw_faces(context: dg.AssetExecutionContext, workspace: WorkspaceResource) -> dg.MaterializeResult:
     """Detected faces from train_face.txt and test_face.txt, one row per face.
 
     share of the cover, gender (0 female, 1 male), age and appearance (0-99). Only works with a
@@ -55,8 +55,8 @@ def raw_faces(context: dg.AssetExecutionContext, kuai: KuaiResource) -> dg.Mater
     photo_id; rows for photos not in the interactions are dropped and counted.
     """
     with clear_failures("raw_faces"):
-        root = kuai.dataset(context.log)
-        work = kuai.work()
+        root = workspace.dataset(context.log)
+        work = workspace.work()
         con = work.connect(["raw_interactions"])
         con.execute("create temp table photos as select distinct photo_id, split from raw_interactions")
         with work.writing_table("raw_faces") as tmp:
@@ -66,7 +66,7 @@ def raw_faces(context: dg.AssetExecutionContext, kuai: KuaiResource) -> dg.Mater
 
 
 @dg.asset(group_name=GROUP, kinds={"duckdb"}, deps=[raw_interactions], code_version="1")
-def raw_text(context: dg.AssetExecutionContext, kuai: KuaiResource) -> dg.MaterializeResult:
+def raw_text(context: dg.AssetExecutionContext, workspace: WorkspaceResource) -> dg.MaterializeResult:
     """Cover words from train_text.txt and test_text.txt, one row per work in the interactions.
 
     words is the list of word ids: empty when the cover has no text (the released single token
@@ -74,8 +74,8 @@ def raw_text(context: dg.AssetExecutionContext, kuai: KuaiResource) -> dg.Materi
     with the file and line; an empty value or a missing row reads as no text and is counted.
     """
     with clear_failures("raw_text"):
-        root = kuai.dataset(context.log)
-        work = kuai.work()
+        root = workspace.dataset(context.log)
+        work = workspace.work()
         con = work.connect(["raw_interactions"])
         con.execute("create temp table photos as select distinct photo_id, split from raw_interactions")
         with work.writing_table("raw_text") as tmp:

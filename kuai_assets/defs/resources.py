@@ -17,7 +17,7 @@ from kuai_assets.ml.tracking import EXPERIMENT, Tracker, default_tracking_uri
 from kuai_assets.storage import WorkDir
 
 
-class KuaiResource(dg.ConfigurableResource):
+class WorkspaceResource(dg.ConfigurableResource):
     """The dataset (in the released layout) and the work dir everything is written to."""
 
     data_dir: str = Field(description="Folder in the released layout (train/ and test/). KUAI_DATA_DIR.")
@@ -58,7 +58,7 @@ class KuaiResource(dg.ConfigurableResource):
         return path if path.is_file() else None
 
 
-class MlflowResource(dg.ConfigurableResource):
+class TrackingResource(dg.ConfigurableResource):
     """The MLflow tracking store: local SQLite under the work dir unless MLFLOW_TRACKING_URI is set."""
 
     tracking_uri: str = Field(description="MLflow tracking URI. MLFLOW_TRACKING_URI.")
@@ -73,8 +73,8 @@ class MlflowResource(dg.ConfigurableResource):
 def default_resources() -> dict:
     work = settings.default_work_dir()
     return {
-        "kuai": KuaiResource(data_dir=str(settings.default_data_dir()), work_dir=str(work)),
-        "mlflow": MlflowResource(
+        "workspace": WorkspaceResource(data_dir=str(settings.default_data_dir()), work_dir=str(work)),
+        "tracking": TrackingResource(
             tracking_uri=default_tracking_uri(work), artifact_root=str(work / "mlflow" / "artifacts")
         ),
     }

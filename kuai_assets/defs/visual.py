@@ -17,7 +17,7 @@ from pydantic import Field
 
 from kuai_assets.defs.metadata import clear_failures, image, table_metadata
 from kuai_assets.defs.raw import raw_interactions
-from kuai_assets.defs.resources import KuaiResource
+from kuai_assets.defs.resources import WorkspaceResource
 from kuai_assets.formats import layout
 from kuai_assets.formats.released import DataFormatError
 from kuai_assets.vectors import Released, VectorStore, VisualSettings, VisualStage
@@ -108,17 +108,17 @@ VISUAL_SPECS = [
 
 
 @dg.multi_asset(name="visual_stage", specs=VISUAL_SPECS, can_subset=True)
-def visual_stage(context: dg.AssetExecutionContext, config: VisualConfig, kuai: KuaiResource):
+def visual_stage(context: dg.AssetExecutionContext, config: VisualConfig, workspace: WorkspaceResource):
     """video_embeddings, pca_visual_features and video_clusters in one pass over the vectors."""
     selected = context.selected_asset_keys
-    work = kuai.work()
+    work = workspace.work()
     started = time.time()
     names = [key.to_user_string() for key in (EMBEDDINGS, PCA, CLUSTERS) if key in selected]
     with clear_failures(", ".join(names)), ExitStack() as outputs:
         stage = VisualStage(config.settings(), context.log.info)
         store_out = pca_out = clusters_out = None
         if EMBEDDINGS in selected:
-            root = kuai.dataset(context.log)
+            root = workspace.dataset(context.log)
             sources = {split: layout.find_visual_source_checked(root, split) for split in layout.SPLITS}
             source = Released(sources)
             store_out = outputs.enter_context(work.writing_store("video_embeddings"))

@@ -79,7 +79,7 @@ class Tracker:
     def _error(self, exc: BaseException) -> TrackingError:
         return TrackingError(
             f"cannot write the MLflow store at {self.tracking_uri} (artifacts under {self.artifact_root}): "
-            f"{type(exc).__name__}: {exc}. Point MLFLOW_TRACKING_URI (or the `mlflow` resource's tracking_uri) "
+            f"{type(exc).__name__}: {exc}. Point MLFLOW_TRACKING_URI (or the `tracking` resource's tracking_uri) "
             "at a writable store."
         )
 
