@@ -171,11 +171,13 @@ class WorkDir:
         tables: Iterable[str] = (),
         memory_limit: str | None = None,
         threads: int | None = None,
+        hidden_columns: dict[str, Iterable[str]] | None = None,
     ) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB with a view per upstream table (which must exist).
 
         Each view reads the version of the table that was current when connecting, however many
-        times DuckDB reopens the file and whatever another run publishes meanwhile.
+        times DuckDB reopens the file and whatever another run publishes meanwhile. A table named
+        in `hidden_columns` is seen without those columns: a query naming one fails to bind.
         """
         self.duckdb_tmp.mkdir(parents=True, exist_ok=True)
         con = duckdb.connect(
@@ -192,7 +194,7 @@ class WorkDir:
         try:
             pins = self._pin_folder(con)
             for name in tables:
-                attach_table(con, name, _pin(self.require_table(name), pins))
+                attach_table(con, name, _pin(self.require_table(name), pins), (hidden_columns or {}).get(name, ()))
         except BaseException:
             con.close()
             raise
@@ -211,10 +213,12 @@ class WorkDir:
         return folder
 
 
-def attach_table(con: duckdb.DuckDBPyConnection, name: str, path: Path) -> None:
+def attach_table(con: duckdb.DuckDBPyConnection, name: str, path: Path, hidden: Iterable[str] = ()) -> None:
+    hidden = [f'"{check_identifier(c, "column")}"' for c in hidden]
+    columns = f"* exclude ({', '.join(hidden)})" if hidden else "*"
     con.execute(
         f"create or replace view {check_identifier(name, 'table')} as "
-        f"select * from read_parquet({sql_string(path)})"
+        f"select {columns} from read_parquet({sql_string(path)})"
     )
 
 

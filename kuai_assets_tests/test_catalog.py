@@ -17,7 +17,10 @@ def test_every_feature_group_declares_grain_and_kinds():
     assert len(groups) >= 10
     for group in groups:
         assert group.grain and (group.continuous or group.discrete) and group.description, group.name
+    # derived from the lineage: every group reading label_history, and none other
+    assert {g.name for g in groups if g.uses_labels} == {g.name for g in groups if "label_history" in g.upstream}
     assert {g.name for g in groups if g.uses_labels} >= {"user_behaviour", "user_cluster_affinity", "cluster_stats"}
+    assert not {g.name for g in groups if g.uses_labels} & {"time_and_duration", "impression_context", "face_stats"}
     assert [g.name for g in groups if g.uses_scored_window_log] == ["impression_context"]
     assert [g.name for g in groups if not g.enabled_by_default] == ["published_baseline"]
 
@@ -52,7 +55,9 @@ def test_header_errors_are_named(tmp_path):
     with pytest.raises(CatalogError, match="declare continuous"):
         load_sql_model(write(tmp_path, "features", "g2", "-- grain: photo_id\nselect 1 as photo_id"))
     with pytest.raises(CatalogError, match="true or false"):
-        parse_header("-- uses_labels: maybe\nselect 1", "x")
+        parse_header("-- uses_scored_window_log: maybe\nselect 1", "x")
+    with pytest.raises(CatalogError, match="uses_labels. is no longer declared: it is derived"):
+        parse_header("-- uses_labels: false\nselect 1", "x")
     with pytest.raises(CatalogError, match="plain lowercase"):
         parse_header("-- grain: photo_id; drop table x\nselect 1", "x")
     with pytest.raises(CatalogError, match="does not parse"):
@@ -75,3 +80,53 @@ def test_result_columns_must_match_the_declaration(tmp_path):
         model.check_columns(["photo_id", "d"])
     with pytest.raises(CatalogError, match="grain column"):
         model.check_columns(["a", "d"])
+
+
+def test_label_use_is_derived_through_the_lineage():
+    catalog = load_catalog()
+    assert catalog["label_history"].uses_labels  # names raw_interactions.click itself
+    assert not catalog["model_rows"].uses_labels  # reads raw_interactions, no label column
+    assert catalog["user_behaviour"].uses_labels  # through label_history
+
+
+PLUGIN = """
+from kuai_assets.features.spec import TableModel
+
+
+def compute(con, out, log):
+    con.execute(f"copy (select setup, row_id, (row_id % 7)::double as row_id_mod_7 from model_rows) to '{out}' (format parquet)")
+
+
+GROUP = TableModel(
+    name="row_id_mod_7",
+    layer="features",
+    description="A plug-in written for the test: one file, nothing registered.",
+    grain=("setup", "row_id"),
+    upstream=("model_rows",),
+    continuous=("row_id_mod_7",),
+    compute=compute,
+)
+"""
+
+
+def test_a_python_group_is_one_file(tmp_path, monkeypatch):
+    """Dropping one module into the groups package puts a group, and its asset, in the graph."""
+    import kuai_assets.groups
+
+    (tmp_path / "row_id_mod_7.py").write_text(PLUGIN)
+    monkeypatch.setattr(kuai_assets.groups, "__path__", [*kuai_assets.groups.__path__, str(tmp_path)])
+    catalog = load_catalog()
+    assert catalog["row_id_mod_7"].is_feature_group and not catalog["row_id_mod_7"].uses_labels
+    from kuai_assets.defs.features import table_model_assets
+
+    keys = {key.path[-1] for asset in table_model_assets() for key in asset.keys}
+    assert "row_id_mod_7" in keys
+
+
+def test_a_group_module_must_define_its_group(tmp_path, monkeypatch):
+    import kuai_assets.groups
+
+    (tmp_path / "no_group_here.py").write_text("X = 1\n")
+    monkeypatch.setattr(kuai_assets.groups, "__path__", [*kuai_assets.groups.__path__, str(tmp_path)])
+    with pytest.raises(CatalogError, match="no_group_here.py: a feature group module must define GROUP"):
+        load_catalog()

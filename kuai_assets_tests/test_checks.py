@@ -189,16 +189,20 @@ def test_label_statistics_check_ran_and_passed_in_the_pipeline(materialized):
 
 
 def test_label_statistics_check_can_fail(materialized, tmp_path, monkeypatch):
-    from kuai_assets.features.catalog import load_sql_model
+    """A planted group that reads clicks in fold, declaring nothing, is found and fails the check."""
+    import shutil
 
-    (tmp_path / "features").mkdir()
-    path = tmp_path / "features" / "leaky_user_rate.sql"
-    path.write_text(LEAKY_SQL)
-    monkeypatch.setattr(checks, "label_groups", lambda: [load_sql_model(path)])
+    from kuai_assets.features.catalog import sql_root
+
+    sql = tmp_path / "sql"
+    shutil.copytree(sql_root(), sql)
+    (sql / "features" / "leaky_user_rate.sql").write_text(LEAKY_SQL)
+    monkeypatch.setenv("KUAI_SQL_DIR", str(sql))
     result = checks.label_statistics_out_of_fold(workspace=workspace(materialized["work"], materialized["data"]))
     assert not result.passed
     assert "leaky_click_rate" in result.description and "a leak" in result.description
-    assert values(result)["groups_probed"] == ["leaky_user_rate"]
+    assert "leaky_user_rate" in values(result)["groups_probed"]
+    assert "time_and_duration" in values(result)["groups_probed"]  # every group is probed
     assert not list(materialized["work"].glob(".leak_probe-*")), "the probe's scratch space was left behind"
 
 

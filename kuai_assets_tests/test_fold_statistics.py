@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 
 from kuai_assets.features import fold_statistics
 from kuai_assets.features.fold_statistics import FoldSums, distinct_sorted
-from kuai_assets.features.published_baseline import _means
+from kuai_assets.groups.published_baseline import _means
 
 
 def test_out_of_fold_sums_match_a_direct_loop():
@@ -64,8 +64,8 @@ def test_background_writer_reports_a_failed_write(tmp_path):
 def test_a_python_group_version_covers_the_helpers_it_imports(monkeypatch):
     import inspect
 
-    from kuai_assets.features.cluster_affinity import USER_CLUSTER_AFFINITY
-    from kuai_assets.features.python_groups import VISUAL_SIMILARITY
+    from kuai_assets.groups.user_cluster_affinity import GROUP as USER_CLUSTER_AFFINITY
+    from kuai_assets.groups.visual_similarity import GROUP as VISUAL_SIMILARITY
 
     before = USER_CLUSTER_AFFINITY.code_version
     visual_before = VISUAL_SIMILARITY.code_version
@@ -107,7 +107,7 @@ def test_durations_by_row_id_dense_and_sparse(tmp_path):
     import duckdb
     import pytest
 
-    from kuai_assets.features.published_baseline import Durations
+    from kuai_assets.groups.published_baseline import Durations
 
     for name, row_id in [("dense", [4, 0, 2, 3]), ("sparse", [2**40, 7, -1, 3])]:
         con = duckdb.connect()
@@ -121,7 +121,7 @@ def test_durations_by_row_id_dense_and_sparse(tmp_path):
 
 
 def test_sorted_with_order_packed_and_argsort_agree():
-    from kuai_assets.features.word_affinity import sorted_with_order
+    from kuai_assets.groups.user_word_affinity import sorted_with_order
 
     rng = np.random.default_rng(11)
     for key in (rng.integers(0, 50, 3_000), rng.integers(0, 2**40, 3_000), np.array([], np.int64), np.array([7])):

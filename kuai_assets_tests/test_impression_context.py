@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kuai_assets.features.impression_context import compute_impression_context
+from kuai_assets.groups.impression_context import compute_impression_context
 
 T0 = 10_000_000  # the focal batch of user 1 (train)
 # user 3's first batch in test; its train row (the train log's last) 10 s before. The train log

@@ -1,8 +1,10 @@
 """Label statistics never see the label of the row they describe (issue: honest validation).
 
-The probe recomputes every label-using feature group with the labels of the validation rows,
-and separately of one fold, shuffled among themselves; those rows' features must not move, while
-other rows' features must (so the probe can fail). A deliberately leaky group proves it does.
+The probe recomputes every feature group with the labels of the validation rows, and separately
+of one fold, shuffled among themselves; those rows' features must not move, while other rows'
+features must (so the probe can fail). A deliberately leaky group proves it does; a group cannot
+claim to be label-free (label use is derived), and a group cannot read labels from
+raw_interactions at all.
 """
 
 import pytest
@@ -11,15 +13,21 @@ from kuai_assets.features.catalog import load_sql_model
 from kuai_assets.features.leakage import probe_label_leakage
 from kuai_assets.storage import WorkDir
 
-LEAKY_SQL = """-- A leak on purpose: the user's click rate over every row, its own included.
+LEAKY_SQL = """-- A leak on purpose: the user's click rate over every fit row of the setup, its own fold's included.
 -- grain: setup, fold, user_id
--- uses_labels: true
 -- continuous: leaky_click_rate
-select r.setup, r.fold, r.user_id, avg(i.click)::float as leaky_click_rate
+select r.setup, r.fold, r.user_id, avg(h.click)::float as leaky_click_rate
+from (select distinct setup, fold, user_id from model_rows) as r
+join label_history as h on h.setup = r.setup and h.user_id = r.user_id
+group by all
+"""
+
+RAW_LABELS_SQL = """-- Reads the clicks straight from the log: refused, whatever it declares.
+-- grain: setup, row_id
+-- continuous: own_click
+select r.setup, r.row_id, i.click::float as own_click
 from model_rows as r
 join raw_interactions as i using (row_id)
-where i.split = 'train'
-group by all
 """
 
 
@@ -38,5 +46,24 @@ def test_probe_catches_a_leaky_group(materialized, tmp_path):
     path.write_text(LEAKY_SQL)
     leaky = load_sql_model(path)
     results = probe_label_leakage(WorkDir(materialized["work"]), tmp_path / "probe", groups=[leaky], users=20)
-    assert all(r.max_change_protected > 1e-3 for r in results), results
-    assert {r.worst_feature for r in results} == {"leaky_click_rate"}
+    leaked = [r for r in results if r.max_change_protected > 1e-3]
+    # the validation rows' own labels never reach label_history; the fold's do, and are caught
+    assert [r.scenario for r in leaked] == ["fold 0 labels shuffled"], results
+    assert leaked[0].worst_feature == "leaky_click_rate"
+
+
+def test_a_group_cannot_read_labels_from_the_log(materialized, tmp_path):
+    from kuai_assets.features.catalog import CatalogError
+    from kuai_assets.features.runner import materialize_table_model
+
+    (tmp_path / "features").mkdir()
+    path = tmp_path / "features" / "own_click.sql"
+    path.write_text(RAW_LABELS_SQL)
+    model = load_sql_model(path)
+    work = WorkDir(tmp_path / "work")
+    work.tables.mkdir(parents=True)
+    for name in ("model_rows", "raw_interactions"):
+        (work.tables / f"{name}.parquet").hardlink_to(WorkDir(materialized["work"]).table_path(name))
+    with pytest.raises(CatalogError, match=r"own_click.sql: .*raw_interactions.* has no label column .*click.*label_history"):
+        materialize_table_model(model, work)
+    assert not work.table_path("own_click").exists()

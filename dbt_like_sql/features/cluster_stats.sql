@@ -2,7 +2,6 @@
 -- by everyone, smoothed toward the population (50 pseudo-impressions). Label statistics, out of fold.
 --
 -- grain: setup, fold, k, cluster
--- uses_labels: true
 -- continuous: cluster_impressions, cluster_click_rate, cluster_like_rate, cluster_playing_ratio
 with per_photo as (  -- one row per (setup, fold, photo) before the join: 7x fewer rows at scale
     select setup, fold, photo_id,

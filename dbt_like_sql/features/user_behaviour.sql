@@ -3,7 +3,6 @@
 -- (setup, fold) is computed from that setup's fit rows outside the fold.
 --
 -- grain: setup, fold, user_id
--- uses_labels: true
 -- continuous: user_impressions, user_click_rate, user_like_rate, user_follow_rate, user_like_per_click
 -- continuous: user_playing_ratio, user_playing_seconds_per_click, user_clicked_duration, user_duration_click_lift
 with per_fold as (

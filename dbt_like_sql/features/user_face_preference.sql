@@ -3,7 +3,6 @@
 -- pseudo-impressions). Label statistics, out of fold.
 --
 -- grain: setup, fold, user_id
--- uses_labels: true
 -- continuous: user_click_rate_with_face, user_click_rate_without_face, user_face_click_lift
 -- continuous: user_click_rate_female_face, user_click_rate_male_face
 -- continuous: user_click_rate_face_under_20, user_click_rate_face_20_30, user_click_rate_face_over_30

@@ -3,7 +3,6 @@
 -- statistics, out of fold: a fit photo's words are rated on the other folds' photos only.
 --
 -- grain: setup, fold, photo_id
--- uses_labels: true
 -- continuous: word_click_rate_mean, word_click_rate_max, word_click_rate_min, word_impressions
 with words as (
     select photo_id, unnest(words) as word_id

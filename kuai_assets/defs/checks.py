@@ -181,9 +181,9 @@ def training_matrix_finite_and_keyed(workspace: WorkspaceResource) -> dg.AssetCh
     )
 
 
-def label_groups() -> list[TableModel]:
-    """The feature groups the leak probe recomputes: every group that reads labels."""
-    return [g for g in feature_groups(load_catalog()) if g.uses_labels]
+def probed_groups() -> list[TableModel]:
+    """The feature groups the leak probe recomputes: every one, whatever its lineage says."""
+    return feature_groups(load_catalog())
 
 
 @dg.asset_check(
@@ -195,7 +195,7 @@ def label_groups() -> list[TableModel]:
 )
 def label_statistics_out_of_fold(workspace: WorkspaceResource) -> dg.AssetCheckResult:
     work = workspace.work()
-    groups = label_groups()
+    groups = probed_groups()
     started = time.time()
     work.root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work.root, prefix=".leak_probe-") as scratch:

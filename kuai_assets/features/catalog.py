@@ -6,36 +6,45 @@ lines declares what the rest of the platform needs to know, for example:
     -- User behaviour: ...free text, shown as the asset's description...
     --
     -- grain: setup, fold, user_id
-    -- uses_labels: true
     -- continuous: user_click_rate, user_like_rate
     -- discrete: face_gender_mix
     -- variable: folds = 5 | what it means
 
 Upstream tables are never declared: they are read off the SQL's own parse tree (DuckDB's
-`json_serialize_sql`), so lineage cannot drift from the query. Everything under features/ is a
-feature group; `training_matrix`, the model and the ablation read these declarations, never a
-hand-kept column list.
+`json_serialize_sql`), so lineage cannot drift from the query. Whether a model uses labels is
+derived too: a model whose SQL names a label column of raw_interactions uses them, and so does
+everything downstream of it (a feature group's view of raw_interactions has no label columns, so
+label statistics can only come through label_history). Everything under features/ is a feature
+group; `training_matrix`, the model and the ablation read these declarations, never a hand-kept
+column list.
+
+Python feature groups are the modules of `kuai_assets.groups`, discovered, never listed: each
+defines one `GROUP` whose name is the module's name.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import hashlib
-import inspect
+import dataclasses
+import importlib
 import json
 import os
-from dataclasses import dataclass, field
+import pkgutil
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import duckdb
 
+from kuai_assets.features.spec import FEATURE_LAYER, LABEL_COLUMNS, CatalogError, TableModel, Variable
 from kuai_assets.storage import IDENTIFIER
 
+__all__ = ["CatalogError", "TableModel", "Variable", "load_catalog", "feature_groups"]
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-HEADER_KEYS = {"grain", "continuous", "discrete", "uses_labels", "uses_scored_window_log", "default", "variable"}
-FEATURE_LAYER = "features"
+HEADER_KEYS = {"grain", "continuous", "discrete", "uses_scored_window_log", "default", "variable"}
+# header keys that were once declared and are now derived: refused with a word on why
+DERIVED_KEYS = {"uses_labels": "is derived from the lineage (a model reading label_history or a label column uses labels)"}
+GROUPS_PACKAGE = "kuai_assets.groups"
 # grain keys a feature group may be joined on: columns of model_rows, plus (k, cluster) through
 # the photo's visual cluster at every k
 ROW_KEYS = ("setup", "fold", "row_id", "user_id", "photo_id")
@@ -44,94 +53,6 @@ CLUSTER_KEYS = ("k", "cluster")
 
 def sql_root() -> Path:
     return Path(os.environ.get("KUAI_SQL_DIR", REPO_ROOT / "dbt_like_sql"))
-
-
-class CatalogError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class Variable:
-    name: str
-    default: float | int
-    description: str
-
-
-@dataclass(frozen=True)
-class TableModel:
-    """A table computed from other tables: a SQL file, or a Python feature group."""
-
-    name: str
-    layer: str
-    description: str
-    grain: tuple[str, ...]
-    upstream: tuple[str, ...]
-    continuous: tuple[str, ...] = ()
-    discrete: tuple[str, ...] = ()
-    uses_labels: bool = False
-    uses_scored_window_log: bool = False
-    enabled_by_default: bool = True
-    variables: tuple[Variable, ...] = ()
-    sql: str | None = None
-    path: Path | None = None
-    compute: Callable[..., Any] | None = field(default=None, compare=False)
-
-    @property
-    def is_feature_group(self) -> bool:
-        return self.layer == FEATURE_LAYER
-
-    @property
-    def kind(self) -> str:
-        return "sql" if self.sql is not None else "python"
-
-    @property
-    def code_version(self) -> str:
-        """A hash of the SQL, or of the Python group's module and the kuai_assets.features
-        modules it imports from (so a change in a shared helper marks the group stale too)."""
-        if self.sql is not None:
-            return hashlib.sha256(self.sql.encode()).hexdigest()[:12]
-        module = inspect.getmodule(self.compute)
-        modules = {module.__name__: module}
-        for value in vars(module).values():
-            source_module = inspect.getmodule(value)
-            if source_module is not None and source_module.__name__.startswith("kuai_assets.features."):
-                modules.setdefault(source_module.__name__, source_module)
-        modules.pop(__name__, None)  # the catalog itself (TableModel) is not the group's logic
-        sources = "".join(inspect.getsource(modules[name]) for name in sorted(modules))
-        return hashlib.sha256(sources.encode()).hexdigest()[:12]
-
-    def column_kind(self, column: str) -> str | None:
-        """'continuous', 'discrete', or None for a column the header does not declare."""
-        for kind, patterns in (("continuous", self.continuous), ("discrete", self.discrete)):
-            if any(fnmatch.fnmatchcase(column, p) for p in patterns):
-                return kind
-        return None
-
-    def check_columns(self, columns: list[str]) -> list[tuple[str, str]]:
-        """Match a materialized table's columns against the header; return (column, kind) features."""
-        where = self.path or self.name
-        missing_keys = [k for k in self.grain if k not in columns]
-        if missing_keys:
-            raise CatalogError(f"{where}: grain column(s) {missing_keys} are not in the result")
-        features = []
-        undeclared = []
-        for column in columns:
-            if column in self.grain:
-                continue
-            kind = self.column_kind(column)
-            if kind is None:
-                undeclared.append(column)
-            else:
-                features.append((column, kind))
-        if self.is_feature_group and undeclared:
-            raise CatalogError(
-                f"{where}: column(s) {undeclared} are neither grain nor declared continuous/discrete in the header"
-            )
-        declared = [p for p in self.continuous + self.discrete if "*" not in p and "?" not in p]
-        absent = [p for p in declared if p not in columns]
-        if absent:
-            raise CatalogError(f"{where}: declared column(s) {absent} are not in the result")
-        return features
 
 
 def parse_header(text: str, where: str) -> dict[str, Any]:
@@ -146,13 +67,15 @@ def parse_header(text: str, where: str) -> dict[str, Any]:
         body = line[2:].strip()
         key, sep, value = body.partition(":")
         key = key.strip().lower()
+        if sep and key in DERIVED_KEYS:
+            raise CatalogError(f"{where}: `{key}` is no longer declared: it {DERIVED_KEYS[key]}; remove the line")
         if sep and key in HEADER_KEYS:
             value = value.strip()
             if key in ("continuous", "discrete"):
                 out[key] += [v.strip() for v in value.split(",") if v.strip()]
             elif key == "grain":
                 out["grain"] = [v.strip() for v in value.split(",") if v.strip()]
-            elif key in ("uses_labels", "uses_scored_window_log"):
+            elif key == "uses_scored_window_log":
                 if value.lower() not in ("true", "false"):
                     raise CatalogError(f"{where}: {key} must be true or false, got {value!r}")
                 out[key] = value.lower() == "true"
@@ -184,8 +107,7 @@ def _parse_variable(value: str, where: str) -> Variable:
     return Variable(name, number, description.strip())
 
 
-def referenced_tables(sql: str, where: str) -> tuple[str, ...]:
-    """Tables a query reads, from DuckDB's own parse tree (CTE names excluded)."""
+def _parse_tree(sql: str, where: str) -> dict:
     con = duckdb.connect()
     try:
         tree = json.loads(con.execute("select json_serialize_sql(?)", [sql]).fetchall()[0][0])
@@ -193,24 +115,45 @@ def referenced_tables(sql: str, where: str) -> tuple[str, ...]:
         con.close()  # no DuckDB instance may outlive this (the executor forks from this process)
     if tree.get("error"):
         raise CatalogError(f"{where}: SQL does not parse: {tree.get('error_message')}")
+    return tree
+
+
+def _walk(node: Any, visit) -> None:
+    if isinstance(node, dict):
+        visit(node)
+        for value in node.values():
+            _walk(value, visit)
+    elif isinstance(node, list):
+        for value in node:
+            _walk(value, visit)
+
+
+def referenced_tables(sql: str, where: str) -> tuple[str, ...]:
+    """Tables a query reads, from DuckDB's own parse tree (CTE names excluded)."""
     tables: set[str] = set()
     ctes: set[str] = set()
 
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if node.get("type") == "BASE_TABLE" and "table_name" in node:
-                tables.add(node["table_name"])
-            cte_map = node.get("cte_map")
-            if isinstance(cte_map, dict):
-                ctes.update(entry["key"] for entry in cte_map.get("map", []))
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
+    def visit(node: dict) -> None:
+        if node.get("type") == "BASE_TABLE" and "table_name" in node:
+            tables.add(node["table_name"])
+        cte_map = node.get("cte_map")
+        if isinstance(cte_map, dict):
+            ctes.update(entry["key"] for entry in cte_map.get("map", []))
 
-    walk(tree)
+    _walk(_parse_tree(sql, where), visit)
     return tuple(sorted(tables - ctes))
+
+
+def referenced_columns(sql: str, where: str) -> frozenset[str]:
+    """Every column name a query refers to (the last part of each column reference)."""
+    columns: set[str] = set()
+
+    def visit(node: dict) -> None:
+        if node.get("class") == "COLUMN_REF" and node.get("column_names"):
+            columns.add(node["column_names"][-1].lower())
+
+    _walk(_parse_tree(sql, where), visit)
+    return frozenset(columns)
 
 
 def load_sql_model(path: Path) -> TableModel:
@@ -222,6 +165,7 @@ def load_sql_model(path: Path) -> TableModel:
     if not header["grain"]:
         raise CatalogError(f"{path}: the header must declare its grain (`-- grain: ...`)")
     layer = path.parent.name
+    upstream = referenced_tables(text, str(path))
     if layer == FEATURE_LAYER and not (header["continuous"] or header["discrete"]):
         raise CatalogError(f"{path}: a feature group must declare continuous and/or discrete columns")
     return TableModel(
@@ -229,10 +173,11 @@ def load_sql_model(path: Path) -> TableModel:
         layer=layer,
         description=header["description"],
         grain=tuple(header["grain"]),
-        upstream=referenced_tables(text, str(path)),
+        upstream=upstream,
         continuous=tuple(header["continuous"]),
         discrete=tuple(header["discrete"]),
-        uses_labels=header.get("uses_labels", False),
+        # the direct use; load_catalog adds what comes through the upstream tables
+        uses_labels="raw_interactions" in upstream and bool(referenced_columns(text, str(path)) & set(LABEL_COLUMNS)),
         uses_scored_window_log=header.get("uses_scored_window_log", False),
         enabled_by_default=header.get("enabled_by_default", True),
         variables=tuple(header["variables"]),
@@ -249,11 +194,34 @@ def _load_sql_models(root: str) -> tuple[TableModel, ...]:
     return tuple(load_sql_model(p) for p in paths)
 
 
-def load_catalog(root: Path | None = None) -> dict[str, TableModel]:
-    """All table models, SQL and Python, by name; checks names are unique and upstreams known."""
-    from kuai_assets.features.python_groups import PYTHON_FEATURE_GROUPS
+def python_groups() -> list[TableModel]:
+    """Every module of kuai_assets.groups defines one feature group, `GROUP`, named as the module."""
+    package = importlib.import_module(GROUPS_PACKAGE)
+    groups = []
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{GROUPS_PACKAGE}.{info.name}")
+        group = getattr(module, "GROUP", None)
+        where = getattr(module, "__file__", info.name)
+        if not isinstance(group, TableModel):
+            raise CatalogError(f"{where}: a feature group module must define GROUP = TableModel(...)")
+        if group.name != info.name or group.layer != FEATURE_LAYER or group.compute is None:
+            raise CatalogError(
+                f"{where}: GROUP must be named {info.name!r} (the module's name), in layer {FEATURE_LAYER!r}, "
+                "with a compute function"
+            )
+        groups.append(group)
+    return groups
 
-    models = list(_load_sql_models(str(root or sql_root()))) + list(PYTHON_FEATURE_GROUPS)
+
+def load_catalog(root: Path | None = None) -> dict[str, TableModel]:
+    """All table models, SQL and Python, by name; checks names are unique and upstreams known.
+
+    Label use is derived here: a model uses labels if it reads a label column itself (SQL only: a
+    Python group's view of raw_interactions has none) or reads a table model that uses labels.
+    """
+    models = list(_load_sql_models(str(root or sql_root()))) + python_groups()
     catalog: dict[str, TableModel] = {}
     for model in models:
         if model.name in catalog:
@@ -274,7 +242,16 @@ def load_catalog(root: Path | None = None) -> dict[str, TableModel]:
                     f"{model.path or model.name}: grain {list(model.grain)} cannot be joined to the rows; "
                     f"use columns of model_rows {list(ROW_KEYS)} and optionally both of {list(CLUSTER_KEYS)}"
                 )
-    return catalog
+    return {name: dataclasses.replace(m, uses_labels=_uses_labels(name, catalog, ())) for name, m in catalog.items()}
+
+
+def _uses_labels(name: str, catalog: dict[str, TableModel], path: tuple[str, ...]) -> bool:
+    if name in path:
+        raise CatalogError(f"table models read each other in a cycle: {' -> '.join(path + (name,))}")
+    model = catalog.get(name)
+    if model is None:  # a source table: its label columns count only where a model names them
+        return False
+    return model.uses_labels or any(_uses_labels(u, catalog, path + (name,)) for u in model.upstream)
 
 
 def feature_groups(catalog: dict[str, TableModel] | None = None) -> list[TableModel]:

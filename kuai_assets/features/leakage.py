@@ -1,6 +1,6 @@
 """A probe that proves label statistics never see the label of the row they describe.
 
-On a sample of users, the label-using feature groups are computed three times: on the real
+On a sample of users, every feature group is computed three times: on the real
 labels, with the labels of the validation rows shuffled among themselves, and with the labels of
 one fold's rows shuffled among themselves. A row's features may not move when only the labels of
 its own kind of row moved: validation rows must not see validation labels, fold-f rows must not see
@@ -103,7 +103,7 @@ def probe_label_leakage(
 ) -> list[ProbeResult]:
     """Run both shuffles on a sample of `users`; return one result per scenario."""
     catalog = load_catalog()
-    groups = groups or [g for g in catalog.values() if g.is_feature_group and g.uses_labels]
+    groups = groups or [g for g in catalog.values() if g.is_feature_group]
     models = [catalog["model_rows"], catalog["label_history"], *groups]
     variables = variables or {}
     scenarios = {

@@ -6,9 +6,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import duckdb
 import pyarrow.parquet as pq
 
-from kuai_assets.features.catalog import CatalogError, TableModel
+from kuai_assets.features.spec import LABEL_COLUMNS, CatalogError, TableModel
 from kuai_assets.features.grain import first_duplicate
 from kuai_assets.storage import WorkDir, check_identifier, sql_string
 
@@ -46,17 +47,30 @@ def materialize_table_model(
 ) -> TableResult:
     started = time.time()
     values = resolve_variables(model, variables)
-    con = work.connect(model.upstream)
+    # a feature group sees no label column in raw_interactions: label statistics come through
+    # label_history (fit rows only, with their folds), which is what makes them derivable and probed
+    hidden = {"raw_interactions": LABEL_COLUMNS} if model.is_feature_group else None
+    con = work.connect(model.upstream, hidden_columns=hidden)
     try:
         for name, value in values.items():
             con.execute(f"set variable {check_identifier(name, 'variable')} = ?", [value])
         with work.writing_table(model.name) as tmp:
-            if model.sql is not None:
-                con.execute(
-                    f"copy ({sql_body(model.sql)}) to {sql_string(tmp)} (format parquet, compression zstd)"
-                )
-            else:
-                model.compute(con, tmp, log)
+            try:
+                if model.sql is not None:
+                    con.execute(
+                        f"copy ({sql_body(model.sql)}) to {sql_string(tmp)} (format parquet, compression zstd)"
+                    )
+                else:
+                    model.compute(con, tmp, log)
+            except duckdb.BinderException as exc:
+                named = [c for c in LABEL_COLUMNS if f'"{c}"' in str(exc)]
+                if hidden and named:
+                    raise CatalogError(
+                        f"{model.path or model.name}: a feature group's raw_interactions has no label column "
+                        f"({', '.join(named)}); label statistics read label_history, whose fit rows carry "
+                        f"their fold ({str(exc).splitlines()[0]})"
+                    ) from None
+                raise
             schema = pq.read_schema(tmp)
             features = model.check_columns(schema.names)
             rows = pq.ParquetFile(tmp).metadata.num_rows

@@ -17,7 +17,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from kuai_assets.features.catalog import TableModel
+from kuai_assets.features.spec import TableModel
 from kuai_assets.features.fold_statistics import (
     BackgroundParquetWriter,
     FoldSums,
@@ -199,7 +199,7 @@ def compute_published_baseline(
     return written
 
 
-PUBLISHED_BASELINE = TableModel(
+GROUP = TableModel(
     name="published_baseline",
     layer="features",
     description=(
@@ -211,7 +211,6 @@ PUBLISHED_BASELINE = TableModel(
     grain=("setup", "row_id"),
     upstream=("label_history", "model_rows", "raw_interactions", "video_clusters"),
     continuous=FEATURES,
-    uses_labels=True,
     enabled_by_default=False,
     compute=compute_published_baseline,
 )

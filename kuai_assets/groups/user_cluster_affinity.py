@@ -20,7 +20,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from kuai_assets.features.catalog import TableModel
+from kuai_assets.features.spec import TableModel
 from kuai_assets.features.fold_statistics import (
     BackgroundParquetWriter,
     FoldSums,
@@ -131,7 +131,7 @@ def compute_user_cluster_affinity(
     return written
 
 
-USER_CLUSTER_AFFINITY = TableModel(
+GROUP = TableModel(
     name="user_cluster_affinity",
     layer="features",
     description=(
@@ -147,6 +147,5 @@ USER_CLUSTER_AFFINITY = TableModel(
         "user_cluster_click_lift",
         "user_cluster_playing_seconds",
     ),
-    uses_labels=True,
     compute=compute_user_cluster_affinity,
 )

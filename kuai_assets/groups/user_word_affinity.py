@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from kuai_assets.features.catalog import TableModel
+from kuai_assets.features.spec import TableModel
 from kuai_assets.features.fold_statistics import BackgroundParquetWriter, float32_column, positions_by_part
 from kuai_assets.features.id_index import IdIndex
 
@@ -189,7 +189,7 @@ def compute_user_word_affinity(
     return written
 
 
-USER_WORD_AFFINITY = TableModel(
+GROUP = TableModel(
     name="user_word_affinity",
     layer="features",
     description=(
@@ -200,6 +200,5 @@ USER_WORD_AFFINITY = TableModel(
     grain=("setup", "row_id"),
     upstream=("label_history", "model_rows", "raw_text"),
     continuous=("user_word_click_rate_mean", "user_word_click_rate_max", "user_word_impressions"),
-    uses_labels=True,
     compute=compute_user_word_affinity,
 )

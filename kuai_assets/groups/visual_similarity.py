@@ -1,14 +1,8 @@
-"""Feature groups SQL cannot express well, each one Python function with the same declarations.
+"""visual_similarity: the cosine similarity between the photo's reduced visual vector and the
+centroids of what the user clicked and did not click, out of fold.
 
-visual_similarity: the cosine similarity between the photo's reduced visual vector and the
-centroids of what the user clicked and did not click. Averaging 64-d vectors per user, out of
-fold, is a few numpy reductions; in SQL it would be 64 hand-written columns.
-
-The others live in their own modules: user_word_affinity (word_affinity.py),
-user_cluster_affinity (cluster_affinity.py) and published_baseline (published_baseline.py), label
-statistics whose cells number in the tens of millions, counted in numpy (fold_statistics.py);
-impression_context (impression_context.py), the row's batch and the user's and photo's exposure in
-the impression log, one sort and range sums over batches.
+Averaging 64-d vectors per user, out of fold, is a few numpy reductions; in SQL it would be 64
+hand-written columns.
 """
 
 from __future__ import annotations
@@ -21,13 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kuai_assets.features.catalog import TableModel
+from kuai_assets.features.spec import TableModel
 from kuai_assets.features.fold_statistics import float32_column
 from kuai_assets.features.id_index import IdIndex
-from kuai_assets.features.cluster_affinity import USER_CLUSTER_AFFINITY
-from kuai_assets.features.impression_context import IMPRESSION_CONTEXT
-from kuai_assets.features.published_baseline import PUBLISHED_BASELINE
-from kuai_assets.features.word_affinity import USER_WORD_AFFINITY
 
 ROW_CHUNK = 2_000_000
 NO_VECTOR = "{}: photo_id(s) with no reduced visual vector"
@@ -123,7 +113,7 @@ def compute_visual_similarity(
     return written
 
 
-VISUAL_SIMILARITY = TableModel(
+GROUP = TableModel(
     name="visual_similarity",
     layer="features",
     description=(
@@ -134,10 +124,5 @@ VISUAL_SIMILARITY = TableModel(
     grain=("setup", "row_id"),
     upstream=("label_history", "model_rows", "pca_visual_features"),
     continuous=("visual_similarity_clicked", "visual_similarity_unclicked", "visual_similarity_margin"),
-    uses_labels=True,
     compute=compute_visual_similarity,
-)
-
-PYTHON_FEATURE_GROUPS = (
-    VISUAL_SIMILARITY, USER_WORD_AFFINITY, USER_CLUSTER_AFFINITY, PUBLISHED_BASELINE, IMPRESSION_CONTEXT
 )

@@ -51,7 +51,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from kuai_assets.features.catalog import TableModel
+from kuai_assets.features.spec import TableModel
 from kuai_assets.features.fold_statistics import FETCH_BATCH_ROWS, BackgroundParquetWriter, distinct_sorted, fetch
 from kuai_assets.features.id_index import IdIndex
 
@@ -343,7 +343,7 @@ def compute_impression_context(
     return written
 
 
-IMPRESSION_CONTEXT = TableModel(
+GROUP = TableModel(
     name="impression_context",
     layer="features",
     description=(
