@@ -34,7 +34,7 @@ MARK = "QUALITY_RESULT "
 
 def dataset(out: Path, size: str, world: str, seed: int, vector_dim: int | None) -> tuple[Path, dict, float]:
     """The world's dataset (generated unless a matching one is there), its summary, generation seconds."""
-    from kuai_assets.synth import generate, get_size
+    from kuai_assets.synth import generate, get_size, get_world
 
     name = f"{size}-{world}-seed{seed}" + (f"-d{vector_dim}" if vector_dim else "")
     root = out / "data" / name
@@ -44,6 +44,10 @@ def dataset(out: Path, size: str, world: str, seed: int, vector_dim: int | None)
         if (summary.get("size"), summary.get("world", "demo"), summary.get("seed")) != (size, world, seed):
             raise SystemExit(f"{root} holds size/world/seed {summary.get('size')}/{summary.get('world')}/"
                              f"{summary.get('seed')}, not {size}/{world}/{seed}; remove it or choose another --out")
+        switches = get_world(world).switches()
+        if summary.get("world_switches", {}) != json.loads(json.dumps(switches)):
+            raise SystemExit(f"{root} was generated with the switches {summary.get('world_switches')}, but world "
+                             f"{world!r} now has {switches}; remove it to regenerate")
         return root, summary, 0.0
     spec = get_size(size)
     if vector_dim:
@@ -235,8 +239,11 @@ def main(argv: list[str] | None = None) -> int:
         get_world(name)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    results = []
     results_file = out / f"quality-{args.size}.json"
+    # figures of worlds measured by an earlier run into the same folder are kept (and reprinted)
+    earlier = json.loads(results_file.read_text()) if results_file.exists() else []
+    kept = [r for r in earlier if r["world"] not in worlds and r.get("seed") == args.seed]
+    results = []
     for world in worlds:
         print(f"[quality] {world}: dataset ...", flush=True)
         data, summary, generate_seconds = dataset(out, args.size, world, args.seed, args.vector_dim)
@@ -266,8 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         results.append(record)
         print(f"[quality] {world}: {'ok' if record.get('success') else 'FAILED'} in {record['wall_seconds']:.0f}s wall",
               flush=True)
-        print_table(results)
-        results_file.write_text(json.dumps(results, indent=2))
+        print_table(kept + results)
+        results_file.write_text(json.dumps(kept + results, indent=2))
+    order = list(WORLDS)
+    results = sorted(kept + results, key=lambda r: order.index(r["world"]) if r["world"] in order else len(order))
     print()
     print_table(results)
     print(f"\n(figures in {results_file})\n")

@@ -95,9 +95,9 @@ WORLDS: dict[str, World] = {
         ),
         World(
             "drifting_interests",
-            "as demo, but 60% of each user's topic interest moves linearly over the 48 hours to a second, "
-            "independent interest (the test window is the furthest from early train)",
-            interest_drift=0.6,
+            "as demo, but each user's topic interest moves linearly over the 48 hours towards a second, "
+            "independent one (80% of it replaced by the end; the test window is the furthest from early train)",
+            interest_drift=0.8,
         ),
         World(
             "fine_visual_taste",
@@ -121,7 +121,7 @@ WORLDS: dict[str, World] = {
             "all_shifts",
             "click-blind timeline, drifting interests, fine visual taste and sparse faces and text at once",
             click_blind_timeline=True,
-            interest_drift=0.6,
+            interest_drift=0.8,
             fine_taste=0.8,
             face_rate_scale=0.15,
             text_rate_scale=0.15,
