@@ -13,7 +13,9 @@ the graph (`model`, the GBDT; `attention_model`; `blend`; and `baseline_model` f
 validation AUC (materialization metadata `valid_auc`), its test AUC (the `evaluation` asset's figure
 for `model`, else its stored test predictions scored against the ground truth), the closure of the
 oracle gap (AUC - 0.5) / (oracle - 0.5) and validation - test; the wall time of generation and of
-the graph. Figures go to OUT/quality-<size>.json as well, and a Markdown table ends the output.
+the graph. Figures go to OUT/quality-<size>.json as well (with the model's gain by feature group
+and the feature_group_ablation table), and a Markdown table ends the output. Figures of worlds
+measured earlier into the same OUT are kept and reprinted.
 """
 
 from __future__ import annotations
@@ -148,6 +150,7 @@ def run_world(data: Path, work: Path, without: list[str]) -> dict:
             info["test_auc"] = test_auc
         models[name] = info
     ablation = metadata.get("feature_group_ablation", {}).get("variants")
+    importance = metadata.get("model", {}).get("importance_by_group")
     return {
         "success": result.success,
         "failed_steps": failed,
@@ -155,6 +158,7 @@ def run_world(data: Path, work: Path, without: list[str]) -> dict:
         "step_seconds": step_seconds,
         "models": models,
         "evaluation_oracle_auc": evaluation.get("oracle_auc"),
+        "model_importance_by_group": importance,
         "ablation": ablation,
     }
 
