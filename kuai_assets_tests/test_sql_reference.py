@@ -450,7 +450,7 @@ def test_reference_can_fail(tables, name):
     changed = change(tables(table), tables)
     assert not changed.equals(tables(table))
     read = lambda t: changed.copy() if t == table else tables(t)  # noqa: E731
-    with pytest.raises(AssertionError, match=rf"\n{column}: \d+ of \d+ rows differ"):
+    with pytest.raises(AssertionError, match=rf"(?m)^\s*{column}: \d+ of \d+ rows differ"):
         assert_same_table(tables(name), reference(read), keys, name, atol=atol)
 
 
