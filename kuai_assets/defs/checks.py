@@ -276,14 +276,3 @@ def submission_matches_test_keys(workspace: WorkspaceResource) -> dg.AssetCheckR
             "validated_against": dg.MetadataValue.path(str(test_file)),
         },
     )
-
-
-def all_checks() -> list:
-    return [
-        train_and_test_photos_disjoint,
-        click_rate_plausible,
-        every_photo_has_a_vector,
-        training_matrix_finite_and_keyed,
-        label_statistics_out_of_fold,
-        submission_matches_test_keys,
-    ]
