@@ -12,8 +12,11 @@ A word listed twice on a cover counts twice wherever the cover's words are unnes
 convention of test_feature_reference.reference_user_word_affinity).
 
 test_reference_can_fail changes one input row given to each reference (never the pipeline's
-tables) and requires the comparison to fail on the column that row feeds, so no reference passes
-whatever it computes.
+tables) and requires the comparison to fail on the column that row feeds, and
+test_reference_constants_are_pinned moves each smoothing weight or threshold by one, so no
+reference passes whatever it computes. The last test recomputes the label groups on inputs edited
+to hold what the tiny data lacks: a user whose history lies in one fold, one without history, one
+who never clicked.
 """
 
 from __future__ import annotations
