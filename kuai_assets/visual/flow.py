@@ -91,8 +91,14 @@ class Worker(Generic[Item]):
         self.queue: BoundedQueue = BoundedQueue(limit)
         self._handle = handle
         self._error: BaseException | None = None
+        self._unhandled = 0  # items handed on and not handled yet
+        self._count = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+
+    def idle(self) -> bool:
+        """Whether every item handed on so far is handled."""
+        return self._unhandled == 0
 
     def _run(self) -> None:
         try:
@@ -101,6 +107,8 @@ class Worker(Generic[Item]):
                 if item is self._END:
                     return
                 self._handle(item)
+                with self._count:
+                    self._unhandled -= 1
         except QueueClosed:
             return
         except BaseException as exc:  # handed to the feeding thread
@@ -108,6 +116,8 @@ class Worker(Generic[Item]):
             self.queue.close(exc)
 
     def put(self, item: Item, nbytes: int) -> None:
+        with self._count:
+            self._unhandled += 1
         try:
             self.queue.put(item, nbytes)
         except QueueClosed:

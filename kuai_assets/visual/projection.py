@@ -43,12 +43,22 @@ class EarlyProjection:
 class ChunkToProject:
     """Rows [start, start + n) of the pass on their way to the projection worker: either their
     projection (`reduced`), or their values (float32, or as stored when `encoded`) to project.
-    None of its arrays is a reader's buffer: the worker may hold it as long as it needs."""
+    `buffer` (optional) holds the same values as float32 in a reader's buffer, which the reader
+    reuses: it may be read only by the thread that made the chunk, before handing it on (see
+    `project_now`). None of the other arrays is a reader's buffer: the worker may hold them as
+    long as it needs."""
 
     start: int
     values: np.ndarray | None = None
     encoded: bool = False
     reduced: np.ndarray | None = None
+    buffer: np.ndarray | None = None
+
+    def project_now(self, model: PcaModel) -> None:
+        """Project on this thread from the float32 `buffer` (saves the worker the decoding)."""
+        if self.reduced is None:
+            self.reduced = model.transform(self.buffer if self.buffer is not None else self.values)
+        self.values = None
 
     def __len__(self) -> int:
         return len(self.reduced if self.reduced is not None else self.values)

@@ -56,6 +56,9 @@ class PcaBacklog:
     chunks kept and then this one go to the worker. Bound: when the chunks kept hold more than
     `limit` bytes, `hand_on` waits for the PCA rather than keep more (so at most `limit` bytes
     plus one chunk are kept). `finish` waits for the PCA and hands on what is left.
+    A chunk that a read thread could not project (read before the PCA ended) but that comes
+    after it, while the worker has nothing to do, is projected here from its float32 buffer
+    rather than decoded again by the worker; the buffer is never kept beyond `hand_on`.
     """
 
     def __init__(self, pca: Future, limit: int, worker: Worker, progress: Progress):
@@ -67,6 +70,9 @@ class PcaBacklog:
     def hand_on(self, chunk: ChunkToProject) -> None:
         if self.model is None and (self.pca.done() or self.nbytes > self.limit):
             self._release(chunk.start)
+        if self.model is not None and chunk.reduced is None and chunk.buffer is not None and self.worker.idle():
+            chunk.project_now(self.model)
+        chunk.buffer = None  # the reader's: never kept
         if self.model is None:
             self.kept.append(chunk)
             self.nbytes += chunk.nbytes
@@ -254,8 +260,8 @@ class VisualStage:
                     split_code[row : row + n] = SPLIT_CODES[split]
                     if store is not None:
                         store.write(chunk.stored)
-                    # the stored values (never the reader's buffer, which it reuses) or the projection
-                    on = ChunkToProject(row, None if chunk.reduced is not None else chunk.stored, True, chunk.reduced)
+                    # the stored values (the reader reuses its buffer, `chunk.vectors`) or the projection
+                    on = ChunkToProject(row, None if chunk.reduced is not None else chunk.stored, True, chunk.reduced, chunk.vectors)
                 else:
                     _, values = item  # a new array per block
                     n = len(values)
