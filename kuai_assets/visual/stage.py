@@ -142,8 +142,8 @@ class VisualStage:
         pool = ThreadPoolExecutor(max_workers=1)
         try:
             if pca_out is not None:
-                # the sample is read first, alone: read while the pass reads, its random runs took
-                # 8x as long (38 s against 5 s at preliminary scale)
+                # the sample is read first, alone: its random runs, read while the pass reads,
+                # would compete with the pass's sequential reads for the disk
                 sample, sizes, vectors = self._read_sample(source, total, ks)
                 pca = Future()
                 fits = pool.submit(self._fit, vectors, sample, sizes, pca)
