@@ -7,10 +7,9 @@ densely. A fit row then sees its cell's total minus its own fold's part, and a s
 table. The (user, cluster) cells are counted for one chunk of users at a time, which bounds the
 arrays whatever the number of users.
 
-In DuckDB the same statistics were hash aggregations into tens of millions of groups, then one
-hash join per statistic per row: at 60 million interactions user_cluster_affinity took 411 s and
-published_baseline 607 s (in four passes over slices of the users, since one pass spilled over
-28 GB).
+Why not SQL on one machine: there the same statistics are hash aggregations into tens of
+millions of groups and a hash join per statistic per row, several times slower and spilling at
+the final size (BENCHMARKS.md). The SQL definitions stay the portable ones.
 """
 
 from __future__ import annotations
