@@ -6,7 +6,8 @@ on the same released vectors in one run: `python -m benchmarks.visual_ab --data 
 A's sources are taken with `git archive <ref> kuai_assets` into `<work>/tree_A`. Each run is a
 fresh process making the store, the PCA table and the clusters (the whole visual stage, no
 Dagster) with the same settings; runs alternate A B A B ..., the released files evicted from the
-page cache before each (unless `--warm`). Printed per run: wall time, the stage's own seconds,
+page cache before each (unless `--warm`); `--without-store` makes only the two tables, the
+pass's own work without the store's writes. Printed per run: wall time, the stage's own seconds,
 peak memory (the process's maximum resident set), CPU time and the share the host took; then
 each side's median and the B/A ratio of every round. Every round's outputs are compared: the
 store files byte for byte (vectors.npy, photo_id.npy, split.npy) and the two tables row for row;
@@ -32,7 +33,7 @@ MARK = "BENCH_VISUAL_AB "
 STORE_FILES = ("vectors.npy", "photo_id.npy", "split.npy")
 
 
-def child(data: Path, out: Path, settings_json: str) -> None:
+def child(data: Path, out: Path, settings_json: str, with_store: bool) -> None:
     """In a fresh process, with PYTHONPATH naming the tree under test: the whole visual stage."""
     import kuai_assets
     from kuai_assets.formats import layout
@@ -51,16 +52,18 @@ def child(data: Path, out: Path, settings_json: str) -> None:
     sources = {split: layout.find_visual_source_checked(data, split) for split in layout.SPLITS}
     (out / "store").mkdir(parents=True)
     started = time.time()
-    VisualStage(settings).run(Released(sources), out / "store", out / "pca.parquet", out / "clusters.parquet")
+    store = out / "store" if with_store else None
+    VisualStage(settings).run(Released(sources), store, out / "pca.parquet", out / "clusters.parquet")
     seconds = time.time() - started
     print(MARK + json.dumps({"seconds": round(seconds, 2), "package": str(Path(kuai_assets.__file__).parent)}), flush=True)
 
 
-def differences(a: Path, b: Path) -> list[str]:
+def differences(a: Path, b: Path, with_store: bool = True) -> list[str]:
     """What differs between two runs' outputs (empty: the same store bytes and the same tables)."""
     import pandas as pd
 
-    found = [f"store {name} differs" for name in STORE_FILES if (a / "store" / name).read_bytes() != (b / "store" / name).read_bytes()]
+    names = STORE_FILES if with_store else ()
+    found = [f"store {name} differs" for name in names if (a / "store" / name).read_bytes() != (b / "store" / name).read_bytes()]
     for table in ("pca.parquet", "clusters.parquet"):
         left, right = pd.read_parquet(a / table), pd.read_parquet(b / table)
         if not left.equals(right):
@@ -92,10 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="A B rounds (default 2)")
     parser.add_argument("--settings", default="{}", help='VisualSettings fields as JSON, e.g. \'{"ks": [100, 500]}\'')
     parser.add_argument("--warm", action="store_true", help="do not evict the released files from the page cache before each run")
+    parser.add_argument("--without-store", action="store_true",
+                        help="make only the PCA and the clusters (the pass's own work, without the store's writes)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
-        child(args.data, args.child, args.settings)
+        child(args.data, args.child, args.settings, not args.without_store)
         return 0
 
     from benchmarks.scale import _marked, _run_child, evict_from_page_cache, visual_files
@@ -119,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                     evict_from_page_cache(path)
             env = {**os.environ, "PYTHONPATH": str(trees[side]), "MLFLOW_DISABLE_TELEMETRY": "true"}
             argv_child = [sys.executable, str(Path(__file__).resolve()), "--data", str(args.data.resolve()), "--work", str(work),
-                          "--settings", args.settings, "--child", str(out)]
+                          "--settings", args.settings, "--child", str(out)] + (["--without-store"] if args.without_store else [])
             run = _run_child(argv_child, env, work / f"run_{side}.log")
             marked = _marked(run.output, MARK)
             if run.code or marked is None:
@@ -133,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[ab] round {round_ + 1} {side}: {figures['seconds']} s wall ({figures['stage_seconds']} s in the stage), "
                   f"peak {figures['peak_mb']:,} MB, CPU {figures['cpu_seconds']} s, host took {run.stolen_share}; "
                   f"kuai_assets from {figures['package']}", flush=True)
-        found = differences(outs["A"], outs["B"])
-        print(f"[ab] round {round_ + 1} outputs: " + ("identical (store bytes, PCA and cluster tables)" if not found else "; ".join(found)), flush=True)
+        found = differences(outs["A"], outs["B"], not args.without_store)
+        same = "identical (" + ("store bytes, " if not args.without_store else "") + "PCA and cluster tables)"
+        print(f"[ab] round {round_ + 1} outputs: " + (same if not found else "; ".join(found)), flush=True)
         failed |= bool(found)
     summary = {}
     for key in ("seconds", "stage_seconds", "peak_mb"):

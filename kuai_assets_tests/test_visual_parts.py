@@ -241,3 +241,33 @@ def test_pca_backlog_keeps_chunks_until_the_pca_and_then_waits_for_it():
     worker.finish()
     assert [c.start for c in handed] == [0, 10, 20] and backlog.kept == []
     assert messages == ["pca_visual_features: projecting from row 20 on (and the 20 before it now)"]
+
+
+def test_a_failing_projection_stops_the_pass_with_its_error(tmp_path, monkeypatch):
+    """The worker's error reaches the pass (which stops reading) instead of leaving it waiting."""
+    import zipfile
+
+    from kuai_assets.formats import layout
+    from kuai_assets.visual.settings import VisualSettings
+    from kuai_assets.visual.sources import Released
+    from kuai_assets.visual.stage import VisualStage
+    from kuai_assets_tests.handmade import write_dataset
+
+    root = write_dataset(tmp_path / "data", n_train_photos=300, n_test_photos=100, dim=12, compression=zipfile.ZIP_STORED)
+    sources = {split: layout.find_visual_source_checked(root, split) for split in layout.SPLITS}
+    handle = Projection.__call__
+
+    def failing(self, chunk):
+        if chunk.start >= 100:
+            raise RuntimeError(f"cannot project row {chunk.start}")
+        handle(self, chunk)
+
+    monkeypatch.setattr(Projection, "__call__", failing)
+    messages = []
+    (tmp_path / "store").mkdir()
+    stage = VisualStage(VisualSettings(dimensions=4, fit_sample=100, ks=(3,), run_length=5), messages.append, 50, 50)
+    started = time.time()
+    with pytest.raises(RuntimeError, match="cannot project row 100"):
+        stage.run(Released(sources), tmp_path / "store", tmp_path / "pca.parquet", tmp_path / "clusters.parquet")
+    assert time.time() - started < 30
+    assert not (tmp_path / "clusters.parquet").exists() and not (tmp_path / "store" / "meta.json").exists()

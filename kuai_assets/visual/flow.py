@@ -107,6 +107,7 @@ class Worker(Generic[Item]):
                 if item is self._END:
                     return
                 self._handle(item)
+                item = None  # not held while waiting for the next one
                 with self._count:
                     self._unhandled -= 1
         except QueueClosed:

@@ -242,11 +242,11 @@ class VisualStage:
             projection = Projection(pca, settings.encoding, writer, photo_id, split_code, assignment)
             projecting = Worker("visual-projection", projection, self.BACKLOG_BYTES)
             backlog = PcaBacklog(pca, self.BACKLOG_BYTES, projecting, log)
-            if not released:
-                backlog.finish(0)  # a store source: nothing to overlap the PCA fit with
         row, next_report = 0, self.report_every
         finished = False
         try:
+            if backlog is not None and not released:
+                backlog.finish(0)  # a store source: nothing to overlap the PCA fit with
             if released:
                 early = EarlyProjection(pca) if pca is not None else None
                 chunks = source.chunks(encoding=settings.encoding, rows=self.chunk_rows, project=early)
