@@ -5,7 +5,7 @@ on the same released vectors in one run: `python -m benchmarks.visual_ab --data 
 
 A's sources are taken with `git archive <ref> kuai_assets` into `<work>/tree_A`. Each run is a
 fresh process making the store, the PCA table and the clusters (the whole visual stage, no
-Dagster) with the same settings; runs alternate A B A B ..., the released files evicted from the
+Dagster) with the same settings; runs alternate A B B A A B ..., the released files evicted from the
 page cache before each (unless `--warm`); `--without-store` makes only the two tables, the
 pass's own work without the store's writes. Printed per run: wall time, the stage's own seconds,
 peak memory (the process's maximum resident set), CPU time and the share the host took; then
@@ -53,7 +53,9 @@ def child(data: Path, out: Path, settings_json: str, with_store: bool) -> None:
     (out / "store").mkdir(parents=True)
     started = time.time()
     store = out / "store" if with_store else None
-    VisualStage(settings).run(Released(sources), store, out / "pca.parquet", out / "clusters.parquet")
+    # the stage's own messages (when the PCA and the fits arrived, how many rows were kept) to the run's log
+    progress = lambda message: print(f"[{time.time() - started:7.2f} s] {message}", flush=True)
+    VisualStage(settings, progress).run(Released(sources), store, out / "pca.parquet", out / "clusters.parquet")
     seconds = time.time() - started
     print(MARK + json.dumps({"seconds": round(seconds, 2), "package": str(Path(kuai_assets.__file__).parent)}), flush=True)
 
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for round_ in range(args.rounds):
         outs = {}
-        for side in ("A", "B"):
+        for side in ("A", "B") if round_ % 2 == 0 else ("B", "A"):  # A B B A ...: a drift in the machine's load favours neither
             out = work / f"run_{side}"
             shutil.rmtree(out, ignore_errors=True)
             if not args.warm:

@@ -176,7 +176,10 @@ def test_pca_and_clusters_arriving_during_the_pass_give_what_one_would_expect(re
         if "visual pass: 300 of" in message:
             pca_gate.set()
             pca_done.wait(timeout=30)
-            time.sleep(0.2)
+            # the fit thread reports the PCA once it has handed it over
+            deadline = time.time() + 30
+            while not any(m.startswith("pca_visual_features: fitted") for m in messages) and time.time() < deadline:
+                time.sleep(0.01)
         if "visual pass: 600 of" in message:
             kmeans_gate.set()
             kmeans_done.wait(timeout=30)
