@@ -217,9 +217,22 @@ def test_worker_bounds_what_waits_and_hands_its_error_back():
     with pytest.raises(RuntimeError, match="bad chunk 3"):
         worker.finish()
     closed = BoundedQueue(10)
+    closed.put(0, 1)
     closed.close()
     with pytest.raises(QueueClosed):
         closed.put(1, 1)
+    with pytest.raises(QueueClosed):
+        closed.get()  # what was waiting is dropped
+
+    # stopped (the feeding thread failed): the items waiting are not handled
+    release, handled = threading.Event(), []
+    worker = Worker("test", lambda item: (release.wait(5), handled.append(item)), limit=100)
+    for i in range(3):
+        worker.put(i, 10)
+    time.sleep(0.1)  # the worker holds item 0
+    threading.Timer(0.2, release.set).start()
+    worker.stop()
+    assert handled == [0]
 
 
 def test_pca_backlog_keeps_chunks_until_the_pca_and_then_waits_for_it():

@@ -59,8 +59,7 @@ class BoundedQueue(Generic[Item]):
     def get(self) -> Item:
         with self._changed:
             self._changed.wait_for(lambda: self._items or self._is_closed)
-            if not self._items:
-                self._raise_if_closed()
+            self._raise_if_closed()  # the items still waiting are dropped
             item, nbytes = self._items.popleft()
             self._bytes -= nbytes
             self._changed.notify_all()
