@@ -7,6 +7,7 @@ the SQL, so the UI marks it stale after an edit; its header variables become run
 
 import dagster as dg
 
+from kuai_assets.defs.engine import EngineResource
 from kuai_assets.defs.metadata import clear_failures, markdown_table, table_metadata
 from kuai_assets.defs.resources import WorkspaceResource
 from kuai_assets.features.catalog import TableModel, load_catalog
@@ -53,13 +54,18 @@ def table_model_asset(model: TableModel) -> dg.AssetsDefinition:
         config_schema=_config_schema(model) or None,
         tags=tags,
     )
-    def _asset(context: dg.AssetExecutionContext, workspace: WorkspaceResource) -> dg.MaterializeResult:
+    def _asset(
+        context: dg.AssetExecutionContext, workspace: WorkspaceResource, engine: EngineResource
+    ) -> dg.MaterializeResult:
         with clear_failures(model.name):
+            chosen = engine.engine()
             work = workspace.work()
-            result = materialize_table_model(model, work, dict(context.op_config or {}), context.log.info)
+            result = materialize_table_model(model, work, dict(context.op_config or {}), context.log.info, chosen)
         metadata = table_metadata(work.table_path(model.name))
         metadata["seconds"] = dg.MetadataValue.float(result.seconds)
         metadata["grain"] = ", ".join(model.grain)
+        metadata["engine"] = result.engine
+        metadata["definition"] = result.definition
         if model.is_feature_group:
             metadata["features"] = dg.MetadataValue.md(
                 markdown_table([{"column": c, "kind": k} for c, k in result.features], max_columns=2)

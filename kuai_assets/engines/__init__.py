@@ -25,6 +25,8 @@ class EngineError(ValueError):
 class Engine:
     kind: str = "duckdb"
     spark_url: str = DEFAULT_SPARK_URL
+    # extra Spark settings (key, value), e.g. executor memory; applied when the session starts
+    spark_conf: tuple[tuple[str, str], ...] = ()
 
     @property
     def is_spark(self) -> bool:

@@ -68,27 +68,32 @@ def _parse(sql: str, where: str) -> exp.Expression:
     return statements[0]
 
 
-def _refusals(tree: exp.Expression) -> list[tuple[exp.Expression, str]]:
-    """(node, what is wrong) for every construct that cannot be carried to Spark."""
+def _written_name(node: exp.Expression, sql: str) -> str:
+    """A function's name as the file spells it (sqlglot normalizes LIST to ARRAY_AGG and so on)."""
+    meta = node.meta or {}
+    if "start" in meta and "end" in meta:
+        return sql[meta["start"] : meta["end"] + 1]
+    return _function_name(node).lower()
+
+
+def _refusals(tree: exp.Expression, sql: str) -> list[tuple[exp.Expression, str]]:
+    """(node, the construct and why it cannot go) for everything that cannot be carried to Spark."""
     found: list[tuple[exp.Expression, str]] = []
     for node in tree.walk():
-        if isinstance(node, exp.Anonymous) and _function_name(node) != VARIABLE_FUNCTION:
-            found.append((node, f"unknown function {node.name}(): sqlglot cannot translate it to Spark"))
-        elif isinstance(node, exp.Func) and _function_name(node) == "HASH":
-            found.append((node, "hash(): DuckDB's and Spark's hash functions give different values"))
+        if isinstance(node, exp.Func) and _function_name(node) == "HASH":
+            found.append((node, f"{_written_name(node, sql)}(): DuckDB's and Spark's hash functions give different values"))
+        elif isinstance(node, exp.Anonymous) and _function_name(node) != VARIABLE_FUNCTION:
+            found.append((node, f"unknown function {_written_name(node, sql)}(): sqlglot cannot translate it to Spark"))
         elif isinstance(node, exp.Order) and isinstance(node.parent, exp.Func):
+            name = _written_name(node.parent, sql)
             found.append(
-                (
-                    node.parent,
-                    f"ordered aggregate {_function_name(node.parent).lower()}(... ORDER BY ...): "
-                    "Spark does not keep the order inside the aggregate",
-                )
+                (node.parent, f"ordered aggregate {name}(... ORDER BY ...): Spark does not keep the order inside {name}()")
             )
         elif isinstance(node, exp.Pivot):
             found.append((node, "PIVOT: DuckDB's PIVOT has no faithful Spark translation; write the CASE columns out"))
         elif isinstance(node, exp.Columns):
             found.append((node, "COLUMNS(...): a DuckDB star expression with no Spark equivalent; list the columns"))
-        elif isinstance(node, exp.Star) and (node.args.get("except_") or node.args.get("except") or node.args.get("replace")):
+        elif isinstance(node, exp.Star) and any(node.args.get(k) for k in ("except_", "except", "replace")):
             found.append((node, "* EXCLUDE/REPLACE: no Spark equivalent; list the columns"))
         elif isinstance(node, exp.Slice):
             found.append((node, "list slice [a:b]: DuckDB's 1-based inclusive slices have no faithful Spark translation"))
@@ -98,10 +103,11 @@ def _refusals(tree: exp.Expression) -> list[tuple[exp.Expression, str]]:
 def check_portable(sql: str, where: str) -> exp.Expression:
     """Refuse SQL that sqlglot cannot carry to Spark faithfully; return its parse tree.
 
-    The error names the first offending construct as `<where>:<line>: <construct>: <why>`.
+    The error names the first offending construct as `<where>:<line>: not portable to Spark:
+    <construct>: <why>`.
     """
     tree = _parse(sql, where)
-    refused = _refusals(tree)
+    refused = _refusals(tree, sql)
     if refused:
         node, why = min(refused, key=lambda item: _line(item[0]) or 0)
         line = _line(node)

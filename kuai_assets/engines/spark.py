@@ -111,8 +111,9 @@ _sessions: dict[str, object] = {}
 _sessions_lock = threading.Lock()
 
 
-def spark_session(url: str, scratch: Path | None = None):
-    """One SparkSession per URL per process (a local JVM starts once and is reused)."""
+def spark_session(url: str, scratch: Path | None = None, conf: tuple[tuple[str, str], ...] = ()):
+    """One SparkSession per URL per process (a local JVM starts once and is reused); `conf` is
+    extra Spark settings (key, value), applied when the session is created."""
     with _sessions_lock:
         session = _sessions.get(url)
         if session is not None:
@@ -137,6 +138,8 @@ def spark_session(url: str, scratch: Path | None = None):
             if scratch is not None:
                 scratch.mkdir(parents=True, exist_ok=True)
                 builder = builder.config("spark.local.dir", str(scratch))
+        for key, value in conf:
+            builder = builder.config(key, value)
         session = builder.getOrCreate()
         if not parsed.is_connect:
             session.sparkContext.setLogLevel("ERROR")

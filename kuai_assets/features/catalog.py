@@ -18,6 +18,11 @@ label statistics can only come through label_history). Everything under features
 group; `training_matrix`, the model and the ablation read these declarations, never a hand-kept
 column list.
 
+Every SQL file must be portable: written in DuckDB's dialect, it must carry to Spark's with the
+same meaning (kuai_assets.engines.portability), or the catalog refuses it, naming the file, the
+line and the construct. The check runs on every load, whatever the engine chosen, so a file that
+only DuckDB can run is found when it is written, not when the data outgrows one machine.
+
 Python feature groups are the modules of `kuai_assets.groups`, discovered, never listed: each
 defines one `GROUP` whose name is the module's name.
 """
@@ -35,6 +40,7 @@ from typing import Any
 
 import duckdb
 
+from kuai_assets.engines.portability import check_portable
 from kuai_assets.features.spec import FEATURE_LAYER, LABEL_COLUMNS, CatalogError, TableModel, Variable
 from kuai_assets.storage import IDENTIFIER
 
@@ -166,6 +172,7 @@ def load_sql_model(path: Path) -> TableModel:
         raise CatalogError(f"{path}: the header must declare its grain (`-- grain: ...`)")
     layer = path.parent.name
     upstream = referenced_tables(text, str(path))
+    check_portable(text, str(path))
     if layer == FEATURE_LAYER and not (header["continuous"] or header["discrete"]):
         raise CatalogError(f"{path}: a feature group must declare continuous and/or discrete columns")
     return TableModel(

@@ -122,6 +122,6 @@ def _run_on_spark(model, work: WorkDir, values: dict, engine: Engine, con, out, 
     # the same table versions the DuckDB connection reads, held as long as it lives
     pinned = work.pin_tables(model.upstream, con)
     tables = {name: (path, hidden if name == "raw_interactions" else ()) for name, path in pinned.items()}
-    session = spark_session(engine.spark_url, work.root / "spark_tmp")
+    session = spark_session(engine.spark_url, work.root / "spark_tmp", engine.spark_conf)
     log(f"{model.name}: running on Spark ({engine.spark_url})")
     run_query(session, spark_sql, tables, out, log)
