@@ -27,7 +27,7 @@ def _description(model: TableModel) -> str:
     lines = [model.description, "", f"Grain: {', '.join(model.grain)}."]
     if model.is_feature_group:
         lines.append(
-            f"Feature group ({model.kind}): {len(model.continuous)} continuous, {len(model.discrete)} discrete column(s)"
+            f"Feature group ({'SQL definition, numpy fast path on DuckDB' if model.has_fast_path else model.kind}): {len(model.continuous)} continuous, {len(model.discrete)} discrete column(s)"
             + ("; label statistics, out of fold" if model.uses_labels else "")
             + ("; uses the scored window's own impression log" if model.uses_scored_window_log else "")
             + ("; off unless enabled" if not model.enabled_by_default else "")
@@ -47,7 +47,7 @@ def table_model_asset(model: TableModel) -> dg.AssetsDefinition:
     @dg.asset(
         name=model.name,
         group_name=GROUP,
-        kinds={"duckdb", "sql"} if model.kind == "sql" else {"python", "numpy"},
+        kinds={"sql", "numpy"} if model.has_fast_path else {"duckdb", "sql"} if model.kind == "sql" else {"python", "numpy"},
         deps=[dg.AssetKey(t) for t in model.upstream],
         description=_description(model),
         code_version=model.code_version,

@@ -2,7 +2,7 @@
 publish atomically.
 
 Under DuckDB (the default) a SQL model runs its SQL and a Python feature group its compute
-function (the fast path). Under Spark a model runs its SQL definition, carried to Spark's dialect
+function (the fast path, also when the group has a SQL definition). Under Spark a model runs its SQL definition, carried to Spark's dialect
 (kuai_assets.engines.portability); a Python group without one is refused. Either way the result
 is checked (declared columns, unique grain) in DuckDB and published only when complete.
 """
@@ -74,12 +74,12 @@ def materialize_table_model(
             try:
                 if engine.is_spark:
                     _run_on_spark(model, work, values, engine, con, tmp, log)
-                elif model.sql is not None:
+                elif model.compute is not None:  # a Python group, or the fast path of a SQL definition
+                    model.compute(con, tmp, log)
+                else:
                     con.execute(
                         f"copy ({sql_body(model.sql)}) to {sql_string(tmp)} (format parquet, compression zstd)"
                     )
-                else:
-                    model.compute(con, tmp, log)
             except duckdb.BinderException as exc:
                 named = [c for c in LABEL_COLUMNS if f'"{c}"' in str(exc)]
                 if hidden and named:
