@@ -73,7 +73,9 @@ def both_engines(tiny_data, tmp_path_factory, spark_ready):
         for model in sql_models_in_order():
             result = materialize_table_model(catalog[model], work, engine=engine)
             assert result.engine == ("duckdb" if name == "duckdb" else "spark local[2]")
-            assert result.definition == "sql"
+            # DuckDB runs a group's numpy fast path where it has one, Spark always the SQL
+            fast = name == "duckdb" and catalog[model].has_fast_path
+            assert result.definition == ("python" if fast else "sql")
         out[name] = (work, time.time() - started)
     print(f"\nDuckDB {out['duckdb'][1]:.1f} s, Spark local[2] {out['spark'][1]:.1f} s (JVM start included)")
     return out
@@ -102,6 +104,7 @@ def assert_same_table(a: Path, b: Path, grain: list[str], tolerance: float = 1e-
 
 @pytest.mark.parametrize("name", sql_models_in_order())
 def test_spark_gives_the_duckdb_table(both_engines, name):
+    """For a group with a numpy fast path, DuckDB ran the fast path and Spark the SQL."""
     grain = list(load_catalog()[name].grain)
     duck, spark = both_engines["duckdb"][0], both_engines["spark"][0]
     assert_same_table(duck.table_path(name), spark.table_path(name), grain)
@@ -177,3 +180,43 @@ def test_a_python_group_without_sql_is_refused_on_spark(both_engines):
 
     with pytest.raises(CatalogError, match=f"{python_only[0].name} is a Python feature group with no SQL definition"):
         materialize_table_model(python_only[0], both_engines["spark"][0], engine=TEST_SPARK)
+
+
+FAST_PATHS = sorted(m.name for m in load_catalog().values() if m.has_fast_path)
+
+
+@pytest.mark.parametrize("name", FAST_PATHS)
+def test_the_sql_definition_gives_the_fast_path_table(both_engines, tmp_path, name):
+    """The SQL file run by DuckDB gives the numpy fast path's table."""
+    import dataclasses
+
+    catalog = load_catalog()
+    duck = both_engines["duckdb"][0]
+    work = WorkDir(tmp_path)
+    work.tables.mkdir()
+    for upstream in catalog[name].upstream:
+        os.link(duck.table_path(upstream), work.table_path(upstream))
+    result = materialize_table_model(dataclasses.replace(catalog[name], compute=None), work)
+    assert result.definition == "sql"
+    assert_same_table(duck.table_path(name), work.table_path(name), list(catalog[name].grain))
+
+
+def test_groups_with_a_fast_path():
+    assert FAST_PATHS == ["impression_context", "published_baseline", "user_cluster_affinity", "user_word_affinity"]
+
+
+def test_a_sql_definition_and_its_fast_path_must_agree(tmp_path):
+    import shutil
+
+    from kuai_assets.features.catalog import REPO_ROOT
+    from kuai_assets.features.spec import CatalogError
+
+    root = shutil.copytree(REPO_ROOT / "dbt_like_sql", tmp_path / "sql")
+    path = root / "features" / "user_word_affinity.sql"
+    path.write_text(path.read_text().replace("-- grain: setup, row_id", "-- grain: row_id"))
+    with pytest.raises(
+        CatalogError,
+        match=rf"^{path} and kuai_assets.groups.user_word_affinity disagree on grain: the SQL declares \('row_id',\), "
+        r"the Python group \('setup', 'row_id'\)$",
+    ):
+        load_catalog(root)
