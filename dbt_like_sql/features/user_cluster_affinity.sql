@@ -9,7 +9,7 @@
 -- continuous: user_cluster_impressions, user_cluster_click_rate, user_cluster_click_lift, user_cluster_playing_seconds
 with history as (
     select h.setup, h.fold, h.user_id, c.k, c.cluster, h.click,
-           least(h.playing_time, 2 * h.duration_time + 60) as playing_seconds
+           h.playing_seconds
     from label_history as h
     join video_clusters as c using (photo_id)
 ),
