@@ -31,9 +31,16 @@ def matrix(tiny_data, tmp_path_factory):
     return path, read_features(path)
 
 
-def test_dask_training_matches_local_training_at_the_same_rounds(matrix, tmp_path):
-    import lightgbm as lgb
+@pytest.fixture(scope="module")
+def cluster():
     from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as local:
+        yield local
+
+
+def test_dask_training_matches_local_training_at_the_same_rounds(matrix, cluster, tmp_path):
+    import lightgbm as lgb
 
     path, features = matrix
     fit = load_rows(path, features, "validation", "fit")
@@ -41,8 +48,7 @@ def test_dask_training_matches_local_training_at_the_same_rounds(matrix, tmp_pat
     rounds = train_validation(fit, scored, features, PARAMS).best_iteration  # the local validation run
     local_auc = roc_auc(scored.y, train_final(fit, features, PARAMS, rounds).predict(scored.x))
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        result = train_on_dask(fit, features, PARAMS, rounds, cluster.scheduler_address)
+    result = train_on_dask(fit, features, PARAMS, rounds, cluster.scheduler_address)
     booster = result.booster
     assert isinstance(booster, lgb.Booster) and result.workers == 2
     assert booster.num_trees() == rounds and booster.feature_name() == [f.name for f in features]
@@ -66,3 +72,20 @@ def test_an_unreachable_scheduler_is_named_within_the_timeout(matrix):
     assert time.time() - started < 4.0
     with pytest.raises(DaskSchedulerError, match="must read tcp://host:port"):
         train_on_dask(fit, features, PARAMS, 10, "http://x")
+
+
+def test_the_model_refit_runs_on_dask_when_chosen(matrix, cluster):
+    import lightgbm as lgb
+
+    from kuai_assets.ml.gbdt import GbdtTraining, train_gbdt
+
+    path, features = matrix
+    groups = sorted({f.group for f in features})
+    training = GbdtTraining(max_rounds=60, early_stopping_rounds=10, trainer="dask", dask_scheduler=cluster.scheduler_address)
+    result = train_gbdt(path, groups, training)
+    assert isinstance(result.final, lgb.Booster) and result.final.num_trees() == result.refit_rounds
+    assert len(result.test_prediction) == len(result.test.x) > 0
+    with pytest.raises(DaskSchedulerError, match=r"^Dask scheduler tcp://127.0.0.1:1 is unreachable"):
+        train_gbdt(path, groups, GbdtTraining(trainer="dask", dask_scheduler="tcp://127.0.0.1:1"))
+    with pytest.raises(ValueError, match="trainer must be local or dask, got 'spark'"):
+        train_gbdt(path, groups, GbdtTraining(trainer="spark"))
