@@ -2,9 +2,10 @@
 publish atomically.
 
 Under DuckDB (the default) a SQL model runs its SQL and a Python feature group its compute
-function (the fast path, also when the group has a SQL definition). Under Spark a model runs its SQL definition, carried to Spark's dialect
-(kuai_assets.engines.portability); a Python group without one is refused. Either way the result
-is checked (declared columns, unique grain) in DuckDB and published only when complete.
+function (its fast path, also when the group has a SQL definition). Under Spark a model runs its
+SQL definition, carried to Spark's dialect (kuai_assets.engines.portability); a Python group
+without one is refused. Either way the result is checked (declared columns, unique grain) in
+DuckDB and published only when complete.
 """
 
 from __future__ import annotations
@@ -124,4 +125,8 @@ def _run_on_spark(model, work: WorkDir, values: dict, engine: Engine, con, out, 
     tables = {name: (path, hidden if name == "raw_interactions" else ()) for name, path in pinned.items()}
     session = spark_session(engine.spark_url, work.root / "spark_tmp", engine.spark_conf)
     log(f"{model.name}: running on Spark ({engine.spark_url})")
-    run_query(session, spark_sql, tables, out, log)
+    try:
+        run_query(session, spark_sql, tables, out, log)
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise RuntimeError(f"{model.path or model.name}: Spark ({engine.spark_url}) failed on its SQL: {first}") from err
