@@ -66,9 +66,11 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 def make_resources(data_dir: Path, work_dir: Path) -> dict:
+    from kuai_assets.defs.engine import EngineResource
     from kuai_assets.defs.resources import WorkspaceResource, TrackingResource
 
     return {
+        "engine": EngineResource(),
         "workspace": WorkspaceResource(data_dir=str(data_dir), work_dir=str(work_dir)),
         "tracking": TrackingResource(
             tracking_uri=f"sqlite:///{work_dir}/mlflow/mlflow.db", artifact_root=str(work_dir / "mlflow" / "artifacts")

@@ -72,7 +72,7 @@ def test_jobs_and_resources():
     assert {k.to_user_string() for k in retrain.asset_layer.selected_asset_keys} == {
         "training_matrix", "model", "baseline_model", "feature_group_ablation", "submission", "evaluation"
     }
-    assert set(defs.resources) == {"workspace", "tracking"}
+    assert set(defs.resources) == {"workspace", "tracking", "engine"}
     assert isinstance(defs.resolve_job_def("everything"), dg.JobDefinition)
 
 
