@@ -95,7 +95,9 @@ def run_world(data: Path, work: Path, without: list[str]) -> dict:
     home = work / "dagster_home"
     home.mkdir(exist_ok=True)
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    # the definitions' own resources (e.g. the engine), with the workspace and tracking of this world
     resources = {
+        **dict(getattr(defs, "resources", None) or {}),
         "workspace": WorkspaceResource(data_dir=str(data), work_dir=str(work)),
         "tracking": TrackingResource(
             tracking_uri=f"sqlite:///{work}/mlflow/mlflow.db", artifact_root=str(work / "mlflow" / "artifacts")
