@@ -272,12 +272,15 @@ def fit_track_and_publish(
         mlflow.log_dict({"importance_by_group": group_importance, "importance_by_feature": validation.importance}, "importance.json")
         mlflow.log_dict([vars(f) for f in features], "features.json")
         example = pd.DataFrame(test.x[:5], columns=[f.name for f in features])
-        mlflow.lightgbm.log_model(final, name="model", registered_model_name=registered_model, input_example=example)
+        logged = mlflow.lightgbm.log_model(final, name="model", input_example=example)
         run_id, experiment_id = run.info.run_id, run.info.experiment_id
+        version = tracker.register_candidate(run_id, logged, registered_model)  # alias @candidate
 
     run_info = {
         "mlflow_run_id": run_id,
         "mlflow_experiment_id": experiment_id,
+        "registered_model": registered_model,
+        "registered_version": version,
         "mlflow_run_url": tracker.run_url(run_id, experiment_id, ui_url),
         "valid_auc": validation.auc,
         "best_iteration": validation.best_iteration,
@@ -313,6 +316,7 @@ def model_metadata(validation: Validation, info: dict) -> dict:
         "train_seconds": dg.MetadataValue.float(validation.seconds),
         "mlflow_run_id": info["mlflow_run_id"],
         "mlflow_run": dg.MetadataValue.url(info["mlflow_run_url"]),
+        "registered_version": f"{info['registered_model']} v{info['registered_version']} @candidate",
         "feature_groups": dg.MetadataValue.json(info["feature_groups"]),
         "features": dg.MetadataValue.int(len(info["features"])),
         "importance_by_group": dg.MetadataValue.md(
