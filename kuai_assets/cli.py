@@ -217,30 +217,43 @@ def run_job():
 
 
 def failure_causes(instance, run_id: str) -> list[str]:
-    """One line per failed step of the run: `<step>: <what went wrong>`, read from its events."""
+    """One line per failed step of the run, `<step>: <what went wrong>`, read from its events (a
+    step failure's description or innermost error; a resource that refused to start)."""
     import dagster as dg
 
-    causes = []
-    records = instance.get_records_for_run(
-        run_id, of_type={dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE}
-    ).records
-    for record in records:
+    kinds = {dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RESOURCE_INIT_FAILURE, dg.DagsterEventType.RUN_FAILURE}
+    causes: dict[str, str] = {}
+    run_failure = None
+    for record in instance.get_records_for_run(run_id, of_type=kinds).records:
         event = record.event_log_entry.dagster_event
         if event is None:
             continue
+        if event.event_type == dg.DagsterEventType.RUN_FAILURE:
+            run_failure = event.message
+            continue
         if event.event_type == dg.DagsterEventType.STEP_FAILURE:
             data = event.step_failure_data
-            text = (data.user_failure_data.description if data.user_failure_data else None) or ""
-            error = data.error
-            while not text and error is not None:  # the innermost cause says most
-                inner = error.cause
-                if inner is None:
-                    text = error.message.strip()
-                error = inner
-            causes.append(f"{event.step_key}: {_one_line(text)}")
-        elif not causes and event.message:
-            causes.append(_one_line(event.message))
-    return causes
+            text = (data.user_failure_data.description if data.user_failure_data else None) or _innermost(data.error)
+        else:
+            text = _innermost(event.engine_event_data.error)
+        key = event.step_key or "run"
+        if key not in causes or causes[key] == "(no message)":  # a resource's refusal comes first: the cause
+            causes[key] = _one_line(text)
+    if not causes and run_failure:
+        causes["run"] = _one_line(run_failure)
+    return [f"{step}: {text}" for step, text in causes.items()]
+
+
+def _innermost(error) -> str:
+    """The message of the innermost cause of a serializable error (what the user's code raised)."""
+    import re
+
+    message = ""
+    while error is not None:
+        if error.message:  # "module.Class: text": the text
+            message = re.sub(rf"^[\w.]*\b{re.escape(error.cls_name or '')}: ", "", error.message.strip())
+        error = error.cause
+    return message.split("\n\nStack Trace:")[0]
 
 
 def _one_line(text: str) -> str:

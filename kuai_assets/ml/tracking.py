@@ -27,6 +27,8 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 # "Creating initial MLflow database tables...", alembic's migrations: not the run's business
+# (MLflow sets its loggers' levels from MLFLOW_LOGGING_LEVEL when it is imported)
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 for _name in ("mlflow", "alembic"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
