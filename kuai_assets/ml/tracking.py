@@ -388,7 +388,7 @@ def promote_if_better(tracking_uri: str, model: str, run_id: str, metric: str = 
         champion = client.get_model_version_by_alias(model, CHAMPION)
     except MlflowException:
         champion = None
-    if champion is not None and champion.version == version.version:
+    if champion is not None and str(champion.version) == str(version.version):
         return Promotion(model, str(version.version), auc, str(champion.version), auc, False)
     previous_auc = score(champion.run_id) if champion is not None else None
     promoted = previous_auc is None or auc > previous_auc
