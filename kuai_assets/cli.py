@@ -344,14 +344,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def ui_argv(args: argparse.Namespace) -> list[str]:
-    """The Dagster UI with its daemon, on args.host (127.0.0.1 unless --host says otherwise).
+    """The Dagster UI with its daemon (runs launched from the UI and schedules need it), on
+    args.host (127.0.0.1 unless --host says otherwise).
 
-    `dagster dev` is superseded by `dg dev` in Dagster 1.13; `dg dev` needs the dagster-dg-cli
-    package (a dependency) and a dg project, which pyproject.toml's [tool.dg] declares. Without
-    `dg` (an older install) `dagster dev` serves the same UI."""
-    if _executable("dg"):
-        return ["dg", "dev", "--target-path", str(settings.REPO_ROOT), "--use-active-venv", "-h", args.host, "-p", str(args.port)]
-    return ["dagster", "dev", "-h", args.host, "-p", str(args.port), "-m", "kuai_assets.definitions"]
+    `dg dev` (the dagster-dg-cli package) is what Dagster 1.13 recommends in place of the
+    superseded `dagster dev`; given the code location (-m) it serves it directly, no dg project
+    needed. Where `dg` is not installed, `dagster dev` serves the same UI and daemon."""
+    tool = ["dg", "dev"] if _executable("dg") else ["dagster", "dev"]
+    return [*tool, "-m", "kuai_assets.definitions", "-h", args.host, "-p", str(args.port)]
 
 
 def cmd_mlflow_ui(args: argparse.Namespace) -> int:
