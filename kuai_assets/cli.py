@@ -361,12 +361,14 @@ def cmd_mlflow_ui(args: argparse.Namespace) -> int:
     uri = workspace.tracking_uri
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    # the platform uses no MLflow server jobs: no job-runner processes beside the UI
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     return _exec(mlflow_ui_argv(args, uri))
 
 
 def mlflow_ui_argv(args: argparse.Namespace, uri: str) -> list[str]:
     """`mlflow ui` over the tracking store `uri`, on args.host (127.0.0.1 unless --host says otherwise)."""
-    return ["mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    return ["mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port), "--workers", "1"]
 
 
 def _executable(name: str) -> str | None:
