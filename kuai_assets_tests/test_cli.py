@@ -157,3 +157,28 @@ def test_probe_accepts_a_writable_sqlite_store_and_refuses_an_unwritable_one(tmp
     blocker.write_text("a file where the store's folder should be")
     with pytest.raises(TrackingError, match=rf"^cannot write the MLflow store at sqlite:///{blocker}/mlflow.db: "):
         probe_store(f"sqlite:///{blocker}/mlflow.db")
+
+
+def test_a_failed_run_ends_with_its_cause_and_no_cascade(tmp_path):
+    """A dataset whose train file has a bad id: the run fails, and `kuai run` ends with the failed
+    step's own message (read from the run's events), not "see the error above"; the steps skipped
+    after it stay out of the WARNING-level log."""
+    from kuai_assets.synth import generate, get_size
+
+    data = tmp_path / "data"
+    generate(data, get_size("tiny").with_vector_dim(16), seed=3)
+    path = data / "train" / "train_interaction.txt"
+    rows = path.read_text().splitlines()
+    rows[2] = "u" + rows[2]
+    path.write_text("\n".join(rows) + "\n")
+
+    result = kuai("run", "--data", str(data), "--work", str(tmp_path / "w"), "--log-level", "WARNING", timeout=600)
+    assert result.returncode == 1, result.stdout + result.stderr
+    tail = result.stderr.strip().splitlines()[-2:]
+    assert tail[0].startswith("[kuai] the run failed after ") and "(Dagster run " in tail[0], tail
+    assert tail[1] == (
+        f"  raw_interactions: {path}, line 3: column 'user_id' must be an integer, got 'u{rows[2][1:].split()[0]}'; "
+        f"the line reads {rows[2][:120]!r}"
+    ), tail
+    assert "see the error above" not in result.stderr
+    assert "Not executing" not in result.stderr
