@@ -241,7 +241,8 @@ def failure_causes(instance, run_id: str) -> list[str]:
             causes[key] = _one_line(text)
     if not causes and run_failure:
         causes["run"] = _one_line(run_failure)
-    return [f"{step}: {text}" for step, text in causes.items()]
+    # a description that already names its asset ("raw_interactions: <file>, line 3: ...") stands alone
+    return [text if text.startswith(f"{step}: ") else f"{step}: {text}" for step, text in causes.items()]
 
 
 def _innermost(error) -> str:

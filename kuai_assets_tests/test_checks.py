@@ -7,6 +7,7 @@ table and then failing, with the metadata naming what is wrong, once one thing i
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -26,8 +27,10 @@ def values(result: dg.AssetCheckResult) -> dict:
     return {k: getattr(v, "value", v) for k, v in result.metadata.items()}
 
 
-def workspace(work, data="/nonexistent") -> WorkspaceResource:
-    return WorkspaceResource(data_dir=str(data), work_dir=str(work))
+def workspace(work, data=None) -> WorkspaceResource:
+    """Without data: the work dir's synthetic default (which the resource accepts before a step
+    runs, being generated on first use); these checks read only the work dir, so it never is."""
+    return WorkspaceResource(data_dir=str(data or Path(work) / "data" / "tiny"), work_dir=str(work))
 
 
 def write_table(work, name: str, columns: dict) -> None:
