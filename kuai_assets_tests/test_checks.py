@@ -257,6 +257,7 @@ def test_every_check_is_registered():
         "every_photo_has_a_vector",
         "training_matrix_finite_and_keyed",
         "label_statistics_out_of_fold",
+        "model_promoted_if_better",
         "submission_matches_test_keys",
     }
     blocking = {key.name for c in defs.asset_checks for key in c.check_keys if c.get_spec_for_check_key(key).blocking}
