@@ -36,7 +36,7 @@ class Setting:
     default: str  # what applies when it is unset, as a person reads it
     meaning: str
     recorded: bool = False  # kept in the workspace's .env (and exported by env.sh unless `live`)
-    live: bool = False  # read from the .env when used, so a running UI follows a change: not exported
+    live: bool = False  # the .env's value comes first and is read when used (a running UI follows it); not exported
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -55,7 +55,7 @@ SETTINGS: tuple[Setting, ...] = (
         "KUAI_MLFLOW_UI_URL",
         f"http://127.0.0.1:{DEFAULT_MLFLOW_UI_PORT}",
         "where the MLflow UI is served (the Dagster `mlflow_run` links); `kuai mlflow-ui --port` records it "
-        "in the workspace's .env",
+        "in the workspace's .env, whose value comes first for this one (a running UI follows it)",
         True,
         True,
     ),
@@ -139,9 +139,14 @@ def default_work_dir() -> Path:
 def value(name: str, work: Path | None = None, environment: bool = True) -> str | None:
     """The environment's value of setting `name` (unless `environment` is False), else the
     workspace's recorded one, else None."""
+    recorded = read_workspace_file(work or default_work_dir()).get(name) or None
+    if is_live(name) and recorded:
+        # the workspace's current value: a process started earlier (the UI, its code server,
+        # which also load the .env into their environment) must follow a change
+        return recorded
     if environment and os.environ.get(name):
         return os.environ[name]
-    return read_workspace_file(work or default_work_dir()).get(name) or None
+    return recorded
 
 
 def synthetic_size(work: Path | None = None) -> str:

@@ -129,6 +129,11 @@ def test_the_workspace_file_supplies_what_the_environment_leaves_unset(tmp_path,
     assert settings.default_data_dir() == data
     assert settings.default_tracking_uri() == "sqlite:////elsewhere/mlflow.db"
     assert settings.mlflow_ui_url() == "http://127.0.0.1:5517"
+    # the live UI address: the workspace's record wins even over an environment that has an older
+    # one (`dagster dev` started in the work dir loads the .env into its environment at start)
+    monkeypatch.setenv("KUAI_MLFLOW_UI_URL", "http://127.0.0.1:5000")
+    assert settings.mlflow_ui_url() == "http://127.0.0.1:5517"
+    monkeypatch.delenv("KUAI_MLFLOW_UI_URL")
     # the environment wins over the file
     monkeypatch.setenv("KUAI_DATA_DIR", str(tmp_path / "other"))
     assert settings.default_data_dir() == tmp_path / "other"
