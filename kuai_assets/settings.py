@@ -63,6 +63,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("KUAI_DUCKDB_THREADS", "the number of cores", "DuckDB's threads per connection"),
     Setting("KUAI_SQL_DIR", "dbt_like_sql/ in the repo", "the SQL feature groups"),
     Setting("MLFLOW_HTTP_REQUEST_TIMEOUT", "10 (MLflow's own: 120)", "seconds an MLflow HTTP request may take"),
+    Setting(
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false for `kuai mlflow-ui`", "MLflow server jobs (the platform uses none)"
+    ),
     Setting("MLFLOW_LOGGING_LEVEL", "WARNING (MLflow's own: INFO)", "MLflow's loggers' level"),
     Setting("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2 (MLflow's own: 7)", "retries of a failed MLflow HTTP request"),
 )
