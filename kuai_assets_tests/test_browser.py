@@ -458,7 +458,10 @@ def test_materialize_model_in_kuai_ui_then_change_the_learning_rate_in_the_launc
     expect(page.locator(".CodeMirror-line").filter(has_text=re.compile(r"^\s*learning_rate: 0\.2\s*$"))).to_have_count(1)
     screenshot(page, "kuai_ui_launchpad.png")
     page.get_by_role("dialog").get_by_role("button").filter(has_text=re.compile(r"^\s*Materialize\s*$")).click()
-    second = wait_for_run(work, launched_run(page), kuai_uis["server"])
+    page.wait_for_url(re.compile(r"/runs/[0-9a-f-]{36}"))  # the Launchpad opens the new run's page
+    second = wait_for_run(work, page.url.rstrip("/").split("/runs/")[1].split("?")[0], kuai_uis["server"])
+    expect(page.get_by_text("Success", exact=True).first).to_be_visible()
+    screenshot(page, "kuai_ui_launchpad_run.png")
     run_id, retrained = latest_model(work)
     assert run_id == second != first
     recorded = client.get_run(retrained["mlflow_run_id"])
