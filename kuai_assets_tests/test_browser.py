@@ -4,6 +4,10 @@ Starts `dagster-webserver` and `mlflow ui` on free ports of 127.0.0.1 over the t
 work dir (conftest.materialized), drives Debian's headless chromium through Playwright (which
 never downloads a browser here), and saves screenshots of both UIs to test-artifacts/. Both UIs
 are React apps: every wait is for a specific element or text, bounded.
+
+The last test is the loop a person runs: `kuai ui` (webserver and daemon) and `kuai mlflow-ui` on
+a copy of that work dir; it materializes `model` from its page, follows the new materialization's
+link to its new MLflow run, then relaunches with another learning_rate from the Launchpad.
 """
 
 from __future__ import annotations
