@@ -220,6 +220,13 @@ def submission_setup(tmp_path, lines: list[str]) -> WorkspaceResource:
     (data / "test" / "test_interaction.txt").write_text(
         "".join(f"{u}\t{p}\t760000000000\t10\n" for u, p in TEST_ROWS)
     )
+    # the rest of the released layout, empty (the workspace resource checks the layout; this
+    # check reads only test_interaction.txt)
+    for split in ("train", "test"):
+        (data / split).mkdir(exist_ok=True)
+        for name in (f"{split}_interaction.txt", f"{split}_face.txt", f"{split}_text.txt"):
+            (data / split / name).touch()
+        (data / split / f"final_visual_{split}").mkdir()
     work.mkdir()
     (work / "submission.txt").write_text("".join(line + "\n" for line in lines))
     return workspace(work, data)
