@@ -432,7 +432,7 @@ def _workspace_options(parser: argparse.ArgumentParser, data: bool = True) -> No
     if data:
         parser.add_argument("--data", type=Path, help="the dataset in the released layout; KUAI_DATA_DIR")
         parser.add_argument(
-            "--size", help="size of the synthetic default dataset, <work>/data/<size>: tiny, demo, preliminary, final; KUAI_SYNTH_SIZE"
+            "--size", help="size of the synthetic default dataset, <work>/data/<size>: tiny, demo, ...; KUAI_SYNTH_SIZE"
         )
 
 

@@ -48,7 +48,7 @@ SETTINGS: tuple[Setting, ...] = (
         "generated there on first use",
         True,
     ),
-    Setting("KUAI_SYNTH_SIZE", DEFAULT_SIZE, "size of the default synthetic dataset: tiny, demo, preliminary, final", True),
+    Setting("KUAI_SYNTH_SIZE", DEFAULT_SIZE, "size of the default synthetic dataset (tiny, demo, ...: kuai_assets/synth/sizes.py)", True),
     Setting("DAGSTER_HOME", "<work>/dagster_home", "the Dagster instance shared by `kuai run`, the UI and the dagster CLI", True),
     Setting("MLFLOW_TRACKING_URI", "sqlite:///<work>/mlflow/mlflow.db", "the MLflow tracking store", True),
     Setting(
@@ -62,6 +62,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("KUAI_DUCKDB_MEMORY", "8GB", "DuckDB's memory limit per connection"),
     Setting("KUAI_DUCKDB_THREADS", "the number of cores", "DuckDB's threads per connection"),
     Setting("KUAI_SQL_DIR", "dbt_like_sql/ in the repo", "the SQL feature groups"),
+    Setting("KUAI_ENGINE", "duckdb", "the SQL engine of the feature groups: duckdb or spark (the `engine` resource)"),
+    Setting("KUAI_SPARK_URL", "the engine resource's default", "the Spark Connect server `sc://host:port` (KUAI_ENGINE=spark)"),
+    Setting("KUAI_SPARK_DRIVER_MEMORY", "the engine's default", "the local Spark driver's memory (KUAI_ENGINE=spark)"),
     Setting("MLFLOW_HTTP_REQUEST_TIMEOUT", "10 (MLflow's own: 120)", "seconds an MLflow HTTP request may take"),
     Setting(
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false for `kuai mlflow-ui`", "MLflow server jobs (the platform uses none)"

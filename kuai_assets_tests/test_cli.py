@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from kuai_assets import settings
+from kuai_assets.synth.sizes import SIZES
 
 KUAI = Path(sys.executable).parent / "kuai"
 REPO = Path(__file__).resolve().parents[1]
@@ -71,13 +72,13 @@ def test_every_environment_variable_read_in_the_code_is_a_listed_setting():
 
 def test_unknown_size_is_one_line(tmp_path):
     line = one_line_error(kuai("run", "--size", "tny", "--work", str(tmp_path / "w")))
-    assert line == "kuai: unknown size 'tny' (--size): choose one of tiny, demo, preliminary, final"
+    assert line == f"kuai: unknown size 'tny' (--size): choose one of {', '.join(SIZES)}"
     assert not (tmp_path / "w").exists(), "nothing is written for a mistake"
 
 
 def test_unknown_size_from_the_environment_is_one_line(tmp_path):
     line = one_line_error(kuai("run", "--work", str(tmp_path / "w"), env=clean_env(KUAI_SYNTH_SIZE="tny")))
-    assert line == "kuai: unknown size 'tny' (KUAI_SYNTH_SIZE): choose one of tiny, demo, preliminary, final"
+    assert line == f"kuai: unknown size 'tny' (KUAI_SYNTH_SIZE): choose one of {', '.join(SIZES)}"
 
 
 def test_missing_data_dir_is_one_line(tmp_path):
@@ -104,7 +105,7 @@ def test_generate_into_an_existing_folder_is_one_line(tmp_path):
 
 def test_generate_unknown_size_is_one_line(tmp_path):
     line = one_line_error(kuai("generate", "--size", "huge", "--out", str(tmp_path / "x")))
-    assert line == "kuai: unknown size 'huge' (--size): choose one of tiny, demo, preliminary, final"
+    assert line == f"kuai: unknown size 'huge' (--size): choose one of {', '.join(SIZES)}"
 
 
 def test_unknown_option_is_one_line():
