@@ -1,15 +1,26 @@
 """`kuai`: the platform's front door.
 
-    kuai run          generate the demo data if absent, materialize every asset, print the AUCs
-    kuai ui           the Dagster UI (dagster dev) on 127.0.0.1:3000
+    kuai run          check the dataset and the MLflow store, materialize every asset, print the AUCs
+    kuai ui           the Dagster UI (webserver and daemon) on 127.0.0.1:3000
     kuai mlflow-ui    the MLflow UI on 127.0.0.1:5000
     kuai generate     write a synthetic dataset in the released layout
-    kuai env          print the environment the dagster CLI needs (also written to .kuai/env.sh)
+    kuai env          print the workspace's settings (the <work>/env.sh every command writes)
+
+Every command works on one workspace (a work dir and the settings recorded in it) and records
+its settings in <work>/env.sh and <work>/.env, so that in a fresh shell
+`source <work>/env.sh && dagster asset materialize --select model` reads and writes the same
+data, tables, Dagster instance and MLflow store. A mistake (an unknown size, a folder that is
+not a dataset, an output folder that exists) is one line on stderr and exit code 2.
+
+Try it in three minutes on the tiny synthetic dataset:
+
+    kuai run --size tiny --work /tmp/kuai-tiny
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -22,7 +33,16 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 DAGSTER_YAML = """# written by `kuai`: a local instance, no telemetry (this platform never calls home)
 telemetry:
   enabled: false
+# INFO, not DEBUG, for the step processes' own console lines ("Executing step ... in subprocess");
+# every Dagster event is still recorded whatever this level
+python_logs:
+  python_log_level: INFO
 """
+WRITTEN_BY_KUAI = "# written by `kuai`"
+
+
+class UsageError(Exception):
+    """A user's mistake: printed as one line on stderr, exit code 2."""
 
 
 def dagster_home(work: Path) -> Path:
@@ -30,7 +50,8 @@ def dagster_home(work: Path) -> Path:
 
 
 def initialize_dagster_home(home: Path) -> Path:
-    """Write `dagster.yaml` (if absent) and create the instance's shared databases, once.
+    """Write `dagster.yaml` (if absent, or if `kuai` wrote an older one) and create the instance's
+    shared databases, once.
 
     Dagster creates its SQLite databases (runs, event-log index, schedules) on first use. Two
     runs that both find them missing both stamp the schema version, and from then on every run
@@ -42,8 +63,9 @@ def initialize_dagster_home(home: Path) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     with open(home / ".initialize.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (home / "dagster.yaml").exists():
-            (home / "dagster.yaml").write_text(DAGSTER_YAML)
+        config = home / "dagster.yaml"
+        if not config.exists() or (config.read_text().startswith(WRITTEN_BY_KUAI) and config.read_text() != DAGSTER_YAML):
+            config.write_text(DAGSTER_YAML)
         if not (home / "history" / "runs.db").exists() or not (home / "schedules" / "schedules.db").exists():
             import dagster as dg
 
@@ -60,61 +82,215 @@ DAGSTER_CLI_MODULE = {
 }
 
 
-def prepare_environment(work: Path) -> dict[str, str]:
-    """Create the Dagster home, and write the environment the `dagster` CLI needs.
+def prepare_environment(workspace: settings.Workspace) -> dict[str, str]:
+    """Create the workspace's Dagster home, record its settings in <work>/env.sh and <work>/.env,
+    and set them in this process's environment (for the steps it starts).
 
-    `.kuai/env.sh` (source it: it also activates the venv) and `.env` in the repo root (which the
-    dagster CLI itself reads) both set DAGSTER_HOME, so CLI runs and `kuai run` share one instance
-    and all show in the UI.
+    env.sh also activates this venv; both set DAGSTER_HOME and the code location of the dagster
+    CLI, so `kuai run`, the UI and CLI runs share one instance and one workspace.
     """
-    home = initialize_dagster_home(dagster_home(work))
-    env = {"DAGSTER_HOME": str(home), "MLFLOW_DISABLE_TELEMETRY": "true", **DAGSTER_CLI_MODULE}
-    lines = [f"export {k}={v}" for k, v in env.items()]
+    initialize_dagster_home(workspace.dagster_home)
+    env = {**workspace.recorded(), "MLFLOW_DISABLE_TELEMETRY": "true", **DAGSTER_CLI_MODULE}
     venv = Path(sys.prefix)
-    if (venv / "bin" / "activate").is_file():
-        lines.insert(0, f"source {venv / 'bin' / 'activate'}")
-    (work / "env.sh").write_text("# written by `kuai`: source it to use the dagster CLI on this work dir\n" + "\n".join(lines) + "\n")
-    if (settings.REPO_ROOT / "pyproject.toml").is_file():
-        (settings.REPO_ROOT / ".env").write_text(
-            "# written by `kuai`; read by the dagster CLI from this folder\n"
-            + "\n".join(f"{k}={v}" for k, v in env.items() if not k.startswith("DAGSTER_CLI_"))
-            + "\n"
-        )
-    os.environ.update(env)
+    preamble = [f"source {venv / 'bin' / 'activate'}"] if (venv / "bin" / "activate").is_file() else []
+    settings.write_workspace_files(workspace.work_dir, env, preamble)
+    _remove_repo_dotenv()
+    for key, value in env.items():
+        if settings.is_live(key):  # the steps and the UI read it from the .env, as it is when they run
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     return env
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    work = settings.default_work_dir()
-    prepare_environment(work)
-    data_dir = settings.default_data_dir()
-    if not data_dir.exists() and data_dir == settings.synthetic_data_dir(work):
+def _remove_repo_dotenv() -> None:
+    """Older versions wrote a `.env` in the repo root pointing at one workspace; the dagster CLI
+    started there would have let it override a sourced env.sh. Remove it if `kuai` wrote it."""
+    path = settings.REPO_ROOT / ".env"
+    try:
+        if path.is_file() and path.read_text().startswith(WRITTEN_BY_KUAI) and "DAGSTER_HOME=" in path.read_text():
+            path.unlink()
+    except OSError:
+        pass
+
+
+def workspace_from(args: argparse.Namespace) -> settings.Workspace:
+    """The workspace the command's options (--work, --data, --size) and the environment describe;
+    a size that does not exist is refused."""
+    from kuai_assets.synth.sizes import SIZES
+
+    workspace = settings.resolve_workspace(
+        getattr(args, "work", None), getattr(args, "data", None), getattr(args, "size", None)
+    )
+    if workspace.size not in SIZES:
+        source = "--size" if getattr(args, "size", None) else "KUAI_SYNTH_SIZE"
+        raise UsageError(f"unknown size {workspace.size!r} ({source}): choose one of {', '.join(SIZES)}")
+    return workspace
+
+
+# -- checks before work ----------------------------------------------------------------------------
+
+
+def refuse_a_missing_dataset(workspace: settings.Workspace) -> None:
+    """Before anything is written: a dataset folder that does not exist (and is not the
+    workspace's synthetic default, generated on first use) is a UsageError."""
+    from kuai_assets.formats import layout
+
+    if not workspace.data_dir.exists() and not workspace.generates_its_data:
+        raise UsageError(layout.layout_problem(workspace.data_dir))
+
+
+def check_dataset(workspace: settings.Workspace, say=print) -> None:
+    """The dataset is in the released layout; the workspace's own synthetic default is generated
+    first if absent (and says so). Anything else missing is a UsageError."""
+    from kuai_assets.formats import layout
+
+    root = workspace.data_dir
+    if not root.exists() and workspace.generates_its_data:
         from kuai_assets.synth import generate, get_size
 
-        print(f"[kuai] generating the synthetic '{settings.synthetic_size()}' dataset at {data_dir} ...", flush=True)
+        say(f"[kuai] no dataset at {root}: generating the synthetic '{workspace.size}' dataset there (once) ...")
         started = time.time()
-        data_dir.parent.mkdir(parents=True, exist_ok=True)
-        summary = generate(data_dir, get_size(settings.synthetic_size()))
-        print(f"[kuai] generated in {time.time() - started:.0f}s (oracle AUC {summary['oracle_auc']:.4f})", flush=True)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        summary = generate(root, get_size(workspace.size))
+        say(f"[kuai] generated in {time.time() - started:.0f}s (oracle AUC {summary['oracle_auc']:.4f})")
+    say(f"[kuai] checking the dataset's layout at {root} (train/ and test/: interactions, faces, cover text, vectors)")
+    problem = layout.layout_problem(root)
+    if problem:
+        raise UsageError(problem)
+
+
+def check_tracking(workspace: settings.Workspace, say=print) -> None:
+    """The MLflow store can be reached and written, within kuai_assets.ml.tracking.PROBE_SECONDS."""
+    from kuai_assets.ml.tracking import PROBE_SECONDS, TrackingError, probe_store
+
+    say(f"[kuai] checking the MLflow store at {workspace.tracking_uri} (at most {PROBE_SECONDS:g} s)")
+    try:
+        probe_store(workspace.tracking_uri)
+    except TrackingError as exc:
+        raise UsageError(str(exc)) from None
+
+
+# -- kuai run --------------------------------------------------------------------------------------
+
+
+class _QuietCascade(logging.Filter):
+    """Dagster logs "Dependencies for step X failed ... Not executing." at ERROR for every step
+    downstream of a failure; the failure itself says everything. Demoted to DEBUG; then the
+    threshold applies."""
+
+    def __init__(self, threshold: int):
+        super().__init__()
+        self.threshold = threshold
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "Dependencies for step" in message and "Not executing." in message:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return record.levelno >= self.threshold
+
+
+def _kuai_console_logger():
+    import dagster as dg
+
+    @dg.logger(
+        config_schema={"log_level": dg.Field(str, default_value="INFO", description="The logger's threshold.")},
+        description="The console of `kuai run`: Dagster's format; the skipped-step cascade at DEBUG.",
+    )
+    def kuai_console(init_context) -> logging.Logger:
+        threshold = logging.getLevelName(init_context.logger_config["log_level"].upper())
+        logger = logging.Logger("dagster", logging.DEBUG)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+        handler.addFilter(_QuietCascade(threshold if isinstance(threshold, int) else logging.INFO))
+        logger.addHandler(handler)
+        return logger
+
+    return kuai_console
+
+
+def run_job():
+    """The `everything` job with `kuai run`'s console logger (importable: the steps reconstruct it)."""
+    from kuai_assets.definitions import everything_job
+
+    return everything_job().with_logger_defs({"console": _kuai_console_logger()})
+
+
+def failure_causes(instance, run_id: str) -> list[str]:
+    """One line per failed step of the run, `<step>: <what went wrong>`, read from its events (a
+    step failure's description or innermost error; a resource that refused to start)."""
+    import dagster as dg
+
+    kinds = {dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RESOURCE_INIT_FAILURE, dg.DagsterEventType.RUN_FAILURE}
+    causes: dict[str, str] = {}
+    run_failure = None
+    for record in instance.get_records_for_run(run_id, of_type=kinds).records:
+        event = record.event_log_entry.dagster_event
+        if event is None:
+            continue
+        if event.event_type == dg.DagsterEventType.RUN_FAILURE:
+            run_failure = event.message
+            continue
+        if event.event_type == dg.DagsterEventType.STEP_FAILURE:
+            data = event.step_failure_data
+            text = (data.user_failure_data.description if data.user_failure_data else None) or _innermost(data.error)
+        else:
+            text = _innermost(event.engine_event_data.error)
+        key = event.step_key or "run"
+        if key not in causes or causes[key] == "(no message)":  # a resource's refusal comes first: the cause
+            causes[key] = _one_line(text)
+    if not causes and run_failure:
+        causes["run"] = _one_line(run_failure)
+    # a description that already names its asset ("raw_interactions: <file>, line 3: ...") stands alone
+    return [text if text.startswith(f"{step}: ") else f"{step}: {text}" for step, text in causes.items()]
+
+
+def _innermost(error) -> str:
+    """The message of the innermost cause of a serializable error (what the user's code raised)."""
+    import re
+
+    message = ""
+    while error is not None:
+        if error.message:  # "module.Class: text": the text
+            message = re.sub(rf"^[\w.]*\b{re.escape(error.cls_name or '')}: ", "", error.message.strip())
+        error = error.cause
+    return message.split("\n\nStack Trace:")[0]
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if len(lines) == 1 else " ".join(lines[:3])[:500] if lines else "(no message)"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    workspace = workspace_from(args)
+    refuse_a_missing_dataset(workspace)
+    prepare_environment(workspace)
+    print(f"[kuai] workspace: {workspace.work_dir} (settings in {workspace.work_dir / settings.ENV_SCRIPT})", flush=True)
+    check_tracking(workspace, lambda line: print(line, flush=True))
+    check_dataset(workspace, lambda line: print(line, flush=True))
 
     import dagster as dg
 
-    from kuai_assets.definitions import everything_job
-
-    print(f"[kuai] data: {data_dir}\n[kuai] work dir: {work}\n[kuai] materializing every asset ...", flush=True)
+    print(f"[kuai] data: {workspace.data_dir}\n[kuai] materializing every asset ...", flush=True)
     started = time.time()
     with dg.DagsterInstance.get() as instance:
         result = dg.execute_job(
-            dg.reconstructable(everything_job),
+            dg.reconstructable(run_job),
             instance=instance,
             run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
         )
         elapsed = time.time() - started
         if not result.success:
-            print(f"[kuai] the run failed after {elapsed:.0f}s (run id {result.run_id}); see the error above "
-                  "or open `kuai ui` to inspect it.", file=sys.stderr)
+            causes = failure_causes(instance, result.run_id) or ["(no step failed; see `kuai ui`)"]
+            print(
+                f"[kuai] the run failed after {elapsed:.0f}s (Dagster run {result.run_id}):\n"
+                + "\n".join(f"  {cause}" for cause in causes),
+                file=sys.stderr,
+                flush=True,
+            )
             return 1
-        print_summary(instance, work, elapsed, result.run_id)
+        print_summary(instance, workspace, elapsed, result.run_id)
     return 0
 
 
@@ -127,7 +303,8 @@ def latest_metadata(instance, asset: str) -> dict:
     return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
-def print_summary(instance, work: Path, elapsed: float, run_id: str) -> None:
+def print_summary(instance, workspace: settings.Workspace, elapsed: float, run_id: str) -> None:
+    work = workspace.work_dir
     model = latest_metadata(instance, "model")
     evaluation = latest_metadata(instance, "evaluation")
     lines = [
@@ -146,89 +323,156 @@ def print_summary(instance, work: Path, elapsed: float, run_id: str) -> None:
         lines.append("  no ground truth for this dataset: submit the file to score it")
     lines += [
         f"  submission: {work / 'submission.txt'}",
-        f"  MLflow run: {model.get('mlflow_run_id', '?')}",
-        f"  dagster CLI: source {work / 'env.sh'} && dagster asset materialize --select model",
-        "Where to look:",
-        "  .venv/bin/kuai ui          # Dagster UI at http://127.0.0.1:3000 (lineage, metadata, re-runs)",
-        "  .venv/bin/kuai mlflow-ui   # MLflow UI at http://127.0.0.1:5000 (compare runs)",
+        f"  MLflow run: {model.get('mlflow_run', model.get('mlflow_run_id', '?'))}",
+        "In a fresh shell, the same workspace:",
+        f"  source {work / settings.ENV_SCRIPT}",
+        "  dagster asset materialize --select model   # retrain",
+        "  kuai ui                                     # Dagster UI at http://127.0.0.1:3000",
+        f"  kuai mlflow-ui                              # MLflow UI at {workspace.mlflow_ui_url}",
     ]
     print("\n".join(lines), flush=True)
 
 
+# -- the UIs ---------------------------------------------------------------------------------------
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
-    work = settings.default_work_dir()
-    prepare_environment(work)
-    os.chdir(settings.REPO_ROOT if (settings.REPO_ROOT / "workspace.yaml").is_file() else Path.cwd())
+    workspace = workspace_from(args)
+    refuse_a_missing_dataset(workspace)
+    prepare_environment(workspace)
+    os.chdir(workspace.work_dir)
     return _exec(ui_argv(args))
 
 
 def ui_argv(args: argparse.Namespace) -> list[str]:
-    """`dagster dev` on args.host (127.0.0.1 unless --host says otherwise)."""
-    return ["dagster", "dev", "-h", args.host, "-p", str(args.port), "-m", "kuai_assets.definitions"]
+    """The Dagster UI with its daemon (runs launched from the UI and schedules need it), on
+    args.host (127.0.0.1 unless --host says otherwise).
+
+    `dg dev` (the dagster-dg-cli package) is what Dagster 1.13 recommends in place of the
+    superseded `dagster dev`; given the code location (-m) it serves it directly, no dg project
+    needed. Where `dg` is not installed, `dagster dev` serves the same UI and daemon."""
+    tool = ["dg", "dev"] if _executable("dg") else ["dagster", "dev"]
+    return [*tool, "-m", "kuai_assets.definitions", "-h", args.host, "-p", str(args.port)]
 
 
 def cmd_mlflow_ui(args: argparse.Namespace) -> int:
-    from kuai_assets.ml.tracking import default_tracking_uri
-
-    work = settings.default_work_dir()
-    prepare_environment(work)
-    uri = default_tracking_uri(work)
+    url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+    workspace = settings.resolve_workspace(getattr(args, "work", None), mlflow_ui=url)
+    prepare_environment(workspace)  # records the UI's address: the Dagster links follow it
+    uri = workspace.tracking_uri
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    # the platform uses no MLflow server jobs: no job-runner processes beside the UI
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     return _exec(mlflow_ui_argv(args, uri))
 
 
 def mlflow_ui_argv(args: argparse.Namespace, uri: str) -> list[str]:
     """`mlflow ui` over the tracking store `uri`, on args.host (127.0.0.1 unless --host says otherwise)."""
-    return ["mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    return ["mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port), "--workers", "1"]
+
+
+def _executable(name: str) -> str | None:
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    import shutil
+
+    return shutil.which(name)
 
 
 def _exec(argv: list[str]) -> int:
-    bin_dir = Path(sys.executable).parent
-    executable = bin_dir / argv[0]
-    argv[0] = str(executable) if executable.exists() else argv[0]
+    argv[0] = _executable(argv[0]) or argv[0]
     print("[kuai] " + " ".join(argv), flush=True)
     os.execvp(argv[0], argv)
     return 0  # not reached
 
 
+# -- the rest --------------------------------------------------------------------------------------
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from kuai_assets.synth.__main__ import main as synth_main
+    from kuai_assets.synth.sizes import SIZES
 
+    if args.size not in SIZES:
+        raise UsageError(f"unknown size {args.size!r} (--size): choose one of {', '.join(SIZES)}")
+    if args.out.exists():
+        raise UsageError(f"{args.out} already exists: `kuai generate` writes a new folder (remove it or choose another --out)")
     argv = ["--size", args.size, "--seed", str(args.seed), "--out", str(args.out)]
     return synth_main(argv + args.rest)
 
 
 def cmd_env(args: argparse.Namespace) -> int:
-    work = settings.default_work_dir()
-    prepare_environment(work)
-    print((work / "env.sh").read_text(), end="")
+    workspace = workspace_from(args)
+    prepare_environment(workspace)
+    print((workspace.work_dir / settings.ENV_SCRIPT).read_text(), end="")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UsageError as exc:
+        print(f"kuai: {exc}", file=sys.stderr, flush=True)
+        return 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a mistake as one line (`kuai: ...`) and exit code 2, not the usage block."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("kuai").strip()
+        raise UsageError(f"{command + ': ' if command else ''}{message} (see `{self.prog} --help`)")
+
+
+def _workspace_options(parser: argparse.ArgumentParser, data: bool = True) -> None:
+    parser.add_argument("--work", type=Path, help="the workspace (work dir); KUAI_WORK_DIR; default .kuai/ in the repo")
+    if data:
+        parser.add_argument("--data", type=Path, help="the dataset in the released layout; KUAI_DATA_DIR")
+        parser.add_argument(
+            "--size", help="size of the synthetic default dataset, <work>/data/<size>: tiny, demo, ...; KUAI_SYNTH_SIZE"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kuai", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="materialize every asset on the configured dataset and print the AUCs")
+    common = {"formatter_class": argparse.RawDescriptionHelpFormatter, "epilog": settings.environment_help()}
+    parser = _Parser(prog="kuai", description=__doc__, **common)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser(
+        "run",
+        help="check the dataset and the MLflow store, materialize every asset, print the AUCs",
+        description="Check the dataset's layout and the MLflow store, then materialize every asset and print "
+        "the AUCs. Options are recorded in the workspace (<work>/env.sh, <work>/.env) for the next "
+        "command. Three-minute trial: kuai run --size tiny --work /tmp/kuai-tiny",
+        **common,
+    )
+    _workspace_options(run)
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     run.set_defaults(func=cmd_run)
-    for name, port, func in (("ui", 3000, cmd_ui), ("mlflow-ui", 5000, cmd_mlflow_ui)):
-        p = sub.add_parser(name, help=f"serve the {'Dagster' if name == 'ui' else 'MLflow'} UI on 127.0.0.1:{port}")
-        p.add_argument("--host", default="127.0.0.1")
-        p.add_argument("--port", type=int, default=port)
-        p.set_defaults(func=func)
-    gen = sub.add_parser("generate", help="write a synthetic dataset (same as python -m kuai_assets.synth)")
+    ui = sub.add_parser("ui", help="serve the Dagster UI (and its daemon) on 127.0.0.1:3000", **common)
+    _workspace_options(ui)
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(func=cmd_ui)
+    mlflow_ui = sub.add_parser(
+        "mlflow-ui",
+        help=f"serve the MLflow UI on 127.0.0.1:{settings.DEFAULT_MLFLOW_UI_PORT} (recorded as KUAI_MLFLOW_UI_URL)",
+        **common,
+    )
+    _workspace_options(mlflow_ui, data=False)
+    mlflow_ui.add_argument("--host", default="127.0.0.1")
+    mlflow_ui.add_argument("--port", type=int, default=settings.DEFAULT_MLFLOW_UI_PORT)
+    mlflow_ui.set_defaults(func=cmd_mlflow_ui)
+    gen = sub.add_parser("generate", help="write a synthetic dataset (same as python -m kuai_assets.synth)", **common)
     gen.add_argument("--size", default="demo")
     gen.add_argument("--seed", type=int, default=7)
     gen.add_argument("--out", type=Path, required=True)
     gen.add_argument("rest", nargs=argparse.REMAINDER)
     gen.set_defaults(func=cmd_generate)
-    env = sub.add_parser("env", help="print (and write to .env) what the dagster CLI needs")
+    env = sub.add_parser("env", help="record and print the workspace's settings (<work>/env.sh)", **common)
+    _workspace_options(env)
     env.set_defaults(func=cmd_env)
     return parser
 

@@ -366,6 +366,49 @@ def text_empty_value(root):
     return Accepted({"train: rows with an empty value (read as no text)": 1}, verify)
 
 
+@case
+def faces_empty_file(root):  # no photo of the split has a detected face
+    shown = {row.split("\t")[1] for row in lines(root / TRAIN_I)}
+    dropped = sum(row.split("\t")[0] not in shown for row in lines(root / TRAIN_F))
+    (root / TRAIN_F).write_text("")
+
+    def verify(out, pristine_out):
+        assert table(out, "raw_faces", "select count(*) from {t} where split = 'train'") == [(0,)]
+        assert table(out, "raw_faces", "select count(*) from {t} where split = 'test'") == table(
+            pristine_out, "raw_faces", "select count(*) from {t} where split = 'test'"
+        )
+
+    return Accepted(
+        {
+            "train: train_face.txt has no rows (no photo with a face)": 1,
+            "train: face rows for photos not in train_interaction.txt (dropped)": -dropped,
+        },
+        verify,
+    )
+
+
+@case
+def text_empty_file(root):  # no photo of the split has cover words
+    shown = {row.split("\t")[1] for row in lines(root / TRAIN_I)}
+    rows = [row.split("\t") for row in lines(root / TRAIN_T)]
+    (root / TRAIN_T).write_text("")
+
+    def verify(out, pristine_out):
+        assert table(out, "raw_text", "select count(*), max(n_words) from {t} where split = 'train'") == table(
+            pristine_out, "raw_text", "select count(*), 0 from {t} where split = 'train'"
+        )
+
+    return Accepted(
+        {
+            "train: train_text.txt has no rows (no photo with cover words)": 1,
+            "train: photos without a text row (read as no text)": sum(r[0] in shown for r in rows),
+            "train: text rows for photos not in train_interaction.txt (dropped)": -sum(r[0] not in shown for r in rows),
+            "train: rows with an empty value (read as no text)": -sum(not r[1:] or not r[1].strip() for r in rows),
+        },
+        verify,
+    )
+
+
 # -- running the readers -------------------------------------------------------------------
 
 

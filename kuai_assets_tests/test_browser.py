@@ -4,6 +4,10 @@ Starts `dagster-webserver` and `mlflow ui` on free ports of 127.0.0.1 over the t
 work dir (conftest.materialized), drives Debian's headless chromium through Playwright (which
 never downloads a browser here), and saves screenshots of both UIs to test-artifacts/. Both UIs
 are React apps: every wait is for a specific element or text, bounded.
+
+The last test is the loop a person runs: `kuai ui` (webserver and daemon) and `kuai mlflow-ui` on
+a copy of that work dir; it materializes `model` from its page, follows the new materialization's
+link to its new MLflow run, then relaunches with another learning_rate from the Launchpad.
 """
 
 from __future__ import annotations
@@ -349,3 +353,121 @@ def test_mlflow_runs_list_compare_and_the_link_from_dagster(mlflow_ui, page, mat
     expect(page.get_by_role("link", name="kuai_click_model", exact=True).first).to_be_visible()  # registered
     expect(page.get_by_text(repr(full["valid_auc"]), exact=True).first).to_be_visible()
     screenshot(page, "mlflow_model_run.png")
+
+
+# -- the loop a person runs: `kuai ui` and `kuai mlflow-ui`, Materialize, the Launchpad --------------
+
+KUAI = Path(sys.executable).parent / "kuai"
+RUN_SECONDS = 600  # a tiny model run launched from the UI, on a loaded 2-core machine
+
+
+@pytest.fixture(scope="module")
+def kuai_uis(request, materialized, tmp_path_factory) -> dict:
+    """`kuai ui` (webserver and daemon) and `kuai mlflow-ui` over a copy of the materialized work
+    dir, started as a person starts them (a clean environment, the workspace given by --work).
+
+    A copy: the runs launched here must not change what the other tests read."""
+    import shutil
+
+    work = tmp_path_factory.mktemp("kuai_ui") / "work"
+    shutil.copytree(materialized["work"], work, symlinks=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUAI_", "DAGSTER_", "MLFLOW_"))}
+    env.update({"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "KUAI_DUCKDB_MEMORY": "1GB"})
+    dagster_port, mlflow_port = free_port(), free_port()
+    logs = tmp_path_factory.mktemp("kuai_ui_logs")
+    ui = Server("kuai-ui", [str(KUAI), "ui", "--work", str(work), "--data", str(materialized["data"]),
+                            "--port", str(dagster_port)], env, logs, dagster_port)
+    request.addfinalizer(ui.stop)
+    ui.wait_until_answering("/server_info")  # it records the workspace first
+    mlflow = Server("kuai-mlflow-ui", [str(KUAI), "mlflow-ui", "--work", str(work), "--port", str(mlflow_port)],
+                    env, logs, mlflow_port)
+    request.addfinalizer(mlflow.stop)
+    mlflow.wait_until_answering("/health")
+    return {"work": work, "dagster": ui.url, "mlflow": mlflow.url, "server": ui}
+
+
+def wait_for_run(work: Path, run_id_prefix: str, server: Server) -> str:
+    """The run's full id once it succeeded (read from the workspace's instance); fails on failure."""
+    import dagster as dg
+    from dagster._core.instance.ref import InstanceRef
+
+    deadline = time.monotonic() + RUN_SECONDS
+    with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(work / "dagster_home"))) as instance:
+        while time.monotonic() < deadline:
+            run = next((r for r in instance.get_runs(limit=20) if r.run_id.startswith(run_id_prefix)), None)
+            if run is not None and run.status == dg.DagsterRunStatus.SUCCESS:
+                return run.run_id
+            if run is not None and run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
+                raise AssertionError(f"run {run.run_id} ended {run.status}:\n{server.log_tail(80)}")
+            time.sleep(1)
+    raise AssertionError(f"run {run_id_prefix} did not succeed within {RUN_SECONDS}s:\n{server.log_tail(80)}")
+
+
+def latest_model(work: Path) -> tuple[str, dict]:
+    import dagster as dg
+    from dagster._core.instance.ref import InstanceRef
+
+    with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(work / "dagster_home"))) as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey("model"))
+        return event.run_id, {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+def launched_run(page) -> str:
+    """The run id prefix the UI's "Launched run <id>" toast shows."""
+    toast = page.get_by_text(re.compile(r"^Launched run [0-9a-f]{8}$"))
+    expect(toast).to_be_visible()
+    return toast.inner_text().split()[-1]
+
+
+def test_materialize_model_in_kuai_ui_then_change_the_learning_rate_in_the_launchpad(kuai_uis, page):
+    from mlflow import MlflowClient
+
+    work, dagster_ui, mlflow_ui = kuai_uis["work"], kuai_uis["dagster"], kuai_uis["mlflow"]
+    before_run, before = latest_model(work)
+
+    # open `model`, press Materialize, wait for the run to succeed
+    page.goto(f"{dagster_ui}/assets/model")
+    materialize = page.get_by_role("button").filter(has_text=re.compile(r"^\s*Materialize\s*$")).first
+    materialize.click()
+    first = wait_for_run(work, launched_run(page), kuai_uis["server"])
+    run_id, model = latest_model(work)
+    assert run_id == first != before_run and model["mlflow_run_id"] != before["mlflow_run_id"]
+
+    # the new materialization's AUC, and its link to the new MLflow run (on the port `kuai mlflow-ui` chose)
+    page.reload()
+    valid_auc = metadata_row(page, "valid_auc")
+    expect(valid_auc).to_have_count(1)
+    assert any(abs(v - model["valid_auc"]) < 1e-6 for v in numbers(valid_auc.inner_text())), valid_auc.inner_text()
+    client = MlflowClient(f"sqlite:///{work}/mlflow/mlflow.db")
+    experiment = client.get_run(model["mlflow_run_id"]).info.experiment_id
+    link = metadata_row(page, "mlflow_run").get_by_role("link", name=re.compile(r"^http"))
+    # the new run's link (so the page shows the new materialization), on the recorded MLflow UI
+    expect(link).to_have_attribute("href", f"{mlflow_ui}/#/experiments/{experiment}/runs/{model['mlflow_run_id']}")
+    screenshot(page, "kuai_ui_model_materialized.png")
+    page.goto(link.get_attribute("href"))
+    expect(page.get_by_role("heading", name=re.compile(r"^full · \d+ groups · lr 0.1 "))).to_be_visible()
+    screenshot(page, "kuai_ui_model_mlflow_run.png")
+
+    # the Launchpad: the model's config, learning_rate changed, launched again
+    page.goto(f"{dagster_ui}/assets/model")
+    materialize.locator("xpath=following::button[1]").click()
+    page.get_by_role("menuitem").filter(has_text="Open launchpad").click()
+    line = page.locator(".CodeMirror-line").filter(has_text=re.compile(r"^\s*learning_rate: 0\.1\s*$"))
+    expect(line).to_have_count(1)
+    line.click()
+    page.keyboard.press("End")
+    for _ in range(3):
+        page.keyboard.press("Backspace")
+    page.keyboard.type("0.2")
+    expect(page.locator(".CodeMirror-line").filter(has_text=re.compile(r"^\s*learning_rate: 0\.2\s*$"))).to_have_count(1)
+    screenshot(page, "kuai_ui_launchpad.png")
+    page.get_by_role("dialog").get_by_role("button").filter(has_text=re.compile(r"^\s*Materialize\s*$")).click()
+    page.wait_for_url(re.compile(r"/runs/[0-9a-f-]{36}"))  # the Launchpad opens the new run's page
+    second = wait_for_run(work, page.url.rstrip("/").split("/runs/")[1].split("?")[0], kuai_uis["server"])
+    expect(page.get_by_text("Success", exact=True).first).to_be_visible()
+    screenshot(page, "kuai_ui_launchpad_run.png")
+    run_id, retrained = latest_model(work)
+    assert run_id == second != first
+    recorded = client.get_run(retrained["mlflow_run_id"])
+    assert float(recorded.data.params["learning_rate"]) == 0.2
+    assert re.match(r"full · \d+ groups · lr 0.2 ", recorded.info.run_name), recorded.info.run_name

@@ -110,7 +110,9 @@ def test_editing_an_asset_source_marks_it_unsynced(tmp_path, monkeypatch):
     module_file.write_text(PLANTED_ASSET.format(threshold=3))
     monkeypatch.syspath_prepend(str(tmp_path))
     module = importlib.import_module("planted_assets")
-    resources = {"workspace": WorkspaceResource(data_dir=str(tmp_path), work_dir=str(tmp_path / "work"))}
+    # no dataset: the work dir's synthetic default, which the resource accepts (the asset never reads it)
+    work = tmp_path / "work"
+    resources = {"workspace": WorkspaceResource(data_dir=str(work / "data" / "tiny"), work_dir=str(work))}
     with dg.DagsterInstance.ephemeral() as instance:
         assert dg.materialize([module.planted_table], instance=instance, resources=resources).success
         key = dg.AssetKey("planted_table")

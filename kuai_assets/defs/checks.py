@@ -13,13 +13,14 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 
-from kuai_assets.defs.resources import WorkspaceResource
+from kuai_assets.defs.resources import TrackingResource, WorkspaceResource
 from kuai_assets.features.catalog import TableModel, feature_groups, load_catalog
 from kuai_assets.features.leakage import probe_label_leakage
 from kuai_assets.features.matrix import MATRIX
 from kuai_assets.formats import layout
 from kuai_assets.formats.released import DataFormatError
 from kuai_assets.formats.submission import validate_submission
+from kuai_assets.ml.tracking import CANDIDATE, CHAMPION, REGISTERED_MODEL, TrackingError, promote_if_better
 from kuai_assets.storage import sql_string
 
 # the leak probe recomputes every label-using group three times on this many users' rows
@@ -232,6 +233,42 @@ def label_statistics_out_of_fold(workspace: WorkspaceResource) -> dg.AssetCheckR
                 ]
             ),
             "seconds": dg.MetadataValue.float(round(time.time() - started, 1)),
+        },
+    )
+
+
+# -- model -----------------------------------------------------------------------------------------
+
+
+@dg.asset_check(
+    asset="model",
+    blocking=True,
+    description=f"The new model is registered ({REGISTERED_MODEL} @{CANDIDATE}); it becomes @{CHAMPION} "
+    "only when its validation AUC beats the current champion's (the first one always does). Fails "
+    "(and blocks the submission) when the model's MLflow run has no registered version.",
+)
+def model_promoted_if_better(workspace: WorkspaceResource, tracking: TrackingResource) -> dg.AssetCheckResult:
+    import json
+
+    info = json.loads((workspace.work().require_store("model") / "run.json").read_text())
+    try:
+        promotion = promote_if_better(tracking.tracking_uri, REGISTERED_MODEL, info["mlflow_run_id"])
+    except TrackingError as exc:
+        return dg.AssetCheckResult(passed=False, description=str(exc), metadata={"mlflow_run_id": info["mlflow_run_id"]})
+    return dg.AssetCheckResult(
+        passed=True,
+        description=promotion.describe(),
+        metadata={
+            "promoted": promotion.promoted,
+            "version": promotion.version,
+            "valid_auc": dg.MetadataValue.float(promotion.auc),
+            "previous_champion": promotion.previous_champion or "none",
+            **(
+                {"previous_champion_valid_auc": dg.MetadataValue.float(promotion.previous_auc)}
+                if promotion.previous_auc is not None
+                else {}
+            ),
+            "champion": promotion.champion,
         },
     )
 

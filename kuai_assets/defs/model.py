@@ -138,6 +138,7 @@ def model_metadata(result, info: dict) -> dict:
         "train_seconds": dg.MetadataValue.float(validation.seconds),
         "mlflow_run_id": info["mlflow_run_id"],
         "mlflow_run": dg.MetadataValue.url(info["mlflow_run_url"]),
+        "registered_version": f"{info['registered_model']} v{info['registered_version']} @candidate",
         "feature_groups": dg.MetadataValue.json(info["feature_groups"]),
         "features": dg.MetadataValue.int(len(info["features"])),
         "importance_by_group": dg.MetadataValue.md(

@@ -80,3 +80,33 @@ def find_visual_source_checked(root: Path, split: str) -> VisualSource:
         return find_visual_source(root, split)
     except FileNotFoundError as exc:
         raise DataFormatError(Path(root) / split, str(exc)) from None
+
+
+def layout_problem(root: Path) -> str | None:
+    """What keeps `root` from being a dataset in the released layout, in one line; None if it is one.
+
+    Checks that the folder, each split's interaction, face and cover-text files and its visual
+    vectors (zip or folder) exist; reading them is the readers' job.
+    """
+    root = Path(root)
+    if not root.exists():
+        return (
+            f"no dataset at {root}: point KUAI_DATA_DIR (or `kuai run --data`, or the workspace "
+            "resource's data_dir) at a folder in the released layout, with train/ and test/ inside"
+        )
+    if not root.is_dir():
+        return f"{root} is not a folder: a dataset in the released layout is a folder with train/ and test/ inside"
+    missing = [
+        str(path.relative_to(root))
+        for split in SPLITS
+        for path in (interaction_file(root, split), face_file(root, split), text_file(root, split))
+        if not path.is_file()
+    ]
+    for split in SPLITS:
+        try:
+            find_visual_source(root, split)
+        except FileNotFoundError:
+            missing.append(f"{split}/final_visual_{split}.zip (or the folder, or the preliminary name)")
+    if missing:
+        return f"{root} is not a dataset in the released layout: missing {', '.join(missing)}"
+    return None

@@ -43,10 +43,10 @@ class ReadReport:
     accepted: dict[str, int] = field(default_factory=dict)
 
 
-def _require_file(path: Path) -> None:
+def _require_file(path: Path, may_be_empty: bool = False) -> None:
     if not path.is_file():
         raise DataFormatError(path, "file not found (expected in the released layout, see docs/data-format.md)")
-    if path.stat().st_size == 0:
+    if path.stat().st_size == 0 and not may_be_empty:
         raise DataFormatError(path, "file is empty")
 
 
@@ -112,14 +112,21 @@ def _scan_lines(path: Path, columns: dict[str, str]) -> None:
             tail = data[-2:]
 
 
-def _read_tsv(con: duckdb.DuckDBPyConnection, table: str, path: Path, columns: dict[str, str]) -> int:
+def _read_tsv(
+    con: duckdb.DuckDBPyConnection, table: str, path: Path, columns: dict[str, str], may_be_empty: bool = False
+) -> int:
     """Load a headerless tab-separated file into temp table `table` with a 1-based `line` column.
 
     Malformed lines (a blank line, wrong column count, a value of the wrong type) stop the read
     with the first offending line, its text and what is wrong. Integer columns hold integers
-    only: '12.5' or '1e3' is an error, never rounded.
+    only: '12.5' or '1e3' is an error, never rounded. A file with no rows is an error unless
+    `may_be_empty` (then the table is empty and 0 is returned).
     """
-    _require_file(path)
+    _require_file(path, may_be_empty)
+    if path.stat().st_size == 0:
+        typed = ", ".join(f'null::{t} as "{c}"' for c, t in columns.items())
+        con.execute(f"create or replace temp table {table} as select null::bigint as line, {typed} limit 0")
+        return 0
     integers_only = all(t in INTEGER_TYPES for t in columns.values())
     # in a file with text columns the byte scan cannot check integers: read them as text, check, cast
     as_text = [] if integers_only else [c for c, t in columns.items() if t in INTEGER_TYPES]
@@ -351,7 +358,9 @@ def read_faces(con: duckdb.DuckDBPyConnection, root: Path, photos_table: str, ou
     for split in layout.SPLITS:
         path = layout.face_file(root, split)
         table = f"{split}_faces"
-        report.rows[split] = _read_tsv(con, table, path, {"photo_id": "BIGINT", "faces": "VARCHAR"})
+        report.rows[split] = _read_tsv(con, table, path, {"photo_id": "BIGINT", "faces": "VARCHAR"}, may_be_empty=True)
+        # an empty face file: no photo of the split has a detected face (accepted, counted)
+        report.accepted[f"{split}: {path.name} has no rows (no photo with a face)"] = int(report.rows[split] == 0)
         row = _first(con, f"select line from {table} where photo_id is null or faces is null order by line limit 1")
         if row:
             raise DataFormatError(path, "photo_id or the face list is missing", line=row[0])
@@ -471,7 +480,9 @@ def read_text(con: duckdb.DuckDBPyConnection, root: Path, photos_table: str, out
     for split in layout.SPLITS:
         path = layout.text_file(root, split)
         table = f"{split}_text"
-        report.rows[split] = _read_tsv(con, table, path, {"photo_id": "BIGINT", "words": "VARCHAR"})
+        report.rows[split] = _read_tsv(con, table, path, {"photo_id": "BIGINT", "words": "VARCHAR"}, may_be_empty=True)
+        # an empty cover-text file: no photo of the split has cover words (accepted, counted)
+        report.accepted[f"{split}: {path.name} has no rows (no photo with cover words)"] = int(report.rows[split] == 0)
         row = _first(con, f"select line from {table} where photo_id is null order by line limit 1")
         if row:
             raise DataFormatError(path, "photo_id is missing", line=row[0])

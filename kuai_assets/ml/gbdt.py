@@ -216,11 +216,14 @@ def record_gbdt(
         mlflow.log_dict({"importance_by_group": result.group_importance, "importance_by_feature": v.importance}, "importance.json")
         mlflow.log_dict([vars(f) for f in result.features], "features.json")
         example = pd.DataFrame(result.test.x[:5], columns=[f.name for f in result.features])
-        mlflow.lightgbm.log_model(result.final, name="model", registered_model_name=registered_model, input_example=example)
+        logged = mlflow.lightgbm.log_model(result.final, name="model", input_example=example)
         run_id, experiment_id = run.info.run_id, run.info.experiment_id
+        version = tracker.register_candidate(run_id, logged, registered_model)  # alias @candidate
     return {
         "mlflow_run_id": run_id,
         "mlflow_experiment_id": experiment_id,
+        "registered_model": registered_model,
+        "registered_version": version,
         "mlflow_run_url": tracker.run_url(run_id, experiment_id, ui_url),
         "valid_auc": v.auc,
         "best_iteration": v.best_iteration,

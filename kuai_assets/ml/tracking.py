@@ -1,20 +1,41 @@
 """MLflow tracking: one experiment, a local SQLite store under the work dir unless
 MLFLOW_TRACKING_URI says otherwise, and a file lock so concurrent Dagster steps never race on it.
+
+The store is probed within a bounded time before work starts (`probe_store`); MLflow's own HTTP
+retries are bounded for the process (MLFLOW_HTTP_REQUEST_* unless set), and its loggers keep to
+warnings, so its chatter stays out of the run log. Every registered model version gets the
+alias `candidate`; `promote_if_better` moves `champion` to it only when its validation AUC beats
+the champion's.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# MLflow's defaults retry an unreachable server for minutes (7 retries, backoff factor 2, 120 s
+# timeout per request): a run would hang that long before saying the store is unreachable
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+# "Creating initial MLflow database tables...", alembic's migrations: not the run's business
+# (MLflow sets its loggers' levels from MLFLOW_LOGGING_LEVEL when it is imported)
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+for _name in ("mlflow", "alembic"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 EXPERIMENT = "kuai_assets"
 REGISTERED_MODEL = "kuai_click_model"
+CANDIDATE, CHAMPION = "candidate", "champion"
+PROBE_SECONDS = 10.0
 
 
 class TrackingError(RuntimeError):
@@ -22,7 +43,89 @@ class TrackingError(RuntimeError):
 
 
 def default_tracking_uri(work_root: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(work_root).absolute()}/mlflow/mlflow.db"
+    from kuai_assets import settings
+
+    return settings.default_tracking_uri(Path(work_root))
+
+
+def _advice() -> str:
+    return "Point MLFLOW_TRACKING_URI (or the `tracking` resource's tracking_uri) at a reachable, writable store."
+
+
+def probe_store(tracking_uri: str, timeout: float = PROBE_SECONDS) -> str:
+    """Check, within `timeout` seconds, that the tracking store can be used; say what was checked.
+
+    http(s): one GET of the server's /health (any HTTP answer below 500 means an MLflow server,
+    or a proxy in front of one, is there). sqlite: the file's folder can be created and the
+    database's write lock taken. A local folder (file: or a path): it can be created and written.
+    Other schemes are not probed. Raises TrackingError with the URI and the cause.
+    """
+    outcome: dict[str, object] = {}
+
+    def probe() -> None:
+        try:
+            outcome["ok"] = _probe(tracking_uri, timeout)
+        except BaseException as exc:  # reported below
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=probe, daemon=True)  # DNS lookups ignore socket timeouts
+    worker.start()
+    worker.join(timeout + 0.5)
+    if "ok" in outcome:
+        return str(outcome["ok"])
+    if "error" in outcome:
+        error = outcome["error"]
+        if isinstance(error, TrackingError):
+            raise error
+        raise TrackingError(f"cannot use the MLflow store at {tracking_uri}: {type(error).__name__}: {error}. {_advice()}")
+    raise TrackingError(f"the MLflow store at {tracking_uri} did not answer within {timeout:g} s. {_advice()}")
+
+
+def _probe(uri: str, timeout: float) -> str:
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(
+                f"cannot reach the MLflow server at {uri} (GET {url}: {reason}; waited at most {timeout:g} s). "
+                f"Start it (`kuai mlflow-ui`), or {_advice()[0].lower()}{_advice()[1:]}"
+            ) from None
+        if status >= 500:
+            raise TrackingError(f"the MLflow server at {uri} answers GET {url} with HTTP {status}. {_advice()}")
+        return f"MLflow server {uri} answers (GET /health: HTTP {status})"
+    if uri.startswith("sqlite:///"):
+        import sqlite3
+
+        path = Path(uri[len("sqlite:///") :])
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            con = sqlite3.connect(path, timeout=timeout)
+            try:
+                con.execute("begin immediate")  # takes the write lock: fails on a read-only store
+                con.rollback()
+            finally:
+                con.close()
+        except (OSError, sqlite3.Error) as exc:
+            raise TrackingError(f"cannot write the MLflow store at {uri}: {type(exc).__name__}: {exc}. {_advice()}") from None
+        return f"MLflow store {uri} (SQLite) is writable"
+    if uri.startswith("file:") or "://" not in uri:
+        from urllib.parse import unquote, urlparse
+
+        folder = Path(unquote(urlparse(uri).path)) if uri.startswith("file:") else Path(uri)
+        try:
+            _probe_local_artifacts(folder.as_uri() if folder.is_absolute() else str(folder))
+        except OSError as exc:
+            raise TrackingError(f"cannot write the MLflow store at {uri}: {type(exc).__name__}: {exc}. {_advice()}") from None
+        return f"MLflow store {uri} (a local folder) is writable"
+    return f"MLflow store {uri}: this scheme is not probed"
 
 
 class Tracker:
@@ -174,8 +277,29 @@ class Tracker:
             except Exception as exc:
                 raise self._error(exc) from exc
 
-    def run_url(self, run_id: str, experiment_id: str, ui_base: str = "http://127.0.0.1:5000") -> str:
-        return f"{ui_base}/#/experiments/{experiment_id}/runs/{run_id}"
+    def run_url(self, run_id: str, experiment_id: str, ui_base: str) -> str:
+        return f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+    def register_candidate(self, run_id: str, model_info, name: str) -> str:
+        """Register the model logged in run `run_id` (mlflow's ModelInfo) as a new version of
+        `name` with the alias `candidate`; return the version.
+
+        Call it inside `run(...)` (which holds the store's lock). Registers through the client, so
+        that MLflow prints nothing ("Successfully registered model ...") into the run's log.
+        """
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        client = MlflowClient(self.tracking_uri)
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            client.create_registered_model(name)
+        version = client.create_model_version(
+            name, source=model_info.model_uri, run_id=run_id, model_id=getattr(model_info, "model_id", None)
+        ).version
+        client.set_registered_model_alias(name, CANDIDATE, str(version))
+        return str(version)
 
 
 def _store_errors() -> tuple[type[BaseException], ...]:
@@ -204,3 +328,72 @@ def _probe_local_artifacts(location: str | None) -> None:
     probe = path / f".probe-{os.getpid()}-{time.time_ns()}"
     probe.write_bytes(b"")
     probe.unlink()
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What `promote_if_better` decided: the run's version, its AUC, the champion before and after."""
+
+    model: str
+    version: str
+    auc: float
+    previous_champion: str | None
+    previous_auc: float | None
+    promoted: bool
+
+    @property
+    def champion(self) -> str:
+        return self.version if self.promoted else str(self.previous_champion)
+
+    def describe(self) -> str:
+        if self.promoted and self.previous_champion is None:
+            return f"{self.model} v{self.version} (valid_auc {self.auc:.5f}) is the first champion"
+        if self.promoted:
+            return (
+                f"{self.model} v{self.version} (valid_auc {self.auc:.5f}) beats champion v{self.previous_champion} "
+                f"({self.previous_auc:.5f}): now @{CHAMPION}"
+            )
+        return (
+            f"{self.model} v{self.version} (valid_auc {self.auc:.5f}) does not beat champion v{self.previous_champion} "
+            f"({self.previous_auc:.5f}): @{CHAMPION} stays"
+        )
+
+
+def promote_if_better(tracking_uri: str, model: str, run_id: str, metric: str = "valid_auc") -> Promotion:
+    """Move the alias `champion` of registered model `model` to the version logged by `run_id`
+    when that run's `metric` is strictly higher than the champion's run's (or there is no
+    champion yet); otherwise leave it. Raises TrackingError when the run has no version of
+    `model`, or either run lacks the metric.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri)
+    try:
+        versions = client.search_model_versions(f"name = '{model}' and run_id = '{run_id}'")
+    except MlflowException as exc:
+        raise TrackingError(f"cannot read registered model {model!r} at {tracking_uri}: {exc}") from exc
+    if not versions:
+        raise TrackingError(f"run {run_id} has no version of registered model {model!r} at {tracking_uri}")
+    version = max(versions, key=lambda v: int(v.version))
+
+    def score(of_run: str) -> float:
+        value = client.get_run(of_run).data.metrics.get(metric)
+        if value is None:
+            raise TrackingError(f"run {of_run} has no metric {metric!r}: cannot compare it with the champion")
+        return float(value)
+
+    auc = score(run_id)
+    try:
+        champion = client.get_model_version_by_alias(model, CHAMPION)
+    except MlflowException:
+        champion = None
+    if champion is not None and str(champion.version) == str(version.version):
+        return Promotion(model, str(version.version), auc, str(champion.version), auc, False)
+    previous_auc = score(champion.run_id) if champion is not None else None
+    promoted = previous_auc is None or auc > previous_auc
+    if promoted:
+        client.set_registered_model_alias(model, CHAMPION, str(version.version))
+    return Promotion(
+        model, str(version.version), auc, str(champion.version) if champion else None, previous_auc, promoted
+    )

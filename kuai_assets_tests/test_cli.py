@@ -1,0 +1,185 @@
+"""`kuai` as a person types it: every mistake is one line on stderr and exit code 2, the help
+lists every setting the platform reads, and an unreachable MLflow store is reported within the
+probe's bound, before any work.
+
+The commands run as subprocesses (the installed `kuai` script, this worktree's code first on
+PYTHONPATH) in a clean environment, as from a fresh shell.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kuai_assets import settings
+from kuai_assets.synth.sizes import SIZES
+
+KUAI = Path(sys.executable).parent / "kuai"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """A fresh shell's environment: no KUAI_, DAGSTER_ or MLFLOW_ settings, this code first."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUAI_", "DAGSTER_", "MLFLOW_"))}
+    env.update({"PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true", "KUAI_DUCKDB_MEMORY": "1GB", **extra})
+    return env
+
+
+def kuai(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(KUAI), *args], env=env or clean_env(), capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    """The mistake's message: exit code 2, exactly one line on stderr, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_help_lists_every_setting_the_platform_reads():
+    result = kuai("run", "--help")
+    assert result.returncode == 0, result.stderr
+    for option in ("--size", "--data", "--work", "--log-level"):
+        assert option in result.stdout
+    for setting in settings.SETTINGS:
+        assert setting.name in result.stdout, setting.name
+
+
+def test_every_environment_variable_read_in_the_code_is_a_listed_setting():
+    """The one place: a KUAI_ (or MLflow) variable read anywhere in the package is in settings.SETTINGS."""
+    import re
+
+    read = set()
+    for path in (REPO / "kuai_assets").rglob("*.py"):
+        if path.name == "bench.py":  # the benchmark's own knobs, not the platform's
+            continue
+        text = path.read_text()
+        read |= set(re.findall(r"""environ(?:\.get\(|\[|\.setdefault\()\s*["']((?:KUAI|MLFLOW)_[A-Z_]+)""", text))
+    read -= {"MLFLOW_DISABLE_TELEMETRY", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"}  # forced / an implementation detail
+    assert read, "the scan found nothing: it proves nothing"
+    assert read <= set(settings.BY_NAME), read - set(settings.BY_NAME)
+
+
+def test_unknown_size_is_one_line(tmp_path):
+    line = one_line_error(kuai("run", "--size", "tny", "--work", str(tmp_path / "w")))
+    assert line == f"kuai: unknown size 'tny' (--size): choose one of {', '.join(SIZES)}"
+    assert not (tmp_path / "w").exists(), "nothing is written for a mistake"
+
+
+def test_unknown_size_from_the_environment_is_one_line(tmp_path):
+    line = one_line_error(kuai("run", "--work", str(tmp_path / "w"), env=clean_env(KUAI_SYNTH_SIZE="tny")))
+    assert line == f"kuai: unknown size 'tny' (KUAI_SYNTH_SIZE): choose one of {', '.join(SIZES)}"
+
+
+def test_missing_data_dir_is_one_line(tmp_path):
+    missing = tmp_path / "nowhere"
+    line = one_line_error(kuai("run", "--data", str(missing), "--work", str(tmp_path / "w")))
+    assert line == (
+        f"kuai: no dataset at {missing}: point KUAI_DATA_DIR (or `kuai run --data`, or the workspace "
+        "resource's data_dir) at a folder in the released layout, with train/ and test/ inside"
+    )
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_folder_that_is_not_a_dataset_is_one_line(tmp_path):
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    result = kuai("run", "--data", str(tmp_path / "data"), "--work", str(tmp_path / "w"))
+    line = one_line_error(result)
+    assert line.startswith(f"kuai: {tmp_path / 'data'} is not a dataset in the released layout: missing train/train_interaction.txt, ")
+
+
+def test_generate_into_an_existing_folder_is_one_line(tmp_path):
+    line = one_line_error(kuai("generate", "--size", "tiny", "--out", str(tmp_path)))
+    assert line == f"kuai: {tmp_path} already exists: `kuai generate` writes a new folder (remove it or choose another --out)"
+
+
+def test_generate_unknown_size_is_one_line(tmp_path):
+    line = one_line_error(kuai("generate", "--size", "huge", "--out", str(tmp_path / "x")))
+    assert line == f"kuai: unknown size 'huge' (--size): choose one of {', '.join(SIZES)}"
+
+
+def test_unknown_option_is_one_line():
+    line = one_line_error(kuai("run", "--sise", "tiny"))
+    assert line == "kuai: unrecognized arguments: --sise tiny (see `kuai --help`)"
+
+
+def test_unreachable_mlflow_server_is_reported_before_any_work(tmp_path):
+    """Nothing listens on port 1: the probe says so at once (MLflow's own retries took minutes)."""
+    data = tmp_path / "data"  # a folder that is not a dataset: the MLflow check must come first
+    data.mkdir()
+    started = time.monotonic()
+    result = kuai("run", "--data", str(data), "--work", str(tmp_path / "w"), env=clean_env(MLFLOW_TRACKING_URI="http://127.0.0.1:1"))
+    elapsed = time.monotonic() - started
+    line = one_line_error(result)
+    assert line == (
+        "kuai: cannot reach the MLflow server at http://127.0.0.1:1 (GET http://127.0.0.1:1/health: "
+        "[Errno 111] Connection refused; waited at most 10 s). Start it (`kuai mlflow-ui`), or point "
+        "MLFLOW_TRACKING_URI (or the `tracking` resource's tracking_uri) at a reachable, writable store."
+    )
+    assert "checking the MLflow store at http://127.0.0.1:1 (at most 10 s)" in result.stdout
+    assert elapsed < 30, elapsed  # process start and imports included; the probe itself is bounded
+
+
+def test_a_server_that_never_answers_is_bounded():
+    """A server that accepts the connection and never answers: the probe gives up at its bound."""
+    from kuai_assets.ml.tracking import TrackingError, probe_store
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)  # never accepted: the request waits for an answer that never comes
+        uri = f"http://127.0.0.1:{server.getsockname()[1]}"
+        started = time.monotonic()
+        with pytest.raises(TrackingError) as caught:
+            probe_store(uri, timeout=1.0)
+        elapsed = time.monotonic() - started
+    assert str(caught.value) == (
+        f"cannot reach the MLflow server at {uri} (GET {uri}/health: timed out; waited at most 1 s). "
+        "Start it (`kuai mlflow-ui`), or point MLFLOW_TRACKING_URI (or the `tracking` resource's "
+        "tracking_uri) at a reachable, writable store."
+    )
+    assert elapsed < 2.5, elapsed
+
+
+def test_probe_accepts_a_writable_sqlite_store_and_refuses_an_unwritable_one(tmp_path):
+    from kuai_assets.ml.tracking import TrackingError, probe_store
+
+    assert "is writable" in probe_store(f"sqlite:///{tmp_path}/mlflow/mlflow.db")
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the store's folder should be")
+    with pytest.raises(TrackingError, match=rf"^cannot write the MLflow store at sqlite:///{blocker}/mlflow.db: "):
+        probe_store(f"sqlite:///{blocker}/mlflow.db")
+
+
+def test_a_failed_run_ends_with_its_cause_and_no_cascade(tmp_path):
+    """A dataset whose train file has a bad id: the run fails, and `kuai run` ends with the failed
+    step's own message (read from the run's events), not "see the error above"; the steps skipped
+    after it stay out of the WARNING-level log."""
+    from kuai_assets.synth import generate, get_size
+
+    data = tmp_path / "data"
+    generate(data, get_size("tiny").with_vector_dim(16), seed=3)
+    path = data / "train" / "train_interaction.txt"
+    rows = path.read_text().splitlines()
+    rows[2] = "u" + rows[2]
+    path.write_text("\n".join(rows) + "\n")
+
+    result = kuai("run", "--data", str(data), "--work", str(tmp_path / "w"), "--log-level", "WARNING", timeout=600)
+    assert result.returncode == 1, result.stdout + result.stderr
+    tail = result.stderr.strip().splitlines()[-2:]
+    assert tail[0].startswith("[kuai] the run failed after ") and "(Dagster run " in tail[0], tail
+    assert tail[1] == (
+        f"  raw_interactions: {path}, line 3: column 'user_id' must be an integer, got 'u{rows[2][1:].split()[0]}'; "
+        f"the line reads {rows[2][:120]!r}"
+    ), tail
+    assert "see the error above" not in result.stderr
+    assert "Not executing" not in result.stderr
