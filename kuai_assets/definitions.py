@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from kuai_assets.defs import checks, features, model, raw, visual
+from kuai_assets.defs import attention, checks, features, model, raw, visual
 from kuai_assets.defs.jobs import JOBS
 from kuai_assets.defs.resources import default_resources
 
@@ -18,7 +18,7 @@ EXECUTOR = dg.multiprocess_executor.configured(
 )
 
 defs = dg.Definitions(
-    assets=[*dg.load_assets_from_modules([raw, visual, model]), *features.table_model_assets()],
+    assets=[*dg.load_assets_from_modules([raw, visual, model, attention]), *features.table_model_assets()],
     asset_checks=checks.all_checks(),
     jobs=JOBS,
     resources=default_resources(),

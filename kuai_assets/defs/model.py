@@ -32,7 +32,7 @@ from kuai_assets.ml.training import (
     train_final,
     train_validation,
 )
-from kuai_assets.storage import WorkDir, sql_string
+from kuai_assets.storage import WorkDir, atomic_file, sql_string
 
 GROUP = "model"
 # LightGBM uses every core: steps with this tag run one at a time (see definitions.EXECUTOR)
@@ -195,9 +195,10 @@ def fit_track_and_publish(
     params, sample = config.params(), config.sample()
     log = context.log.info
     log(f"{store_name}: {len(features)} features from {len(groups)} group(s); loading validation rows")
+    scored = load_rows(matrix, features, "validation", "scored")
     validation = train_validation(
         load_rows(matrix, features, "validation", "fit", sample),
-        load_rows(matrix, features, "validation", "scored"),
+        scored,
         features,
         params,
         log,
@@ -297,6 +298,10 @@ def fit_track_and_publish(
             pa.table({"row_id": test.row_id, "user_id": test.user_id, "photo_id": test.photo_id, "p_click": test_prediction}),
             out / "test_predictions.parquet",
         )
+        pq.write_table(
+            pa.table({"row_id": scored.row_id, "p_click": sample.calibrate(validation.prediction)}),
+            out / "validation_predictions.parquet",
+        )
         (out / "run.json").write_text(json.dumps(run_info, indent=2))
     run_info["figures"] = figures
     run_info["group_importance"] = group_importance
@@ -372,31 +377,57 @@ def baseline_model(
 # -- submission and evaluation -------------------------------------------------------------------
 
 
-@dg.asset(group_name=GROUP, kinds={"lightgbm", "python"}, deps=[model], code_version="1")
-def submission(context: dg.AssetExecutionContext, workspace: WorkspaceResource) -> dg.MaterializeResult:
+class SubmissionConfig(dg.Config):
+    source: str = Field(
+        default="blend",
+        description="Whose test predictions are submitted: blend (GBDT and attention network), model (the GBDT "
+        "alone) or attention_model.",
+    )
+
+
+SUBMISSION_SOURCES = ("blend", "model", "attention_model")
+SUBMISSION_SOURCE_FILE = "submission_source.json"  # beside submission.txt: whose predictions it holds
+
+
+@dg.asset(group_name=GROUP, kinds={"lightgbm", "python"}, deps=[model, dg.AssetKey("blend")], code_version="2")
+def submission(
+    context: dg.AssetExecutionContext, config: SubmissionConfig, workspace: WorkspaceResource
+) -> dg.MaterializeResult:
     """The competition file at $KUAI_WORK_DIR/submission.txt: `user_id \\t photo_id \\t probability`.
 
-    Scores the test rows of the training matrix with the recorded submission model, writes six
-    decimals per row, and checks the keys are exactly those of test_interaction.txt.
+    From `source` (default the blend): for `model`, scores the test rows of the training matrix
+    with the recorded submission model; otherwise writes the store's test_predictions.parquet.
+    Six decimals per row; checks the keys are exactly those of test_interaction.txt.
     """
     with clear_failures("submission"):
+        if config.source not in SUBMISSION_SOURCES:
+            raise CatalogError(f"submission source {config.source!r} is not one of {', '.join(SUBMISSION_SOURCES)}")
         work = workspace.work()
-        store = work.require_store("model")
+        store = work.require_store(config.source)
         info = json.loads((store / "run.json").read_text())
-        import lightgbm as lgb
-
-        booster = lgb.Booster(model_file=str(store / "submission_model.txt"))
-        features = [f for f in read_features(work.require_table(MATRIX)) if f.name in set(info["features"])]
-        missing = sorted(set(info["features"]) - {f.name for f in features})
-        if missing:
-            raise CatalogError(f"the training matrix lacks feature(s) {missing} the model was trained on; retrain `model`")
-        order = {name: i for i, name in enumerate(info["features"])}
-        features.sort(key=lambda f: order[f.name])
-        test = load_rows(work.table_path(MATRIX), features, "submission", "scored")
-        probability = RowSample(info["negative_sample_rate"]).calibrate(booster.predict(test.x))
         path = work.submission_file
-        write_submission(path, test.user_id, test.photo_id, probability)
+        if config.source == "model":
+            import lightgbm as lgb
+
+            booster = lgb.Booster(model_file=str(store / "submission_model.txt"))
+            features = [f for f in read_features(work.require_table(MATRIX)) if f.name in set(info["features"])]
+            missing = sorted(set(info["features"]) - {f.name for f in features})
+            if missing:
+                raise CatalogError(f"the training matrix lacks feature(s) {missing} the model was trained on; retrain `model`")
+            order = {name: i for i, name in enumerate(info["features"])}
+            features.sort(key=lambda f: order[f.name])
+            test = load_rows(work.table_path(MATRIX), features, "submission", "scored")
+            probability = RowSample(info["negative_sample_rate"]).calibrate(booster.predict(test.x))
+            write_submission(path, test.user_id, test.photo_id, probability)
+        else:
+            predictions = pq.read_table(store / "test_predictions.parquet")
+            probability = predictions.column("p_click").to_numpy()
+            write_submission(
+                path, predictions.column("user_id").to_numpy(), predictions.column("photo_id").to_numpy(), probability
+            )
         rows = validate_submission(path, layout.interaction_file(workspace.dataset(), "test"))
+        with atomic_file(path.with_name(SUBMISSION_SOURCE_FILE)) as tmp:
+            tmp.write_text(json.dumps({"source": config.source, "mlflow_run_id": info["mlflow_run_id"]}))
     with open(path) as f:
         head = [next(f).rstrip("\n") for _ in range(min(5, rows))]
     return dg.MaterializeResult(
@@ -405,6 +436,7 @@ def submission(context: dg.AssetExecutionContext, workspace: WorkspaceResource) 
             "path": dg.MetadataValue.path(str(path)),
             "mean_probability": dg.MetadataValue.float(round(float(probability.mean()), 5)),
             "mlflow_run_id": info["mlflow_run_id"],
+            "source": config.source,
             "preview": dg.MetadataValue.md("```\n" + "\n".join(head) + "\n```"),
             "validated_against": dg.MetadataValue.path(str(layout.interaction_file(workspace.dataset(), "test"))),
         }
@@ -435,16 +467,18 @@ def _test_auc(ground_truth: Path, submission_file: Path | None, predictions: Pat
     return roc_auc(joined["click"], joined["score"]), roc_auc(joined["click"], joined["oracle"]), total
 
 
-@dg.asset(group_name=GROUP, kinds={"python", "mlflow"}, deps=[submission, baseline_model], code_version="1")
+@dg.asset(group_name=GROUP, kinds={"python", "mlflow"}, deps=[submission, baseline_model], code_version="2")
 def evaluation(
     context: dg.AssetExecutionContext, workspace: WorkspaceResource, tracking: TrackingResource
 ) -> dg.MaterializeResult:
-    """AUC of the submission (and of the baseline) on the test rows, against a ground-truth file.
+    """AUC of the submission and of every model on the test rows, against a ground-truth file.
 
     Only when the dataset has one (the synthetic generator writes ground_truth/ beside train/ and
-    test/). Reports the oracle AUC (of the true click probabilities), the closure of the oracle gap
-    (AUC - 0.5) / (oracle - 0.5), and how far validation AUC was from test AUC; adds test_auc to
-    both MLflow runs.
+    test/). `test_auc` is the submission file's; each model (GBDT, baseline, attention network,
+    blend: those whose store exists) is scored from its own test predictions, and its test_auc is
+    added to its own MLflow run. Reports the oracle AUC (of the true click probabilities), the
+    closure of the oracle gap (AUC - 0.5) / (oracle - 0.5), and how far the submitted model's
+    validation AUC was from its test AUC.
     """
     with clear_failures("evaluation"):
         work = workspace.work()
@@ -452,44 +486,53 @@ def evaluation(
         if truth is None:
             context.log.warning("No ground truth for this dataset: nothing to evaluate against.")
             return dg.MaterializeResult(metadata={"ground_truth": "none (real data: submit the file to score it)"})
-        model_info = json.loads((work.require_store("model") / "run.json").read_text())
-        baseline_info = json.loads((work.require_store("baseline_model") / "run.json").read_text())
         test_auc, oracle_auc, rows = _test_auc(truth, work.submission_file, None)
-        baseline_auc, _, _ = _test_auc(truth, None, work.require_store("baseline_model") / "test_predictions.parquet")
         closure = (test_auc - 0.5) / (oracle_auc - 0.5)
-        baseline_closure = (baseline_auc - 0.5) / (oracle_auc - 0.5)
+        source = work.submission_file.with_name(SUBMISSION_SOURCE_FILE)
+        submitted = json.loads(source.read_text())["source"] if source.is_file() else "model"
         tracker = tracking.tracker()
-        tracker.log_metrics_to(
-            model_info["mlflow_run_id"], {"test_auc": test_auc, "oracle_auc": oracle_auc, "oracle_gap_closure": closure}
-        )
-        tracker.log_metrics_to(
-            baseline_info["mlflow_run_id"],
-            {"test_auc": baseline_auc, "oracle_auc": oracle_auc, "oracle_gap_closure": baseline_closure},
-        )
-    summary = [
-        {"model": "full", "valid_auc": round(model_info["valid_auc"], 4), "test_auc": round(test_auc, 4),
-         "gap_closure": round(closure, 3)},
-        {"model": "baseline", "valid_auc": round(baseline_info["valid_auc"], 4), "test_auc": round(baseline_auc, 4),
-         "gap_closure": round(baseline_closure, 3)},
-        {"model": "oracle (true p_click)", "valid_auc": "", "test_auc": round(oracle_auc, 4), "gap_closure": 1.0},
-    ]
+        summary, by_store = [], {}
+        for store, label in (("model", "full (GBDT)"), ("attention_model", "attention"), ("blend", "blend"),
+                             ("baseline_model", "baseline")):
+            if store != "baseline_model" and not work.store_path(store).exists():
+                continue
+            folder = work.require_store(store)
+            info = json.loads((folder / "run.json").read_text())
+            auc, _, _ = _test_auc(truth, None, folder / "test_predictions.parquet")
+            by_store[store] = (info, auc)
+            tracker.log_metrics_to(
+                info["mlflow_run_id"],
+                {"test_auc": auc, "oracle_auc": oracle_auc, "oracle_gap_closure": (auc - 0.5) / (oracle_auc - 0.5)},
+            )
+            summary.append({"model": label + (" · submitted" if store == submitted else ""),
+                            "valid_auc": round(info["valid_auc"], 4), "test_auc": round(auc, 4),
+                            "gap_closure": round((auc - 0.5) / (oracle_auc - 0.5), 3)})
+        summary.append({"model": "oracle (true p_click)", "valid_auc": "", "test_auc": round(oracle_auc, 4), "gap_closure": 1.0})
+        submitted_info = by_store[submitted][0] if submitted in by_store else by_store["model"][0]
+        model_info, model_auc = by_store["model"]
+        baseline_auc = by_store["baseline_model"][1]
     context.log.info(
-        f"evaluation: test AUC {test_auc:.4f} (validation {model_info['valid_auc']:.4f}), baseline {baseline_auc:.4f}, "
-        f"oracle {oracle_auc:.4f}, oracle-gap closure {closure:.3f}"
+        f"evaluation: submission ({submitted}) test AUC {test_auc:.4f} (validation {submitted_info['valid_auc']:.4f}), "
+        f"GBDT {model_auc:.4f}, baseline {baseline_auc:.4f}, oracle {oracle_auc:.4f}, oracle-gap closure {closure:.3f}"
     )
     return dg.MaterializeResult(
         metadata={
             "test_auc": dg.MetadataValue.float(round(test_auc, 5)),
-            "valid_auc": dg.MetadataValue.float(round(model_info["valid_auc"], 5)),
-            "valid_minus_test_auc": dg.MetadataValue.float(round(model_info["valid_auc"] - test_auc, 5)),
+            "submitted": submitted,
+            "valid_auc": dg.MetadataValue.float(round(submitted_info["valid_auc"], 5)),
+            "valid_minus_test_auc": dg.MetadataValue.float(round(submitted_info["valid_auc"] - test_auc, 5)),
+            "model_test_auc": dg.MetadataValue.float(round(model_auc, 5)),
             "baseline_test_auc": dg.MetadataValue.float(round(baseline_auc, 5)),
-            "full_minus_baseline_auc": dg.MetadataValue.float(round(test_auc - baseline_auc, 5)),
+            "full_minus_baseline_auc": dg.MetadataValue.float(round(model_auc - baseline_auc, 5)),
+            **({"attention_test_auc": dg.MetadataValue.float(round(by_store["attention_model"][1], 5))}
+               if "attention_model" in by_store else {}),
+            **({"blend_test_auc": dg.MetadataValue.float(round(by_store["blend"][1], 5))} if "blend" in by_store else {}),
             "oracle_auc": dg.MetadataValue.float(round(oracle_auc, 5)),
             "oracle_gap_closure": dg.MetadataValue.float(round(closure, 4)),
             "test_rows": dg.MetadataValue.int(rows),
             "summary": dg.MetadataValue.md(markdown_table(summary)),
             "ground_truth": dg.MetadataValue.path(str(truth)),
-            "mlflow_run": dg.MetadataValue.url(model_info["mlflow_run_url"]),
+            "mlflow_run": dg.MetadataValue.url(submitted_info["mlflow_run_url"]),
         }
     )
 
