@@ -1,9 +1,13 @@
-"""The whole pipeline: raw -> visual -> features -> model. See README.md for the picture."""
+"""The whole pipeline: raw -> visual -> features -> model. See README.md for the picture.
+
+Every asset, check and job is found in the modules of `kuai_assets/defs/` by Dagster's own
+autoloader (`load_defs`); this module adds what is chosen per deployment: the resources (from the
+workspace's settings) and the executor.
+"""
 
 import dagster as dg
 
-from kuai_assets.defs import attention, checks, features, model, raw, visual
-from kuai_assets.defs.jobs import JOBS
+import kuai_assets.defs
 from kuai_assets.defs.resources import default_resources
 
 # Steps run in parallel processes, forked from a server that has imported this module once (a
@@ -17,12 +21,9 @@ EXECUTOR = dg.multiprocess_executor.configured(
     }
 )
 
-defs = dg.Definitions(
-    assets=[*dg.load_assets_from_modules([raw, visual, model, attention]), *features.table_model_assets()],
-    asset_checks=checks.all_checks(),
-    jobs=JOBS,
-    resources=default_resources(),
-    executor=EXECUTOR,
+defs = dg.Definitions.merge(
+    dg.load_defs(defs_root=kuai_assets.defs),
+    dg.Definitions(resources=default_resources(), executor=EXECUTOR),
 )
 
 

@@ -7,7 +7,7 @@ speed; nothing ever holds all N vectors in memory.
 Encodings: `bfloat16` (default) keeps the top 16 bits of each float32, rounded: half the bytes,
 float32's full range, 8 bits of precision, and converts at memory speed (numpy's float16 cast
 runs at ~100M values/s here, a tenth of that, which would make consolidation CPU-bound).
-`float16` and `float32` are there too. `python -m kuai_assets.encoding_check` measures that the
+`float16` and `float32` are there too. `python -m benchmarks.encoding_check` measures that the
 PCA and the clusters come out the same as from the float32 values (BENCHMARKS.md has the figures
 at preliminary scale: principal axes within a cosine of 0.99999, cluster groupings closer to
 float32's than float32's own with another seed, and as tight).

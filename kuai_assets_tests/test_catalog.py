@@ -130,3 +130,33 @@ def test_a_group_module_must_define_its_group(tmp_path, monkeypatch):
     monkeypatch.setattr(kuai_assets.groups, "__path__", [*kuai_assets.groups.__path__, str(tmp_path)])
     with pytest.raises(CatalogError, match="no_group_here.py: a feature group module must define GROUP"):
         load_catalog()
+
+
+def test_shared_sql_is_written_once_as_macros(tmp_path):
+    """The out-of-fold sums live in one macro file; the models that call it render it, and
+    editing the macro changes every caller's code version (and nothing else's)."""
+    import shutil
+
+    from kuai_assets.features.catalog import _load_sql_models, sql_root
+
+    callers = {"user_behaviour", "cluster_stats", "user_face_preference", "word_click_rates"}
+    catalog = load_catalog()
+    for name in callers:
+        assert "{{" not in catalog[name].sql and "f.fold <> p.fold" in catalog[name].sql, name
+        assert "model_rows" in catalog[name].upstream, name  # the macro's own table is in the lineage
+    assert "macros" not in {m.layer for m in catalog.values()}
+
+    copy = tmp_path / "sql"
+    shutil.copytree(sql_root(), copy)
+    macro = copy / "macros" / "out_of_fold.sql"
+    macro.write_text(macro.read_text().replace("group by all", "group by all -- edited"))
+    edited = {m.name: m for m in _load_sql_models(str(copy))}
+    for model in catalog.values():
+        if model.kind == "sql":
+            changed = edited[model.name].code_version != model.code_version
+            assert changed == (model.name in callers), model.name
+
+
+def test_a_macro_error_names_the_file(tmp_path):
+    with pytest.raises(CatalogError, match=r"g4.sql: the SQL's macros do not render: .*no_such_macro"):
+        load_sql_model(write(tmp_path, "features", "g4", "-- grain: photo_id\n-- continuous: a\nselect {{ no_such_macro() }}"))

@@ -45,7 +45,7 @@ EXPECTED_GRAPH = {
                 "raw_faces", "raw_interactions"]),
     ),
     "blend": ("model", ["attention_model", "model", "training_matrix"]),
-    "submission": ("model", ["blend", "model"]),
+    "submission": ("model", ["blend", "model", "training_matrix"]),
     "evaluation": ("model", ["baseline_model", "submission"]),
 }
 
@@ -80,3 +80,70 @@ def test_jobs_and_resources():
     }
     assert set(defs.resources) == {"workspace", "tracking"}
     assert isinstance(defs.resolve_job_def("everything"), dg.JobDefinition)
+
+
+PLANTED_ASSET = '''
+import dagster as dg
+
+from kuai_assets.defs.factory import table_asset
+from kuai_assets.defs.resources import WorkspaceResource
+
+
+def threshold() -> int:
+    return {threshold}
+
+
+@table_asset(group_name="test")
+def planted_table(context: dg.AssetExecutionContext, con, out, workspace: WorkspaceResource):
+    """A table asset written for the test."""
+    con.execute(f"copy (select range as x from range({{threshold()}})) to '{{out}}' (format parquet)")
+'''
+
+
+def test_editing_an_asset_source_marks_it_unsynced(tmp_path, monkeypatch):
+    """Code versions are derived: editing the source an asset calls gives a new version, and
+    Dagster's own staleness resolver then reports the materialized asset as stale (unsynced)."""
+    import importlib
+    import sys
+
+    import dagster as dg
+    from dagster._core.definitions.data_version import StaleStatus
+    from dagster._utils.test.data_versions import get_stale_status_resolver
+
+    from kuai_assets.defs.resources import WorkspaceResource
+
+    module_file = tmp_path / "planted_assets.py"
+    module_file.write_text(PLANTED_ASSET.format(threshold=3))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("planted_assets")
+    resources = {"workspace": WorkspaceResource(data_dir=str(tmp_path), work_dir=str(tmp_path / "work"))}
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert dg.materialize([module.planted_table], instance=instance, resources=resources).success
+        key = dg.AssetKey("planted_table")
+        before = module.planted_table.code_versions_by_key[key]
+        assert get_stale_status_resolver(instance, [module.planted_table]).get_status(key) == StaleStatus.FRESH
+
+        module_file.write_text(PLANTED_ASSET.format(threshold=4))  # only the helper changes
+        module = importlib.reload(module)
+        assert module.planted_table.code_versions_by_key[key] != before
+        resolver = get_stale_status_resolver(instance, [module.planted_table])
+        assert resolver.get_status(key) == StaleStatus.STALE
+        assert any("code version" in cause.reason for cause in resolver.get_stale_causes(key))
+    sys.modules.pop("planted_assets", None)
+
+
+def test_every_asset_has_a_derived_code_version(monkeypatch):
+    import inspect
+
+    import kuai_assets.ml.gbdt as gbdt
+    from kuai_assets.defs import model
+    from kuai_assets.defs.factory import source_version
+
+    versions = {k.to_user_string(): v for a in defs.assets for k, v in a.code_versions_by_key.items()}
+    assert all(v and len(v) == 12 for v in versions.values()), versions  # hashes, none typed by hand
+    function = model.model.op.compute_fn.decorated_fn
+    assert versions["model"] == source_version(function)
+    # the version covers the training logic the asset calls in ml/: editing it changes the version
+    real = inspect.getsource
+    monkeypatch.setattr(inspect, "getsource", lambda obj: real(obj) + ("\n# edited\n" if obj is gbdt else ""))
+    assert source_version(function) != versions["model"]

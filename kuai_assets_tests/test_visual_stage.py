@@ -113,13 +113,13 @@ def test_pca_axes_are_fitted_on_the_sample_rows(released, fused):
 
 
 def test_the_bfloat16_store_gives_the_pca_and_clusters_of_the_float32_values(released, tmp_path, monkeypatch):
-    """What the encoding check (kuai_assets.encoding_check) measures at scale, on the tiny data:
+    """What the encoding check (benchmarks.encoding_check) measures at scale, on the tiny data:
     the PCA axes and the reduced vectors of the rounded values are float32's, and the clusters as
     good (their mean squared distance to the centre)."""
     from dataclasses import replace
 
     import kuai_assets.vectors as vectors
-    from kuai_assets.encoding_check import compare, make
+    from benchmarks.encoding_check import compare, make
 
     data = released["train"].path.parent.parent
     reference = make(data, tmp_path / "float32", replace(SETTINGS, encoding="float32"))

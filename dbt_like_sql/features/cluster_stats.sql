@@ -6,7 +6,7 @@
 with per_photo as (  -- one row per (setup, fold, photo) before the join: 7x fewer rows at scale
     select setup, fold, photo_id,
            count(*) as impressions, sum(click) as clicks, sum("like") as likes,
-           sum(least(playing_time, 2 * duration_time + 60)) as playing_seconds,
+           sum(playing_seconds) as playing_seconds,
            sum(duration_time * click) as clicked_duration
     from label_history
     group by all
@@ -21,17 +21,8 @@ per_fold as (
     group by all
 ),
 
-folds as (
-    select distinct setup, fold from model_rows
-),
-
 out_of_fold as (
-    select f.setup, f.fold, p.k, p.cluster,
-           sum(p.impressions) as impressions, sum(p.clicks) as clicks, sum(p.likes) as likes,
-           sum(p.playing_seconds) as playing_seconds, sum(p.clicked_duration) as clicked_duration
-    from per_fold as p
-    join folds as f on f.setup = p.setup and f.fold <> p.fold
-    group by all
+    {{ out_of_fold('per_fold', ['k', 'cluster'], ['impressions', 'clicks', 'likes', 'playing_seconds', 'clicked_duration']) }}
 ),
 
 population as (

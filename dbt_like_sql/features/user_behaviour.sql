@@ -11,26 +11,16 @@ with per_fold as (
            sum(click) as clicks,
            sum("like") as likes,
            sum(follow) as follows,
-           -- playing_time has heavy outliers (up to 1.9M s): cap at twice the duration plus a minute
-           sum(least(playing_time, 2 * duration_time + 60)) as playing_seconds,
+           sum(playing_seconds) as playing_seconds,
            sum(duration_time * click) as clicked_duration,
            sum(duration_time) as shown_duration
     from label_history
     group by all
 ),
 
-folds as (
-    select distinct setup, fold from model_rows
-),
-
 out_of_fold as (
-    select f.setup, f.fold, p.user_id,
-           sum(p.impressions) as impressions, sum(p.clicks) as clicks, sum(p.likes) as likes,
-           sum(p.follows) as follows, sum(p.playing_seconds) as playing_seconds,
-           sum(p.clicked_duration) as clicked_duration, sum(p.shown_duration) as shown_duration
-    from per_fold as p
-    join folds as f on f.setup = p.setup and f.fold <> p.fold
-    group by all
+    {{ out_of_fold('per_fold', ['user_id'],
+                   ['impressions', 'clicks', 'likes', 'follows', 'playing_seconds', 'clicked_duration', 'shown_duration']) }}
 ),
 
 population as (

@@ -33,40 +33,28 @@ per_fold as (
     select setup, fold, user_id,
            count(*) as n, sum(click) as clicks,
            count(*) filter (where has_face) as n_face,
-           sum(click) filter (where has_face) as clicks_face,
+           coalesce(sum(click) filter (where has_face), 0) as clicks_face,
            count(*) filter (where female_only) as n_female,
-           sum(click) filter (where female_only) as clicks_female,
+           coalesce(sum(click) filter (where female_only), 0) as clicks_female,
            count(*) filter (where male_only) as n_male,
-           sum(click) filter (where male_only) as clicks_male,
+           coalesce(sum(click) filter (where male_only), 0) as clicks_male,
            count(*) filter (where age_under_20) as n_under_20,
-           sum(click) filter (where age_under_20) as clicks_under_20,
+           coalesce(sum(click) filter (where age_under_20), 0) as clicks_under_20,
            count(*) filter (where age_20_30) as n_20_30,
-           sum(click) filter (where age_20_30) as clicks_20_30,
+           coalesce(sum(click) filter (where age_20_30), 0) as clicks_20_30,
            count(*) filter (where age_over_30) as n_over_30,
-           sum(click) filter (where age_over_30) as clicks_over_30,
+           coalesce(sum(click) filter (where age_over_30), 0) as clicks_over_30,
            count(*) filter (where attractive) as n_attractive,
-           sum(click) filter (where attractive) as clicks_attractive
+           coalesce(sum(click) filter (where attractive), 0) as clicks_attractive
     from history
     group by all
 ),
 
-folds as (
-    select distinct setup, fold from model_rows
-),
-
 out_of_fold as (
-    select f.setup, f.fold, p.user_id,
-           sum(p.n) as n, sum(p.clicks) as clicks,
-           sum(p.n_face) as n_face, coalesce(sum(p.clicks_face), 0) as clicks_face,
-           sum(p.n_female) as n_female, coalesce(sum(p.clicks_female), 0) as clicks_female,
-           sum(p.n_male) as n_male, coalesce(sum(p.clicks_male), 0) as clicks_male,
-           sum(p.n_under_20) as n_under_20, coalesce(sum(p.clicks_under_20), 0) as clicks_under_20,
-           sum(p.n_20_30) as n_20_30, coalesce(sum(p.clicks_20_30), 0) as clicks_20_30,
-           sum(p.n_over_30) as n_over_30, coalesce(sum(p.clicks_over_30), 0) as clicks_over_30,
-           sum(p.n_attractive) as n_attractive, coalesce(sum(p.clicks_attractive), 0) as clicks_attractive
-    from per_fold as p
-    join folds as f on f.setup = p.setup and f.fold <> p.fold
-    group by all
+    {{ out_of_fold('per_fold', ['user_id'],
+                   ['n', 'clicks', 'n_face', 'clicks_face', 'n_female', 'clicks_female', 'n_male', 'clicks_male',
+                    'n_under_20', 'clicks_under_20', 'n_20_30', 'clicks_20_30', 'n_over_30', 'clicks_over_30',
+                    'n_attractive', 'clicks_attractive']) }}
 ),
 
 with_prior as (

@@ -22,15 +22,8 @@ per_fold as (
     group by all
 ),
 
-folds as (
-    select distinct setup, fold from model_rows
-),
-
 out_of_fold as (
-    select f.setup, f.fold, p.word_id, sum(p.impressions) as impressions, sum(p.clicks) as clicks
-    from per_fold as p
-    join folds as f on f.setup = p.setup and f.fold <> p.fold
-    group by all
+    {{ out_of_fold('per_fold', ['word_id'], ['impressions', 'clicks']) }}
 ),
 
 rows_per_fold as (
@@ -39,11 +32,13 @@ rows_per_fold as (
     group by all
 ),
 
+population_out_of_fold as (
+    {{ out_of_fold('rows_per_fold', [], ['impressions', 'clicks']) }}
+),
+
 population as (
-    select f.setup, f.fold, sum(r.clicks) / sum(r.impressions) as click_rate
-    from rows_per_fold as r
-    join folds as f on f.setup = r.setup and f.fold <> r.fold
-    group by all
+    select setup, fold, clicks / impressions as click_rate
+    from population_out_of_fold
 ),
 
 scored_photos as (

@@ -15,13 +15,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from kuai_assets.defs.factory import modules_version, source_version
 from kuai_assets.defs.metadata import clear_failures, image, markdown_table
-from kuai_assets.defs.model import LIGHTGBM_TAGS, file_digest, model, training_matrix
+from kuai_assets.defs.model import LIGHTGBM_TAGS, model, training_matrix
 from kuai_assets.defs.resources import TrackingResource, WorkspaceResource
 from kuai_assets.features.matrix import MATRIX
+from kuai_assets.ml import blend as blend_logic
 from kuai_assets.ml.attention import AttentionParams, HistoryLeakError, train_attention_model
+from kuai_assets.ml.attention import history, inputs, network, training
 from kuai_assets.ml.attention.training import DEFAULT_CONTEXT_GROUPS, params_dict
 from kuai_assets.ml.blend import BlendError, auc_by_weight_png, choose_blend
+from kuai_assets.ml.gbdt import file_digest
 from kuai_assets.storage import WorkDir
 
 GROUP = "model"
@@ -29,6 +33,17 @@ ATTENTION, BLEND = "attention_model", "blend"
 REGISTERED_ATTENTION_MODEL = "kuai_click_model_attention"
 VALIDATION_PREDICTIONS, TEST_PREDICTIONS = "validation_predictions.parquet", "test_predictions.parquet"
 _DEFAULTS = AttentionParams()
+
+
+def versioned(*logic, **kwargs):
+    """`dg.asset` whose code version hashes the function's source and the whole logic modules
+    it runs (the attention package spans several)."""
+
+    def decorate(fn):
+        version = modules_version(*logic)[:6] + source_version(fn)[:6]
+        return dg.asset(code_version=version, **kwargs)(fn)
+
+    return decorate
 
 
 class AttentionConfig(dg.Config):
@@ -74,12 +89,12 @@ def _write_predictions(path: Path, columns: dict[str, np.ndarray]) -> None:
     pq.write_table(pa.table(columns), path)
 
 
-@dg.asset(
+@versioned(
+    history, inputs, network, training,
     group_name=GROUP,
     kinds={"pytorch", "mlflow"},
     deps=[training_matrix] + [dg.AssetKey(name) for name in (
         "model_rows", "label_history", "pca_visual_features", "video_clusters", "raw_text", "raw_faces", "raw_interactions")],
-    code_version="1",
     op_tags=LIGHTGBM_TAGS,  # uses every core, like the LightGBM steps: one of them at a time
 )
 def attention_model(
@@ -156,7 +171,8 @@ def attention_model(
         }
         with work.writing_store(ATTENTION) as out:
             _write_predictions(out / VALIDATION_PREDICTIONS,
-                               {"row_id": result.validation.row_id, "p_click": result.validation.p_click})
+                               {"row_id": result.validation.row_id, "user_id": result.validation.user_id,
+                                "photo_id": result.validation.photo_id, "p_click": result.validation.p_click})
             _write_predictions(out / TEST_PREDICTIONS, {"row_id": result.test.row_id, "user_id": result.test.user_id,
                                                         "photo_id": result.test.photo_id, "p_click": result.test.p_click})
             torch.save(result.model.state_dict(), out / "submission_network.pt")
@@ -209,7 +225,7 @@ def validation_labels(work: WorkDir) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(table["row_id"], dtype=np.int64), np.asarray(table["click"], dtype=np.float64)
 
 
-@dg.asset(group_name=GROUP, kinds={"python", "mlflow"}, deps=[model, attention_model, training_matrix], code_version="1")
+@versioned(blend_logic, group_name=GROUP, kinds={"python", "mlflow"}, deps=[model, attention_model, training_matrix])
 def blend(context: dg.AssetExecutionContext, workspace: WorkspaceResource, tracking: TrackingResource) -> dg.MaterializeResult:
     """The GBDT (`model`) and the attention network blended by a logit average whose weight is
     chosen on the validation rows' AUC alone (kuai_assets.ml.blend); the test rows get that weight.
@@ -265,7 +281,8 @@ def blend(context: dg.AssetExecutionContext, workspace: WorkspaceResource, track
         }
         with work.writing_store(BLEND) as out:
             _write_predictions(out / VALIDATION_PREDICTIONS,
-                               {"row_id": gbdt_valid["row_id"], "p_click": result.validation_p_click})
+                               {"row_id": gbdt_valid["row_id"], "user_id": gbdt_valid["user_id"],
+                                "photo_id": gbdt_valid["photo_id"], "p_click": result.validation_p_click})
             _write_predictions(out / TEST_PREDICTIONS, {"row_id": result.test_row_id, "user_id": gbdt_test["user_id"],
                                                         "photo_id": gbdt_test["photo_id"], "p_click": result.test_p_click})
             (out / "run.json").write_text(json.dumps(run_info, indent=2))

@@ -97,9 +97,9 @@ def every_photo_has_a_vector(workspace: WorkspaceResource) -> dg.AssetCheckResul
 def non_finite_and_null_counts(path: Path, columns: list[str]) -> tuple[list[int], list[int]]:
     """NaN/inf and NULL counts per float column of a Parquet file, one row group at a time.
 
-    Arrow's compute kernels over the decoded columns: about ten times faster than the same
-    counts as filtered aggregates in DuckDB (3 s against 28 s on the demo's 4.4M x 105 matrix;
-    the whole check now takes 5 s), and memory stays at one row group whatever the file's size.
+    Arrow's compute kernels over the decoded columns (an order of magnitude faster than the
+    same counts as filtered aggregates in DuckDB); memory stays at one row group whatever the
+    file's size.
     """
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -276,14 +276,3 @@ def submission_matches_test_keys(workspace: WorkspaceResource) -> dg.AssetCheckR
             "validated_against": dg.MetadataValue.path(str(test_file)),
         },
     )
-
-
-def all_checks() -> list:
-    return [
-        train_and_test_photos_disjoint,
-        click_rate_plausible,
-        every_photo_has_a_vector,
-        training_matrix_finite_and_keyed,
-        label_statistics_out_of_fold,
-        submission_matches_test_keys,
-    ]

@@ -73,3 +73,7 @@ def table_model_asset(model: TableModel) -> dg.AssetsDefinition:
 
 def table_model_assets() -> list[dg.AssetsDefinition]:
     return [table_model_asset(m) for m in load_catalog().values()]
+
+
+# one asset per table model, found by the defs folder's autoloader (definitions.py)
+TABLE_MODEL_ASSETS = table_model_assets()

@@ -1,11 +1,9 @@
 """Raw: the released text files, typed and validated, one Parquet table each."""
 
 
-import time
-
 import dagster as dg
 
-from kuai_assets.defs.metadata import clear_failures, table_metadata
+from kuai_assets.defs.factory import table_asset
 from kuai_assets.defs.resources import WorkspaceResource
 from kuai_assets.formats.released import read_faces, read_interactions, read_text
 
@@ -18,8 +16,8 @@ def _report_metadata(report) -> dict:
     return out
 
 
-@dg.asset(group_name=GROUP, kinds={"duckdb"}, code_version="1")
-def raw_interactions(context: dg.AssetExecutionContext, workspace: WorkspaceResource) -> dg.MaterializeResult:
+@table_asset(group_name=GROUP)
+def raw_interactions(context: dg.AssetExecutionContext, con, out, workspace: WorkspaceResource) -> dict:
     """Train and test impressions from train_interaction.txt and test_interaction.txt.
 
     One row per impression: row_id, split, line (in its file), user_id, photo_id, click, like,
@@ -27,58 +25,30 @@ def raw_interactions(context: dg.AssetExecutionContext, workspace: WorkspaceReso
     repeated (user_id, photo_id) pairs and test photos that also appear in train stop the run
     with the file and line; playing_time outliers are kept and counted.
     """
-    started = time.time()
-    with clear_failures("raw_interactions"):
-        root = workspace.dataset(context.log)
-        work = workspace.work()
-        con = work.connect()
-        with work.writing_table("raw_interactions") as tmp:
-            report = read_interactions(con, root, tmp)
-        con.close()
-    path = work.table_path("raw_interactions")
-    return dg.MaterializeResult(
-        metadata={
-            **table_metadata(path),
-            **_report_metadata(report),
-            "data_dir": dg.MetadataValue.path(str(root)),
-            "seconds": dg.MetadataValue.float(round(time.time() - started, 2)),
-        }
-    )
+    root = workspace.dataset(context.log)
+    report = read_interactions(con, root, out)
+    return {**_report_metadata(report), "data_dir": dg.MetadataValue.path(str(root))}
 
 
-@dg.asset(group_name=GROUP, kinds={"duckdb"}, deps=[raw_interactions], code_version="1")
-def raw_faces(context: dg.AssetExecutionContext, workspace: WorkspaceResource) -> dg.MaterializeResult:
+@table_asset(group_name=GROUP, upstream=("raw_interactions",))
+def raw_faces(context: dg.AssetExecutionContext, con, out, workspace: WorkspaceResource) -> dict:
     """Detected faces from train_face.txt and test_face.txt, one row per face.
 
     share of the cover, gender (0 female, 1 male), age and appearance (0-99). Only works with a
     face have rows. Malformed JSON and out-of-range values stop the run with the file, line and
     photo_id; rows for photos not in the interactions are dropped and counted.
     """
-    with clear_failures("raw_faces"):
-        root = workspace.dataset(context.log)
-        work = workspace.work()
-        con = work.connect(["raw_interactions"])
-        con.execute("create temp table photos as select distinct photo_id, split from raw_interactions")
-        with work.writing_table("raw_faces") as tmp:
-            report = read_faces(con, root, "photos", tmp)
-        con.close()
-    return dg.MaterializeResult(metadata={**table_metadata(work.table_path("raw_faces")), **_report_metadata(report)})
+    con.execute("create temp table photos as select distinct photo_id, split from raw_interactions")
+    return _report_metadata(read_faces(con, workspace.dataset(context.log), "photos", out))
 
 
-@dg.asset(group_name=GROUP, kinds={"duckdb"}, deps=[raw_interactions], code_version="1")
-def raw_text(context: dg.AssetExecutionContext, workspace: WorkspaceResource) -> dg.MaterializeResult:
+@table_asset(group_name=GROUP, upstream=("raw_interactions",))
+def raw_text(context: dg.AssetExecutionContext, con, out, workspace: WorkspaceResource) -> dict:
     """Cover words from train_text.txt and test_text.txt, one row per work in the interactions.
 
     words is the list of word ids: empty when the cover has no text (the released single token
     `0`); `0` inside a longer list stays an ordinary word id. A non-integer token stops the run
     with the file and line; an empty value or a missing row reads as no text and is counted.
     """
-    with clear_failures("raw_text"):
-        root = workspace.dataset(context.log)
-        work = workspace.work()
-        con = work.connect(["raw_interactions"])
-        con.execute("create temp table photos as select distinct photo_id, split from raw_interactions")
-        with work.writing_table("raw_text") as tmp:
-            report = read_text(con, root, "photos", tmp)
-        con.close()
-    return dg.MaterializeResult(metadata={**table_metadata(work.table_path("raw_text")), **_report_metadata(report)})
+    con.execute("create temp table photos as select distinct photo_id, split from raw_interactions")
+    return _report_metadata(read_text(con, workspace.dataset(context.log), "photos", out))

@@ -7,6 +7,7 @@ its own: the PCA and clusters then read the store (or the PCA table) instead.
 """
 
 
+import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -15,11 +16,15 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
+from kuai_assets import vectors
+from kuai_assets.defs.factory import modules_version
 from kuai_assets.defs.metadata import clear_failures, image, table_metadata
-from kuai_assets.defs.raw import raw_interactions
 from kuai_assets.defs.resources import WorkspaceResource
 from kuai_assets.formats import layout
+from kuai_assets.formats import visual as formats_visual
+from kuai_assets.formats import visual_zip
 from kuai_assets.formats.released import DataFormatError
+from kuai_assets.ml import kmeans, pca
 from kuai_assets.vectors import Released, VectorStore, VisualSettings, VisualStage
 
 GROUP = "visual"
@@ -61,53 +66,56 @@ class VisualConfig(dg.Config):
         )
 
 
+# one version for the three outputs of the one pass: the sources of the whole visual stage
+VISUAL_VERSION = modules_version(
+    sys.modules[__name__], vectors, formats_visual, visual_zip, layout, pca, kmeans
+)
 EMBEDDINGS = dg.AssetKey("video_embeddings")
 PCA = dg.AssetKey("pca_visual_features")
 CLUSTERS = dg.AssetKey("video_clusters")
 
 
-def _spec(key: dg.AssetKey, dep, code_version: str, description: str) -> dg.AssetSpec:
+def _spec(key: dg.AssetKey, dep, description: str) -> dg.AssetSpec:
     return dg.AssetSpec(
         key,
         group_name=GROUP,
         kinds={"python", "numpy"},
         deps=[dep],
-        code_version=code_version,
+        code_version=VISUAL_VERSION,
         skippable=True,
         description=description,
     )
 
 
-VISUAL_SPECS = [
-    _spec(
-        EMBEDDINGS,
-        raw_interactions,
-        "2",
-        "Every train and test photo's visual vector, consolidated into one memory-mapped matrix. "
-        "Reads final_visual_{train,test}.zip (or the unzipped folders, or the preliminary names) in large "
-        "sequential blocks and writes stores/video_embeddings/{vectors.npy (bfloat16 by default), photo_id.npy, "
-        "split.npy}. Stops with the photo_id for a vector that is missing, of the wrong shape, not a .npy array, "
-        "or holds NaN/infinity.",
-    ),
-    _spec(
-        PCA,
-        EMBEDDINGS,
-        "3",
-        "The photo vectors reduced by PCA (64 dimensions by default), one row per photo. Unsupervised: "
-        "fitted on train and test photos alike, on a sample of runs of consecutive photos; every vector is "
-        "projected in the same pass that consolidates it.",
-    ),
-    _spec(
-        CLUSTERS,
-        PCA,
-        "3",
-        "KMeans clusters of the reduced photo vectors at every k: one row per (photo_id, k). Fitted on "
-        "a sample of the reduced vectors (on a second thread, during the pass); every photo is assigned.",
-    ),
-]
+def _visual_specs() -> list[dg.AssetSpec]:
+    """The three outputs of the one pass (a function, so the autoloader sees only the multi-asset)."""
+    return [
+        _spec(
+            EMBEDDINGS,
+            dg.AssetKey("raw_interactions"),
+            "Every train and test photo's visual vector, consolidated into one memory-mapped matrix. "
+            "Reads final_visual_{train,test}.zip (or the unzipped folders, or the preliminary names) in large "
+            "sequential blocks and writes stores/video_embeddings/{vectors.npy (bfloat16 by default), photo_id.npy, "
+            "split.npy}. Stops with the photo_id for a vector that is missing, of the wrong shape, not a .npy array, "
+            "or holds NaN/infinity.",
+        ),
+        _spec(
+            PCA,
+            EMBEDDINGS,
+            "The photo vectors reduced by PCA (64 dimensions by default), one row per photo. Unsupervised: "
+            "fitted on train and test photos alike, on a sample of runs of consecutive photos; every vector is "
+            "projected in the same pass that consolidates it.",
+        ),
+        _spec(
+            CLUSTERS,
+            PCA,
+            "KMeans clusters of the reduced photo vectors at every k: one row per (photo_id, k). Fitted on "
+            "a sample of the reduced vectors (on a second thread, during the pass); every photo is assigned.",
+        ),
+    ]
 
 
-@dg.multi_asset(name="visual_stage", specs=VISUAL_SPECS, can_subset=True)
+@dg.multi_asset(name="visual_stage", specs=_visual_specs(), can_subset=True)
 def visual_stage(context: dg.AssetExecutionContext, config: VisualConfig, workspace: WorkspaceResource):
     """video_embeddings, pca_visual_features and video_clusters in one pass over the vectors."""
     selected = context.selected_asset_keys

@@ -156,9 +156,36 @@ def referenced_columns(sql: str, where: str) -> frozenset[str]:
     return frozenset(columns)
 
 
+MACRO_FOLDER = "macros"
+
+
+@lru_cache(maxsize=4)
+def _macros(root: str) -> str:
+    """Every macro file's text (dbt_like_sql/macros/*.sql), to prefix a model before rendering."""
+    return "".join(p.read_text() + "\n" for p in sorted((Path(root) / MACRO_FOLDER).glob("*.sql")))
+
+
+def render_sql(text: str, where: str, root: Path | None = None) -> str:
+    """A model's text with its Jinja macros expanded (the header comments stay as they are).
+
+    Undefined names are errors, named with the file."""
+    import jinja2
+
+    macros = _macros(str(root or sql_root()))
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    try:
+        rendered = environment.from_string(macros + text).render()
+    except jinja2.TemplateError as exc:
+        line = getattr(exc, "lineno", None)
+        at = f", line {line - macros.count(chr(10))}" if line and line > macros.count("\n") else ""
+        raise CatalogError(f"{where}{at}: the SQL's macros do not render: {exc}") from None
+    return rendered.lstrip("\n")
+
+
 def load_sql_model(path: Path) -> TableModel:
-    text = path.read_text()
-    header = parse_header(text, str(path))
+    source = path.read_text()
+    header = parse_header(source, str(path))
+    text = render_sql(source, str(path), path.parent.parent)
     name = path.stem
     if not IDENTIFIER.match(name):
         raise CatalogError(f"{path}: the file name must be a plain lowercase table name")
@@ -188,7 +215,7 @@ def load_sql_model(path: Path) -> TableModel:
 
 @lru_cache(maxsize=4)
 def _load_sql_models(root: str) -> tuple[TableModel, ...]:
-    paths = sorted(Path(root).glob("*/*.sql"))
+    paths = sorted(p for p in Path(root).glob("*/*.sql") if p.parent.name != MACRO_FOLDER)
     if not paths:
         raise CatalogError(f"no SQL models found under {root}")
     return tuple(load_sql_model(p) for p in paths)

@@ -7,10 +7,9 @@ densely. A fit row then sees its cell's total minus its own fold's part, and a s
 table. The (user, cluster) cells are counted for one chunk of users at a time, which bounds the
 arrays whatever the number of users.
 
-In DuckDB the same statistics were hash aggregations into tens of millions of groups, then one
-hash join per statistic per row: at 60 million interactions user_cluster_affinity took 411 s and
-published_baseline 607 s (in four passes over slices of the users, since one pass spilled over
-28 GB).
+Why not SQL on one machine: there the same statistics are hash aggregations into tens of
+millions of groups and a hash join per statistic per row, several times slower and spilling at
+the final size (BENCHMARKS.md). The SQL definitions stay the portable ones.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kuai_assets.features.id_index import IdIndex
+from kuai_assets.storage import check_identifier
 
 FETCH_BATCH_ROWS = 1_000_000
 CELLS_PER_CHUNK = 10_000_000  # (fold, user, cluster) cells counted at once: 80 MB per sum
@@ -175,18 +175,21 @@ class FitRows:
     user: np.ndarray  # int32 user code per row
     fold: np.ndarray  # int32
     click: np.ndarray  # float64
-    playing: np.ndarray  # float64, per `playing_sql`
+    playing: np.ndarray  # float64, the label_history column `playing_column`
     cluster: list[np.ndarray]  # the photo's dense cluster code at each k of PhotoClusters.ks
 
 
-def fit_rows(con: duckdb.DuckDBPyConnection, setup: str, photo_clusters: PhotoClusters, playing_sql: str) -> FitRows:
+def fit_rows(con: duckdb.DuckDBPyConnection, setup: str, photo_clusters: PhotoClusters, playing_column: str) -> FitRows:
+    """One setup's fit rows from label_history; `playing` is its column `playing_column`
+    (playing_time as logged, or playing_seconds, capped)."""
     users = con.sql(
         "select distinct user_id from label_history where setup = ? order by user_id", params=[setup]
     ).fetchnumpy()["user_id"]
     users = np.asarray(users, dtype=np.int64)
     user_index = IdIndex(users)
     history = fetch(
-        con, f"select fold, user_id, photo_id, click, {playing_sql} as playing from label_history where setup = ?", [setup]
+        con, f"select fold, user_id, photo_id, click, {check_identifier(playing_column, 'column')} as playing "
+        "from label_history where setup = ?", [setup]
     )
     return FitRows(
         users=users,

@@ -1,8 +1,8 @@
 """Is a table's grain unique? An exact check that packs the grain columns into one integer and sorts.
 
-DuckDB's `group by <grain> having count(*) > 1` builds a hash table with one entry per row: over
-the 100-180M rows of the final-scale feature tables that took 20-47 s per table (2.6 min over the
-raw and table-model steps), longer than some of the groups take to compute. Here every grain
+DuckDB's `group by <grain> having count(*) > 1` builds a hash table with one entry per row, which
+over the hundred-million-row feature tables of the final size costs more than some groups take
+to compute. Here every grain
 column becomes a dense code (a string: its index among the column's distinct values; an integer:
 its value minus the column's minimum; a null: one code more), the codes are packed into one int64
 (mixed radix, so two rows share a packed key exactly when they share every grain value) and the

@@ -1,4 +1,4 @@
-"""The released folder layout of the Kuaishou 2018 challenge data (see kuai-data-format.md).
+"""The released folder layout of the Kuaishou 2018 challenge data (see docs/data-format.md).
 
 One place names every file, so the readers and the synthetic generator can never disagree.
 """

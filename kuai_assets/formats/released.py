@@ -45,7 +45,7 @@ class ReadReport:
 
 def _require_file(path: Path) -> None:
     if not path.is_file():
-        raise DataFormatError(path, "file not found (expected in the released layout, see kuai-data-format.md)")
+        raise DataFormatError(path, "file not found (expected in the released layout, see docs/data-format.md)")
     if path.stat().st_size == 0:
         raise DataFormatError(path, "file is empty")
 

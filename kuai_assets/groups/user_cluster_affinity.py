@@ -3,7 +3,7 @@
 This is the bridge to unseen test photos: a new photo lands in clusters the user already has
 history on. For each (setup, fold, user, k, cluster) with out-of-fold history: the impressions,
 the click rate smoothed toward the user's own rate (10 pseudo-impressions), that rate over the
-user's rate (lift), and the mean playing seconds (playing_time capped at 2 x duration + 60 s).
+user's rate (lift), and the mean playing seconds (label_history's playing_seconds, capped).
 The user's rate is itself smoothed toward the population's (20 pseudo-impressions). A fold's
 statistics leave out its own fit rows; fold -1 (the scored rows) sees all of them.
 
@@ -56,7 +56,7 @@ def _write_setup(
     """Write one setup's rows; return (rows written, chunks of users). Its arrays are freed on return."""
     written = 0
     n_folds = max(max(folds) + 1, 1)
-    history = fit_rows(con, setup, photo_clusters, "least(playing_time, 2 * duration_time + 60)")
+    history = fit_rows(con, setup, photo_clusters, "playing_seconds")
     users, user, fold = history.users, history.user, history.fold
     click, playing, cluster = history.click, history.playing, history.cluster
     del history

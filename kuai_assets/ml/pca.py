@@ -1,4 +1,4 @@
-"""PCA of vectors too many to hold in memory: fit on a sample, transform in streamed chunks."""
+"""PCA of vectors too many to hold in memory: fit on a sample (scikit-learn), transform in streamed chunks."""
 
 from __future__ import annotations
 
@@ -39,29 +39,28 @@ class PcaModel:
         )
 
 
-def fit_pca(sample: np.ndarray, n_components: int, chunk: int = 16_384) -> PcaModel:
-    """Exact PCA of `sample` (n, D) via the covariance matrix, accumulated chunk by chunk in float64."""
+def fit_pca(sample: np.ndarray, n_components: int) -> PcaModel:
+    """Exact PCA of `sample` (n, D): scikit-learn's, through the D x D covariance matrix.
+
+    Axes get a deterministic sign (the largest loading of each axis is positive), so refits on the
+    same sample give the same reduced vectors. Fitting is on a sample; `PcaModel.transform` streams
+    the rest chunk by chunk.
+    """
+    from sklearn.decomposition import PCA
+
     n, dim = sample.shape
     if n_components > dim:
         raise ValueError(f"cannot keep {n_components} components of {dim}-d vectors")
     if n < 2:
         raise ValueError("PCA needs at least two vectors")
-    mean = np.zeros(dim)
-    for start in range(0, n, chunk):
-        mean += sample[start : start + chunk].astype(np.float64).sum(axis=0)
-    mean /= n
-    mean32 = mean.astype(np.float32)
-    cov = np.zeros((dim, dim))
-    for start in range(0, n, chunk):
-        centred = sample[start : start + chunk].astype(np.float32) - mean32
-        cov += (centred.T @ centred).astype(np.float64)
-    cov /= n - 1
-    eigenvalues, eigenvectors = np.linalg.eigh(cov)
-    top = np.argsort(eigenvalues)[::-1][:n_components]
-    variance = np.maximum(eigenvalues[top], 0.0)
-    components = eigenvectors[:, top].T
-    # a deterministic sign: the largest loading of each axis is positive
+    pca = PCA(n_components, svd_solver="covariance_eigh").fit(sample)
+    components = pca.components_.astype(np.float64)
     signs = np.sign(components[np.arange(n_components), np.abs(components).argmax(axis=1)])
     components *= np.where(signs == 0, 1, signs)[:, None]
-    total = max(float(np.trace(cov)), 1e-12)
-    return PcaModel(mean, components.astype(np.float32), variance, variance / total, n)
+    return PcaModel(
+        pca.mean_.astype(np.float64),
+        components.astype(np.float32),
+        np.maximum(pca.explained_variance_, 0.0),
+        pca.explained_variance_ratio_,
+        n,
+    )

@@ -6,37 +6,39 @@ Plain functions over the matrix file; the Dagster assets wrap them with tracking
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 import numpy as np
+from pydantic import BaseModel, Field
 
 from kuai_assets.features.matrix import Feature
 from kuai_assets.ml.metrics import roc_auc
 from kuai_assets.storage import check_identifier, sql_string
 
 
-@dataclass
-class LightGbmParams:
-    """Defaults sized for a 2-core machine: the demo model trains in a few minutes. Measured on the
-    demo data, learning_rate 0.05 and every row gain about 0.002 AUC for three times the time."""
+class LightGbmParams(BaseModel):
+    """LightGBM's parameters, with defaults sized for a 2-core machine (the demo model trains in a
+    few minutes; BENCHMARKS.md has what a lower rate and every row would buy)."""
 
-    learning_rate: float = 0.1
-    num_leaves: int = 63
-    min_data_in_leaf: int = 200
-    feature_fraction: float = 0.7
-    bagging_fraction: float = 0.5
-    bagging_freq: int = 1
-    lambda_l2: float = 10.0
-    max_bin: int = 63
-    max_rounds: int = 1000
-    early_stopping_rounds: int = 30
-    seed: int = 7
-    num_threads: int = 0
+    learning_rate: float = Field(default=0.1, description="LightGBM shrinkage per round.")
+    num_leaves: int = Field(default=63, description="Leaves per tree.")
+    min_data_in_leaf: int = Field(default=200, description="Fewest rows in a leaf.")
+    feature_fraction: float = Field(default=0.7, description="Share of features per tree.")
+    bagging_fraction: float = Field(default=0.5, description="Share of rows per tree.")
+    bagging_freq: int = Field(default=1, description="Rows are resampled every this many rounds.")
+    lambda_l2: float = Field(default=10.0, description="L2 regularisation of leaf values.")
+    max_bin: int = Field(default=63, description="Histogram bins per feature.")
+    max_rounds: int = Field(default=1000, description="Most boosting rounds.")
+    early_stopping_rounds: int = Field(
+        default=30, description="Stop when validation AUC has not improved for this many rounds."
+    )
+    seed: int = Field(default=7, description="Seed of LightGBM and of the row sample.")
+    num_threads: int = Field(default=0, description="LightGBM threads; 0 uses every core.")
 
     def lightgbm(self) -> dict:
-        params = asdict(self)
+        params = {name: getattr(self, name) for name in LightGbmParams.model_fields}
         for key in ("max_rounds", "early_stopping_rounds"):
             params.pop(key)
         params.update(objective="binary", metric="auc", verbosity=-1, force_col_wise=True)
@@ -49,9 +51,8 @@ class LightGbmParams:
 class RowSample:
     """Which fit rows a model learns from: every click, a share of the non-clicks, at most max_rows.
 
-    Dropping non-clicks leaves the AUC ranking intact and cuts training time (measured on the demo
-    data: keeping half the non-clicks costs 0.0008 AUC and a third of the time); predictions are
-    corrected back to calibrated probabilities with `calibrate`.
+    Dropping non-clicks leaves the AUC ranking nearly intact and cuts training time; predictions
+    are corrected back to calibrated probabilities with `calibrate`.
     """
 
     negative_rate: float = 1.0

@@ -1,6 +1,6 @@
 """Named dataset sizes for the synthetic generator.
 
-`preliminary` and `final` are the real competition's sizes (kuai-data-format.md). Photo counts
+`preliminary` and `final` are the real competition's sizes (docs/data-format.md). Photo counts
 are targets for the number of distinct photos shown; the generator sizes its candidate pool so
 the shown count lands close to them.
 """

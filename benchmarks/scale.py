@@ -1,4 +1,4 @@
-"""Benchmarks at the challenge's sizes: `python -m kuai_assets.bench --scale preliminary`.
+"""Benchmarks at the challenge's sizes: `python -m benchmarks.scale --scale preliminary` (from the repo root).
 
 For the chosen scale it generates the synthetic dataset (or reuses `--data`), measures the disk's
 sequential read speed, then materializes every asset one at a time, each in a fresh process, and
@@ -56,7 +56,7 @@ def _run_child(argv: list[str], env: dict[str, str], output_file: Path | None = 
     """Run a child process to its end (its output to `output_file`, else to ours) and measure it."""
     with open(output_file, "w") if output_file else nullcontext() as log:
         started, cpus_before = time.time(), machine_cpu_times()
-        process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT if log else None)
+        process = subprocess.Popen(argv, env=env, cwd=settings.REPO_ROOT, stdout=log, stderr=subprocess.STDOUT if log else None)
         _, status, usage = os.wait4(process.pid, 0)
         seconds = time.time() - started
     return ChildRun(
@@ -291,13 +291,13 @@ def run_as_one_run(
 ) -> int:
     """The selection as one Dagster run (what `dagster asset materialize --select ...` does):
     wall time, each step's own time, and the peak memory of all steps together."""
-    argv = [sys.executable, "-m", "kuai_assets.bench", "--one-run-child", str(work / "dagster_home"),
+    argv = [sys.executable, "-m", "benchmarks.scale", "--one-run-child", str(work / "dagster_home"),
             "--run-config", json.dumps(run_config)]
     output_file = work / ".bench_one_run.log"
     with open(output_file, "w") as log:
         started = time.time()
         child_env = {**env, SELECTION_ENV: ",".join(selected), WITH_CHECKS_ENV: "1" if with_checks else "0"}
-        process = subprocess.Popen(argv, env=child_env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(argv, env=child_env, cwd=settings.REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
         memory = TreeMemory(process.pid)
         code = process.wait()
         seconds = time.time() - started
@@ -465,7 +465,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
             evict_from_page_cache((work / "stores" / "video_embeddings").resolve())  # the store, likewise
         one = f"{op}:{','.join(members)}"
         step_config = run_config.get(op, run_config.get(asset, {}))
-        argv = [sys.executable, "-m", "kuai_assets.bench", "--one", one, "--run-config", json.dumps(step_config)]
+        argv = [sys.executable, "-m", "benchmarks.scale", "--one", one, "--run-config", json.dumps(step_config)]
         if args.with_checks:
             argv.append("--with-checks")
         output_file = work / f".bench_{asset}.log"
@@ -530,7 +530,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     _print_raw_and_tables(results)
 
     if not args.skip_pandas and (work / "tables" / "video_clusters.parquet").exists():
-        argv = [sys.executable, "-m", "kuai_assets.bench", "--pandas", "--data", str(data), "--work", str(work)]
+        argv = [sys.executable, "-m", "benchmarks.scale", "--pandas", "--data", str(data), "--work", str(work)]
         output_file = work / ".bench_pandas.log"
         pandas_run = _run_child(argv, env, output_file)
         figures = _marked(pandas_run.output, "BENCH_PANDAS ")
@@ -607,7 +607,7 @@ def _visual_pass_without_store(data: Path, work: Path, env: dict, run_config: di
     """The visual stage's own work without the store's 20 GB of writes, timed in a child process:
     with the stage's figure and the disk's, it shows what bounds the stage (the CPU or the disk)."""
     evict_from_page_cache(data)
-    argv = [sys.executable, "-m", "kuai_assets.bench", "--visual-pass-child", "--data", str(data), "--work", str(work),
+    argv = [sys.executable, "-m", "benchmarks.scale", "--visual-pass-child", "--data", str(data), "--work", str(work),
             "--run-config", json.dumps(run_config.get("visual_stage", {}))]
     output_file = work / ".bench_visual_pass.log"
     child = _run_child(argv, env, output_file)
@@ -677,7 +677,7 @@ def _machine() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kuai_assets.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", choices=SCALES, default="demo")
     parser.add_argument("--data", help="an existing dataset to use (default: generate one under --root)")
     parser.add_argument("--work", help="work dir (default: <root>/<scale>/work)")

@@ -1,4 +1,4 @@
-"""Does the store's encoding change the PCA and the clusters? `python -m kuai_assets.encoding_check --data DIR`.
+"""Does the store's encoding change the PCA and the clusters? `python -m benchmarks.encoding_check --data DIR` (from the repo root).
 
 The visual stage rounds every vector to the store's encoding (bfloat16 by default) before it fits
 and projects, so that the PCA and clusters made in the pass are the ones a later run would make
@@ -88,7 +88,7 @@ def compare(reference: dict, other: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kuai_assets.encoding_check", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.encoding_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="a dataset in the released layout")
     parser.add_argument("--work", help="where the tables are made, then deleted (default: .kuai/encoding_check)")
     parser.add_argument("--encodings", default="bfloat16,float16", help="compared with float32 (default: bfloat16,float16)")

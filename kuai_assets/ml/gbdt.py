@@ -1,0 +1,257 @@
+"""The gradient-boosted click model: validate, refit, record in MLflow, publish. No Dagster here.
+
+`train_gbdt` fits on the validation setup with early stopping on the AUC of its cold-start scored
+rows, then refits on the submission setup for the best number of rounds times a factor and scores
+the test rows. `record_gbdt` logs the result as one MLflow run (params, AUC per iteration, figures,
+the model, the training data's digest). `publish_gbdt` writes the model store, only after the run
+is recorded: validation_model.txt, submission_model.txt, validation_predictions.parquet (row_id,
+p_click on the validation scored rows), test_predictions.parquet (row_id, user_id, photo_id,
+p_click) and run.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from kuai_assets.features.matrix import Feature, read_features
+from kuai_assets.features.spec import CatalogError
+from kuai_assets.ml.metrics import roc_curve
+from kuai_assets.ml.tracking import Tracker
+from kuai_assets.ml.training import (
+    LightGbmParams,
+    RowSample,
+    Rows,
+    Validation,
+    importance_by_group,
+    load_rows,
+    train_final,
+    train_validation,
+)
+from kuai_assets.storage import WorkDir
+
+
+class GbdtTraining(LightGbmParams):
+    """How a GBDT is trained: the booster's parameters, which fit rows it sees, how it is refitted."""
+
+    negative_sample_rate: float = Field(
+        default=0.5,
+        description="Share of non-click fit rows kept (every click is kept); predictions are recalibrated. "
+        "1.0 keeps every row.",
+    )
+    max_fit_rows: int = Field(
+        default=1_000_000, description="At most this many fit rows (after negative sampling), sampled at random."
+    )
+    refit_rounds_factor: float = Field(
+        default=1.1, description="The submission model is refitted on the train rows for best_iteration x this factor."
+    )
+
+    def sample(self) -> RowSample:
+        if not 0 < self.negative_sample_rate <= 1:
+            raise CatalogError(f"negative_sample_rate must be in (0, 1], got {self.negative_sample_rate}")
+        return RowSample(self.negative_sample_rate, self.max_fit_rows, self.seed)
+
+
+def select_features(all_features: list[Feature], groups: list[str]) -> list[Feature]:
+    """The matrix's features of the named groups; unknown names and an empty choice are refused."""
+    known = sorted({f.group for f in all_features})
+    unknown = [g for g in groups if g not in known]
+    if unknown:
+        raise CatalogError(f"unknown feature group(s) {unknown}; the training matrix has: {', '.join(known)}")
+    if not groups:
+        raise CatalogError("at least one feature group must be enabled")
+    return [f for f in all_features if f.group in groups]
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class GbdtResult:
+    """A validated and refitted GBDT, not yet recorded anywhere."""
+
+    features: list[Feature]
+    groups: list[str]
+    training: GbdtTraining
+    validation: Validation
+    validation_rows: Rows
+    final: object  # lightgbm.Booster fitted on the submission setup
+    refit_rounds: int
+    refit_rows: int
+    test: Rows
+    test_prediction: np.ndarray  # calibrated click probabilities of the test rows
+    training_data_digest: str
+    group_importance: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def validation_prediction(self) -> np.ndarray:
+        """Calibrated probabilities of the validation scored rows (ranked as the raw scores)."""
+        return self.training.sample().calibrate(self.validation.prediction)
+
+    def figures(self) -> dict[str, bytes]:
+        from kuai_assets.ml import plots
+
+        v = self.validation
+        fpr, tpr = roc_curve(v.label, v.prediction)
+        return {
+            "roc_validation.png": plots.roc_png(fpr, tpr, v.auc),
+            "importance_by_group.png": plots.bar_png(
+                self.group_importance, "Gain share by feature group", "share of total gain"
+            ),
+            "auc_by_iteration.png": plots.line_png(
+                v.auc_history, "Validation AUC by iteration", "iteration", "AUC", mark=v.best_iteration
+            ),
+        }
+
+
+def train_gbdt(
+    matrix: Path, groups: list[str], training: GbdtTraining, log: Callable[[str], None] = lambda m: None, name: str = "model"
+) -> GbdtResult:
+    """Validate on the validation setup, refit on the submission setup, score the test rows."""
+    features = select_features(read_features(matrix), groups)
+    params, sample = training, training.sample()
+    log(f"{name}: {len(features)} features from {len(groups)} group(s); loading validation rows")
+    scored = load_rows(matrix, features, "validation", "scored")
+    validation = train_validation(
+        load_rows(matrix, features, "validation", "fit", sample), scored, features, params, log, name
+    )
+    log(f"{name}: validation AUC {validation.auc:.4f} at iteration {validation.best_iteration}; refitting on the train rows")
+    rounds = max(1, int(round(validation.best_iteration * training.refit_rounds_factor)))
+    started = time.time()
+    refit_rows = load_rows(matrix, features, "submission", "fit", sample)
+    final = train_final(refit_rows, features, params, rounds)
+    refit_count = len(refit_rows.x)
+    del refit_rows
+    test = load_rows(matrix, features, "submission", "scored")
+    test_prediction = sample.calibrate(final.predict(test.x))
+    log(f"{name}: refitted {rounds} rounds on {refit_count:,} rows and scored {len(test.x):,} test rows "
+        f"in {time.time() - started:.0f} s")
+    return GbdtResult(
+        features=features,
+        groups=list(groups),
+        training=training,
+        validation=validation,
+        validation_rows=scored,
+        final=final,
+        refit_rounds=rounds,
+        refit_rows=refit_count,
+        test=test,
+        test_prediction=test_prediction,
+        training_data_digest=file_digest(matrix),
+        group_importance=importance_by_group(validation.importance, features),
+    )
+
+
+def record_gbdt(
+    tracker: Tracker, result: GbdtResult, config_name: str, tags: dict[str, str], registered_model: str, ui_url: str
+) -> dict:
+    """Log `result` as one MLflow run and register its submission model; return the run's facts
+    (ids, link, AUC, rounds, features...) as written to the store's run.json."""
+    import mlflow
+    import pandas as pd
+
+    params = result.training
+    v = result.validation
+    run_name = f"{config_name} · {len(result.groups)} groups · lr {params.learning_rate:g} · leaves {params.num_leaves}"
+    tags = {**tags, "model_config": config_name, "feature_groups": ",".join(result.groups)}
+    with tracker.run(run_name, tags) as run:
+        mlflow.log_params(
+            {
+                **{name: getattr(params, name) for name in GbdtTraining.model_fields},
+                "refit_rounds": result.refit_rounds,
+                "refit_rows": result.refit_rows,
+                "model_config": config_name,
+                "feature_groups": ",".join(result.groups),
+                "features": len(result.features),
+                "training_data_digest": result.training_data_digest,
+            }
+        )
+        mlflow.log_metrics(
+            {
+                "valid_auc": v.auc,
+                "best_iteration": v.best_iteration,
+                "fit_rows": v.fit_rows,
+                "validation_rows": v.scored_rows,
+                "validation_click_rate": v.scored_click_rate,
+                "train_seconds": v.seconds,
+            }
+        )
+        tracker.log_series(run.info.run_id, "valid_auc_by_iteration", v.auc_history)
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, png in result.figures().items():
+                (Path(tmp) / name).write_bytes(png)
+                mlflow.log_artifact(str(Path(tmp) / name), artifact_path="figures")
+        mlflow.log_dict({"importance_by_group": result.group_importance, "importance_by_feature": v.importance}, "importance.json")
+        mlflow.log_dict([vars(f) for f in result.features], "features.json")
+        example = pd.DataFrame(result.test.x[:5], columns=[f.name for f in result.features])
+        mlflow.lightgbm.log_model(result.final, name="model", registered_model_name=registered_model, input_example=example)
+        run_id, experiment_id = run.info.run_id, run.info.experiment_id
+    return {
+        "mlflow_run_id": run_id,
+        "mlflow_experiment_id": experiment_id,
+        "mlflow_run_url": tracker.run_url(run_id, experiment_id, ui_url),
+        "valid_auc": v.auc,
+        "best_iteration": v.best_iteration,
+        "refit_rounds": result.refit_rounds,
+        "refit_rows": result.refit_rows,
+        "negative_sample_rate": params.negative_sample_rate,
+        "feature_groups": result.groups,
+        "features": [f.name for f in result.features],
+        "training_data_digest": result.training_data_digest,
+        "config": config_name,
+    }
+
+
+def publish_gbdt(work: WorkDir, store_name: str, result: GbdtResult, run_info: dict) -> None:
+    """Write the model store atomically (see the module docstring for its files)."""
+    with work.writing_store(store_name) as out:
+        result.validation.booster.save_model(str(out / "validation_model.txt"))
+        result.final.save_model(str(out / "submission_model.txt"))
+        scored = result.validation_rows
+        pq.write_table(
+            pa.table({"row_id": scored.row_id, "user_id": scored.user_id, "photo_id": scored.photo_id,
+                      "p_click": result.validation_prediction}),
+            out / "validation_predictions.parquet",
+        )
+        test = result.test
+        pq.write_table(
+            pa.table({"row_id": test.row_id, "user_id": test.user_id, "photo_id": test.photo_id, "p_click": result.test_prediction}),
+            out / "test_predictions.parquet",
+        )
+        (out / "run.json").write_text(json.dumps(run_info, indent=2))
+
+
+def score_test_rows(work: WorkDir, store_name: str = "model") -> tuple[Rows, np.ndarray, dict]:
+    """The test rows of the training matrix scored by a published model's submission booster.
+
+    Refuses a matrix that lacks a feature the model was trained on."""
+    import lightgbm as lgb
+
+    from kuai_assets.features.matrix import MATRIX
+
+    store = work.require_store(store_name)
+    info = json.loads((store / "run.json").read_text())
+    booster = lgb.Booster(model_file=str(store / "submission_model.txt"))
+    features = [f for f in read_features(work.require_table(MATRIX)) if f.name in set(info["features"])]
+    missing = sorted(set(info["features"]) - {f.name for f in features})
+    if missing:
+        raise CatalogError(f"the training matrix lacks feature(s) {missing} the model was trained on; retrain `{store_name}`")
+    order = {name: i for i, name in enumerate(info["features"])}
+    features.sort(key=lambda f: order[f.name])
+    test = load_rows(work.table_path(MATRIX), features, "submission", "scored")
+    return test, RowSample(info["negative_sample_rate"]).calibrate(booster.predict(test.x)), info
