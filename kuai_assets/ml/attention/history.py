@@ -56,6 +56,7 @@ class SetupHistory:
     user_start: np.ndarray  # first index of each user in the sorted rows
     first_time: int
     key: np.ndarray  # (user index << TIME_BITS) | (time - first_time), sorted
+    click_cumsum: np.ndarray  # clicks of rows [0, i) at position i
 
     def __len__(self) -> int:
         return len(self.row_id)
@@ -82,6 +83,17 @@ class SetupHistory:
         end = np.where(known, end, 0)
         start = np.where(known, start, 0)
         return start.astype(np.int64), end.astype(np.int64)
+
+    def earlier(self, user_id: np.ndarray, time: np.ndarray) -> np.ndarray:
+        """(targets, 2) float32: how many of the user's fit rows are earlier than the target, and how
+        many of those were clicked (all of them, not only the last `length`)."""
+        key, known = self._keys(user_id, time)
+        end = _history_end(self.key, key)
+        position = np.searchsorted(self.users, np.asarray(user_id, dtype=np.int64))
+        first = self.user_start[np.minimum(position, len(self.users) - 1)] if len(self.users) else np.zeros_like(end)
+        count = np.where(known, end - first, 0)
+        clicks = np.where(known, self.click_cumsum[end] - self.click_cumsum[first], 0)
+        return np.stack([count, clicks], axis=1).astype(np.float32)
 
     def gather(self, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(batch, length) indices into the sorted rows, oldest first and left-padded, and the mask
@@ -120,7 +132,7 @@ def history_from_rows(setup: str, length: int, rows: dict[str, np.ndarray]) -> S
     first_time = int(time.min()) if len(time) else 0
     history = SetupHistory(
         setup, length, row_id, user_id, photo_id, time, click, users, user_start.astype(np.int64), first_time,
-        np.empty(0, dtype=np.int64),
+        np.empty(0, dtype=np.int64), np.concatenate([[0], np.cumsum(click, dtype=np.int64)]),
     )
     history.key, _ = history._keys(user_id, time)
     return history
@@ -146,10 +158,11 @@ def check_histories(
     The truth is read from `model_rows`, not from the builder: for a target row (user u, time t)
     every history item must be a fit row of the same setup (by row_id), of user u, with time < t
     (so never the target itself, never its batch, never a later or a scored row), and the history
-    must hold exactly min(length, number of such rows) items, the newest of them included.
+    must hold exactly min(length, number of such rows) items, the newest of them included; the
+    count of those rows and of their clicks (`SetupHistory.earlier`) must match label_history.
     Raises HistoryLeakError naming the setup, the target row_id and the offending row.
     """
-    con = work.connect(["model_rows"])
+    con = work.connect(["model_rows", "label_history"])
     try:
         fit = con.execute(
             "select row_id, user_id, time from model_rows where setup = ? and role = 'fit' order by row_id",
@@ -164,9 +177,12 @@ def check_histories(
             )
             # what the history must be, computed by a join in DuckDB
             truth = con.execute(
-                "select s.row_id, s.user_id, s.time, count(f.row_id) as eligible, max(f.time) as newest "
+                "select s.row_id, s.user_id, s.time, count(f.row_id) as eligible, max(f.time) as newest, "
+                "coalesce(sum(l.click), 0) as clicks "
                 "from sampled s left join model_rows f on f.setup = ? and f.role = 'fit' "
-                "and f.user_id = s.user_id and f.time < s.time group by all order by s.row_id",
+                "and f.user_id = s.user_id and f.time < s.time "
+                "left join label_history l on l.setup = f.setup and l.row_id = f.row_id "
+                "group by all order by s.row_id",
                 [history.setup],
             ).fetchnumpy()
             checks.append(_check_role(history, role, truth, fit))
@@ -228,5 +244,14 @@ def _check_role(history: SetupHistory, role: str, truth: dict, fit: dict) -> His
         raise HistoryLeakError(
             f"{where} {target_row[t]}: the newest history row is at time {newest[t]}, but the user's newest "
             f"earlier fit row is at {want[t]}"
+        )
+    earlier = history.earlier(target_user, target_time)
+    clicks = np.asarray(truth["clicks"], dtype=np.float64)
+    bad = (earlier[:, 0] != eligible) | (earlier[:, 1] != clicks)
+    if bad.any():
+        t = np.flatnonzero(bad)[0]
+        raise HistoryLeakError(
+            f"{where} {target_row[t]}: the user's earlier rows and clicks are counted as {earlier[t, 0]:.0f} and "
+            f"{earlier[t, 1]:.0f}, but label_history has {eligible[t]} and {clicks[t]:.0f}"
         )
     return HistoryCheck(history.setup, role, len(target_row), int(mask.sum()), int((~has).sum()))

@@ -4,7 +4,8 @@
     key_i         = item(history photo i) + click embedding (clicked / not clicked)
     weight_i      = softmax over the real items of MLP([q, k_i, q - k_i, q * k_i]), q = item(candidate)
     logit         = MLP([q, sum_i weight_i key_i, mean_i key_i, history size, history click rate,
-                         user embedding, standardised context])
+                         the user's earlier rows and click rate (all of them, not only the
+                         history's), user embedding, standardised context])
 
 Normalised (softmax) weights: the pooled vector is a weighted mean, so its scale does not grow
 with the history's length; the length itself is an input. Standardisation statistics (of the
@@ -137,7 +138,7 @@ class AttentionClickModel(nn.Module):
         self.attention = TargetAttention(shape.item_dim, shape.attention_hidden)
         self.user = nn.Embedding(shape.users + 1, shape.user_dim)
         self.context = Standardise(context)
-        width = 3 * shape.item_dim + 2 + shape.user_dim + self.context.width
+        width = 3 * shape.item_dim + 4 + shape.user_dim + self.context.width
         layers: list[nn.Module] = []
         for size in shape.hidden:
             layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(shape.dropout)]
@@ -162,7 +163,10 @@ class AttentionClickModel(nn.Module):
         clicks = batch["history_click"][batch["history_index"]].to(keys.dtype)
         click_rate = (clicks * real).sum(1, keepdim=True) / count.clamp(min=1)
         size = torch.log1p(count) / math.log1p(self.shape.history_length)
-        features = torch.cat([query, pooled, mean, size, click_rate, self.user(batch["user"]), self.context(batch["context"])], -1)
+        earlier_rows, earlier_clicks = batch["earlier"][:, :1], batch["earlier"][:, 1:]
+        earlier = torch.cat([torch.log1p(earlier_rows) / 10, (earlier_clicks + 2) / (earlier_rows + 10)], -1)
+        features = torch.cat([query, pooled, mean, size, click_rate, earlier, self.user(batch["user"]),
+                              self.context(batch["context"])], -1)
         return self.head(features).squeeze(-1)
 
 
@@ -176,6 +180,7 @@ def packed_layout(shape: NetworkShape) -> list[tuple[str, int]]:
         ("candidate", item),
         ("history", shape.history_length * (item + 2)),  # per item: content, click, present
         ("user", 1),
+        ("earlier", 2),  # the user's earlier fit rows and their clicks
         ("context", shape.context),
     ]
 
@@ -205,7 +210,8 @@ class PackedClickModel(nn.Module):
         batch["history_index"] = torch.arange(len(flat), device=x.device).reshape(-1, length)
         batch["mask"] = history[..., item + 1] > 0.5
         batch["user"] = x[:, rest].long()
-        batch["context"] = x[:, rest + 1 :]
+        batch["earlier"] = x[:, rest + 1 : rest + 3]
+        batch["context"] = x[:, rest + 3 :]
         return batch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -221,4 +227,4 @@ def pack(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         [batch["history_dense"][index], batch["history_clusters"][index].to(f), batch["history_words"][index].to(f),
          batch["history_click"][index].to(f).unsqueeze(-1), batch["mask"].to(f).unsqueeze(-1)], -1,
     )
-    return torch.cat([candidate, history.flatten(1), batch["user"].to(f).unsqueeze(-1), batch["context"]], -1)
+    return torch.cat([candidate, history.flatten(1), batch["user"].to(f).unsqueeze(-1), batch["earlier"], batch["context"]], -1)

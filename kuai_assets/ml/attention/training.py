@@ -128,7 +128,7 @@ class SetupData:
         position = np.minimum(position, len(self.users) - 1)
         user = np.where(self.users[position] == targets.user_id, position + 1, 0)
         return {"photo": self._photos.index(targets.photo_id), "start": start, "end": end, "user": user,
-                "context": targets.context}
+                "earlier": self.history.earlier(targets.user_id, targets.time), "context": targets.context}
 
     def batch(self, prepared: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, torch.Tensor]:
         """The tensors of targets `rows`: each distinct history item of the batch once (targets of
@@ -149,6 +149,7 @@ class SetupData:
             "history_index": to(inverse.reshape(index.shape)),
             "mask": to(mask),
             "user": to(prepared["user"][rows]),
+            "earlier": to(prepared["earlier"][rows]),
             "context": to(prepared["context"][rows]),
         }
 
