@@ -228,7 +228,7 @@ def test_attention_and_blend_assets_publish_track_and_feed_the_submission(materi
     evaluation = metadata(result, "evaluation")
     assert evaluation["submitted"] == "blend"
     assert abs(evaluation["test_auc"] - evaluation["blend_test_auc"]) < 1e-3
-    assert "attention_test_auc" in evaluation and "model_test_auc" in evaluation
+    assert "attention_model_test_auc" in evaluation and "model_test_auc" in evaluation
 
     info = json.loads((work.require_store("attention_model") / "run.json").read_text())
     client = MlflowClient(f"sqlite:///{materialized['work']}/mlflow/mlflow.db")
