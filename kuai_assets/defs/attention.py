@@ -209,6 +209,10 @@ def read_predictions(work: WorkDir, store: str) -> tuple[dict, dict, dict]:
 
     def read(name: str) -> dict[str, np.ndarray]:
         table = pq.read_table(folder / name)
+        lacking = [c for c in ("row_id", "user_id", "photo_id", "p_click") if c not in table.column_names]
+        if lacking:
+            raise BlendError(f"{folder / name} lacks column(s) {', '.join(lacking)} (an older `{store}`); "
+                             f"re-materialize `{store}`")
         return {column: table.column(column).to_numpy() for column in table.column_names}
 
     return read(VALIDATION_PREDICTIONS), read(TEST_PREDICTIONS), json.loads((folder / "run.json").read_text())
