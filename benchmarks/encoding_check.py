@@ -35,7 +35,11 @@ import pyarrow.parquet as pq
 from kuai_assets.settings import default_work_dir
 from kuai_assets.formats import layout
 from kuai_assets.ml.metrics import adjusted_rand_index, matched_share
-from kuai_assets.vectors import ENCODINGS, Released, VisualSettings, VisualStage, read_reduced
+from kuai_assets.visual.codec import ENCODINGS
+from kuai_assets.visual.projection import read_reduced
+from kuai_assets.visual.settings import VisualSettings
+from kuai_assets.visual.sources import Released
+from kuai_assets.visual.stage import VisualStage
 
 
 def make(data: Path, out: Path, settings: VisualSettings) -> dict:

@@ -108,13 +108,13 @@ def disk_read_speed(paths: Path | list[Path], limit_bytes: int | None = 4 << 30)
 def disk_read_while_writing(path: Path, scratch: Path, read_bytes: int = 16 << 30) -> tuple[float, float]:
     """(read, write) MB/s of the visual pass's disk traffic alone, without its CPU work: `path`
     read in 64 MB blocks on the reader's threads while half as many bytes are written beside it
-    to a scratch file by the store's own writer (vectors.BackgroundFile)."""
+    to a scratch file by the store's own writer (visual.store.BackgroundFile)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
 
     from kuai_assets.formats.visual_zip import BLOCK_BYTES, READ_AHEAD
-    from kuai_assets.vectors import BackgroundFile
+    from kuai_assets.visual.store import BackgroundFile
 
     evict_from_page_cache(path)
     blocks = min(read_bytes, path.stat().st_size) // BLOCK_BYTES
@@ -588,7 +588,8 @@ def visual_pass_without_store(data: Path, work: Path, step_config: dict) -> dict
     but no store (tables written to a scratch folder, then deleted)."""
     from kuai_assets.defs.visual import VisualConfig
     from kuai_assets.formats import layout
-    from kuai_assets.vectors import Released, VisualStage
+    from kuai_assets.visual.sources import Released
+    from kuai_assets.visual.stage import VisualStage
 
     settings = VisualConfig(**step_config.get("config", {})).settings()
     sources = {split: layout.find_visual_source_checked(data, split) for split in layout.SPLITS}

@@ -200,6 +200,12 @@ class WorkDir:
             raise
         return con
 
+    def pin_tables(self, tables: Iterable[str], owner: object) -> dict[str, Path]:
+        """The version of each table current now, held (by hard links) for as long as `owner` lives:
+        what `connect` does for DuckDB, for readers of the files (Spark)."""
+        folder = self._pin_folder(owner)
+        return {name: _pin(self.require_table(name), folder) for name in tables}
+
     def _pin_folder(self, con: duckdb.DuckDBPyConnection) -> Path | None:
         """A folder of hard links that lives as long as `con` (None where links are impossible)."""
         try:

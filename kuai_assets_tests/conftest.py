@@ -1,6 +1,15 @@
-"""Shared fixtures: a tiny synthetic dataset and a work dir with the whole graph materialized.
+"""Shared fixtures (a tiny synthetic dataset and a work dir with the whole graph materialized,
+both session-scoped: generated and materialized once, read by many tests) and the test tiers.
 
-Both are session-scoped: generated and materialized once, read by many tests.
+Every test gets exactly one tier marker (registered in pyproject.toml):
+
+- `system`: the tests of test_browser.py and test_robustness.py (browsers, servers, killed and
+  concurrent runs in subprocesses), whatever fixtures they use;
+- `pipeline`: any other test that uses the `materialized` fixture, directly or through another
+  fixture, or that is marked `pipeline` explicitly because it materializes assets itself;
+- `unit`: everything else: no materialized session, seconds each.
+
+so `pytest -m unit` never materializes the graph. A test marked with a tier explicitly keeps it.
 """
 
 from __future__ import annotations
@@ -13,6 +22,39 @@ import pytest
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("KUAI_DUCKDB_MEMORY", "2GB")
 
+TIERS = ("unit", "pipeline", "system")
+SYSTEM_FILES = frozenset({"test_browser.py", "test_robustness.py"})
+
+
+def tier_of(file_name: str, fixture_names, explicit_tiers) -> str:
+    """The tier of a test: its explicit tier marker if it has one, else by file, else by fixture.
+
+    `fixture_names` is every fixture the test needs, transitively (pytest's item.fixturenames).
+    Refuses a test marked with two tiers.
+    """
+    explicit = sorted(set(explicit_tiers))
+    if len(explicit) > 1:
+        raise ValueError(f"{file_name}: a test has one tier, not {explicit}")
+    if explicit:
+        return explicit[0]
+    if file_name in SYSTEM_FILES:
+        return "system"
+    if "materialized" in fixture_names:
+        return "pipeline"
+    return "unit"
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        explicit = [m.name for m in item.iter_markers() if m.name in TIERS]
+        try:
+            tier = tier_of(item.path.name, item.fixturenames, explicit)
+        except ValueError as error:
+            raise pytest.UsageError(f"{item.nodeid}: {error}") from None
+        if not explicit:
+            item.add_marker(getattr(pytest.mark, tier))
+
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
@@ -24,9 +66,11 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 def make_resources(data_dir: Path, work_dir: Path) -> dict:
+    from kuai_assets.defs.engine import EngineResource
     from kuai_assets.defs.resources import WorkspaceResource, TrackingResource
 
     return {
+        "engine": EngineResource(),
         "workspace": WorkspaceResource(data_dir=str(data_dir), work_dir=str(work_dir)),
         "tracking": TrackingResource(
             tracking_uri=f"sqlite:///{work_dir}/mlflow/mlflow.db", artifact_root=str(work_dir / "mlflow" / "artifacts")

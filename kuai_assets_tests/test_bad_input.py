@@ -25,7 +25,7 @@ import pytest
 
 from kuai_assets.formats import layout
 from kuai_assets.formats.released import DataFormatError, read_faces, read_interactions, read_text
-from kuai_assets.vectors import consolidate
+from kuai_assets.visual.stage import consolidate
 from kuai_assets_tests.conftest import make_resources
 from kuai_assets_tests.handmade import npy_bytes, write_dataset
 
@@ -526,7 +526,7 @@ def test_failed_asset_names_the_problem_and_keeps_the_previous_output(asset, dam
     # nothing was published and nothing half-written was left beside the previous output
     assert outputs(work) == before
     if asset == "video_embeddings":
-        from kuai_assets.vectors import VectorStore
+        from kuai_assets.visual.store import VectorStore
 
         assert len(VectorStore.open(work / "stores" / asset)) == SMALL["n_train_photos"] + SMALL["n_test_photos"]
     else:

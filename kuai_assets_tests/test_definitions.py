@@ -25,6 +25,7 @@ EXPECTED_GRAPH = {
     "word_click_rates": ("features", ["label_history", "model_rows", "raw_text"]),
     "user_word_affinity": ("features", ["label_history", "model_rows", "raw_text"]),
     "impression_context": ("features", ["raw_interactions"]),
+    "impression_embedding": ("features", ["label_history", "model_rows", "raw_interactions"]),
     "time_and_duration": ("features", ["raw_interactions"]),
     "published_baseline": ("features", ["label_history", "model_rows", "raw_interactions", "video_clusters"]),
     "training_matrix": (
@@ -33,7 +34,7 @@ EXPECTED_GRAPH = {
             ["model_rows", "raw_interactions", "video_clusters", "user_behaviour", "user_cluster_affinity",
              "cluster_stats", "visual_similarity", "photo_visual", "face_stats", "user_face_preference",
              "text_stats", "word_click_rates", "user_word_affinity", "impression_context", "time_and_duration",
-             "published_baseline"]
+             "published_baseline", "impression_embedding"]
         ),
     ),
     "model": ("model", ["training_matrix"]),
@@ -78,7 +79,7 @@ def test_jobs_and_resources():
         "training_matrix", "model", "baseline_model", "feature_group_ablation", "attention_model", "blend",
         "submission", "evaluation",
     }
-    assert set(defs.resources) == {"workspace", "tracking"}
+    assert set(defs.resources) == {"workspace", "tracking", "engine"}
     assert isinstance(defs.resolve_job_def("everything"), dg.JobDefinition)
 
 

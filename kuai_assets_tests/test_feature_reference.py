@@ -47,8 +47,10 @@ def tables(materialized):
     return read
 
 
-def assert_same_table(actual: pd.DataFrame, expected: pd.DataFrame, keys: list[str], what: str) -> None:
-    """Same key set, and every non-key column equal within RTOL, nulls equal to nulls."""
+def assert_same_table(
+    actual: pd.DataFrame, expected: pd.DataFrame, keys: list[str], what: str, atol: float = ATOL
+) -> None:
+    """Same key set, and every non-key column equal within RTOL (or `atol`), nulls equal to nulls."""
     assert sorted(actual.columns) == sorted(expected.columns), f"{what}: columns differ"
     assert not actual.duplicated(keys).any(), f"{what}: the pipeline's grain {keys} is not unique"
     assert not expected.duplicated(keys).any(), f"{what}: the reference's grain {keys} is not unique"
@@ -72,7 +74,7 @@ def assert_same_table(actual: pd.DataFrame, expected: pd.DataFrame, keys: list[s
     for column in sorted(set(expected.columns) - set(keys)):
         got = merged[f"{column}_pipeline"].to_numpy(dtype="float64")
         want = merged[f"{column}_reference"].to_numpy(dtype="float64")
-        same = np.isclose(got, want, rtol=RTOL, atol=ATOL, equal_nan=True)
+        same = np.isclose(got, want, rtol=RTOL, atol=atol, equal_nan=True)
         if not same.all():
             bad = merged.loc[~same, [*keys, f"{column}_pipeline", f"{column}_reference"]]
             problems.append(f"{column}: {len(bad)} of {len(merged)} rows differ, e.g.\n{bad.head(8).to_string()}")

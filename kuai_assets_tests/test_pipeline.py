@@ -70,6 +70,7 @@ def test_model_is_recorded_in_mlflow(materialized):
     assert len(children) >= 10, "one nested run per ablation variant"
 
 
+@pytest.mark.pipeline  # materializes the whole graph itself, without the session fixture
 def test_pipeline_runs_on_a_dataset_written_by_another_generator(tmp_path):
     """Pointing the platform at any dataset in the released layout runs it to a valid submission."""
     from kuai_assets.definitions import defs

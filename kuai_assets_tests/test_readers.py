@@ -10,7 +10,8 @@ import pytest
 from kuai_assets.formats import layout
 from kuai_assets.formats.released import read_faces, read_interactions, read_text
 from kuai_assets.formats.visual import open_vectors
-from kuai_assets.vectors import VectorStore, consolidate
+from kuai_assets.visual.stage import consolidate
+from kuai_assets.visual.store import VectorStore
 from kuai_assets_tests.handmade import npy_bytes, write_dataset
 
 
@@ -180,7 +181,7 @@ def test_zip_members_with_another_npy_header_among_equally_spaced_ones_are_read_
 
 def test_the_vector_check_stops_on_nan_or_infinity_and_not_on_a_sum_that_overflows():
     from kuai_assets.formats.released import DataFormatError
-    from kuai_assets.vectors import check_vectors
+    from kuai_assets.visual.codec import check_vectors
 
     photo_id = np.array([5, 6, 7])
     big = np.full((3, 8), 3e38, dtype=np.float32)  # every row's sum overflows float32

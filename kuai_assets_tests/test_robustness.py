@@ -52,9 +52,11 @@ def tiny64(tmp_path_factory) -> Path:
 
 
 def resources(data: Path, work: Path, tracking_uri: str | None = None, experiment: str = "kuai_assets") -> dict:
+    from kuai_assets.defs.engine import EngineResource
     from kuai_assets.defs.resources import WorkspaceResource, TrackingResource
 
     return {
+        "engine": EngineResource(),
         "workspace": WorkspaceResource(data_dir=str(data), work_dir=str(work)),
         "tracking": TrackingResource(
             tracking_uri=tracking_uri or f"sqlite:///{work}/mlflow/mlflow.db",

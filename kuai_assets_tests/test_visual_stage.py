@@ -1,4 +1,4 @@
-"""The visual stage in one pass (vectors.VisualStage): the fitting sample of runs, and the fused
+"""The visual stage in one pass (kuai_assets.visual.stage.VisualStage): the fitting sample of runs, and the fused
 pass against the same outputs made one asset at a time from the store."""
 
 import time
@@ -9,7 +9,13 @@ import pandas as pd
 import pytest
 
 from kuai_assets.formats import layout
-from kuai_assets.vectors import FitSample, Released, VectorStore, VisualSettings, VisualStage
+from kuai_assets.visual import codec
+from kuai_assets.visual import stage as stage_module
+from kuai_assets.visual.sampling import FitSample, read_sample
+from kuai_assets.visual.settings import VisualSettings
+from kuai_assets.visual.sources import Released
+from kuai_assets.visual.stage import VisualStage
+from kuai_assets.visual.store import VectorStore
 from kuai_assets_tests.handmade import write_dataset
 
 SETTINGS = VisualSettings(dimensions=8, fit_sample=300, ks=(4, 9), seed=3, run_length=7)
@@ -67,7 +73,7 @@ def test_sample_read_from_the_released_files_equals_the_store_rows(released, fus
     sample = FitSample.draw(len(store), 400, seed=1, run_length=7)
     # the sample spans both zips (train rows, then test rows)
     assert sample.positions.min() < 700 <= sample.positions.max()
-    from_released = Released(released).read(sample, "bfloat16")
+    from_released = read_sample(Released(released), sample, "bfloat16")
     assert np.array_equal(from_released, store.rows_in_runs(sample))
     assert np.array_equal(from_released, store.rows(sample.positions))
 
@@ -118,7 +124,6 @@ def test_the_bfloat16_store_gives_the_pca_and_clusters_of_the_float32_values(rel
     good (their mean squared distance to the centre)."""
     from dataclasses import replace
 
-    import kuai_assets.vectors as vectors
     from benchmarks.encoding_check import compare, make
 
     data = released["train"].path.parent.parent
@@ -130,8 +135,8 @@ def test_the_bfloat16_store_gives_the_pca_and_clusters_of_the_float32_values(rel
     for k, clusters in figures["clusters"].items():
         assert abs(clusters["spread_over_float32"] - 1) < 0.02, k
     # and the check can tell: values rounded far more coarsely (to whole numbers) move the PCA
-    rounded = vectors.round_to_encoding
-    monkeypatch.setattr(vectors, "round_to_encoding", lambda values, encoding: (rounded(values, encoding)[0], np.round(values)))
+    rounded = codec.round_to_encoding
+    monkeypatch.setattr(codec, "round_to_encoding", lambda values, encoding: (rounded(values, encoding)[0], np.round(values)))
     worse = compare(reference, make(data, tmp_path / "coarse", replace(SETTINGS, encoding="bfloat16")))
     assert worse["reduced_rms_difference_over_rms"] > 0.1 and worse["smallest_axis_cosine"] < 0.99
 
@@ -157,12 +162,11 @@ def test_pca_and_clusters_arriving_during_the_pass_give_what_one_would_expect(re
     import threading
     import time
 
-    import kuai_assets.vectors as vectors
 
     out, made = fused
     pca_gate, kmeans_gate, pca_done, kmeans_done = (threading.Event() for _ in range(4))
     # the PCA fit waits until the pass has consolidated a few chunks, the KMeans fits longer still
-    monkeypatch.setattr(vectors, "fit_pca", gated(vectors.fit_pca, pca_gate, pca_done))
+    monkeypatch.setattr(stage_module, "fit_pca", gated(stage_module.fit_pca, pca_gate, pca_done))
     monkeypatch.setattr(VisualStage, "_fit_clusters", gated(VisualStage._fit_clusters, kmeans_gate, kmeans_done))
     messages = []
 
@@ -172,7 +176,10 @@ def test_pca_and_clusters_arriving_during_the_pass_give_what_one_would_expect(re
         if "visual pass: 300 of" in message:
             pca_gate.set()
             pca_done.wait(timeout=30)
-            time.sleep(0.2)
+            # the fit thread reports the PCA once it has handed it over
+            deadline = time.time() + 30
+            while not any(m.startswith("pca_visual_features: fitted") for m in messages) and time.time() < deadline:
+                time.sleep(0.01)
         if "visual pass: 600 of" in message:
             kmeans_gate.set()
             kmeans_done.wait(timeout=30)
@@ -225,11 +232,10 @@ def test_kmeans_finds_separated_groups_and_assigns_the_nearest_centre(monkeypatc
 
 
 def test_the_pass_waits_for_the_pca_rather_than_keep_more_than_its_backlog_allows(released, fused, tmp_path, monkeypatch):
-    import kuai_assets.vectors as vectors
 
     out, _ = fused
-    fit_pca = vectors.fit_pca
-    monkeypatch.setattr(vectors, "fit_pca", lambda *args: (time.sleep(0.5), fit_pca(*args))[1])
+    fit_pca = stage_module.fit_pca
+    monkeypatch.setattr(stage_module, "fit_pca", lambda *args: (time.sleep(0.5), fit_pca(*args))[1])
     monkeypatch.setattr(VisualStage, "BACKLOG_BYTES", 1)  # one chunk kept is already too much
     messages = []
     (tmp_path / "store").mkdir()

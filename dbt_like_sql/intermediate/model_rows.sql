@@ -4,6 +4,8 @@
 --   setup 'submission': fit on every train row; score the test rows.
 -- Fit rows carry a fold (by photo) so label statistics can be computed out of fold; scored rows
 -- have fold -1: their statistics come from all of that setup's fit rows, never from themselves.
+-- The fold is a portable scramble of photo_id (a linear congruential step, taking its high bits):
+-- plain integer arithmetic that DuckDB and Spark compute alike, unlike their hash() functions.
 --
 -- grain: setup, row_id
 -- variable: validation_hours = 12.0 | hours at the end of the training window scored for validation (the test window is 12 hours)
@@ -39,14 +41,15 @@ cold_after_cut as (
 )
 
 select 'validation' as setup, 'fit' as role, row_id, user_id, photo_id, time,
-       (hash(photo_id) % getvariable('folds'))::integer as fold
+       ((((abs(photo_id) % 2147483648) * 1103515245 + 12345) % 2147483648) // 65536 % getvariable('folds'))::integer
+           as fold
 from fit_before_cut
 union all
 select 'validation', 'scored', row_id, user_id, photo_id, time, -1
 from cold_after_cut
 union all
 select 'submission', 'fit', row_id, user_id, photo_id, time,
-       (hash(photo_id) % getvariable('folds'))::integer
+       ((((abs(photo_id) % 2147483648) * 1103515245 + 12345) % 2147483648) // 65536 % getvariable('folds'))::integer
 from train
 union all
 select 'submission', 'scored', row_id, user_id, photo_id, time, -1

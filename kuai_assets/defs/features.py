@@ -7,6 +7,7 @@ the SQL, so the UI marks it stale after an edit; its header variables become run
 
 import dagster as dg
 
+from kuai_assets.defs.engine import EngineResource
 from kuai_assets.defs.metadata import clear_failures, markdown_table, table_metadata
 from kuai_assets.defs.resources import WorkspaceResource
 from kuai_assets.features.catalog import TableModel, load_catalog
@@ -26,7 +27,7 @@ def _description(model: TableModel) -> str:
     lines = [model.description, "", f"Grain: {', '.join(model.grain)}."]
     if model.is_feature_group:
         lines.append(
-            f"Feature group ({model.kind}): {len(model.continuous)} continuous, {len(model.discrete)} discrete column(s)"
+            f"Feature group ({'SQL definition, numpy fast path on DuckDB' if model.has_fast_path else model.kind}): {len(model.continuous)} continuous, {len(model.discrete)} discrete column(s)"
             + ("; label statistics, out of fold" if model.uses_labels else "")
             + ("; uses the scored window's own impression log" if model.uses_scored_window_log else "")
             + ("; off unless enabled" if not model.enabled_by_default else "")
@@ -46,20 +47,25 @@ def table_model_asset(model: TableModel) -> dg.AssetsDefinition:
     @dg.asset(
         name=model.name,
         group_name=GROUP,
-        kinds={"duckdb", "sql"} if model.kind == "sql" else {"python", "numpy"},
+        kinds={"sql", "numpy"} if model.has_fast_path else {"duckdb", "sql"} if model.kind == "sql" else {"python", "numpy"},
         deps=[dg.AssetKey(t) for t in model.upstream],
         description=_description(model),
         code_version=model.code_version,
         config_schema=_config_schema(model) or None,
         tags=tags,
     )
-    def _asset(context: dg.AssetExecutionContext, workspace: WorkspaceResource) -> dg.MaterializeResult:
+    def _asset(
+        context: dg.AssetExecutionContext, workspace: WorkspaceResource, engine: EngineResource
+    ) -> dg.MaterializeResult:
         with clear_failures(model.name):
+            chosen = engine.engine()
             work = workspace.work()
-            result = materialize_table_model(model, work, dict(context.op_config or {}), context.log.info)
+            result = materialize_table_model(model, work, dict(context.op_config or {}), context.log.info, chosen)
         metadata = table_metadata(work.table_path(model.name))
         metadata["seconds"] = dg.MetadataValue.float(result.seconds)
         metadata["grain"] = ", ".join(model.grain)
+        metadata["engine"] = result.engine
+        metadata["definition"] = result.definition
         if model.is_feature_group:
             metadata["features"] = dg.MetadataValue.md(
                 markdown_table([{"column": c, "kind": k} for c, k in result.features], max_columns=2)

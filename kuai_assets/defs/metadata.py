@@ -13,7 +13,7 @@ from kuai_assets.features.catalog import CatalogError
 from kuai_assets.formats.released import DataFormatError
 from kuai_assets.ml.tracking import TrackingError
 from kuai_assets.storage import MissingUpstreamError
-from kuai_assets.vectors import VisualSettingsError
+from kuai_assets.visual.settings import VisualSettingsError
 
 
 def table_metadata(path: Path, preview_rows: int = 5) -> dict:

@@ -71,8 +71,11 @@ class TrackingResource(dg.ConfigurableResource):
 
 
 def default_resources() -> dict:
+    from kuai_assets.defs.engine import default_engine_resource
+
     work = settings.default_work_dir()
     return {
+        "engine": default_engine_resource(),
         "workspace": WorkspaceResource(data_dir=str(settings.default_data_dir()), work_dir=str(work)),
         "tracking": TrackingResource(
             tracking_uri=default_tracking_uri(work), artifact_root=str(work / "mlflow" / "artifacts")

@@ -2,7 +2,7 @@
 
 The three assets are made by one step (`visual_stage`, a multi-asset): each vector is read once,
 from the released files, and in the same pass written to the store, projected on the PCA axes
-and assigned its clusters (see vectors.VisualStage). Any one of them can still be materialized on
+and assigned its clusters (see kuai_assets.visual.stage). Any one of them can still be materialized on
 its own: the PCA and clusters then read the store (or the PCA table) instead.
 """
 
@@ -16,7 +16,6 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
-from kuai_assets import vectors
 from kuai_assets.defs.factory import modules_version
 from kuai_assets.defs.metadata import clear_failures, image, table_metadata
 from kuai_assets.defs.resources import WorkspaceResource
@@ -25,7 +24,11 @@ from kuai_assets.formats import visual as formats_visual
 from kuai_assets.formats import visual_zip
 from kuai_assets.formats.released import DataFormatError
 from kuai_assets.ml import kmeans, pca
-from kuai_assets.vectors import Released, VectorStore, VisualSettings, VisualStage
+from kuai_assets.visual import codec, flow, projection, sampling, settings as visual_settings, sources, stage, store
+from kuai_assets.visual.settings import VisualSettings
+from kuai_assets.visual.sources import Released
+from kuai_assets.visual.stage import VisualStage
+from kuai_assets.visual.store import VectorStore
 
 GROUP = "visual"
 
@@ -68,7 +71,9 @@ class VisualConfig(dg.Config):
 
 # one version for the three outputs of the one pass: the sources of the whole visual stage
 VISUAL_VERSION = modules_version(
-    sys.modules[__name__], vectors, formats_visual, visual_zip, layout, pca, kmeans
+    sys.modules[__name__],
+    *(codec, store, sampling, sources, projection, flow, stage, visual_settings),  # kuai_assets.visual
+    *(formats_visual, visual_zip, layout, pca, kmeans),
 )
 EMBEDDINGS = dg.AssetKey("video_embeddings")
 PCA = dg.AssetKey("pca_visual_features")

@@ -18,8 +18,17 @@ label statistics can only come through label_history). Everything under features
 group; `training_matrix`, the model and the ablation read these declarations, never a hand-kept
 column list.
 
+Every SQL file must be portable: written in DuckDB's dialect, it must carry to Spark's with the
+same meaning (kuai_assets.engines.portability), or the catalog refuses it, naming the file, the
+line and the construct. The check runs on every load, whatever the engine chosen, so a file that
+only DuckDB can run is found when it is written, not when the data outgrows one machine.
+
 Python feature groups are the modules of `kuai_assets.groups`, discovered, never listed: each
-defines one `GROUP` whose name is the module's name.
+defines one `GROUP` whose name is the module's name. A Python group may also have a SQL file of
+the same name: then they are one group, the SQL file its definition (what Spark runs, what the
+header declares) and the Python module its fast path on one machine (what DuckDB runs). Both must
+declare the same grain, columns, upstream tables and flags, and a test proves they give the same
+table.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from typing import Any
 
 import duckdb
 
+from kuai_assets.engines.portability import check_portable
 from kuai_assets.features.spec import FEATURE_LAYER, LABEL_COLUMNS, CatalogError, TableModel, Variable
 from kuai_assets.storage import IDENTIFIER
 
@@ -193,6 +203,7 @@ def load_sql_model(path: Path) -> TableModel:
         raise CatalogError(f"{path}: the header must declare its grain (`-- grain: ...`)")
     layer = path.parent.name
     upstream = referenced_tables(text, str(path))
+    check_portable(text, str(path))
     if layer == FEATURE_LAYER and not (header["continuous"] or header["discrete"]):
         raise CatalogError(f"{path}: a feature group must declare continuous and/or discrete columns")
     return TableModel(
@@ -248,12 +259,15 @@ def load_catalog(root: Path | None = None) -> dict[str, TableModel]:
     Label use is derived here: a model uses labels if it reads a label column itself (SQL only: a
     Python group's view of raw_interactions has none) or reads a table model that uses labels.
     """
-    models = list(_load_sql_models(str(root or sql_root()))) + python_groups()
     catalog: dict[str, TableModel] = {}
-    for model in models:
+    for model in _load_sql_models(str(root or sql_root())):
         if model.name in catalog:
             raise CatalogError(f"two table models are named {model.name!r}")
         catalog[model.name] = model
+    for group in python_groups():
+        definition = catalog.get(group.name)
+        catalog[group.name] = group if definition is None else with_fast_path(definition, group)
+    models = list(catalog.values())
     known = set(catalog) | set(SOURCE_TABLES)
     for model in models:
         unknown = [t for t in model.upstream if t not in known]
@@ -270,6 +284,32 @@ def load_catalog(root: Path | None = None) -> dict[str, TableModel]:
                     f"use columns of model_rows {list(ROW_KEYS)} and optionally both of {list(CLUSTER_KEYS)}"
                 )
     return {name: dataclasses.replace(m, uses_labels=_uses_labels(name, catalog, ())) for name, m in catalog.items()}
+
+
+FAST_PATH_MUST_MATCH = ("layer", "grain", "continuous", "discrete", "uses_scored_window_log", "enabled_by_default")
+
+
+def with_fast_path(definition: TableModel, fast_path: TableModel) -> TableModel:
+    """The SQL definition of a group with its Python module as the fast path (one group, one name).
+
+    Refused when the two disagree on what the group is: its layer, grain, declared columns, flags,
+    upstream tables or variables (a fast path takes none).
+    """
+    where = f"{definition.path} and kuai_assets.groups.{fast_path.name}"
+    if definition.sql is None or fast_path.compute is None:
+        raise CatalogError(f"two table models are named {definition.name!r}")
+    for key in FAST_PATH_MUST_MATCH:
+        a, b = getattr(definition, key), getattr(fast_path, key)
+        if a != b:
+            raise CatalogError(f"{where} disagree on {key}: the SQL declares {a!r}, the Python group {b!r}")
+    if sorted(definition.upstream) != sorted(fast_path.upstream):
+        raise CatalogError(
+            f"{where} disagree on the upstream tables: the SQL reads {sorted(definition.upstream)}, "
+            f"the Python group {sorted(fast_path.upstream)}"
+        )
+    if definition.variables:
+        raise CatalogError(f"{where}: a group with a Python fast path takes no variables (its SQL declares some)")
+    return dataclasses.replace(definition, compute=fast_path.compute)
 
 
 def _uses_labels(name: str, catalog: dict[str, TableModel], path: tuple[str, ...]) -> bool:

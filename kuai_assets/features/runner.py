@@ -1,4 +1,12 @@
-"""Materializing a table model: run its SQL (or Python) in DuckDB, check, publish atomically."""
+"""Materializing a table model: run its SQL (or Python) in DuckDB or its SQL on Spark, check,
+publish atomically.
+
+Under DuckDB (the default) a SQL model runs its SQL and a Python feature group its compute
+function (its fast path, also when the group has a SQL definition). Under Spark a model runs its
+SQL definition, carried to Spark's dialect (kuai_assets.engines.portability); a Python group
+without one is refused. Either way the result is checked (declared columns, unique grain) in
+DuckDB and published only when complete.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,7 @@ from typing import Callable
 import duckdb
 import pyarrow.parquet as pq
 
+from kuai_assets.engines import DUCKDB, Engine
 from kuai_assets.features.spec import LABEL_COLUMNS, CatalogError, TableModel
 from kuai_assets.features.grain import first_duplicate
 from kuai_assets.storage import WorkDir, check_identifier, sql_string
@@ -21,6 +30,8 @@ class TableResult:
     features: list[tuple[str, str]]  # (name, continuous|discrete)
     seconds: float
     preview: list[dict]
+    engine: str = "duckdb"  # what ran it: duckdb, or spark <url>
+    definition: str = "sql"  # which definition ran: sql (the file) or python (the fast path)
 
 
 def sql_body(sql: str) -> str:
@@ -44,9 +55,15 @@ def materialize_table_model(
     work: WorkDir,
     variables: dict | None = None,
     log: Callable[[str], None] = lambda message: None,
+    engine: Engine = DUCKDB,
 ) -> TableResult:
     started = time.time()
     values = resolve_variables(model, variables)
+    if engine.is_spark and model.sql is None:
+        raise CatalogError(
+            f"{model.name} is a Python feature group with no SQL definition: it cannot run on Spark "
+            "(give it a SQL file, or choose the duckdb engine)"
+        )
     # a feature group sees no label column in raw_interactions: label statistics come through
     # label_history (fit rows only, with their folds), which is what makes them derivable and probed
     hidden = {"raw_interactions": LABEL_COLUMNS} if model.is_feature_group else None
@@ -56,12 +73,14 @@ def materialize_table_model(
             con.execute(f"set variable {check_identifier(name, 'variable')} = ?", [value])
         with work.writing_table(model.name) as tmp:
             try:
-                if model.sql is not None:
+                if engine.is_spark:
+                    _run_on_spark(model, work, values, engine, con, tmp, log)
+                elif model.compute is not None:  # a Python group, or the fast path of a SQL definition
+                    model.compute(con, tmp, log)
+                else:
                     con.execute(
                         f"copy ({sql_body(model.sql)}) to {sql_string(tmp)} (format parquet, compression zstd)"
                     )
-                else:
-                    model.compute(con, tmp, log)
             except duckdb.BinderException as exc:
                 named = [c for c in LABEL_COLUMNS if f'"{c}"' in str(exc)]
                 if hidden and named:
@@ -90,4 +109,24 @@ def materialize_table_model(
         features=features,
         seconds=round(time.time() - started, 2),
         preview=preview.to_pylist(),
+        engine=f"spark {engine.spark_url}" if engine.is_spark else "duckdb",
+        definition="sql" if engine.is_spark or model.compute is None else "python",
     )
+
+
+def _run_on_spark(model, work: WorkDir, values: dict, engine: Engine, con, out, log) -> None:
+    from kuai_assets.engines.portability import to_spark_sql
+    from kuai_assets.engines.spark import run_query, spark_session
+
+    spark_sql = to_spark_sql(model.sql, values, str(model.path or model.name))
+    hidden = LABEL_COLUMNS if model.is_feature_group else ()
+    # the same table versions the DuckDB connection reads, held as long as it lives
+    pinned = work.pin_tables(model.upstream, con)
+    tables = {name: (path, hidden if name == "raw_interactions" else ()) for name, path in pinned.items()}
+    session = spark_session(engine.spark_url, work.root / "spark_tmp", engine.spark_conf)
+    log(f"{model.name}: running on Spark ({engine.spark_url})")
+    try:
+        run_query(session, spark_sql, tables, out, log)
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise RuntimeError(f"{model.path or model.name}: Spark ({engine.spark_url}) failed on its SQL: {first}") from err

@@ -58,11 +58,20 @@ class TableModel:
         return "sql" if self.sql is not None else "python"
 
     @property
+    def has_fast_path(self) -> bool:
+        """A SQL definition with a Python fast path (what DuckDB runs; Spark runs the SQL)."""
+        return self.sql is not None and self.compute is not None
+
+    @property
     def code_version(self) -> str:
-        """A hash of the SQL, or of the Python group's module and the kuai_assets.features
+        """A hash of the SQL, and of the Python group's module and the kuai_assets.features
         modules it imports from (so a change in a shared helper marks the group stale too)."""
-        if self.sql is not None:
-            return hashlib.sha256(self.sql.encode()).hexdigest()[:12]
+        parts = [self.sql] if self.sql is not None else []
+        if self.compute is not None:
+            parts.append(self._python_source())
+        return hashlib.sha256("".join(parts).encode()).hexdigest()[:12]
+
+    def _python_source(self) -> str:
         module = inspect.getmodule(self.compute)
         modules = {module.__name__: module}
         for value in vars(module).values():
@@ -70,8 +79,7 @@ class TableModel:
             if source_module is not None and source_module.__name__.startswith("kuai_assets.features."):
                 modules.setdefault(source_module.__name__, source_module)
         modules.pop(__name__, None)  # the spec itself (TableModel) is not the group's logic
-        sources = "".join(inspect.getsource(modules[name]) for name in sorted(modules))
-        return hashlib.sha256(sources.encode()).hexdigest()[:12]
+        return "".join(inspect.getsource(modules[name]) for name in sorted(modules))
 
     def column_kind(self, column: str) -> str | None:
         """'continuous', 'discrete', or None for a column the header does not declare."""

@@ -55,6 +55,12 @@ class GbdtTraining(LightGbmParams):
     refit_rounds_factor: float = Field(
         default=1.1, description="The submission model is refitted on the train rows for best_iteration x this factor."
     )
+    trainer: str = Field(
+        default="local",
+        description="Where the submission refit runs: local, or dask (LightGBM on the Dask cluster at dask_scheduler, "
+        "for the rounds the local validation found).",
+    )
+    dask_scheduler: str = Field(default="", description="For trainer dask: the scheduler, tcp://host:port.")
 
     def sample(self) -> RowSample:
         if not 0 < self.negative_sample_rate <= 1:
@@ -123,6 +129,12 @@ def train_gbdt(
     matrix: Path, groups: list[str], training: GbdtTraining, log: Callable[[str], None] = lambda m: None, name: str = "model"
 ) -> GbdtResult:
     """Validate on the validation setup, refit on the submission setup, score the test rows."""
+    if training.trainer not in ("local", "dask"):
+        raise CatalogError(f"trainer must be local or dask, got {training.trainer!r}")
+    if training.trainer == "dask":  # an unreachable scheduler is named before any training
+        from kuai_assets.ml.dask_training import check_scheduler
+
+        check_scheduler(training.dask_scheduler)
     features = select_features(read_features(matrix), groups)
     params, sample = training, training.sample()
     log(f"{name}: {len(features)} features from {len(groups)} group(s); loading validation rows")
@@ -134,7 +146,12 @@ def train_gbdt(
     rounds = max(1, int(round(validation.best_iteration * training.refit_rounds_factor)))
     started = time.time()
     refit_rows = load_rows(matrix, features, "submission", "fit", sample)
-    final = train_final(refit_rows, features, params, rounds)
+    if training.trainer == "dask":
+        from kuai_assets.ml.dask_training import train_on_dask
+
+        final = train_on_dask(refit_rows, features, params, rounds, training.dask_scheduler, log=log).booster
+    else:
+        final = train_final(refit_rows, features, params, rounds)
     refit_count = len(refit_rows.x)
     del refit_rows
     test = load_rows(matrix, features, "submission", "scored")

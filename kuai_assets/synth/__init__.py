@@ -2,5 +2,6 @@
 
 from kuai_assets.synth.generate import generate
 from kuai_assets.synth.sizes import SIZES, SizeSpec, get_size
+from kuai_assets.synth.world import WORLDS, World, get_world
 
-__all__ = ["generate", "SIZES", "SizeSpec", "get_size"]
+__all__ = ["generate", "SIZES", "SizeSpec", "get_size", "WORLDS", "World", "get_world"]

@@ -31,9 +31,14 @@ from kuai_assets.synth.sizes import SizeSpec
 from kuai_assets.synth.zipwriter import StoredZipWriter
 from kuai_assets.synth.world import (
     BASE_TIME_MS,
+    POPULARITY_SIGMA,
     TEST_HOURS,
     TRAIN_HOURS,
     Photos,
+    World,
+    add_photo_detail,
+    apply_world,
+    get_world,
     make_photos,
     make_topics,
     make_users,
@@ -43,8 +48,7 @@ from kuai_assets.synth.world import (
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "1"
-POPULARITY_SIGMA = 1.6
+GENERATOR_VERSION = "2"  # 2: named worlds (the demo world draws what version 1 drew)
 TSV = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
 
 
@@ -55,8 +59,14 @@ def generate(
     visual_format: str = "zip",
     zip_compression: str = "stored",
     visual_prefix: str = "final_visual",
+    world: str | World = "demo",
 ) -> dict:
-    """Generate a dataset at `out`. Returns the summary also written to ground_truth/summary.json."""
+    """Generate a dataset at `out`. Returns the summary also written to ground_truth/summary.json.
+
+    `world` names the generative story (`world.WORLDS`; an unknown name is refused, listing the
+    choices); the default `demo` writes exactly what the generator wrote before worlds existed.
+    """
+    world = get_world(world) if isinstance(world, str) else world
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} already exists; remove it or choose another --out")
@@ -65,7 +75,7 @@ def generate(
         shutil.rmtree(tmp)
     started = time.time()
     try:
-        summary = _generate_into(tmp, spec, seed, visual_format, zip_compression, visual_prefix)
+        summary = _generate_into(tmp, spec, seed, visual_format, zip_compression, visual_prefix, world)
         summary["seconds"] = round(time.time() - started, 1)
         (tmp / layout.GROUND_TRUTH_DIR / "summary.json").write_text(json.dumps(summary, indent=2))
         os.replace(tmp, out)
@@ -76,16 +86,26 @@ def generate(
 
 
 def _generate_into(
-    root: Path, spec: SizeSpec, seed: int, visual_format: str, zip_compression: str, visual_prefix: str
+    root: Path,
+    spec: SizeSpec,
+    seed: int,
+    visual_format: str,
+    zip_compression: str,
+    visual_prefix: str,
+    world: World,
 ) -> dict:
     for split in layout.SPLITS:
         (root / split).mkdir(parents=True)
     (root / layout.GROUND_TRUTH_DIR).mkdir()
-    seeds = np.random.SeedSequence(seed).spawn(6)
+    # streams 0-5 are the demo story's; 6 and 7 only the other worlds' mechanisms draw from
+    # (spawning more children leaves the first six unchanged)
+    seeds = np.random.SeedSequence(seed).spawn(8)
     world_rng = np.random.default_rng(seeds[0])
+    extras_rng = np.random.default_rng(seeds[6])
 
     topics = make_topics(spec, world_rng)
     users = make_users(spec, world_rng)
+    apply_world(world, topics, users, extras_rng)
     train_pool = pool_size_for(spec.n_train_photos, spec.n_train_rows, POPULARITY_SIGMA, world_rng)
     test_pool = pool_size_for(spec.n_test_photos, spec.n_test_rows, POPULARITY_SIGMA, world_rng)
     train_photos = make_photos(
@@ -100,12 +120,15 @@ def _generate_into(
         world_rng,
         POPULARITY_SIGMA,
     )
+    add_photo_detail(world, train_photos, extras_rng)
+    add_photo_detail(world, test_photos, extras_rng)
     periods = {
         "train": (Period("train", 0.0, TRAIN_HOURS), train_photos),
         "test": (Period("test", TRAIN_HOURS, TRAIN_HOURS + TEST_HOURS), test_photos),
     }
 
     intercept = None
+    mechanism_rng = np.random.default_rng(seeds[7])
     counts: dict[str, dict] = {}
     truth_p, truth_click = [], []
     for split, (period, photos) in periods.items():
@@ -119,7 +142,7 @@ def _generate_into(
             for start in range(0, len(users), spec.users_per_block):
                 block_users = np.arange(start, min(start + spec.users_per_block, len(users)))
                 block, intercept = generate_block(
-                    users, block_users, photos, sampler, period, rng, BASE_TIME_MS, intercept
+                    users, block_users, photos, sampler, period, rng, BASE_TIME_MS, intercept, world, mechanism_rng
                 )
                 shown[block.photo_index] = True
                 write(_interaction_table(block, split))
@@ -154,6 +177,8 @@ def _generate_into(
         generator_version=GENERATOR_VERSION,
         size=spec.name,
         seed=seed,
+        world=world.name,
+        world_switches=world.switches(),
         spec=asdict(spec),
         users=len(users),
         intercept=intercept,

@@ -13,14 +13,22 @@ from kuai_assets.synth.world import (
     EXPOSURE_HALF_LIFE_HOURS,
     EXPOSURE_LIFETIME_HOURS,
     HOUR_MS,
+    POPULARITY_SIGMA,
     SLOT_HOURS,
+    TEST_HOURS,
+    TRAIN_HOURS,
     Photos,
     Users,
+    World,
+    WORLDS,
 )
 
 TARGET_CLICK_RATE = 0.2023
 PERSONALISED_SHARE = 0.55  # share of impressions the recommender picks from the user's interests
 DAY_OFFSET_HOURS = 7.0  # the anonymised clock starts at 7 in the morning
+# click-blind timeline: mean seconds added to every pause in place of what was watched (about the
+# demo's mean watched seconds per batch, so the pace of sessions stays comparable)
+BLIND_WATCH_SECONDS = 8.0
 
 
 @dataclass(frozen=True)
@@ -143,12 +151,19 @@ def generate_block(
     rng: np.random.Generator,
     base_time_ms: int,
     intercept: float | None,
+    world: World = WORLDS["demo"],
+    world_rng: np.random.Generator | None = None,
 ) -> tuple[Block, float]:
     """Impressions of `users[user_index]` in `period`. Returns the block and the intercept used.
 
     With `intercept=None` the intercept is solved so this block's mean click probability is the
-    real click rate, and the caller reuses it for every later block and for test.
+    real click rate, and the caller reuses it for every later block and for test. The world's
+    mechanisms draw only from `world_rng` (required unless the world is `demo`), so `rng` draws the
+    same numbers in every world up to the first place a mechanism changes what it is drawn for.
+    p_click is the true probability of each row under the world, every mechanism included.
     """
+    if world_rng is None and world != WORLDS["demo"]:
+        raise ValueError(f"world {world.name!r} needs its own random stream (world_rng)")
     n_topics = users.interest.shape[1]
     rows_per_user = users.n_train_rows[user_index] if period.name == "train" else users.n_test_rows[user_index]
     n = int(rows_per_user.sum())
@@ -175,6 +190,16 @@ def generate_block(
     interest_cdf = np.cumsum(users.interest[user_index], axis=1)
     interest_cdf /= interest_cdf[:, -1:]
     topic = categorical_rows(interest_cdf, row_user, rng)
+    drift = None
+    if world.interest_drift > 0:
+        # the share of the late interest at each row's time: a mixture, drawn as one
+        row_hour = session_hour[session_of_batch[batch_of_row]]
+        drift = world.interest_drift * np.clip(row_hour / (TRAIN_HOURS + TEST_HOURS), 0.0, 1.0)
+        late_cdf = np.cumsum(users.late_interest[user_index], axis=1)
+        late_cdf /= late_cdf[:, -1:]
+        late_topic = categorical_rows(late_cdf, row_user, world_rng)
+        from_late = world_rng.random(n) < drift
+        topic[from_late] = late_topic[from_late]
     general = rng.random(n) >= PERSONALISED_SHARE
     general |= sampler.topic_totals[row_slot, topic] <= 0
     topic[general] = sampler.global_topics(row_slot[general], rng)
@@ -197,6 +222,8 @@ def generate_block(
     row_user, gu, batch_of_row, photo, row_slot = (
         a[keep] for a in (row_user, gu, batch_of_row, photo, row_slot)
     )
+    if drift is not None:
+        drift = drift[keep]
     n = len(photo)
     batch_size = np.bincount(batch_of_row, minlength=n_batches)[batch_of_row]
     depth = batch_in_session[batch_of_row]
@@ -207,7 +234,11 @@ def generate_block(
     t = photos.topic[photo].astype(np.int64)
     has_face = photos.n_faces[photo] > 0
     duration = photos.duration[photo]
-    alignment = np.log(0.03 + n_topics * users.interest[gu, t])
+    if drift is None:
+        interest = users.interest[gu, t]
+    else:
+        interest = (1.0 - drift) * users.interest[gu, t] + drift * users.late_interest[gu, t]
+    alignment = np.log(0.03 + n_topics * interest)
     logit = (
         users.base_logit[gu]
         + 0.35 * alignment
@@ -226,6 +257,11 @@ def generate_block(
         - 0.04 * np.minimum(depth, 15)
         + 0.2 * np.sin(2 * np.pi * hour_of_day / 24)
     )
+    if world.fine_taste > 0:
+        logit += world.fine_taste * np.einsum("ij,ij->i", users.taste_direction[gu], photos.detail[photo])
+    if world.popular_appeal > 0:
+        log_popularity = np.log(photos.popularity[photo])
+        logit += world.popular_appeal * log_popularity / POPULARITY_SIGMA
     if intercept is None:
         intercept = _solve_intercept(logit, TARGET_CLICK_RATE)
     p_click = 1.0 / (1.0 + np.exp(-(logit + intercept)))
@@ -243,7 +279,11 @@ def generate_block(
     follow = click & (rng.random(n) < 1 / (1 + np.exp(-(-5.4 + 0.5 * alignment))))
 
     # batch times: the next screen comes after a short pause plus what the user watched
-    watched_seconds = np.bincount(batch_of_row, weights=np.minimum(playing, 1200) * click, minlength=n_batches)
+    if world.click_blind_timeline:
+        # the pause is drawn for the batch alone: nothing shown or clicked in it moves it
+        watched_seconds = world_rng.exponential(BLIND_WATCH_SECONDS, size=n_batches)
+    else:
+        watched_seconds = np.bincount(batch_of_row, weights=np.minimum(playing, 1200) * click, minlength=n_batches)
     gap_ms = np.rint((4.0 + rng.exponential(18.0, size=n_batches) + watched_seconds) * 1000)
     cum = np.cumsum(gap_ms)
     session_first = _segment_starts(new_session)

@@ -31,6 +31,7 @@ class SizeSpec:
 
 SIZES: dict[str, SizeSpec] = {
     "tiny": SizeSpec("tiny", 120, 4_000, 1_000, 48_000, 7_500, 8_000, users_per_block=60),
+    "small": SizeSpec("small", 500, 41_500, 8_500, 540_000, 85_000, 30_000, users_per_block=250),
     "demo": SizeSpec("demo", 2_000, 166_000, 34_000, 2_160_000, 340_000, 60_000, users_per_block=500),
     "preliminary": SizeSpec(
         "preliminary", 15_140, 4_278_686, 895_846, 20_854_340, 3_291_332, 233_000

@@ -8,11 +8,16 @@ train and test photos:
   preferences for faces, gender, text and duration.
 - Photos are published over time, have heavy-tailed popularity and a decaying exposure.
 Nothing here is observable directly; `impressions.py` turns it into the released files.
+
+A `World` names which mechanisms of a real short-video log are switched on (`WORLDS`, chosen with
+`--world`). `demo` is the original story and draws exactly the same numbers as before worlds
+existed; every other mechanism draws from its own random stream, so switching one on leaves the
+rest of the story (users, photos, sessions) as in `demo` wherever it does not depend on it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -27,6 +32,109 @@ EXPOSURE_LIFETIME_HOURS = 24.0
 # The real timestamps are milliseconds shifted into 1994 (e.g. 760994920751).
 BASE_TIME_MS = 760_994_920_751
 LATENT_DIM = 24
+POPULARITY_SIGMA = 1.6  # sd of a photo's log popularity
+
+
+@dataclass(frozen=True)
+class World:
+    """Switches of the generative story. The defaults are the `demo` world.
+
+    - click_blind_timeline: the pause before a user's next batch no longer includes what was
+      watched in the batch; it is drawn independently of the batch's photos and clicks.
+    - interest_drift: share of each user's topic interest replaced, linearly over the 48 hours, by
+      a second independent interest (0: fixed interests). Drives both what is shown and clicks.
+    - fine_taste: logit per unit of (user's unit direction . photo's within-subtopic latent detail);
+      the detail is the visual latent's own noise, so it shows in the vector but in no topic,
+      subtopic or cluster (0: no such taste; the latent noise is then drawn as before).
+    - face_rate_scale / text_rate_scale: multiply each topic's probability of a face / cover text.
+    - popular_appeal: logit per standard deviation of a photo's log popularity (the same latent
+      that drives its exposure), so widely shown photos are also clicked more.
+    """
+
+    name: str
+    summary: str
+    click_blind_timeline: bool = False
+    interest_drift: float = 0.0
+    fine_taste: float = 0.0
+    face_rate_scale: float = 1.0
+    text_rate_scale: float = 1.0
+    popular_appeal: float = 0.0
+
+    def __post_init__(self):
+        for name, low, high in (
+            ("interest_drift", 0.0, 1.0),
+            ("face_rate_scale", 0.0, 1.0),
+            ("text_rate_scale", 0.0, 1.0),
+        ):
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ValueError(f"world {self.name!r}: {name} must be within [{low}, {high}], got {value}")
+
+    def switches(self) -> dict:
+        """The settings that differ from `demo`, for summaries."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("name", "summary") and getattr(self, f.name) != f.default
+        }
+
+
+WORLDS: dict[str, World] = {
+    w.name: w
+    for w in (
+        World(
+            "demo",
+            "the original story: the next batch comes after what the user watched, fixed interests, "
+            "taste over topics and subtopics, faces on ~38% and text on ~46% of photos",
+        ),
+        World(
+            "click_blind_timeline",
+            "as demo, but the pause before the next batch is independent of what was shown and clicked "
+            "(the impression log's timing carries no label)",
+            click_blind_timeline=True,
+        ),
+        World(
+            "drifting_interests",
+            "as demo, but each user's topic interest moves linearly over the 48 hours towards a second, "
+            "independent one (80% of it replaced by the end; the test window is the furthest from early train)",
+            interest_drift=0.8,
+        ),
+        World(
+            "fine_visual_taste",
+            "as demo, plus a per-user direction in the visual latent space that acts within every topic "
+            "and subtopic (no cluster captures it; only the vectors themselves do)",
+            fine_taste=0.8,
+        ),
+        World(
+            "sparse_faces_text",
+            "as demo, but faces on ~6% and cover text on ~7% of photos (the real data: 38% and 46%)",
+            face_rate_scale=0.15,
+            text_rate_scale=0.15,
+        ),
+        World(
+            "popular_appeal",
+            "as demo, plus clicks that rise with a photo's latent popularity (the same latent that "
+            "drives how often it is shown)",
+            popular_appeal=0.4,
+        ),
+        World(
+            "all_shifts",
+            "click-blind timeline, drifting interests, fine visual taste and sparse faces and text at once",
+            click_blind_timeline=True,
+            interest_drift=0.8,
+            fine_taste=0.8,
+            face_rate_scale=0.15,
+            text_rate_scale=0.15,
+        ),
+    )
+}
+
+
+def get_world(name: str) -> World:
+    try:
+        return WORLDS[name]
+    except KeyError:
+        raise ValueError(f"Unknown world {name!r}; choose one of {', '.join(WORLDS)}") from None
 
 
 @dataclass
@@ -69,6 +177,9 @@ class Photos:
     # words, flat: word_photo[i] is the photo (pool index) of cover word i
     word_photo: np.ndarray
     word_id: np.ndarray
+    # (pool, Z) within-subtopic latent detail, only in worlds with a fine visual taste; the
+    # visual vector's latent noise is then this instead of a fresh draw
+    detail: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.photo_id)
@@ -89,6 +200,9 @@ class Users:
     phase_hours: np.ndarray  # personal shift of the daily rhythm
     n_train_rows: np.ndarray
     n_test_rows: np.ndarray
+    # world extras (None when the world does not use them)
+    late_interest: np.ndarray | None = None  # (U, T) the interest drifted towards
+    taste_direction: np.ndarray | None = None  # (U, Z) unit vectors in the visual latent space
 
     def __len__(self) -> int:
         return len(self.user_id)
@@ -269,11 +383,12 @@ def visual_vectors(
 ) -> np.ndarray:
     """2048-d non-negative cover vectors (ReLU-like) for the photos at pool positions `index`."""
     t = photos.topic[index]
+    noise = rng.standard_normal((len(index), LATENT_DIM)) if photos.detail is None else photos.detail[index]
     z = (
         topics.visual_center[t]
         + topics.subtopic_offset[t, photos.subtopic[index]]
         + 0.9 * photos.quality[index, None] * topics.quality_direction
-        + 0.8 * rng.standard_normal((len(index), LATENT_DIM))
+        + 0.8 * noise
     ).astype(np.float32)
     x = z @ topics.projection
     x *= 0.5
@@ -281,3 +396,24 @@ def visual_vectors(
     x += 0.25 * rng.standard_normal(x.shape, dtype=np.float32)
     np.maximum(x, 0.0, out=x)
     return x
+
+
+def apply_world(world: World, topics: Topics, users: Users, rng: np.random.Generator) -> None:
+    """Add the world's extras to the topics and users, drawing only from `rng` (not the demo streams)."""
+    if world.face_rate_scale != 1.0:
+        topics.face_probability = topics.face_probability * world.face_rate_scale
+    if world.text_rate_scale != 1.0:
+        topics.text_probability = topics.text_probability * world.text_rate_scale
+    if world.interest_drift > 0:
+        users.late_interest = rng.dirichlet(np.full(users.interest.shape[1], 0.25), size=len(users)).astype(
+            np.float32
+        )
+    if world.fine_taste > 0:
+        direction = rng.standard_normal((len(users), LATENT_DIM))
+        users.taste_direction = (direction / np.linalg.norm(direction, axis=1, keepdims=True)).astype(np.float32)
+
+
+def add_photo_detail(world: World, photos: Photos, rng: np.random.Generator) -> None:
+    """Give each photo of the pool its latent detail when the world has a fine visual taste."""
+    if world.fine_taste > 0:
+        photos.detail = rng.standard_normal((len(photos), LATENT_DIM)).astype(np.float32)

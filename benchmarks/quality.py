@@ -1,0 +1,288 @@
+"""How close the platform comes to the oracle in each generative world of the synthetic generator.
+
+    python benchmarks/quality.py --size demo [--worlds a,b] [--out DIR] [--seed 7] [--without feature_group_ablation]
+
+For each world: generate the dataset under OUT/data/<size>-<world>-seed<seed> (reused when it is
+already there and its summary names the same size, world and seed), then materialize the whole
+Dagster graph of `kuai_assets.definitions.defs` in a child process with `dagster.materialize`, the
+resources pointing at that dataset and at a fresh work dir OUT/work/<size>-<world>-seed<seed>.
+Each world runs in its own process, so one world failing or running out of memory leaves the others.
+
+Printed per world: the oracle AUC (true click probabilities), and for each model asset present in
+the graph (`model`, the GBDT; `attention_model`; `blend`; and `baseline_model` for reference) its
+validation AUC (materialization metadata `valid_auc`), its test AUC (the `evaluation` asset's figure
+for `model`, else its stored test predictions scored against the ground truth), the closure of the
+oracle gap (AUC - 0.5) / (oracle - 0.5) and validation - test; the wall time of generation and of
+the graph. Figures go to OUT/quality-<size>.json as well, and a Markdown table ends the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+MODEL_ASSETS = ["model", "attention_model", "blend", "baseline_model"]
+MARK = "QUALITY_RESULT "
+
+
+def dataset(out: Path, size: str, world: str, seed: int, vector_dim: int | None) -> tuple[Path, dict, float]:
+    """The world's dataset (generated unless a matching one is there), its summary, generation seconds."""
+    from kuai_assets.synth import generate, get_size, get_world
+
+    name = f"{size}-{world}-seed{seed}" + (f"-d{vector_dim}" if vector_dim else "")
+    root = out / "data" / name
+    summary_file = root / "ground_truth" / "summary.json"
+    if summary_file.exists():
+        summary = json.loads(summary_file.read_text())
+        if (summary.get("size"), summary.get("world", "demo"), summary.get("seed")) != (size, world, seed):
+            raise SystemExit(f"{root} holds size/world/seed {summary.get('size')}/{summary.get('world')}/"
+                             f"{summary.get('seed')}, not {size}/{world}/{seed}; remove it or choose another --out")
+        switches = get_world(world).switches()
+        if summary.get("world_switches", {}) != json.loads(json.dumps(switches)):
+            raise SystemExit(f"{root} was generated with the switches {summary.get('world_switches')}, but world "
+                             f"{world!r} now has {switches}; remove it to regenerate")
+        return root, summary, 0.0
+    spec = get_size(size)
+    if vector_dim:
+        spec = spec.with_vector_dim(vector_dim)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    summary = generate(root, spec, seed=seed, world=world)
+    return root, summary, time.time() - started
+
+
+def score_predictions(truth: Path, predictions: Path) -> float:
+    """AUC of a stored predictions table (user_id, photo_id, p_click) on the ground-truth rows."""
+    import duckdb
+
+    from kuai_assets.formats.released import read_ground_truth
+    from kuai_assets.ml.metrics import roc_auc
+    from kuai_assets.storage import sql_string
+
+    con = duckdb.connect()
+    try:
+        total = read_ground_truth(con, truth)
+        joined = con.execute(
+            f"select g.click, p.p_click from ground_truth g join read_parquet({sql_string(predictions)}) p "
+            "using (user_id, photo_id)"
+        ).fetchnumpy()
+    finally:
+        con.close()
+    if len(joined["click"]) != total:
+        raise ValueError(f"{predictions}: only {len(joined['click'])} of {total} ground-truth rows have a prediction")
+    return roc_auc(joined["click"], joined["p_click"])
+
+
+def run_world(data: Path, work: Path, without: list[str]) -> dict:
+    """Materialize the graph on one dataset (in this process); the figures of every model asset."""
+    import dagster as dg
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from kuai_assets.defs.resources import TrackingResource, WorkspaceResource
+    from kuai_assets.definitions import defs
+    from kuai_assets.storage import WorkDir
+
+    work.mkdir(parents=True, exist_ok=True)
+    home = work / "dagster_home"
+    home.mkdir(exist_ok=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    resources = {
+        "workspace": WorkspaceResource(data_dir=str(data), work_dir=str(work)),
+        "tracking": TrackingResource(
+            tracking_uri=f"sqlite:///{work}/mlflow/mlflow.db", artifact_root=str(work / "mlflow" / "artifacts")
+        ),
+    }
+    keys = {key.to_user_string() for a in defs.assets for key in getattr(a, "keys", [])}
+    unknown = sorted(set(without) - keys)
+    if unknown:
+        raise SystemExit(f"--without: no asset named {', '.join(unknown)} in the graph")
+    selection = dg.AssetSelection.all()
+    if without:
+        selection = selection - dg.AssetSelection.assets(*without)
+    started = time.time()
+    step_seconds: dict[str, float] = {}
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        result = dg.materialize(
+            [*defs.assets, *defs.asset_checks],
+            instance=instance,
+            resources=resources,
+            selection=selection,
+            raise_on_error=False,
+        )
+        for event in result.all_events:
+            if event.is_step_success and event.step_key:
+                step_seconds[event.step_key] = round(event.event_specific_data.duration_ms / 1000, 1)
+    graph_seconds = time.time() - started
+    metadata: dict[str, dict] = {}
+    for event in result.get_asset_materialization_events():
+        mat = event.event_specific_data.materialization
+        metadata[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
+    failed = [e.step_key for e in result.all_events if e.is_step_failure]
+    truth = data / "ground_truth" / "test_ground_truth.txt"
+    evaluation = metadata.get("evaluation", {})
+    models = {}
+    for name in MODEL_ASSETS:
+        if name not in keys:
+            continue
+        info: dict = {"in_graph": True, "materialized": name in metadata}
+        if name in metadata:
+            info["valid_auc"] = metadata[name].get("valid_auc")
+            test_auc = None
+            if name == "model":
+                test_auc = evaluation.get("test_auc")
+            elif name == "baseline_model":
+                test_auc = evaluation.get("baseline_test_auc")
+            if test_auc is None:
+                test_auc = evaluation.get(f"{name}_test_auc")
+            if test_auc is None:
+                predictions = WorkDir(work).store_path(name) / "test_predictions.parquet"
+                if predictions.exists():
+                    test_auc = score_predictions(truth, predictions)
+            info["test_auc"] = test_auc
+        models[name] = info
+    ablation = metadata.get("feature_group_ablation", {}).get("variants")
+    return {
+        "success": result.success,
+        "failed_steps": failed,
+        "graph_seconds": round(graph_seconds, 1),
+        "step_seconds": step_seconds,
+        "models": models,
+        "evaluation_oracle_auc": evaluation.get("oracle_auc"),
+        "ablation": ablation,
+    }
+
+
+def child_main(args: argparse.Namespace) -> int:
+    figures = run_world(Path(args.child_data), Path(args.child_work), split(args.without))
+    print(MARK + json.dumps(figures), flush=True)
+    return 0
+
+
+def split(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def closure(auc: float | None, oracle: float) -> float | None:
+    return None if auc is None else (auc - 0.5) / (oracle - 0.5)
+
+
+def fmt(value, digits=4) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def table_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
+    present = [m for m in MODEL_ASSETS if any(m in r.get("models", {}) for r in results)]
+    header = ["world", "oracle AUC"]
+    for m in present:
+        header += [f"{m} valid", f"{m} test", f"{m} closure", f"{m} valid-test"]
+    header += ["generate s", "graph s", "status"]
+    rows = []
+    for r in results:
+        oracle = r["oracle_auc"]
+        row = [r["world"], fmt(oracle)]
+        for m in present:
+            info = r.get("models", {}).get(m)
+            if not info or not info.get("materialized"):
+                row += ["-", "-", "-", "-"] if info else ["n/a"] * 4
+                continue
+            valid, test = info.get("valid_auc"), info.get("test_auc")
+            row += [fmt(valid), fmt(test), fmt(closure(test, oracle), 3),
+                    fmt(None if valid is None or test is None else valid - test, 4)]
+        row += [f"{r['generate_seconds']:.0f}", f"{r.get('graph_seconds', 0):.0f}",
+                "ok" if r.get("success") else f"FAILED {','.join(r.get('failed_steps', [])) or r.get('error', '')}"]
+        rows.append(row)
+    return header, rows
+
+
+def print_table(results: list[dict]) -> None:
+    header, rows = table_rows(results)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+
+
+def markdown(results: list[dict]) -> str:
+    header, rows = table_rows(results)
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="demo")
+    parser.add_argument("--worlds", default=None, help="comma-separated world names (default: every world)")
+    parser.add_argument("--out", type=Path, default=Path(".kuai/quality"))
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--vector-dim", type=int, default=None, help="visual vector length (default 2048)")
+    parser.add_argument("--without", default=None, help="comma-separated leaf assets to skip, e.g. feature_group_ablation")
+    parser.add_argument("--child-data", help=argparse.SUPPRESS)
+    parser.add_argument("--child-work", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child_data:
+        return child_main(args)
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from kuai_assets.synth import WORLDS, get_size, get_world
+
+    get_size(args.size)
+    worlds = split(args.worlds) or list(WORLDS)
+    for name in worlds:
+        get_world(name)
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    results_file = out / f"quality-{args.size}.json"
+    # figures of worlds measured by an earlier run into the same folder are kept (and reprinted)
+    earlier = json.loads(results_file.read_text()) if results_file.exists() else []
+    kept = [r for r in earlier if r["world"] not in worlds and r.get("seed") == args.seed]
+    results = []
+    for world in worlds:
+        print(f"[quality] {world}: dataset ...", flush=True)
+        data, summary, generate_seconds = dataset(out, args.size, world, args.seed, args.vector_dim)
+        name = data.name
+        work = out / "work" / name
+        if work.exists():
+            import shutil
+
+            shutil.rmtree(work)
+        print(f"[quality] {world}: data {data} ({generate_seconds:.0f}s), oracle AUC {summary['oracle_auc']:.4f}; "
+              f"materializing the graph into {work} ...", flush=True)
+        started = time.time()
+        command = [sys.executable, str(Path(__file__).resolve()), "--child-data", str(data), "--child-work", str(work)]
+        if args.without:
+            command += ["--without", args.without]
+        log_file = out / f"{name}.log"
+        with open(log_file, "w") as log:
+            child = subprocess.run(command, stdout=subprocess.PIPE, stderr=log, text=True)
+        record = {"world": world, "size": args.size, "seed": args.seed, "oracle_auc": summary["oracle_auc"],
+                  "generate_seconds": round(generate_seconds, 1), "wall_seconds": round(time.time() - started, 1),
+                  "log": str(log_file)}
+        marked = [line for line in child.stdout.splitlines() if line.startswith(MARK)]
+        if child.returncode == 0 and marked:
+            record.update(json.loads(marked[-1][len(MARK):]))
+        else:
+            record.update(success=False, error=f"child exited {child.returncode}; see {log_file}")
+        results.append(record)
+        print(f"[quality] {world}: {'ok' if record.get('success') else 'FAILED'} in {record['wall_seconds']:.0f}s wall",
+              flush=True)
+        print_table(kept + results)
+        results_file.write_text(json.dumps(kept + results, indent=2))
+    order = list(WORLDS)
+    results = sorted(kept + results, key=lambda r: order.index(r["world"]) if r["world"] in order else len(order))
+    print()
+    print_table(results)
+    print(f"\n(figures in {results_file})\n")
+    print(markdown(results))
+    return 0 if all(r.get("success") for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

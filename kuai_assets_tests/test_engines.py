@@ -1,0 +1,222 @@
+"""The same SQL definitions on DuckDB and on Spark give the same tables; bad engine settings are named.
+
+Spark runs `local[2]` in this process's JVM and needs Java 17+: without it these tests fail with
+the reason (they are never skipped). The tiny data's raw and visual tables are materialized once;
+every SQL table model then runs on each engine in its own work dir (on Spark the whole chain runs
+on Spark: model_rows and label_history too).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from kuai_assets.engines import Engine, EngineError
+from kuai_assets.engines.spark import java_problem, stop_sessions
+from kuai_assets.features.catalog import SOURCE_TABLES, load_catalog
+from kuai_assets.features.runner import materialize_table_model
+from kuai_assets.storage import WorkDir
+from kuai_assets_tests.conftest import make_resources
+
+# a JVM that starts fast (the C1 compiler only) and few shuffle partitions: the tables are tiny
+TEST_SPARK = Engine(
+    "spark",
+    "local[2]",
+    (("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1"), ("spark.sql.shuffle.partitions", "2")),
+)
+
+
+def sql_models_in_order() -> list[str]:
+    catalog = load_catalog()
+    features = sorted(n for n, m in catalog.items() if m.is_feature_group and m.sql is not None)
+    return ["model_rows", "label_history", *features]
+
+
+def materialize_upstream(data: Path, work: Path) -> None:
+    from kuai_assets.defs import raw, visual
+
+    dg.materialize(dg.load_assets_from_modules([raw, visual]), resources=make_resources(data, work))
+
+
+def link_sources(source: Path, work: Path) -> WorkDir:
+    (work / "tables").mkdir(parents=True)
+    for name in SOURCE_TABLES:
+        os.link(source / "tables" / f"{name}.parquet", work / "tables" / f"{name}.parquet")
+    return WorkDir(work)
+
+
+@pytest.fixture(scope="module")
+def spark_ready():
+    problem = java_problem()
+    if problem:
+        pytest.fail(f"the Spark tests need Java: {problem}")
+    yield
+    stop_sessions()
+
+
+@pytest.fixture(scope="module")
+def both_engines(tiny_data, tmp_path_factory, spark_ready):
+    """Every SQL table model materialized by DuckDB and by Spark: {engine: (WorkDir, seconds)}."""
+    root = tmp_path_factory.mktemp("engines")
+    materialize_upstream(tiny_data, root / "upstream")
+    catalog = load_catalog()
+    out = {}
+    for name, engine in (("duckdb", Engine()), ("spark", TEST_SPARK)):
+        work = link_sources(root / "upstream", root / name)
+        started = time.time()
+        for model in sql_models_in_order():
+            result = materialize_table_model(catalog[model], work, engine=engine)
+            assert result.engine == ("duckdb" if name == "duckdb" else "spark local[2]")
+            # DuckDB runs a group's numpy fast path where it has one, Spark always the SQL
+            fast = name == "duckdb" and catalog[model].has_fast_path
+            assert result.definition == ("python" if fast else "sql")
+        out[name] = (work, time.time() - started)
+    print(f"\nDuckDB {out['duckdb'][1]:.1f} s, Spark local[2] {out['spark'][1]:.1f} s (JVM start included)")
+    return out
+
+
+def assert_same_table(a: Path, b: Path, grain: list[str], tolerance: float = 1e-6) -> None:
+    """Same columns and types, same rows by grain, floats within `tolerance` (absolute, or relative
+    above 1), the same nulls, everything else equal."""
+    ta, tb = pq.read_table(a), pq.read_table(b)
+    assert [(f.name, str(f.type)) for f in ta.schema] == [(f.name, str(f.type)) for f in tb.schema]
+    fa = ta.to_pandas().sort_values(grain).reset_index(drop=True)
+    fb = tb.to_pandas().sort_values(grain).reset_index(drop=True)
+    assert len(fa) == len(fb) > 0
+    assert (fa[grain].to_numpy() == fb[grain].to_numpy()).all(), "the keys differ"
+    for column in fa.columns:
+        x, y = fa[column], fb[column]
+        assert (x.isna().to_numpy() == y.isna().to_numpy()).all(), f"{column}: nulls differ"
+        x, y = x[~x.isna()], y[~y.isna()]
+        if x.dtype.kind == "f":
+            x, y = x.to_numpy(np.float64), y.to_numpy(np.float64)
+            worst = (np.abs(x - y) / np.maximum(1.0, np.abs(x))).max(initial=0.0)
+            assert worst <= tolerance, f"{column}: differs by {worst:.3g}"
+        else:
+            assert (x.to_numpy() == y.to_numpy()).all(), f"{column} differs"
+
+
+@pytest.mark.parametrize("name", sql_models_in_order())
+def test_spark_gives_the_duckdb_table(both_engines, name):
+    """For a group with a numpy fast path, DuckDB ran the fast path and Spark the SQL."""
+    grain = list(load_catalog()[name].grain)
+    duck, spark = both_engines["duckdb"][0], both_engines["spark"][0]
+    assert_same_table(duck.table_path(name), spark.table_path(name), grain)
+
+
+def test_the_comparison_can_fail(both_engines, tmp_path):
+    """A float moved by more than the tolerance, or one row dropped, is seen."""
+    import pyarrow as pa
+
+    path = both_engines["duckdb"][0].table_path("user_behaviour")
+    table = pq.read_table(path)
+    rates = table.column("user_click_rate").to_numpy().copy()
+    rates[7] += 1e-5
+    moved = tmp_path / "moved.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index("user_click_rate"), "user_click_rate", pa.array(rates)), moved)
+    grain = ["setup", "fold", "user_id"]
+    with pytest.raises(AssertionError, match="user_click_rate: differs by"):
+        assert_same_table(path, moved, grain)
+    dropped = tmp_path / "dropped.parquet"
+    pq.write_table(table.slice(1), dropped)
+    with pytest.raises(AssertionError):
+        assert_same_table(path, dropped, grain)
+
+
+def test_bad_engine_settings_are_named_before_any_work():
+    with pytest.raises(EngineError, match="engine kind 'sparkle' is not one of duckdb, spark"):
+        Engine("sparkle").check()
+    with pytest.raises(EngineError, match=r"spark_url 'spark://x:7077' is neither `local\[N\]`.*nor a Spark Connect URL"):
+        Engine("spark", "spark://x:7077").check()
+    with pytest.raises(EngineError, match=r"Spark Connect server sc://127.0.0.1:1 is unreachable: 127.0.0.1:1: "):
+        Engine("spark", "sc://127.0.0.1:1").check()
+    # a host that never answers (TEST-NET-1): refused within the timeout, not after minutes
+    started = time.time()
+    with pytest.raises(EngineError, match=r"Spark Connect server sc://192.0.2.1:15002 is unreachable"):
+        Engine("spark", "sc://192.0.2.1:15002").check(timeout=2.0)
+    assert time.time() - started < 4.0
+
+
+def test_spark_without_java_is_named(monkeypatch, tmp_path):
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(EngineError, match="Spark local.N. needs Java 17 or later and there is no `java` on PATH"):
+        Engine("spark", "local[2]").check()
+
+
+def test_the_asset_records_its_engine_and_refuses_a_bad_one(both_engines, tiny_data):
+    from kuai_assets.defs.engine import EngineResource
+    from kuai_assets.defs.features import table_model_asset
+
+    work = both_engines["spark"][0]
+    asset = table_model_asset(load_catalog()["face_stats"])
+    before = work.table_path("face_stats").stat().st_mtime_ns
+    resources = make_resources(tiny_data, work.root)
+    resources["engine"] = EngineResource(kind="spark", spark_url="sc://127.0.0.1:1")
+    result = dg.materialize([asset], resources=resources, raise_on_error=False)
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.error
+    assert "Spark Connect server sc://127.0.0.1:1 is unreachable" in str(failure.message)
+    assert work.table_path("face_stats").stat().st_mtime_ns == before  # nothing was touched
+
+    resources["engine"] = EngineResource(kind="spark", spark_url="local[2]")
+    result = dg.materialize([asset], resources=resources)
+    metadata = result.asset_materializations_for_node("face_stats")[0].metadata
+    assert metadata["engine"].value == "spark local[2]" and metadata["definition"].value == "sql"
+
+
+def test_a_python_group_without_sql_is_refused_on_spark(both_engines):
+    catalog = load_catalog()
+    python_only = [m for m in catalog.values() if m.sql is None]
+    if not python_only:
+        pytest.fail("every Python group has a SQL definition now: pick another refusal to test")
+    from kuai_assets.features.spec import CatalogError
+
+    with pytest.raises(CatalogError, match=f"{python_only[0].name} is a Python feature group with no SQL definition"):
+        materialize_table_model(python_only[0], both_engines["spark"][0], engine=TEST_SPARK)
+
+
+FAST_PATHS = sorted(m.name for m in load_catalog().values() if m.has_fast_path)
+
+
+@pytest.mark.parametrize("name", FAST_PATHS)
+def test_the_sql_definition_gives_the_fast_path_table(both_engines, tmp_path, name):
+    """The SQL file run by DuckDB gives the numpy fast path's table."""
+    import dataclasses
+
+    catalog = load_catalog()
+    duck = both_engines["duckdb"][0]
+    work = WorkDir(tmp_path)
+    work.tables.mkdir()
+    for upstream in catalog[name].upstream:
+        os.link(duck.table_path(upstream), work.table_path(upstream))
+    result = materialize_table_model(dataclasses.replace(catalog[name], compute=None), work)
+    assert result.definition == "sql"
+    assert_same_table(duck.table_path(name), work.table_path(name), list(catalog[name].grain))
+
+
+def test_groups_with_a_fast_path():
+    assert FAST_PATHS == ["impression_context", "published_baseline", "user_cluster_affinity", "user_word_affinity"]
+
+
+def test_a_sql_definition_and_its_fast_path_must_agree(tmp_path):
+    import shutil
+
+    from kuai_assets.features.catalog import REPO_ROOT
+    from kuai_assets.features.spec import CatalogError
+
+    root = shutil.copytree(REPO_ROOT / "dbt_like_sql", tmp_path / "sql")
+    path = root / "features" / "user_word_affinity.sql"
+    path.write_text(path.read_text().replace("-- grain: setup, row_id", "-- grain: row_id"))
+    with pytest.raises(
+        CatalogError,
+        match=rf"^{path} and kuai_assets.groups.user_word_affinity disagree on grain: the SQL declares \('row_id',\), "
+        r"the Python group \('setup', 'row_id'\)$",
+    ):
+        load_catalog(root)

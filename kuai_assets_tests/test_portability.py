@@ -1,0 +1,77 @@
+"""The catalog refuses SQL that cannot be carried to Spark faithfully, naming file, line and construct."""
+
+import shutil
+
+import pytest
+
+from kuai_assets.engines.portability import NotPortableError, check_portable, to_spark_sql
+from kuai_assets.features.catalog import REPO_ROOT, CatalogError, load_catalog, load_sql_model
+
+HEADER = "-- A planted group.\n--\n-- grain: user_id\n-- continuous: x\n"
+
+# (construct, SQL body after the header: the construct is on the body's line 2, the file's line 6,
+# exact message after `<file>:6: not portable to Spark: `)
+REFUSED = [
+    (
+        "unknown function",
+        "select user_id,\n       frobnicate(photo_id) as x\nfrom model_rows",
+        "unknown function frobnicate(): sqlglot cannot translate it to Spark",
+    ),
+    (
+        "ordered aggregate",
+        "select user_id,\n       len(list(photo_id order by time)) as x\nfrom model_rows\ngroup by user_id",
+        "ordered aggregate list(... ORDER BY ...): Spark does not keep the order inside list()",
+    ),
+    (
+        "hash",
+        "select user_id,\n       max(hash(photo_id) % 5) as x\nfrom model_rows\ngroup by user_id",
+        "hash(): DuckDB's and Spark's hash functions give different values",
+    ),
+    (
+        "pivot",
+        "select user_id, validation as x from model_rows\npivot (count(*) for setup in ('validation', 'submission'))",
+        "PIVOT: DuckDB's PIVOT has no faithful Spark translation; write the CASE columns out",
+    ),
+    (
+        "columns",
+        "select user_id,\n       columns('^ro') as x\nfrom model_rows",
+        "COLUMNS(...): a DuckDB star expression with no Spark equivalent; list the columns",
+    ),
+    (
+        "list slice",
+        "select photo_id as user_id,\n       len(words[1:2]) as x\nfrom raw_text",
+        "list slice [a:b]: DuckDB's 1-based inclusive slices have no faithful Spark translation",
+    ),
+]
+
+
+@pytest.mark.parametrize("construct, body, why", REFUSED, ids=[r[0] for r in REFUSED])
+def test_each_construct_is_refused_with_file_line_and_construct(tmp_path, construct, body, why):
+    path = tmp_path / "features" / "planted.sql"
+    path.parent.mkdir()
+    path.write_text(HEADER + body)
+    with pytest.raises(NotPortableError) as refused:
+        load_sql_model(path)
+    assert str(refused.value) == f"{path}:6: not portable to Spark: {why}"
+
+
+def test_the_catalog_refuses_a_non_portable_file_among_portable_ones(tmp_path):
+    load_catalog(shutil.copytree(REPO_ROOT / "dbt_like_sql", tmp_path / "today"))  # all portable
+    root = shutil.copytree(REPO_ROOT / "dbt_like_sql", tmp_path / "planted")  # (the catalog caches by folder)
+    planted = root / "features" / "planted.sql"
+    planted.write_text(HEADER + REFUSED[1][1])
+    with pytest.raises(CatalogError, match=rf"^{planted}:6: not portable to Spark: ordered aggregate list\("):
+        load_catalog(root)
+
+
+def test_window_order_and_portable_functions_pass():
+    check_portable("select row_number() over (partition by user_id order by time) as n from model_rows", "ok.sql")
+    check_portable("select max_by(photo_id, time), count(*) filter (where click = 1) from label_history", "ok.sql")
+
+
+def test_variables_become_typed_literals():
+    sql = "select cast(getvariable('hours') * 3600000 as bigint) as t, row_id % getvariable('folds') as f from m"
+    spark = to_spark_sql(sql, {"hours": 12.0, "folds": 5}, "v.sql")
+    assert spark == "SELECT CAST(CAST(12.0 AS DOUBLE) * 3600000 AS BIGINT) AS t, row_id % 5 AS f FROM m"
+    with pytest.raises(NotPortableError, match=r"^v.sql:1: getvariable\('nope'\) names no variable of the header \(it has: folds\)$"):
+        to_spark_sql("select getvariable('nope') as x", {"folds": 5}, "v.sql")
