@@ -84,6 +84,7 @@ TINY_RUN_CONFIG = {
         "feature_group_ablation": {"config": {"max_fit_rows": 20_000, "max_rounds": 60, "early_stopping_rounds": 10}},
         "model": {"config": {"max_rounds": 300, "early_stopping_rounds": 30}},
         "baseline_model": {"config": {"max_rounds": 200, "early_stopping_rounds": 20}},
+        "attention_model": {"config": {"max_epochs": 2, "fit_targets_per_epoch": 20_000, "leak_check_targets": 5_000}},
     }
 }
 

@@ -40,7 +40,13 @@ EXPECTED_GRAPH = {
     "model": ("model", ["training_matrix"]),
     "baseline_model": ("model", ["training_matrix"]),
     "feature_group_ablation": ("model", ["training_matrix"]),
-    "submission": ("model", ["model", "training_matrix"]),
+    "attention_model": (
+        "model",
+        sorted(["training_matrix", "model_rows", "label_history", "pca_visual_features", "video_clusters", "raw_text",
+                "raw_faces", "raw_interactions"]),
+    ),
+    "blend": ("model", ["attention_model", "model", "training_matrix"]),
+    "submission": ("model", ["blend", "model", "training_matrix"]),
     "evaluation": ("model", ["baseline_model", "submission"]),
 }
 
@@ -70,7 +76,8 @@ def test_jobs_and_resources():
     assert {j.name for j in defs.jobs} == {"everything", "retrain", "rescore"}
     retrain = defs.resolve_job_def("retrain")
     assert {k.to_user_string() for k in retrain.asset_layer.selected_asset_keys} == {
-        "training_matrix", "model", "baseline_model", "feature_group_ablation", "submission", "evaluation"
+        "training_matrix", "model", "baseline_model", "feature_group_ablation", "attention_model", "blend",
+        "submission", "evaluation",
     }
     assert set(defs.resources) == {"workspace", "tracking", "engine"}
     assert isinstance(defs.resolve_job_def("everything"), dg.JobDefinition)

@@ -4,12 +4,13 @@
 import json
 
 import dagster as dg
+import pyarrow.parquet as pq
 from pydantic import Field
 
 from kuai_assets.defs.factory import versioned_asset
 from kuai_assets.defs.metadata import clear_failures, image, markdown_table, table_metadata
 from kuai_assets.defs.resources import TrackingResource, WorkspaceResource
-from kuai_assets.features.catalog import feature_groups, load_catalog
+from kuai_assets.features.catalog import CatalogError, feature_groups, load_catalog
 from kuai_assets.features.matrix import MATRIX, Feature, build_training_matrix, read_features
 from kuai_assets.formats import layout
 from kuai_assets.formats.submission import validate_submission, write_submission
@@ -18,6 +19,7 @@ from kuai_assets.ml.evaluation import score_predictions
 from kuai_assets.ml.gbdt import GbdtTraining, publish_gbdt, record_gbdt, score_test_rows, select_features, train_gbdt
 from kuai_assets.ml.tracking import REGISTERED_MODEL
 from kuai_assets.ml.training import RowSample, load_rows
+from kuai_assets.storage import atomic_file
 
 GROUP = "model"
 # LightGBM uses every core: steps with this tag run one at a time (see definitions.EXECUTOR)
@@ -191,25 +193,55 @@ def baseline_model(
 # -- submission and evaluation -------------------------------------------------------------------
 
 
-@versioned_asset(group_name=GROUP, kinds={"lightgbm", "python"}, deps=[model, training_matrix])
-def submission(context: dg.AssetExecutionContext, workspace: WorkspaceResource) -> dg.MaterializeResult:
+SUBMISSION_SOURCES = ("blend", "model", "attention_model")
+SUBMISSION_SOURCE_FILE = "submission_source.json"  # beside submission.txt: whose predictions it holds
+
+
+class SubmissionConfig(dg.Config):
+    source: str = Field(
+        default="blend",
+        description="Whose test predictions are submitted: blend (the GBDT and the attention network), "
+        "model (the GBDT alone) or attention_model.",
+    )
+
+
+@versioned_asset(group_name=GROUP, kinds={"lightgbm", "python"}, deps=[model, training_matrix, dg.AssetKey("blend")])
+def submission(
+    context: dg.AssetExecutionContext, config: SubmissionConfig, workspace: WorkspaceResource
+) -> dg.MaterializeResult:
     """The competition file at $KUAI_WORK_DIR/submission.txt: `user_id \\t photo_id \\t probability`.
 
-    Scores the test rows of the training matrix with the recorded submission model, writes six
-    decimals per row, and checks the keys are exactly those of test_interaction.txt.
+    From `source` (default the blend): for `model`, scores the test rows of the training matrix
+    with the recorded submission model; otherwise writes the store's test_predictions.parquet.
+    Six decimals per row; checks the keys are exactly those of test_interaction.txt. Records the
+    source beside the file (submission_source.json) for `evaluation`.
     """
     with clear_failures("submission"):
+        if config.source not in SUBMISSION_SOURCES:
+            raise CatalogError(f"submission source {config.source!r} is not one of {', '.join(SUBMISSION_SOURCES)}")
         work = workspace.work()
-        test, probability, info = score_test_rows(work, "model")
         path = work.submission_file
-        write_submission(path, test.user_id, test.photo_id, probability)
+        if config.source == "model":
+            test, probability, info = score_test_rows(work, "model")
+            write_submission(path, test.user_id, test.photo_id, probability)
+        else:
+            store = work.require_store(config.source)
+            info = json.loads((store / "run.json").read_text())
+            predictions = pq.read_table(store / "test_predictions.parquet")
+            probability = predictions.column("p_click").to_numpy()
+            write_submission(
+                path, predictions.column("user_id").to_numpy(), predictions.column("photo_id").to_numpy(), probability
+            )
         rows = validate_submission(path, layout.interaction_file(workspace.dataset(), "test"))
+        with atomic_file(path.with_name(SUBMISSION_SOURCE_FILE)) as tmp:
+            tmp.write_text(json.dumps({"source": config.source, "mlflow_run_id": info["mlflow_run_id"]}))
     with open(path) as f:
         head = [next(f).rstrip("\n") for _ in range(min(5, rows))]
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": dg.MetadataValue.int(rows),
             "path": dg.MetadataValue.path(str(path)),
+            "source": config.source,
             "mean_probability": dg.MetadataValue.float(round(float(probability.mean()), 5)),
             "mlflow_run_id": info["mlflow_run_id"],
             "preview": dg.MetadataValue.md("```\n" + "\n".join(head) + "\n```"),
@@ -218,16 +250,23 @@ def submission(context: dg.AssetExecutionContext, workspace: WorkspaceResource) 
     )
 
 
+# each model's store, as evaluation names it
+EVALUATED_STORES = (("model", "full (GBDT)"), ("attention_model", "attention"), ("blend", "blend"),
+                    ("baseline_model", "baseline"))
+
+
 @versioned_asset(group_name=GROUP, kinds={"python", "mlflow"}, deps=[submission, baseline_model])
 def evaluation(
     context: dg.AssetExecutionContext, workspace: WorkspaceResource, tracking: TrackingResource
 ) -> dg.MaterializeResult:
-    """AUC of the submission (and of the baseline) on the test rows, against a ground-truth file.
+    """AUC of the submission and of every model on the test rows, against a ground-truth file.
 
     Only when the dataset has one (the synthetic generator writes ground_truth/ beside train/ and
-    test/). Reports the oracle AUC (of the true click probabilities), the closure of the oracle gap
-    (AUC - 0.5) / (oracle - 0.5), and how far validation AUC was from test AUC; adds test_auc to
-    both MLflow runs.
+    test/). `test_auc` is the submission file's; each model (GBDT, attention network, blend,
+    baseline: those whose store exists) is scored from its own test predictions and its test_auc
+    added to its own MLflow run. Reports the oracle AUC (of the true click probabilities), the
+    closure of the oracle gap (AUC - 0.5) / (oracle - 0.5), and how far the submitted model's
+    validation AUC was from its test AUC.
     """
     with clear_failures("evaluation"):
         work = workspace.work()
@@ -235,44 +274,51 @@ def evaluation(
         if truth is None:
             context.log.warning("No ground truth for this dataset: nothing to evaluate against.")
             return dg.MaterializeResult(metadata={"ground_truth": "none (real data: submit the file to score it)"})
-        model_info = json.loads((work.require_store("model") / "run.json").read_text())
-        baseline_info = json.loads((work.require_store("baseline_model") / "run.json").read_text())
-        full = score_predictions(truth, submission_file=work.submission_file)
-        baseline = score_predictions(truth, predictions=work.require_store("baseline_model") / "test_predictions.parquet")
-        test_auc, oracle_auc, rows, closure = full.auc, full.oracle_auc, full.rows, full.closure
-        baseline_auc, baseline_closure = baseline.auc, baseline.closure
+        submitted_score = score_predictions(truth, submission_file=work.submission_file)
+        source_file = work.submission_file.with_name(SUBMISSION_SOURCE_FILE)
+        submitted = json.loads(source_file.read_text())["source"] if source_file.is_file() else "model"
         tracker = tracking.tracker()
-        tracker.log_metrics_to(
-            model_info["mlflow_run_id"], {"test_auc": test_auc, "oracle_auc": oracle_auc, "oracle_gap_closure": closure}
-        )
-        tracker.log_metrics_to(
-            baseline_info["mlflow_run_id"],
-            {"test_auc": baseline_auc, "oracle_auc": oracle_auc, "oracle_gap_closure": baseline_closure},
-        )
-    summary = [
-        {"model": "full", "valid_auc": round(model_info["valid_auc"], 4), "test_auc": round(test_auc, 4),
-         "gap_closure": round(closure, 3)},
-        {"model": "baseline", "valid_auc": round(baseline_info["valid_auc"], 4), "test_auc": round(baseline_auc, 4),
-         "gap_closure": round(baseline_closure, 3)},
-        {"model": "oracle (true p_click)", "valid_auc": "", "test_auc": round(oracle_auc, 4), "gap_closure": 1.0},
-    ]
+        scores, infos, summary = {}, {}, []
+        for store, label in EVALUATED_STORES:
+            if store not in ("model", "baseline_model") and not work.store_path(store).exists():
+                continue
+            folder = work.require_store(store)
+            infos[store] = json.loads((folder / "run.json").read_text())
+            scores[store] = score = score_predictions(truth, predictions=folder / "test_predictions.parquet")
+            tracker.log_metrics_to(
+                infos[store]["mlflow_run_id"],
+                {"test_auc": score.auc, "oracle_auc": score.oracle_auc, "oracle_gap_closure": score.closure},
+            )
+            summary.append({"model": label + (" (submitted)" if store == submitted else ""),
+                            "valid_auc": round(infos[store]["valid_auc"], 4), "test_auc": round(score.auc, 4),
+                            "gap_closure": round(score.closure, 3)})
+        oracle_auc = submitted_score.oracle_auc
+        summary.append({"model": "oracle (true p_click)", "valid_auc": "", "test_auc": round(oracle_auc, 4), "gap_closure": 1.0})
+        submitted_info = infos.get(submitted, infos["model"])
+    test_auc, closure = submitted_score.auc, submitted_score.closure
+    model_auc, baseline_auc = scores["model"].auc, scores["baseline_model"].auc
     context.log.info(
-        f"evaluation: test AUC {test_auc:.4f} (validation {model_info['valid_auc']:.4f}), baseline {baseline_auc:.4f}, "
-        f"oracle {oracle_auc:.4f}, oracle-gap closure {closure:.3f}"
+        f"evaluation: submission ({submitted}) test AUC {test_auc:.4f} (validation {submitted_info['valid_auc']:.4f}), "
+        f"GBDT {model_auc:.4f}, baseline {baseline_auc:.4f}, oracle {oracle_auc:.4f}, oracle-gap closure {closure:.3f}"
     )
+    others = {f"{store}_test_auc": dg.MetadataValue.float(round(scores[store].auc, 5))
+              for store in ("attention_model", "blend") if store in scores}
     return dg.MaterializeResult(
         metadata={
             "test_auc": dg.MetadataValue.float(round(test_auc, 5)),
-            "valid_auc": dg.MetadataValue.float(round(model_info["valid_auc"], 5)),
-            "valid_minus_test_auc": dg.MetadataValue.float(round(model_info["valid_auc"] - test_auc, 5)),
+            "submitted": submitted,
+            "valid_auc": dg.MetadataValue.float(round(submitted_info["valid_auc"], 5)),
+            "valid_minus_test_auc": dg.MetadataValue.float(round(submitted_info["valid_auc"] - test_auc, 5)),
+            "model_test_auc": dg.MetadataValue.float(round(model_auc, 5)),
+            **others,
             "baseline_test_auc": dg.MetadataValue.float(round(baseline_auc, 5)),
-            "full_minus_baseline_auc": dg.MetadataValue.float(round(test_auc - baseline_auc, 5)),
+            "full_minus_baseline_auc": dg.MetadataValue.float(round(model_auc - baseline_auc, 5)),
             "oracle_auc": dg.MetadataValue.float(round(oracle_auc, 5)),
             "oracle_gap_closure": dg.MetadataValue.float(round(closure, 4)),
-            "test_rows": dg.MetadataValue.int(rows),
+            "test_rows": dg.MetadataValue.int(submitted_score.rows),
             "summary": dg.MetadataValue.md(markdown_table(summary)),
             "ground_truth": dg.MetadataValue.path(str(truth)),
-            "mlflow_run": dg.MetadataValue.url(model_info["mlflow_run_url"]),
+            "mlflow_run": dg.MetadataValue.url(submitted_info["mlflow_run_url"]),
         }
     )
 

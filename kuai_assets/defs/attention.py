@@ -1,0 +1,308 @@
+"""The second approach and the blend: the attention network, and its blend with the GBDT.
+
+Thin wrappers: the logic is kuai_assets.ml.attention (history, network, training) and
+kuai_assets.ml.blend; these assets add MLflow runs, the published stores and metadata.
+"""
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from kuai_assets.defs.factory import modules_version, source_version
+from kuai_assets.defs.metadata import clear_failures, image, markdown_table
+from kuai_assets.defs.model import LIGHTGBM_TAGS, model, training_matrix
+from kuai_assets.defs.resources import TrackingResource, WorkspaceResource
+from kuai_assets.features.matrix import MATRIX
+from kuai_assets.ml import blend as blend_logic
+from kuai_assets.ml.attention import AttentionParams, HistoryLeakError, train_attention_model
+from kuai_assets.ml.attention import history, inputs, network, training
+from kuai_assets.ml.attention.training import DEFAULT_CONTEXT_GROUPS, params_dict
+from kuai_assets.ml.blend import BlendError, auc_by_weight_png, choose_blend
+from kuai_assets.ml.gbdt import file_digest
+from kuai_assets.storage import WorkDir
+
+GROUP = "model"
+ATTENTION, BLEND = "attention_model", "blend"
+REGISTERED_ATTENTION_MODEL = "kuai_click_model_attention"
+VALIDATION_PREDICTIONS, TEST_PREDICTIONS = "validation_predictions.parquet", "test_predictions.parquet"
+_DEFAULTS = AttentionParams()
+
+
+def versioned(*logic, **kwargs):
+    """`dg.asset` whose code version hashes the function's source and the whole logic modules
+    it runs (the attention package spans several)."""
+
+    def decorate(fn):
+        version = modules_version(*logic)[:6] + source_version(fn)[:6]
+        return dg.asset(code_version=version, **kwargs)(fn)
+
+    return decorate
+
+
+class AttentionConfig(dg.Config):
+    history_length: int = Field(default=_DEFAULTS.history_length, description="Most recent fit rows a row attends over.")
+    max_epochs: int = Field(default=_DEFAULTS.max_epochs, description="Most validation epochs.")
+    patience: int = Field(default=_DEFAULTS.patience, description="Stop after this many epochs without a better validation AUC.")
+    fit_targets_per_epoch: int = Field(
+        default=_DEFAULTS.fit_targets_per_epoch, description="Fit rows sampled per epoch (every scored row is scored)."
+    )
+    batch_size: int = Field(default=_DEFAULTS.batch_size, description="Targets per gradient step.")
+    learning_rate: float = Field(default=_DEFAULTS.learning_rate, description="Adam's learning rate.")
+    weight_decay: float = Field(default=_DEFAULTS.weight_decay, description="Adam's L2 penalty.")
+    item_dim: int = Field(default=_DEFAULTS.item_dim, description="Width of a photo's vector (query and keys).")
+    refit_epochs_factor: float = Field(
+        default=_DEFAULTS.refit_epochs_factor, description="The submission network trains best_epoch x this factor epochs."
+    )
+    context_groups: list[str] = Field(
+        default=list(DEFAULT_CONTEXT_GROUPS),
+        description="Label-free feature groups of the training matrix given as the row's context.",
+    )
+    device: str = Field(default=_DEFAULTS.device, description="cpu, cuda, or auto (cuda when present).")
+    threads: int = Field(default=_DEFAULTS.threads, description="Torch CPU threads; 0 uses every core.")
+    seed: int = Field(default=_DEFAULTS.seed, description="Seed of the weights and of the per-epoch samples.")
+    leak_check_targets: int = Field(
+        default=_DEFAULTS.leak_check_targets, description="Rows per (setup, role) whose history the leak check proves."
+    )
+
+    def params(self) -> AttentionParams:
+        return AttentionParams(
+            history_length=self.history_length, max_epochs=self.max_epochs, patience=self.patience,
+            fit_targets_per_epoch=self.fit_targets_per_epoch, batch_size=self.batch_size,
+            learning_rate=self.learning_rate, weight_decay=self.weight_decay, item_dim=self.item_dim,
+            refit_epochs_factor=self.refit_epochs_factor, context_groups=tuple(self.context_groups),
+            device=self.device, threads=self.threads, seed=self.seed, leak_check_targets=self.leak_check_targets,
+        )
+
+
+def _failure(step: str, exc: Exception) -> dg.Failure:
+    return dg.Failure(description=f"{step}: {exc}", allow_retries=False)
+
+
+def _write_predictions(path: Path, columns: dict[str, np.ndarray]) -> None:
+    pq.write_table(pa.table(columns), path)
+
+
+@versioned(
+    history, inputs, network, training,
+    group_name=GROUP,
+    kinds={"pytorch", "mlflow"},
+    deps=[training_matrix] + [dg.AssetKey(name) for name in (
+        "model_rows", "label_history", "pca_visual_features", "video_clusters", "raw_text", "raw_faces", "raw_interactions")],
+    op_tags=LIGHTGBM_TAGS,  # uses every core, like the LightGBM steps: one of them at a time
+)
+def attention_model(
+    context: dg.AssetExecutionContext, config: AttentionConfig, workspace: WorkspaceResource, tracking: TrackingResource
+) -> dg.MaterializeResult:
+    """A DIN-style network: the candidate photo attends over the user's history of labelled fit rows.
+
+    A row's history is its user's fit rows of the same setup strictly earlier in time (the last
+    `history_length`), each with the photo's visual vector, clusters, words, faces, duration and
+    whether it was clicked; the leak check proves it on a sample before training (blocking).
+    Early-stopped on the validation AUC per epoch, refitted on every train row, scores the test.
+    Publishes validation_predictions.parquet (row_id, p_click) and test_predictions.parquet
+    (row_id, user_id, photo_id, p_click) only once MLflow has recorded the run.
+    """
+    import torch
+
+    with clear_failures(ATTENTION):
+        work = workspace.work()
+        tracker = tracking.tracker()
+        tracker.check()
+        try:
+            params = config.params()
+            result = train_attention_model(work, params, context.log.info)
+        except (HistoryLeakError, ValueError) as exc:
+            raise _failure(ATTENTION, exc) from None
+        from kuai_assets.ml import plots
+
+        figure = plots.line_png(result.auc_by_epoch, "Validation AUC by epoch", "epoch", "AUC", mark=result.best_epoch)
+        digest = file_digest(work.require_table(MATRIX))
+        tags = {
+            "dagster_run_id": context.run.run_id,
+            "dagster_asset": ATTENTION,
+            "model_config": "attention",
+            "code_version": context.assets_def.code_versions_by_key.get(context.asset_key) or "",
+        }
+        run_name = f"attention · history {params.history_length} · lr {params.learning_rate:g} · dim {params.item_dim}"
+        started = time.time()
+        with tracker.run(run_name, tags) as run:
+            import mlflow
+            import mlflow.pytorch
+            from mlflow.models import infer_signature
+
+            mlflow.log_params({**params_dict(params), "refit_epochs": result.refit_epochs, "device_used": result.device,
+                               "training_data_digest": digest, **result.rows})
+            mlflow.log_metrics({"valid_auc": result.valid_auc, "best_epoch": result.best_epoch,
+                                **{f"seconds_{k}": v for k, v in result.seconds.items()}})
+            tracker.log_series(run.info.run_id, "valid_auc_by_epoch", result.auc_by_epoch)
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / "auc_by_epoch.png").write_bytes(figure)
+                mlflow.log_artifact(str(Path(tmp) / "auc_by_epoch.png"), artifact_path="figures")
+            mlflow.log_dict({"shape": result.shape.as_dict(), "history_checks": [vars(c) for c in result.history_checks]},
+                            "network.json")
+            with torch.no_grad():
+                output = result.model(torch.from_numpy(result.example)).numpy()
+            mlflow.pytorch.log_model(
+                result.model, name="model", registered_model_name=REGISTERED_ATTENTION_MODEL,
+                signature=infer_signature(result.example, output), input_example=result.example,
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            )
+            run_id, experiment_id = run.info.run_id, run.info.experiment_id
+        context.log.info(f"attention_model: recorded in MLflow in {time.time() - started:.0f} s")
+        run_info = {
+            "mlflow_run_id": run_id,
+            "mlflow_experiment_id": experiment_id,
+            "mlflow_run_url": tracker.run_url(run_id, experiment_id, tracking.ui_url),
+            "valid_auc": result.valid_auc,
+            "best_epoch": result.best_epoch,
+            "refit_epochs": result.refit_epochs,
+            "auc_by_epoch": result.auc_by_epoch,
+            "seconds": result.seconds,
+            "rows": result.rows,
+            "training_data_digest": digest,
+            "config": "attention",
+        }
+        with work.writing_store(ATTENTION) as out:
+            _write_predictions(out / VALIDATION_PREDICTIONS,
+                               {"row_id": result.validation.row_id, "user_id": result.validation.user_id,
+                                "photo_id": result.validation.photo_id, "p_click": result.validation.p_click})
+            _write_predictions(out / TEST_PREDICTIONS, {"row_id": result.test.row_id, "user_id": result.test.user_id,
+                                                        "photo_id": result.test.photo_id, "p_click": result.test.p_click})
+            torch.save(result.model.state_dict(), out / "submission_network.pt")
+            (out / "network.json").write_text(json.dumps(result.shape.as_dict(), indent=2))
+            (out / "run.json").write_text(json.dumps(run_info, indent=2))
+    return dg.MaterializeResult(
+        metadata={
+            "valid_auc": dg.MetadataValue.float(round(result.valid_auc, 5)),
+            "best_epoch": dg.MetadataValue.int(result.best_epoch),
+            "refit_epochs": dg.MetadataValue.int(result.refit_epochs),
+            "auc_by_epoch": dg.MetadataValue.md(markdown_table(
+                [{"epoch": i, "valid_auc": round(a, 4)} for i, a in enumerate(result.auc_by_epoch, start=1)])),
+            "auc_chart": image(figure, "validation AUC by epoch"),
+            "history_checks": dg.MetadataValue.md(markdown_table([vars(c) for c in result.history_checks])),
+            "rows": dg.MetadataValue.json(result.rows),
+            "seconds": dg.MetadataValue.json(result.seconds),
+            "train_seconds": dg.MetadataValue.float(round(sum(result.seconds.values()), 1)),
+            "device": result.device,
+            "mlflow_run_id": run_id,
+            "mlflow_run": dg.MetadataValue.url(run_info["mlflow_run_url"]),
+        }
+    )
+
+
+# -- the blend ------------------------------------------------------------------------------------
+
+
+def read_predictions(work: WorkDir, store: str) -> tuple[dict, dict, dict]:
+    """A model store's validation and test predictions (columns as numpy arrays) and run.json."""
+    folder = work.require_store(store)
+    missing = [name for name in (VALIDATION_PREDICTIONS, TEST_PREDICTIONS, "run.json") if not (folder / name).is_file()]
+    if missing:
+        raise BlendError(f"the `{store}` store at {folder} lacks {', '.join(missing)}; re-materialize `{store}`")
+
+    def read(name: str) -> dict[str, np.ndarray]:
+        table = pq.read_table(folder / name)
+        lacking = [c for c in ("row_id", "user_id", "photo_id", "p_click") if c not in table.column_names]
+        if lacking:
+            raise BlendError(f"{folder / name} lacks column(s) {', '.join(lacking)} (an older `{store}`); "
+                             f"re-materialize `{store}`")
+        return {column: table.column(column).to_numpy() for column in table.column_names}
+
+    return read(VALIDATION_PREDICTIONS), read(TEST_PREDICTIONS), json.loads((folder / "run.json").read_text())
+
+
+def validation_labels(work: WorkDir) -> tuple[np.ndarray, np.ndarray]:
+    con = work.connect([MATRIX])
+    try:
+        table = con.execute(
+            f"select row_id, click from {MATRIX} where setup = 'validation' and role = 'scored'"
+        ).fetchnumpy()
+    finally:
+        con.close()
+    return np.asarray(table["row_id"], dtype=np.int64), np.asarray(table["click"], dtype=np.float64)
+
+
+@versioned(blend_logic, group_name=GROUP, kinds={"python", "mlflow"}, deps=[model, attention_model, training_matrix])
+def blend(context: dg.AssetExecutionContext, workspace: WorkspaceResource, tracking: TrackingResource) -> dg.MaterializeResult:
+    """The GBDT (`model`) and the attention network blended by a logit average whose weight is
+    chosen on the validation rows' AUC alone (kuai_assets.ml.blend); the test rows get that weight.
+
+    Publishes test_predictions.parquet (row_id, user_id, photo_id, p_click) and the blended
+    validation_predictions.parquet; its MLflow run holds the weight and the three validation AUCs.
+    """
+    with clear_failures(BLEND):
+        work = workspace.work()
+        tracker = tracking.tracker()
+        tracker.check()
+        try:
+            gbdt_valid, gbdt_test, gbdt_info = read_predictions(work, "model")
+            attention_valid, attention_test, attention_info = read_predictions(work, ATTENTION)
+            label_row_id, label = validation_labels(work)
+            result = choose_blend(
+                gbdt_valid["row_id"], gbdt_valid["p_click"], attention_valid["row_id"], attention_valid["p_click"],
+                label_row_id, label,
+                gbdt_test["row_id"], gbdt_test["p_click"], attention_test["row_id"], attention_test["p_click"],
+            )
+        except BlendError as exc:
+            raise _failure(BLEND, exc) from None
+        figure = auc_by_weight_png(result.auc_by_weight, result.weight)
+        summary = [
+            {"model": "GBDT (model)", "weight": round(result.weight, 2), "valid_auc": round(result.valid_auc_a, 4)},
+            {"model": "attention (attention_model)", "weight": round(1 - result.weight, 2),
+             "valid_auc": round(result.valid_auc_b, 4)},
+            {"model": "blend", "weight": "", "valid_auc": round(result.valid_auc_blend, 4)},
+        ]
+        tags = {"dagster_run_id": context.run.run_id, "dagster_asset": BLEND, "model_config": "blend",
+                "gbdt_run_id": gbdt_info["mlflow_run_id"], "attention_run_id": attention_info["mlflow_run_id"]}
+        with tracker.run(f"blend · GBDT weight {result.weight:.2f}", tags) as run:
+            import mlflow
+
+            mlflow.log_params({"method": "logit average", "gbdt_weight": result.weight,
+                               "attention_weight": round(1 - result.weight, 6),
+                               "validation_rows": len(label_row_id)})
+            mlflow.log_metrics({"valid_auc": result.valid_auc_blend, "valid_auc_gbdt": result.valid_auc_a,
+                                "valid_auc_attention": result.valid_auc_b, "gbdt_weight": result.weight})
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / "auc_by_weight.png").write_bytes(figure)
+                mlflow.log_artifact(str(Path(tmp) / "auc_by_weight.png"), artifact_path="figures")
+            mlflow.log_dict({"auc_by_weight": result.auc_by_weight}, "auc_by_weight.json")
+            run_id, experiment_id = run.info.run_id, run.info.experiment_id
+        run_info = {
+            "mlflow_run_id": run_id,
+            "mlflow_run_url": tracker.run_url(run_id, experiment_id, tracking.ui_url),
+            "gbdt_weight": result.weight,
+            "valid_auc": result.valid_auc_blend,
+            "valid_auc_gbdt": result.valid_auc_a,
+            "valid_auc_attention": result.valid_auc_b,
+            "config": "blend",
+        }
+        with work.writing_store(BLEND) as out:
+            _write_predictions(out / VALIDATION_PREDICTIONS,
+                               {"row_id": gbdt_valid["row_id"], "user_id": gbdt_valid["user_id"],
+                                "photo_id": gbdt_valid["photo_id"], "p_click": result.validation_p_click})
+            _write_predictions(out / TEST_PREDICTIONS, {"row_id": result.test_row_id, "user_id": gbdt_test["user_id"],
+                                                        "photo_id": gbdt_test["photo_id"], "p_click": result.test_p_click})
+            (out / "run.json").write_text(json.dumps(run_info, indent=2))
+    context.log.info(
+        f"blend: GBDT weight {result.weight:.2f}; validation AUC GBDT {result.valid_auc_a:.4f}, "
+        f"attention {result.valid_auc_b:.4f}, blend {result.valid_auc_blend:.4f}"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "side_by_side": dg.MetadataValue.md(markdown_table(summary)),
+            "gbdt_weight": dg.MetadataValue.float(result.weight),
+            "valid_auc": dg.MetadataValue.float(round(result.valid_auc_blend, 5)),
+            "valid_auc_gbdt": dg.MetadataValue.float(round(result.valid_auc_a, 5)),
+            "valid_auc_attention": dg.MetadataValue.float(round(result.valid_auc_b, 5)),
+            "auc_by_weight": image(figure, "validation AUC by weight"),
+            "mlflow_run_id": run_id,
+            "mlflow_run": dg.MetadataValue.url(run_info["mlflow_run_url"]),
+        }
+    )

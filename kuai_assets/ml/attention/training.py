@@ -1,0 +1,304 @@
+"""Train the attention model: validate with early stopping, refit on the train rows, score the test.
+
+Same protocol as the GBDT: epochs on the `validation` setup's fit rows, each followed by the AUC
+of every validation scored row (cold-start photos after the cut); the best epoch is kept; then a
+fresh network is fitted on the `submission` setup's fit rows for round(best_epoch * factor)
+epochs and scores the test rows. An epoch is a seeded sample of `fit_targets_per_epoch` fit
+rows (every scored row is always scored). Seeded and deterministic on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from kuai_assets.ml.attention.history import HistoryCheck, SetupHistory, build_history, check_histories
+from kuai_assets.ml.attention.inputs import PhotoTable, Targets, context_features, load_photos, load_targets
+from kuai_assets.ml.attention.network import AttentionClickModel, NetworkShape, PackedClickModel, pack
+from kuai_assets.ml.metrics import roc_auc
+from kuai_assets.storage import WorkDir
+
+DEFAULT_CONTEXT_GROUPS = ("impression_context", "time_and_duration")
+
+
+@dataclass
+class AttentionParams:
+    history_length: int = 50
+    max_epochs: int = 6
+    patience: int = 2  # stop after this many epochs without a better validation AUC
+    fit_targets_per_epoch: int = 150_000
+    batch_size: int = 512
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-6
+    item_dim: int = 32
+    cluster_dim: int = 8
+    word_dim: int = 8
+    words_per_photo: int = 8
+    word_buckets: int = 1 << 15
+    user_dim: int = 8
+    attention_hidden: int = 32
+    hidden: tuple[int, ...] = (128, 64)
+    dropout: float = 0.1
+    refit_epochs_factor: float = 1.1
+    context_groups: tuple[str, ...] = DEFAULT_CONTEXT_GROUPS
+    device: str = "cpu"  # cpu | cuda | auto (cuda when present)
+    threads: int = 0  # torch CPU threads; 0 = every core
+    seed: int = 7
+    leak_check_targets: int = 20_000  # rows per (setup, role) the history check samples
+
+    def __post_init__(self):
+        for name in ("history_length", "max_epochs", "fit_targets_per_epoch", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"attention parameter {name} must be at least 1, got {getattr(self, name)}")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"device must be cpu, cuda or auto, got {self.device!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+
+
+@dataclass
+class Predictions:
+    row_id: np.ndarray
+    p_click: np.ndarray
+    user_id: np.ndarray
+    photo_id: np.ndarray
+    click: np.ndarray | None = None
+
+
+@dataclass
+class AttentionResult:
+    auc_by_epoch: list[float]
+    best_epoch: int
+    valid_auc: float
+    refit_epochs: int
+    validation: Predictions  # the best epoch's predictions on the validation scored rows
+    test: Predictions
+    model: PackedClickModel  # the refitted (submission) network, on one packed float32 matrix
+    example: np.ndarray  # a few packed test rows (the logged model's input example)
+    shape: NetworkShape
+    history_checks: list[HistoryCheck]
+    rows: dict[str, int]
+    seconds: dict[str, float] = field(default_factory=dict)
+    device: str = "cpu"
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch sees no CUDA device; use 'cpu' or 'auto'")
+    return torch.device(device)
+
+
+@contextmanager
+def _torch_settings(threads: int):
+    """Deterministic algorithms and the thread count for the training, restored afterwards."""
+    old_threads, old_deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.use_deterministic_algorithms(old_deterministic)
+
+
+class SetupData:
+    """Everything one setup trains or scores on, on `device`: photo content, history, targets."""
+
+    def __init__(self, photos: PhotoTable, history: SetupHistory, users: np.ndarray, device: torch.device):
+        self.history = history
+        self.device = device
+        self.users = users  # sorted user ids; index + 1 is the embedding row (0 = unknown)
+        self.dense = torch.from_numpy(photos.dense).to(device)
+        self.clusters = torch.from_numpy(photos.clusters).to(device)
+        self.words = torch.from_numpy(photos.words).to(device)
+        self.history_photo = photos.index(history.photo_id)
+        self.history_click = history.click.astype(np.int64)
+        self._photos = photos
+
+    def prepare(self, targets: Targets) -> dict[str, np.ndarray]:
+        start, end = self.history.bounds(targets.user_id, targets.time)
+        position = np.searchsorted(self.users, targets.user_id)
+        position = np.minimum(position, len(self.users) - 1)
+        user = np.where(self.users[position] == targets.user_id, position + 1, 0)
+        return {"photo": self._photos.index(targets.photo_id), "start": start, "end": end, "user": user,
+                "earlier": self.history.earlier(targets.user_id, targets.time), "context": targets.context}
+
+    def batch(self, prepared: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, torch.Tensor]:
+        """The tensors of targets `rows`: each distinct history item of the batch once (targets of
+        one user share most of their history), indexed per target by history_index."""
+        index, mask = self.history.gather(prepared["start"][rows], prepared["end"][rows])
+        distinct, inverse = np.unique(index, return_inverse=True)
+        to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device)  # noqa: E731
+        photo = to(prepared["photo"][rows])
+        history_photo = to(self.history_photo[distinct])
+        return {
+            "dense": self.dense[photo],
+            "clusters": self.clusters[photo],
+            "words": self.words[photo],
+            "history_dense": self.dense[history_photo],
+            "history_clusters": self.clusters[history_photo],
+            "history_words": self.words[history_photo],
+            "history_click": to(self.history_click[distinct]),
+            "history_index": to(inverse.reshape(index.shape)),
+            "mask": to(mask),
+            "user": to(prepared["user"][rows]),
+            "earlier": to(prepared["earlier"][rows]),
+            "context": to(prepared["context"][rows]),
+        }
+
+
+def _shape(params: AttentionParams, photos: PhotoTable, users: int, context: int) -> NetworkShape:
+    return NetworkShape(
+        dense=photos.dense.shape[1], cluster_ks=tuple(photos.cluster_ks), words_per_photo=photos.words.shape[1],
+        word_buckets=params.word_buckets, users=users, context=context, history_length=params.history_length,
+        item_dim=params.item_dim, cluster_dim=params.cluster_dim, word_dim=params.word_dim, user_dim=params.user_dim,
+        attention_hidden=params.attention_hidden, hidden=tuple(params.hidden), dropout=params.dropout,
+    )
+
+
+def _new_model(shape: NetworkShape, photos: PhotoTable, fit: Targets, params: AttentionParams, device) -> AttentionClickModel:
+    torch.manual_seed(params.seed)
+    return AttentionClickModel(shape, photos.dense, fit.context).to(device)
+
+
+def epoch_batches(user: np.ndarray, time: np.ndarray, size: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """A seeded sample of `size` targets, in batches of consecutive (user, time) order, the
+    batches shuffled: a batch holds few users, whose targets share most history items (encoded
+    once per batch), while the order of users and of batches is random."""
+    n = len(user)
+    chosen = rng.choice(n, size=min(n, size), replace=False)
+    chosen = chosen[np.lexsort((time[chosen], user[chosen]))]
+    batches = [chosen[i : i + batch_size] for i in range(0, len(chosen), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _train_epoch(model, optimizer, data: SetupData, prepared, fit: Targets, params: AttentionParams, epoch: int) -> float:
+    rng = np.random.default_rng([params.seed, epoch])
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    model.train()
+    total, batches = 0.0, 0
+    for rows in epoch_batches(fit.user_id, fit.time, params.fit_targets_per_epoch, params.batch_size, rng):
+        batch = data.batch(prepared, rows)
+        target = torch.from_numpy(fit.click[rows]).to(data.device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(batch), target)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach())
+        batches += 1
+    return total / max(batches, 1)
+
+
+@torch.no_grad()
+def predict(model: AttentionClickModel, data: SetupData, prepared: dict[str, np.ndarray], targets: Targets,
+            batch_size: int = 4096) -> np.ndarray:
+    """Click probabilities of every target, scored in (user, time) order (shared histories)."""
+    model.eval()
+    order = np.lexsort((targets.time, targets.user_id))
+    out = np.empty(len(order), dtype=np.float64)
+    for begin in range(0, len(order), batch_size):
+        rows = order[begin : begin + batch_size]
+        out[rows] = torch.sigmoid(model(data.batch(prepared, rows))).double().cpu().numpy()
+    return out
+
+
+def train_attention_model(work: WorkDir, params: AttentionParams, log=lambda message: None) -> AttentionResult:
+    """Check the histories, validate with early stopping, refit and score the test rows.
+
+    Reads model_rows, label_history, training_matrix (context columns of `params.context_groups`,
+    label-free groups only), pca_visual_features, video_clusters, raw_text, raw_faces and
+    raw_interactions (duration only). Raises HistoryLeakError before any training if a sampled
+    history breaks the rule of `history.py`.
+    """
+    device = resolve_device(params.device)
+    seconds: dict[str, float] = {}
+    started = time.time()
+    with _torch_settings(params.threads):
+        photos = load_photos(work, params.words_per_photo, params.word_buckets)
+        features = context_features(work, list(params.context_groups))
+        con = work.connect(["model_rows"])
+        try:
+            users = con.execute("select distinct user_id from model_rows order by user_id").fetchnumpy()["user_id"]
+        finally:
+            con.close()
+        users = np.asarray(users, dtype=np.int64)
+        histories, checks = {}, []
+        for setup in ("validation", "submission"):
+            histories[setup] = build_history(work, setup, params.history_length)
+            checks += check_histories(work, histories[setup], params.leak_check_targets, params.seed)
+        seconds["load_and_check"] = round(time.time() - started, 1)
+        log(f"attention: {len(photos.photo_id):,} photos, {len(users):,} users, histories checked "
+            f"({sum(c.targets_checked for c in checks):,} targets) in {seconds['load_and_check']:.0f} s")
+
+        # validation: fit on the rows before the cut, AUC on the cold-start rows after it each epoch
+        started = time.time()
+        fit = load_targets(work, "validation", "fit", features)
+        scored = load_targets(work, "validation", "scored", features)
+        if len(np.unique(scored.click)) < 2:
+            raise ValueError("the validation scored rows hold only one class; widen the validation window")
+        data = SetupData(photos, histories["validation"], users, device)
+        fit_prepared, scored_prepared = data.prepare(fit), data.prepare(scored)
+        shape = _shape(params, photos, len(users), len(features))
+        model = _new_model(shape, photos, fit, params, device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay, fused=device.type == "cpu" or None)
+        aucs: list[float] = []
+        best_prediction = None
+        for epoch in range(1, params.max_epochs + 1):
+            loss = _train_epoch(model, optimizer, data, fit_prepared, fit, params, epoch)
+            prediction = predict(model, data, scored_prepared, scored)
+            aucs.append(roc_auc(scored.click, prediction))
+            log(f"attention: epoch {epoch}, loss {loss:.4f}, validation AUC {aucs[-1]:.4f} ({time.time() - started:.0f} s)")
+            if len(aucs) == 1 or aucs[-1] > max(aucs[:-1]):
+                best_prediction = prediction
+            if epoch - (int(np.argmax(aucs)) + 1) >= params.patience:
+                break
+        best_epoch = int(np.argmax(aucs)) + 1
+        seconds["validation"] = round(time.time() - started, 1)
+        rows = {"validation_fit_rows": len(fit), "validation_scored_rows": len(scored)}
+        validation = Predictions(scored.row_id, best_prediction, scored.user_id, scored.photo_id, scored.click)
+        del fit, scored, fit_prepared, scored_prepared, data, model, optimizer
+
+        # refit on every train row for the validated number of epochs; score the test rows
+        started = time.time()
+        refit_epochs = max(1, int(round(best_epoch * params.refit_epochs_factor)))
+        fit = load_targets(work, "submission", "fit", features)
+        data = SetupData(photos, histories["submission"], users, device)
+        fit_prepared = data.prepare(fit)
+        model = _new_model(shape, photos, fit, params, device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay, fused=device.type == "cpu" or None)
+        for epoch in range(1, refit_epochs + 1):
+            loss = _train_epoch(model, optimizer, data, fit_prepared, fit, params, epoch)
+            log(f"attention: refit epoch {epoch}/{refit_epochs}, loss {loss:.4f} ({time.time() - started:.0f} s)")
+        seconds["refit"] = round(time.time() - started, 1)
+        started = time.time()
+        test = load_targets(work, "submission", "scored", features)
+        test_prepared = data.prepare(test)
+        test_prediction = predict(model, data, test_prepared, test)
+        seconds["test_scoring"] = round(time.time() - started, 1)
+        rows.update(submission_fit_rows=len(fit), test_rows=len(test))
+        model.eval()
+        packed = PackedClickModel(model.cpu()).eval()
+        example = pack({k: v.cpu() for k, v in data.batch(test_prepared, np.arange(min(5, len(test)))).items()}).numpy()
+    log(f"attention: best epoch {best_epoch} (validation AUC {max(aucs):.4f}); refitted {refit_epochs} epochs; "
+        f"scored {len(test):,} test rows")
+    return AttentionResult(
+        auc_by_epoch=aucs, best_epoch=best_epoch, valid_auc=float(max(aucs)), refit_epochs=refit_epochs,
+        validation=validation,
+        test=Predictions(test.row_id, test_prediction, test.user_id, test.photo_id),
+        model=packed, example=example, shape=shape, history_checks=checks, rows=rows, seconds=seconds,
+        device=str(device),
+    )
+
+
+def params_dict(params: AttentionParams) -> dict:
+    values = asdict(params)
+    values["hidden"] = ",".join(str(h) for h in params.hidden)
+    values["context_groups"] = ",".join(params.context_groups)
+    return values

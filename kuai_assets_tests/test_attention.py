@@ -1,0 +1,247 @@
+"""The attention model and the blend: honest histories (the leak check catches planted leaks),
+end-to-end training on tiny data, the blend's weight chosen on validation rows only, the assets."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kuai_assets.ml.attention import AttentionParams, HistoryLeakError, build_history, check_histories
+from kuai_assets.ml.attention import history as history_module
+from kuai_assets.ml.attention.training import train_attention_model
+from kuai_assets.ml.blend import BlendError, choose_blend
+from kuai_assets.storage import WorkDir
+
+LENGTH = 30
+
+
+def model_rows(work: WorkDir, setup: str, role: str) -> dict:
+    con = work.connect(["model_rows"])
+    try:
+        return con.execute(
+            "select row_id, user_id, time from model_rows where setup = ? and role = ? order by row_id", [setup, role]
+        ).fetchnumpy()
+    finally:
+        con.close()
+
+
+def histories_of(history, rows: dict):
+    start, end = history.bounds(rows["user_id"], rows["time"])
+    index, mask = history.gather(start, end)
+    return history.row_id[index], history.user_id[index], history.time[index], mask
+
+
+# -- the history builder ----------------------------------------------------------------------------
+
+
+def test_validation_scored_rows_see_only_validation_fit_rows_before_the_cut(materialized):
+    work = WorkDir(materialized["work"])
+    history = build_history(work, "validation", LENGTH)
+    scored = model_rows(work, "validation", "scored")
+    fit = model_rows(work, "validation", "fit")
+    train_end = max(model_rows(work, "submission", "fit")["time"])
+    cut = train_end - 12 * 3_600_000  # model_rows' default validation window
+    row, user, time, mask = histories_of(history, scored)
+
+    assert mask.sum(axis=1).min() > 0, "every validation user has history before the cut"
+    assert np.isin(row[mask], fit["row_id"]).all(), "only validation fit rows"
+    assert not np.isin(row[mask], scored["row_id"]).any(), "never a row of the scored window"
+    assert (user == scored["user_id"][:, None])[mask].all(), "only the row's own user"
+    assert (time[mask] < cut).all() and fit["time"].max() < cut
+    # the history is the user's most recent fit rows: as many as allowed, the newest one included
+    for u in np.unique(scored["user_id"])[:20]:
+        own = fit["time"][fit["user_id"] == u]
+        i = np.flatnonzero(scored["user_id"] == u)[0]
+        assert mask[i].sum() == min(LENGTH, len(own))
+        assert time[i][mask[i]].max() == own.max()
+
+
+def test_a_fit_rows_history_holds_neither_itself_nor_its_batch_nor_later_rows(materialized):
+    work = WorkDir(materialized["work"])
+    history = build_history(work, "validation", LENGTH)
+    fit = model_rows(work, "validation", "fit")
+    row, user, time, mask = histories_of(history, fit)
+
+    assert not (row == fit["row_id"][:, None])[mask].any(), "never the row itself"
+    assert (time < fit["time"][:, None])[mask].all(), "only strictly earlier rows (not the same batch)"
+    assert (user == fit["user_id"][:, None])[mask].all()
+    assert (mask.sum(axis=1) == LENGTH).mean() > 0.5, "most rows have a full history"
+    assert (mask.sum(axis=1) == 0).any(), "a user's first batch has none"
+    # rows of one batch (same user and time) share one history
+    order = np.lexsort((fit["time"], fit["user_id"]))
+    r, m = row[order], mask[order]
+    same = (fit["user_id"][order][1:] == fit["user_id"][order][:-1]) & (fit["time"][order][1:] == fit["time"][order][:-1])
+    assert same.any()
+    assert all((r[i][m[i]] == r[i + 1][m[i + 1]]).all() for i in np.flatnonzero(same)[:200])
+
+
+def test_the_leak_check_passes_on_the_builder(materialized):
+    work = WorkDir(materialized["work"])
+    for setup in ("validation", "submission"):
+        checks = check_histories(work, build_history(work, setup, LENGTH), targets_per_role=3_000)
+        assert {c.role for c in checks} == {"fit", "scored"}
+        assert all(c.history_items_checked > c.targets_checked for c in checks)
+
+
+def test_the_leak_check_catches_a_history_holding_the_target_and_its_batch(materialized, monkeypatch):
+    work = WorkDir(materialized["work"])
+    monkeypatch.setattr(history_module, "_history_end", lambda keys, target: np.searchsorted(keys, target, side="right"))
+    with pytest.raises(HistoryLeakError, match="is the target itself|is not earlier than the target"):
+        check_histories(work, build_history(work, "validation", LENGTH), targets_per_role=3_000)
+
+
+def test_the_leak_check_catches_scored_rows_in_the_history(materialized, monkeypatch):
+    work = WorkDir(materialized["work"])
+
+    def with_scored_rows(con, setup):  # the scored window's labelled rows slipped into the history
+        leaky = work.connect(["model_rows", "raw_interactions"])
+        try:
+            return leaky.execute(
+                "select r.row_id, r.user_id, r.photo_id, r.time, coalesce(i.click, 0) as click from model_rows r "
+                "join raw_interactions i using (row_id) where r.setup = ? order by r.user_id, r.time, r.row_id",
+                [setup],
+            ).fetchnumpy()
+        finally:
+            leaky.close()
+
+    monkeypatch.setattr(history_module, "history_rows", with_scored_rows)
+    with pytest.raises(HistoryLeakError, match="is not a fit row of this setup"):
+        check_histories(work, build_history(work, "validation", LENGTH), targets_per_role=3_000)
+
+
+def test_training_refuses_a_leaky_history_before_it_trains(materialized, monkeypatch):
+    work = WorkDir(materialized["work"])
+    monkeypatch.setattr(history_module, "_history_end", lambda keys, target: np.searchsorted(keys, target, side="right"))
+    with pytest.raises(HistoryLeakError):
+        train_attention_model(work, AttentionParams(max_epochs=1, leak_check_targets=2_000))
+
+
+# -- training ---------------------------------------------------------------------------------------
+
+
+def test_the_attention_model_trains_one_epoch_end_to_end(materialized):
+    work = WorkDir(materialized["work"])
+    params = AttentionParams(max_epochs=1, fit_targets_per_epoch=20_000, history_length=LENGTH, leak_check_targets=2_000)
+    result = train_attention_model(work, params)
+    scored = model_rows(work, "validation", "scored")
+    test = model_rows(work, "submission", "scored")
+
+    assert len(result.auc_by_epoch) == 1 and result.best_epoch == 1 and result.refit_epochs == 1
+    assert 0.6 < result.valid_auc < 1.0, "learns something from histories and context on tiny data"
+    assert np.array_equal(np.sort(result.validation.row_id), scored["row_id"])
+    assert np.array_equal(np.sort(result.test.row_id), test["row_id"])
+    assert ((result.test.p_click > 0) & (result.test.p_click < 1)).all()
+    # the packed module (what MLflow logs) gives the test rows' predictions from one float matrix
+    with torch.no_grad():
+        packed = result.model(torch.from_numpy(result.example)).numpy()
+    assert np.allclose(packed, result.test.p_click[: len(packed)], atol=1e-5)
+    # seeded: the same run gives the same numbers
+    again = train_attention_model(work, params)
+    assert again.auc_by_epoch == result.auc_by_epoch
+    assert np.array_equal(again.test.p_click, result.test.p_click)
+
+
+# -- the blend ---------------------------------------------------------------------------------------
+
+
+def _two_models(seed: int = 0, n: int = 4_000):
+    rng = np.random.default_rng(seed)
+    label = (rng.random(n) < 0.3).astype(float)
+    # each model sees the label through its own noise: together they know more than either
+    signal = label * 1.0
+    p_a = 1 / (1 + np.exp(-(signal + rng.normal(0, 1.2, n) - 0.5)))
+    p_b = 1 / (1 + np.exp(-(2 * signal + rng.normal(0, 2.5, n) - 1)))
+    return np.arange(n), label, p_a, p_b
+
+
+def test_blend_weight_comes_from_validation_rows_only():
+    row, label, p_a, p_b = _two_models()
+    test_row = np.arange(100, 1100)
+    rng = np.random.default_rng(1)
+    t_a, t_b = rng.random(1000), rng.random(1000)
+    result = choose_blend(row, p_a, row[::-1], p_b[::-1], row, label, test_row, t_a, test_row, t_b)
+    assert 0 < result.weight < 1, "two partly independent models blend"
+    assert result.valid_auc_blend > max(result.valid_auc_a, result.valid_auc_b)
+    # any other test predictions (and test labels are never an input): the same weight
+    permuted = rng.permutation(1000)
+    other = choose_blend(row, p_a, row, p_b, row, label, test_row, t_a[permuted], test_row[::-1], rng.random(1000))
+    assert other.weight == result.weight and other.valid_auc_blend == result.valid_auc_blend
+    # but validation labels drive it
+    flipped = choose_blend(row, p_a, row, p_b, row, 1 - label, test_row, t_a, test_row, t_b)
+    assert flipped.valid_auc_blend != result.valid_auc_blend
+
+
+def test_a_model_perfect_on_validation_takes_all_the_weight():
+    row, label, _, p_b = _two_models()
+    perfect = np.where(label == 1, 0.9, 0.1)
+    test_row = np.arange(10)
+    result = choose_blend(row, perfect, row, p_b, row, label, test_row, np.full(10, 0.2), test_row, np.full(10, 0.7))
+    assert result.weight == 1.0 and result.valid_auc_blend == 1.0
+    assert np.allclose(result.test_p_click, 0.2)
+    swapped = choose_blend(row, p_b, row, perfect, row, label, test_row, np.full(10, 0.7), test_row, np.full(10, 0.2))
+    assert swapped.weight == 0.0
+
+
+def test_the_blend_refuses_predictions_of_different_rows():
+    row, label, p_a, p_b = _two_models(n=100)
+    with pytest.raises(BlendError, match="cover different rows"):
+        choose_blend(row, p_a, row[:-1], p_b[:-1], row, label, row, p_a, row, p_b)
+    with pytest.raises(BlendError, match="test rows"):
+        choose_blend(row, p_a, row, p_b, row, label, row, p_a, row + 1, p_b)
+    with pytest.raises(BlendError, match="within"):
+        choose_blend(row, p_a, row, p_b * 2, row, label, row, p_a, row, p_b)
+
+
+# -- the assets -------------------------------------------------------------------------------------
+
+
+def test_attention_and_blend_assets_publish_track_and_feed_the_submission(materialized):
+    import mlflow
+    import pyarrow.parquet as pq
+    from mlflow import MlflowClient
+
+    from kuai_assets_tests.test_pipeline import metadata
+
+    result, work = materialized["result"], WorkDir(materialized["work"])
+    attention = metadata(result, "attention_model")
+    blend = metadata(result, "blend")
+    assert 0.6 < attention["valid_auc"] < 1
+    assert 0 <= blend["gbdt_weight"] <= 1
+    assert blend["valid_auc"] >= max(blend["valid_auc_gbdt"], blend["valid_auc_attention"]) - 1e-12
+    assert "| blend |" in blend["side_by_side"] and "attention" in blend["side_by_side"]
+
+    scored = model_rows(work, "validation", "scored")["row_id"]
+    test = model_rows(work, "submission", "scored")["row_id"]
+    for store in ("model", "attention_model", "blend"):
+        folder = work.require_store(store)
+        valid = pq.read_table(folder / "validation_predictions.parquet")
+        assert np.array_equal(np.sort(valid.column("row_id").to_numpy()), scored), store
+        tests = pq.read_table(folder / "test_predictions.parquet")
+        assert tests.column_names == ["row_id", "user_id", "photo_id", "p_click"], store
+        assert np.array_equal(np.sort(tests.column("row_id").to_numpy()), test), store
+
+    # the submission is the blend's by default, and the evaluation says so
+    assert metadata(result, "submission")["source"] == "blend"
+    evaluation = metadata(result, "evaluation")
+    assert evaluation["submitted"] == "blend"
+    assert abs(evaluation["test_auc"] - evaluation["blend_test_auc"]) < 1e-3
+    assert "attention_model_test_auc" in evaluation and "model_test_auc" in evaluation
+
+    info = json.loads((work.require_store("attention_model") / "run.json").read_text())
+    client = MlflowClient(f"sqlite:///{materialized['work']}/mlflow/mlflow.db")
+    run = client.get_run(info["mlflow_run_id"])
+    assert run.data.params["history_length"] == "50"
+    assert "test_auc" in run.data.metrics
+    steps = client.get_metric_history(run.info.run_id, "valid_auc_by_epoch")
+    assert [m.step for m in steps] == list(range(1, len(info["auc_by_epoch"]) + 1))
+    mlflow.set_tracking_uri(f"sqlite:///{materialized['work']}/mlflow/mlflow.db")
+    logged = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    example = np.asarray(logged.input_example, dtype=np.float32)
+    p = np.asarray(logged.predict(example)).ravel()
+    assert p.shape == (len(example),) and ((p > 0) & (p < 1)).all()
+    blend_info = json.loads((work.require_store("blend") / "run.json").read_text())
+    blend_run = client.get_run(blend_info["mlflow_run_id"])
+    assert {"valid_auc", "valid_auc_gbdt", "valid_auc_attention", "gbdt_weight"} <= set(blend_run.data.metrics)
