@@ -72,12 +72,20 @@ class TableModel:
         return hashlib.sha256("".join(parts).encode()).hexdigest()[:12]
 
     def _python_source(self) -> str:
+        """The group's module and, transitively, every kuai_assets.features module it draws on."""
         module = inspect.getmodule(self.compute)
         modules = {module.__name__: module}
-        for value in vars(module).values():
-            source_module = inspect.getmodule(value)
-            if source_module is not None and source_module.__name__.startswith("kuai_assets.features."):
-                modules.setdefault(source_module.__name__, source_module)
+        pending = [module]
+        while pending:
+            for value in vars(pending.pop()).values():
+                source_module = inspect.getmodule(value)
+                if (
+                    source_module is not None
+                    and source_module.__name__.startswith("kuai_assets.features.")
+                    and source_module.__name__ not in modules
+                ):
+                    modules[source_module.__name__] = source_module
+                    pending.append(source_module)
         modules.pop(__name__, None)  # the spec itself (TableModel) is not the group's logic
         return "".join(inspect.getsource(modules[name]) for name in sorted(modules))
 
