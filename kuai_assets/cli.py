@@ -310,9 +310,13 @@ def print_summary(instance, workspace: settings.Workspace, elapsed: float, run_i
     lines = [
         "",
         f"[kuai] done in {elapsed / 60:.1f} min (Dagster run {run_id})",
-        f"  validation AUC (cold-start photos, last hours of train): {model.get('valid_auc', float('nan')):.4f}",
+        f"  validation AUC (cold-start photos, last hours of train): {evaluation.get('valid_auc', model.get('valid_auc', float('nan'))):.4f}"
+        f" ({evaluation.get('submitted', 'model')})",
     ]
     if "test_auc" in evaluation:
+        for store, label in (("model", "GBDT"), ("attention_model", "attention network"), ("blend", "blend")):
+            if f"{store}_test_auc" in evaluation:
+                lines.append(f"  test AUC, {label + ':':<47} {evaluation[f'{store}_test_auc']:.4f}")
         lines += [
             f"  evaluation AUC (submission vs ground truth):            {evaluation['test_auc']:.4f}",
             f"  oracle AUC (true click probabilities):                  {evaluation['oracle_auc']:.4f}",
