@@ -454,8 +454,16 @@ def test_materialize_model_in_kuai_ui_then_change_the_learning_rate_in_the_launc
     page.get_by_role("menuitem").filter(has_text="Open launchpad").click()
     line = page.locator(".CodeMirror-line").filter(has_text=re.compile(r"^\s*learning_rate: 0\.1\s*$"))
     expect(line).to_have_count(1)
-    line.click()
-    page.keyboard.press("End")
+    # put the cursor at the end of that line (a click on it can land on its neighbour while the
+    # editor settles), then type as a person does
+    page.evaluate(
+        """() => {
+            const cm = document.querySelector('.CodeMirror').CodeMirror;
+            const n = cm.getValue().split('\\n').findIndex((l) => /^\\s*learning_rate: 0\\.1\\s*$/.test(l));
+            cm.focus();
+            cm.setCursor({line: n, ch: cm.getLine(n).length});
+        }"""
+    )
     for _ in range(3):
         page.keyboard.press("Backspace")
     page.keyboard.type("0.2")
