@@ -46,63 +46,36 @@ user_total as (
     group by all
 ),
 
-coarse_pair_part as (
-    select setup, fold, user_id, coarse_cluster as cluster,
+{% for level in ['coarse', 'fine'] %}
+{{ level }}_pair_part as (
+    select setup, fold, user_id, {{ level }}_cluster as cluster,
            count(*) as n, sum(click) as clicks, sum(playing_time) as playing
     from history
-    where coarse_cluster is not null
+    where {{ level }}_cluster is not null
     group by all
 ),
 
-coarse_pair_total as (
+{{ level }}_pair_total as (
     select setup, user_id, cluster, sum(n) as n, sum(clicks) as clicks, sum(playing) as playing
-    from coarse_pair_part
+    from {{ level }}_pair_part
     group by all
 ),
 
-coarse_cluster_part as (
-    select h.setup, h.fold, p.coarse_cluster as cluster,
+{{ level }}_cluster_part as (
+    select h.setup, h.fold, p.{{ level }}_cluster as cluster,
            count(*) as n, sum(h.click) as clicks, sum(h.playing_time) as playing
     from label_history as h
     join photo_clusters as p using (photo_id)
-    where p.coarse_cluster is not null
+    where p.{{ level }}_cluster is not null
     group by all
 ),
 
-coarse_cluster_total as (
+{{ level }}_cluster_total as (
     select setup, cluster, sum(n) as n, sum(clicks) as clicks, sum(playing) as playing
-    from coarse_cluster_part
+    from {{ level }}_cluster_part
     group by all
 ),
-
-fine_pair_part as (
-    select setup, fold, user_id, fine_cluster as cluster,
-           count(*) as n, sum(click) as clicks, sum(playing_time) as playing
-    from history
-    where fine_cluster is not null
-    group by all
-),
-
-fine_pair_total as (
-    select setup, user_id, cluster, sum(n) as n, sum(clicks) as clicks, sum(playing) as playing
-    from fine_pair_part
-    group by all
-),
-
-fine_cluster_part as (
-    select h.setup, h.fold, p.fine_cluster as cluster,
-           count(*) as n, sum(h.click) as clicks, sum(h.playing_time) as playing
-    from label_history as h
-    join photo_clusters as p using (photo_id)
-    where p.fine_cluster is not null
-    group by all
-),
-
-fine_cluster_total as (
-    select setup, cluster, sum(n) as n, sum(clicks) as clicks, sum(playing) as playing
-    from fine_cluster_part
-    group by all
-),
+{% endfor %}
 
 rows as (
     select r.setup, r.row_id, r.time, i.duration_time, p.coarse_cluster, p.fine_cluster,
