@@ -150,3 +150,12 @@ def test_every_asset_has_a_derived_code_version(monkeypatch):
     real = inspect.getsource
     monkeypatch.setattr(inspect, "getsource", lambda obj: real(obj) + ("\n# edited\n" if obj is gbdt else ""))
     assert source_version(function) != versions["model"]
+
+
+def test_each_asset_is_found_once_by_the_autoloader():
+    """defs/ modules name each other's assets by key, never by importing them: an imported asset
+    is a second module attribute the autoloader finds again."""
+    from collections import Counter
+
+    counts = Counter(key.to_user_string() for asset in defs.assets for key in asset.keys)
+    assert [key for key, n in counts.items() if n > 1] == []

@@ -17,7 +17,7 @@ from pydantic import Field
 
 from kuai_assets.defs.factory import modules_version, source_version
 from kuai_assets.defs.metadata import clear_failures, image, markdown_table
-from kuai_assets.defs.model import LIGHTGBM_TAGS, model, training_matrix
+from kuai_assets.defs.model import LIGHTGBM_TAGS
 from kuai_assets.defs.resources import TrackingResource, WorkspaceResource
 from kuai_assets.features.matrix import MATRIX
 from kuai_assets.ml import blend as blend_logic
@@ -93,7 +93,7 @@ def _write_predictions(path: Path, columns: dict[str, np.ndarray]) -> None:
     history, inputs, network, training,
     group_name=GROUP,
     kinds={"pytorch", "mlflow"},
-    deps=[training_matrix] + [dg.AssetKey(name) for name in (
+    deps=[dg.AssetKey("training_matrix")] + [dg.AssetKey(name) for name in (
         "model_rows", "label_history", "pca_visual_features", "video_clusters", "raw_text", "raw_faces", "raw_interactions")],
     op_tags=LIGHTGBM_TAGS,  # uses every core, like the LightGBM steps: one of them at a time
 )
@@ -231,7 +231,7 @@ def validation_labels(work: WorkDir) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(table["row_id"], dtype=np.int64), np.asarray(table["click"], dtype=np.float64)
 
 
-@versioned(blend_logic, group_name=GROUP, kinds={"python", "mlflow"}, deps=[model, attention_model, training_matrix])
+@versioned(blend_logic, group_name=GROUP, kinds={"python", "mlflow"}, deps=[dg.AssetKey("model"), attention_model, dg.AssetKey("training_matrix")])
 def blend(context: dg.AssetExecutionContext, workspace: WorkspaceResource, tracking: TrackingResource) -> dg.MaterializeResult:
     """The GBDT (`model`) and the attention network blended by a logit average whose weight is
     chosen on the validation rows' AUC alone (kuai_assets.ml.blend); the test rows get that weight.
