@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from kuai_assets.defs.factory import modules_version, source_version
+from kuai_assets.defs.factory import versioned_asset
 from kuai_assets.defs.metadata import clear_failures, image, markdown_table
 from kuai_assets.defs.model import LIGHTGBM_TAGS
 from kuai_assets.defs.resources import TrackingResource, WorkspaceResource
@@ -33,17 +33,6 @@ ATTENTION, BLEND = "attention_model", "blend"
 REGISTERED_ATTENTION_MODEL = "kuai_click_model_attention"
 VALIDATION_PREDICTIONS, TEST_PREDICTIONS = "validation_predictions.parquet", "test_predictions.parquet"
 _DEFAULTS = AttentionParams()
-
-
-def versioned(*logic, **kwargs):
-    """`dg.asset` whose code version hashes the function's source and the whole logic modules
-    it runs (the attention package spans several)."""
-
-    def decorate(fn):
-        version = modules_version(*logic)[:6] + source_version(fn)[:6]
-        return dg.asset(code_version=version, **kwargs)(fn)
-
-    return decorate
 
 
 class AttentionConfig(dg.Config):
@@ -89,8 +78,8 @@ def _write_predictions(path: Path, columns: dict[str, np.ndarray]) -> None:
     pq.write_table(pa.table(columns), path)
 
 
-@versioned(
-    history, inputs, network, training,
+@versioned_asset(
+    logic=(history, inputs, network, training),  # the attention package spans several modules
     group_name=GROUP,
     kinds={"pytorch", "mlflow"},
     deps=[dg.AssetKey("training_matrix")] + [dg.AssetKey(name) for name in (
@@ -231,7 +220,7 @@ def validation_labels(work: WorkDir) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(table["row_id"], dtype=np.int64), np.asarray(table["click"], dtype=np.float64)
 
 
-@versioned(blend_logic, group_name=GROUP, kinds={"python", "mlflow"}, deps=[dg.AssetKey("model"), attention_model, dg.AssetKey("training_matrix")])
+@versioned_asset(logic=(blend_logic,), group_name=GROUP, kinds={"python", "mlflow"}, deps=[dg.AssetKey("model"), attention_model, dg.AssetKey("training_matrix")])
 def blend(context: dg.AssetExecutionContext, workspace: WorkspaceResource, tracking: TrackingResource) -> dg.MaterializeResult:
     """The GBDT (`model`) and the attention network blended by a logit average whose weight is
     chosen on the validation rows' AUC alone (kuai_assets.ml.blend); the test rows get that weight.

@@ -94,11 +94,17 @@ def modules_version(*modules: types.ModuleType) -> str:
     return hashlib.sha256("\n".join(inspect.getsource(m) for m in modules).encode()).hexdigest()[:12]
 
 
-def versioned_asset(**kwargs) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
-    """`dg.asset` with the code version derived from the function's source."""
+def versioned_asset(
+    *, logic: tuple[types.ModuleType, ...] = (), **kwargs
+) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
+    """`dg.asset` with the code version derived from the function's source, and from the whole
+    `logic` modules where the logic it runs spans more modules than its names reach."""
 
     def decorate(fn: Callable[..., Any]) -> dg.AssetsDefinition:
-        return dg.asset(code_version=source_version(fn), **kwargs)(fn)
+        version = source_version(fn)
+        if logic:
+            version = hashlib.sha256((version + modules_version(*logic)).encode()).hexdigest()[:12]
+        return dg.asset(code_version=version, **kwargs)(fn)
 
     return decorate
 
