@@ -13,7 +13,6 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import Field
 
 from kuai_assets.defs.factory import versioned_asset
 from kuai_assets.defs.metadata import clear_failures, image, markdown_table
@@ -23,7 +22,7 @@ from kuai_assets.features.matrix import MATRIX
 from kuai_assets.ml import blend as blend_logic
 from kuai_assets.ml.attention import AttentionParams, HistoryLeakError, train_attention_model
 from kuai_assets.ml.attention import history, inputs, network, training
-from kuai_assets.ml.attention.training import DEFAULT_CONTEXT_GROUPS, params_dict
+from kuai_assets.ml.attention.training import params_dict
 from kuai_assets.ml.blend import BlendError, auc_by_weight_png, choose_blend
 from kuai_assets.ml.gbdt import file_digest
 from kuai_assets.storage import WorkDir
@@ -32,42 +31,10 @@ GROUP = "model"
 ATTENTION, BLEND = "attention_model", "blend"
 REGISTERED_ATTENTION_MODEL = "kuai_click_model_attention"
 VALIDATION_PREDICTIONS, TEST_PREDICTIONS = "validation_predictions.parquet", "test_predictions.parquet"
-_DEFAULTS = AttentionParams()
 
 
-class AttentionConfig(dg.Config):
-    history_length: int = Field(default=_DEFAULTS.history_length, description="Most recent fit rows a row attends over.")
-    max_epochs: int = Field(default=_DEFAULTS.max_epochs, description="Most validation epochs.")
-    patience: int = Field(default=_DEFAULTS.patience, description="Stop after this many epochs without a better validation AUC.")
-    fit_targets_per_epoch: int = Field(
-        default=_DEFAULTS.fit_targets_per_epoch, description="Fit rows sampled per epoch (every scored row is scored)."
-    )
-    batch_size: int = Field(default=_DEFAULTS.batch_size, description="Targets per gradient step.")
-    learning_rate: float = Field(default=_DEFAULTS.learning_rate, description="Adam's learning rate.")
-    weight_decay: float = Field(default=_DEFAULTS.weight_decay, description="Adam's L2 penalty.")
-    item_dim: int = Field(default=_DEFAULTS.item_dim, description="Width of a photo's vector (query and keys).")
-    refit_epochs_factor: float = Field(
-        default=_DEFAULTS.refit_epochs_factor, description="The submission network trains best_epoch x this factor epochs."
-    )
-    context_groups: list[str] = Field(
-        default=list(DEFAULT_CONTEXT_GROUPS),
-        description="Label-free feature groups of the training matrix given as the row's context.",
-    )
-    device: str = Field(default=_DEFAULTS.device, description="cpu, cuda, or auto (cuda when present).")
-    threads: int = Field(default=_DEFAULTS.threads, description="Torch CPU threads; 0 uses every core.")
-    seed: int = Field(default=_DEFAULTS.seed, description="Seed of the weights and of the per-epoch samples.")
-    leak_check_targets: int = Field(
-        default=_DEFAULTS.leak_check_targets, description="Rows per (setup, role) whose history the leak check proves."
-    )
-
-    def params(self) -> AttentionParams:
-        return AttentionParams(
-            history_length=self.history_length, max_epochs=self.max_epochs, patience=self.patience,
-            fit_targets_per_epoch=self.fit_targets_per_epoch, batch_size=self.batch_size,
-            learning_rate=self.learning_rate, weight_decay=self.weight_decay, item_dim=self.item_dim,
-            refit_epochs_factor=self.refit_epochs_factor, context_groups=tuple(self.context_groups),
-            device=self.device, threads=self.threads, seed=self.seed, leak_check_targets=self.leak_check_targets,
-        )
+class AttentionConfig(dg.Config, AttentionParams):
+    """The attention model's training settings in the Launchpad."""
 
 
 def _failure(step: str, exc: Exception) -> dg.Failure:
@@ -105,8 +72,7 @@ def attention_model(
         tracker = tracking.tracker()
         tracker.check()
         try:
-            params = config.params()
-            result = train_attention_model(work, params, context.log.info)
+            result = train_attention_model(work, config, context.log.info)
         except (HistoryLeakError, ValueError) as exc:
             raise _failure(ATTENTION, exc) from None
         from kuai_assets.ml import plots
@@ -119,6 +85,7 @@ def attention_model(
             "model_config": "attention",
             "code_version": context.assets_def.code_versions_by_key.get(context.asset_key) or "",
         }
+        params = config
         run_name = f"attention · history {params.history_length} · lr {params.learning_rate:g} · dim {params.item_dim}"
         started = time.time()
         with tracker.run(run_name, tags) as run:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, Field
 
 from kuai_assets.ml.attention.history import HistoryCheck, SetupHistory, build_history, check_histories
 from kuai_assets.ml.attention.inputs import PhotoTable, Targets, context_features, load_photos, load_targets
@@ -26,39 +28,40 @@ from kuai_assets.storage import WorkDir
 DEFAULT_CONTEXT_GROUPS = ("impression_context", "time_and_duration")
 
 
-@dataclass
-class AttentionParams:
-    history_length: int = 50
-    max_epochs: int = 6
-    patience: int = 2  # stop after this many epochs without a better validation AUC
-    fit_targets_per_epoch: int = 150_000
-    batch_size: int = 512
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-6
-    item_dim: int = 32
-    cluster_dim: int = 8
-    word_dim: int = 8
-    words_per_photo: int = 8
-    word_buckets: int = 1 << 15
-    user_dim: int = 8
-    attention_hidden: int = 32
-    hidden: tuple[int, ...] = (128, 64)
-    dropout: float = 0.1
-    refit_epochs_factor: float = 1.1
-    context_groups: tuple[str, ...] = DEFAULT_CONTEXT_GROUPS
-    device: str = "cpu"  # cpu | cuda | auto (cuda when present)
-    threads: int = 0  # torch CPU threads; 0 = every core
-    seed: int = 7
-    leak_check_targets: int = 20_000  # rows per (setup, role) the history check samples
+class AttentionParams(BaseModel):
+    """How the attention model is trained and shaped (also its config in the Launchpad)."""
 
-    def __post_init__(self):
-        for name in ("history_length", "max_epochs", "fit_targets_per_epoch", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"attention parameter {name} must be at least 1, got {getattr(self, name)}")
-        if self.device not in ("cpu", "cuda", "auto"):
-            raise ValueError(f"device must be cpu, cuda or auto, got {self.device!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+    history_length: int = Field(default=50, ge=1, description="Most recent fit rows a row attends over.")
+    max_epochs: int = Field(default=6, ge=1, description="Most validation epochs.")
+    patience: int = Field(default=2, ge=1, description="Stop after this many epochs without a better validation AUC.")
+    fit_targets_per_epoch: int = Field(
+        default=150_000, ge=1, description="Fit rows sampled per epoch (every scored row is scored)."
+    )
+    batch_size: int = Field(default=512, ge=1, description="Targets per gradient step.")
+    learning_rate: float = Field(default=2e-3, gt=0, description="Adam's learning rate.")
+    weight_decay: float = Field(default=1e-6, ge=0, description="Adam's L2 penalty.")
+    item_dim: int = Field(default=32, ge=1, description="Width of a photo's vector (query and keys).")
+    cluster_dim: int = Field(default=8, ge=1, description="Width of each cluster id's embedding.")
+    word_dim: int = Field(default=8, ge=1, description="Width of each cover word's embedding.")
+    words_per_photo: int = Field(default=8, ge=1, description="Cover words kept per photo.")
+    word_buckets: int = Field(default=1 << 15, ge=1, description="Hash buckets of the word ids.")
+    user_dim: int = Field(default=8, ge=1, description="Width of the user embedding.")
+    attention_hidden: int = Field(default=32, ge=1, description="Hidden width of the attention unit.")
+    hidden: list[int] = Field(default=[128, 64], description="Hidden widths of the click tower.")
+    dropout: float = Field(default=0.1, ge=0, lt=1, description="Dropout in the click tower.")
+    refit_epochs_factor: float = Field(
+        default=1.1, gt=0, description="The submission network trains best_epoch x this factor epochs."
+    )
+    context_groups: list[str] = Field(
+        default=list(DEFAULT_CONTEXT_GROUPS),
+        description="Label-free feature groups of the training matrix given as the row's context.",
+    )
+    device: Literal["cpu", "cuda", "auto"] = Field(default="cpu", description="cpu, cuda, or auto (cuda when present).")
+    threads: int = Field(default=0, ge=0, description="Torch CPU threads; 0 uses every core.")
+    seed: int = Field(default=7, description="Seed of the weights and of the per-epoch samples.")
+    leak_check_targets: int = Field(
+        default=20_000, ge=1, description="Rows per (setup, role) whose history the leak check proves."
+    )
 
 
 @dataclass
@@ -298,7 +301,7 @@ def train_attention_model(work: WorkDir, params: AttentionParams, log=lambda mes
 
 
 def params_dict(params: AttentionParams) -> dict:
-    values = asdict(params)
+    values = params.model_dump()
     values["hidden"] = ",".join(str(h) for h in params.hidden)
     values["context_groups"] = ",".join(params.context_groups)
     return values
