@@ -4,61 +4,52 @@
 --
 -- grain: setup, row_id
 -- continuous: visual_similarity_clicked, visual_similarity_unclicked, visual_similarity_margin
+{%- set dims = columns('pca_visual_features', 'pc_') %}
 with
--- The vectors in long form (photo_id, dim, value), one row per component, so every dot product
--- and norm is a sum over dims whatever the number of components (`columns` lists the PCA's
--- pc_00, pc_01, ... as the table has them). A centroid is the sum of the user's unit vectors out
--- of fold: the setup's whole history minus the row's own fold (scored rows have fold -1, which has
+-- Every vector is one row of its components as the PCA kept them (`columns` lists pc_00, pc_01,
+-- ... as the table has them, however many), so each dot product and norm is one expression per
+-- row: no row is repeated per component. A centroid is the sum of the user's unit vectors out of
+-- fold: the setup's whole history minus the row's own fold (scored rows have fold -1, which has
 -- no part). A centroid with no photo out of fold, or summing to zero, gives a null similarity.
 vectors as (
-{%- for column in columns('pca_visual_features', 'pc_') %}
-    select photo_id, {{ loop.index0 }} as dim, cast({{ column }} as double) as value from pca_visual_features
-    {{- "\n    union all" if not loop.last }}
-{%- endfor %}
-),
-
-lengths as (
-    select photo_id, sqrt(sum(value * value)) as length
-    from vectors
-    group by photo_id
+    select photo_id,
+           {% for c in dims %}cast({{ c }} as double) as {{ c }}{{ "," if not loop.last }}
+           {% endfor %}
+    from pca_visual_features
 ),
 
 unit as (
-    select v.photo_id, v.dim, v.value / greatest(l.length, 1e-12) as value
-    from vectors as v
-    join lengths as l using (photo_id)
+    select photo_id,
+           {% for c in dims %}{{ c }} / greatest(length, 1e-12) as {{ c }}{{ "," if not loop.last }}
+           {% endfor %}
+    from (
+        select *, sqrt({% for c in dims %}{{ c }} * {{ c }}{{ " + " if not loop.last }}{% endfor %}) as length
+        from vectors
+    ) as v
 ),
 
--- each (fold, user, click) part's impressions of each photo, then its sum of unit vectors
+-- each (fold, user, click) part's impressions of each photo, its count and its sum of unit vectors
 photo_part as (
     select setup, fold, user_id, click, photo_id, count(*) as n
     from label_history
     group by all
 ),
 
-count_part as (
-    select setup, fold, user_id, click, sum(n) as n
-    from photo_part
-    group by all
-),
-
 sum_part as (
-    select p.setup, p.fold, p.user_id, p.click, u.dim, sum(p.n * u.value) as total
+    select p.setup, p.fold, p.user_id, p.click, sum(p.n) as n,
+           {% for c in dims %}sum(p.n * u.{{ c }}) as {{ c }}{{ "," if not loop.last }}
+           {% endfor %}
     from photo_part as p
     join unit as u using (photo_id)
-    group by all
-),
-
-count_total as (
-    select setup, user_id, click, sum(n) as n
-    from count_part
-    group by all
+    group by p.setup, p.fold, p.user_id, p.click
 ),
 
 sum_total as (
-    select setup, user_id, click, dim, sum(total) as total
+    select setup, user_id, click, sum(n) as n,
+           {% for c in dims %}sum({{ c }}) as {{ c }}{{ "," if not loop.last }}
+           {% endfor %}
     from sum_part
-    group by all
+    group by setup, user_id, click
 ),
 
 folds as (
@@ -66,46 +57,37 @@ folds as (
 ),
 
 -- the (fold, user, click) centroids out of fold that have at least one photo
-count_out as (
-    select t.setup, f.fold, t.user_id, t.click
-    from count_total as t
+centroid as (
+    select t.setup, f.fold, t.user_id, t.click,
+           {% for c in dims %}t.{{ c }} - coalesce(p.{{ c }}, 0) as {{ c }}{{ "," if not loop.last }}
+           {% endfor %}
+    from sum_total as t
     join folds as f on f.setup = t.setup
-    left join count_part as p
+    left join sum_part as p
         on p.setup = t.setup and p.fold = f.fold and p.user_id = t.user_id and p.click = t.click
     where t.n > coalesce(p.n, 0)
 ),
 
-centroid as (
-    select c.setup, c.fold, c.user_id, c.click, t.dim, t.total - coalesce(p.total, 0) as total
-    from count_out as c
-    join sum_total as t on t.setup = c.setup and t.user_id = c.user_id and t.click = c.click
-    left join sum_part as p
-        on p.setup = c.setup and p.fold = c.fold and p.user_id = c.user_id and p.click = c.click and p.dim = t.dim
-),
-
 centroid_length as (
-    select setup, fold, user_id, click, sqrt(sum(total * total)) as length
+    select *, sqrt({% for c in dims %}{{ c }} * {{ c }}{{ " + " if not loop.last }}{% endfor %}) as length
     from centroid
-    group by all
 ),
 
-similarity as (
-    select r.setup, r.row_id, c.click,
-           sum(u.value * c.total) / nullif(max(l.length), 0) as cosine
+-- each row's cosine with its user's clicked and unclicked centroids (a row per centroid it has)
+cosine as (
+    select r.setup, r.row_id, k.click,
+           ({% for c in dims %}u.{{ c }} * k.{{ c }}{{ " + " if not loop.last }}{% endfor %}) / nullif(k.length, 0) as cosine
     from model_rows as r
     join unit as u on u.photo_id = r.photo_id
-    join centroid as c on c.setup = r.setup and c.fold = r.fold and c.user_id = r.user_id and c.dim = u.dim
-    join centroid_length as l
-        on l.setup = c.setup and l.fold = c.fold and l.user_id = c.user_id and l.click = c.click
-    group by r.setup, r.row_id, c.click
+    join centroid_length as k on k.setup = r.setup and k.fold = r.fold and k.user_id = r.user_id
 ),
 
 pair as (
     select r.setup, r.row_id,
-           max(case when s.click = 1 then s.cosine end) as clicked,
-           max(case when s.click = 0 then s.cosine end) as unclicked
+           max(case when c.click = 1 then c.cosine end) as clicked,
+           max(case when c.click = 0 then c.cosine end) as unclicked
     from model_rows as r
-    left join similarity as s on s.setup = r.setup and s.row_id = r.row_id
+    left join cosine as c on c.setup = r.setup and c.row_id = r.row_id
     group by r.setup, r.row_id
 )
 
