@@ -146,14 +146,10 @@ def check_dataset(workspace: settings.Workspace, say=print) -> None:
     from kuai_assets.formats import layout
 
     root = workspace.data_dir
-    if not root.exists() and workspace.generates_its_data:
-        from kuai_assets.synth import generate, get_size
+    if workspace.generates_its_data:
+        from kuai_assets.synth import generate_if_absent
 
-        say(f"[kuai] no dataset at {root}: generating the synthetic '{workspace.size}' dataset there (once) ...")
-        started = time.time()
-        root.parent.mkdir(parents=True, exist_ok=True)
-        summary = generate(root, get_size(workspace.size))
-        say(f"[kuai] generated in {time.time() - started:.0f}s (oracle AUC {summary['oracle_auc']:.4f})")
+        generate_if_absent(root, workspace.size, lambda line: say(f"[kuai] {line}"))
     say(f"[kuai] checking the dataset's layout at {root} (train/ and test/: interactions, faces, cover text, vectors)")
     problem = layout.layout_problem(root)
     if problem:

@@ -6,10 +6,11 @@ import dagster as dg
 from kuai_assets.definitions import defs
 
 EXPECTED_GRAPH = {
-    "raw_interactions": ("raw", []),
-    "raw_faces": ("raw", ["raw_interactions"]),
-    "raw_text": ("raw", ["raw_interactions"]),
-    "video_embeddings": ("visual", ["raw_interactions"]),
+    "dataset": ("raw", []),
+    "raw_interactions": ("raw", ["dataset"]),
+    "raw_faces": ("raw", ["dataset", "raw_interactions"]),
+    "raw_text": ("raw", ["dataset", "raw_interactions"]),
+    "video_embeddings": ("visual", ["dataset", "raw_interactions"]),
     "pca_visual_features": ("visual", ["video_embeddings"]),
     "video_clusters": ("visual", ["pca_visual_features"]),
     "model_rows": ("features", ["raw_interactions"]),

@@ -166,11 +166,41 @@ def test_another_work_dir_does_not_inherit_a_sourced_workspace(tmp_path, monkeyp
 def test_only_the_workspaces_own_synthetic_default_is_ever_generated(tmp_path):
     from kuai_assets.defs.resources import WorkspaceResource
 
+    from kuai_assets.defs.raw import dataset
+
     elsewhere = tmp_path / "repo" / ".kuai" / "data" / "tiny"
     resource = WorkspaceResource(data_dir=str(elsewhere), work_dir=str(tmp_path / "work"))
+    assert not resource.generates_here()
     with pytest.raises(dg.Failure, match=rf"^no dataset at {elsewhere}: "):
-        resource.dataset()
+        resource.data_root()
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.materialize([dataset], resources={"workspace": resource}, instance=instance, raise_on_error=False)
+    assert not result.success
     assert not (tmp_path / "repo").exists()
+
+
+def test_the_dataset_asset_generates_the_workspaces_default_once_and_fingerprints_it(tmp_path):
+    from kuai_assets.defs.raw import dataset
+
+    work = tmp_path / "work"
+    resource = WorkspaceResource(data_dir=str(work / "data" / "tiny"), work_dir=str(work))
+    assert resource.generates_here()
+
+    def materialize_dataset():
+        with dg.DagsterInstance.ephemeral() as instance:
+            result = dg.materialize([dataset], resources={"workspace": resource}, instance=instance)
+            event = result.asset_materializations_for_node("dataset")[0]
+            return event.metadata, event.tags["dagster/data_version"]
+
+    metadata, version = materialize_dataset()
+    assert (work / "data" / "tiny" / "ground_truth" / "summary.json").is_file()
+    assert metadata["files"].value >= 6 and metadata["data_dir"].value == str(work / "data" / "tiny")
+    again = materialize_dataset()[1]
+    assert again == version  # nothing regenerated, nothing changed
+    text = work / "data" / "tiny" / "test" / "test_text.txt"
+    text.write_text(text.read_text() + "")
+    os.utime(text, ns=(text.stat().st_atime_ns, text.stat().st_mtime_ns + 10**9))
+    assert materialize_dataset()[1] != version
 
 
 def test_kuai_mlflow_ui_records_its_address_for_the_dagster_links(tmp_path):

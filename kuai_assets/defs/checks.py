@@ -284,7 +284,7 @@ def model_promoted_if_better(workspace: WorkspaceResource, tracking: TrackingRes
 )
 def submission_matches_test_keys(workspace: WorkspaceResource) -> dg.AssetCheckResult:
     path = workspace.work().submission_file
-    test_file = layout.interaction_file(workspace.dataset(), "test")
+    test_file = layout.interaction_file(workspace.data_root(), "test")
     try:
         rows = validate_submission(path, test_file)
     except DataFormatError as exc:

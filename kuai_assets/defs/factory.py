@@ -113,13 +113,15 @@ def table_asset(
     *,
     group_name: str,
     upstream: tuple[str, ...] = (),
+    reads: tuple[str, ...] = (),
     kinds: set[str] = frozenset({"duckdb"}),
     description: str | None = None,
     **kwargs,
 ) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
     """Declare a table asset. The function is called as `fn(context, con, out, **resources)`.
 
-    `con` sees exactly `upstream` (one view per table); `out` is where the table is written. The
+    `con` sees exactly `upstream` (one view per table); `out` is where the table is written.
+    `reads` names upstream assets that are not tables (the `dataset` folder), read by other means. The
     function returns a dict of extra metadata (or None); the table is published when it returns.
     Its parameters after `out` are Dagster resources and must include `workspace`.
     """
@@ -158,7 +160,7 @@ def table_asset(
             name=name,
             group_name=group_name,
             kinds=set(kinds),
-            deps=[dg.AssetKey(t) for t in upstream],
+            deps=[dg.AssetKey(t) for t in (*reads, *upstream)],
             description=description or inspect.getdoc(fn),
             code_version=source_version(fn),
             **kwargs,

@@ -232,7 +232,7 @@ def submission(
             write_submission(
                 path, predictions.column("user_id").to_numpy(), predictions.column("photo_id").to_numpy(), probability
             )
-        rows = validate_submission(path, layout.interaction_file(workspace.dataset(), "test"))
+        rows = validate_submission(path, layout.interaction_file(workspace.data_root(), "test"))
         with atomic_file(path.with_name(SUBMISSION_SOURCE_FILE)) as tmp:
             tmp.write_text(json.dumps({"source": config.source, "mlflow_run_id": info["mlflow_run_id"]}))
     with open(path) as f:
@@ -245,7 +245,7 @@ def submission(
             "mean_probability": dg.MetadataValue.float(round(float(probability.mean()), 5)),
             "mlflow_run_id": info["mlflow_run_id"],
             "preview": dg.MetadataValue.md("```\n" + "\n".join(head) + "\n```"),
-            "validated_against": dg.MetadataValue.path(str(layout.interaction_file(workspace.dataset(), "test"))),
+            "validated_against": dg.MetadataValue.path(str(layout.interaction_file(workspace.data_root(), "test"))),
         }
     )
 

@@ -101,12 +101,12 @@ PCA = dg.AssetKey("pca_visual_features")
 CLUSTERS = dg.AssetKey("video_clusters")
 
 
-def _spec(key: dg.AssetKey, dep, description: str) -> dg.AssetSpec:
+def _spec(key: dg.AssetKey, deps: list[dg.AssetKey], description: str) -> dg.AssetSpec:
     return dg.AssetSpec(
         key,
         group_name=GROUP,
         kinds={"python", "numpy"},
-        deps=[dep],
+        deps=deps,
         code_version=VISUAL_VERSION,
         skippable=True,
         description=description,
@@ -118,7 +118,7 @@ def _visual_specs() -> list[dg.AssetSpec]:
     return [
         _spec(
             EMBEDDINGS,
-            dg.AssetKey("raw_interactions"),
+            [dg.AssetKey("dataset"), dg.AssetKey("raw_interactions")],
             "Every train and test photo's visual vector, consolidated into one memory-mapped matrix. "
             "Reads final_visual_{train,test}.zip (or the unzipped folders, or the preliminary names) in large "
             "sequential blocks and writes stores/video_embeddings/{vectors.npy (bfloat16 by default), photo_id.npy, "
@@ -127,14 +127,14 @@ def _visual_specs() -> list[dg.AssetSpec]:
         ),
         _spec(
             PCA,
-            EMBEDDINGS,
+            [EMBEDDINGS],
             "The photo vectors reduced by PCA (64 dimensions by default), one row per photo. Unsupervised: "
             "fitted on train and test photos alike, on a sample of runs of consecutive photos; every vector is "
             "projected in the same pass that consolidates it.",
         ),
         _spec(
             CLUSTERS,
-            PCA,
+            [PCA],
             "KMeans clusters of the reduced photo vectors at every k: one row per (photo_id, k). Fitted on "
             "a sample of the reduced vectors (on a second thread, during the pass); every photo is assigned.",
         ),
@@ -152,7 +152,7 @@ def visual_stage(context: dg.AssetExecutionContext, config: VisualConfig, worksp
         stage = VisualStage(config.settings(), context.log.info)
         store_out = pca_out = clusters_out = None
         if EMBEDDINGS in selected:
-            root = workspace.dataset(context.log)
+            root = workspace.data_root()
             sources = {split: layout.find_visual_source_checked(root, split) for split in layout.SPLITS}
             source = Released(sources)
             store_out = outputs.enter_context(work.writing_store("video_embeddings"))

@@ -5,6 +5,8 @@ One place names every file, so the readers and the synthetic generator can never
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,3 +112,27 @@ def layout_problem(root: Path) -> str | None:
     if missing:
         return f"{root} is not a dataset in the released layout: missing {', '.join(missing)}"
     return None
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    sizes: dict[str, int]  # path under the root -> bytes (0 for a folder of vectors)
+    digest: str  # changes when any entry of train/ or test/ is replaced, resized, added or removed
+
+
+def fingerprint(root: Path) -> Fingerprint:
+    """The identity of a dataset's released files, cheap at any size: the name, size and
+    modification time of each entry of train/ and test/ (a folder of per-photo vectors counts by
+    its own modification time, which adding or removing a member changes, so that no member is
+    read or listed). ground_truth/ is not part of it: only `evaluation` reads that."""
+    root = Path(root)
+    sizes: dict[str, int] = {}
+    stamps = []
+    for split in SPLITS:
+        for entry in sorted(os.scandir(root / split), key=lambda e: e.name):
+            stat = entry.stat()
+            name = f"{split}/{entry.name}"
+            sizes[name] = 0 if entry.is_dir() else stat.st_size
+            stamps.append(f"{name}\t{sizes[name]}\t{stat.st_mtime_ns}")
+    return Fingerprint(sizes, hashlib.sha256("\n".join(stamps).encode()).hexdigest()[:16])
+

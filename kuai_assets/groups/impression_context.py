@@ -33,13 +33,11 @@ The algorithm, with no loop over users or rows:
 
 Everything is computed in int64 / float64 with the SQL's operations in the SQL's order (x /
 1000.0, x / 3600000.0, ...) and cast to float32 last, as DuckDB's `::float` does, so the table
-is identical, bit for bit, to the one of the SQL model this replaces
-(dbt_like_sql/features/impression_context.sql: batch lists and six window frames in DuckDB, 62 s
-and 3.4 GB at 24 million rows, 148 s at 60 million). Here: 24 s and 1.4 GB at 24 million rows;
-on a synthetic log of 60 million, 59 s and 3.4 GB (the SQL: 134 s). The larger split's rows
-cost about 20 bytes each while written (row_id, photo code, batch, position), about 32 at the
-sort, and each batch about 60; most of the time goes to encoding the Parquet file, on a second
-thread.
+is identical, bit for bit, to the one of its SQL definition
+(dbt_like_sql/features/impression_context.sql: batch lists and six window frames), which the Spark
+engine runs. Memory: the larger split's rows cost about 20 bytes each while written (row_id, photo
+code, batch, position), about 32 at the sort, and each batch about 60; Parquet encoding runs on a
+second thread. BENCHMARKS.md has both paths' time and memory at each scale.
 """
 
 from __future__ import annotations

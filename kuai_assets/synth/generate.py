@@ -18,6 +18,7 @@ import time
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -27,7 +28,7 @@ import pyarrow.csv as pacsv
 from kuai_assets.formats import layout
 from kuai_assets.ml.metrics import roc_auc
 from kuai_assets.synth.impressions import ExposureSampler, Period, generate_block
-from kuai_assets.synth.sizes import SizeSpec
+from kuai_assets.synth.sizes import SizeSpec, get_size
 from kuai_assets.synth.zipwriter import StoredZipWriter
 from kuai_assets.synth.world import (
     BASE_TIME_MS,
@@ -50,6 +51,26 @@ log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = "2"  # 2: named worlds (the demo world draws what version 1 drew)
 TSV = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
+
+
+def generate_if_absent(out: Path, size: str, say: Callable[[str], None] = lambda m: None) -> dict | None:
+    """Generate the synthetic `size` dataset at `out` unless a folder is already there.
+
+    Returns the new dataset's summary, or None when `out` existed (or another process finished
+    writing it meanwhile: generation publishes the folder atomically, so a reader never sees half).
+    `say` hears one line before and one after, since generating the demo takes minutes.
+    """
+    out = Path(out)
+    if out.exists():
+        return None
+    say(f"no dataset at {out}: generating the synthetic '{size}' dataset there (once) ...")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        summary = generate(out, get_size(size))
+    except FileExistsError:
+        return None
+    say(f"generated in {summary['seconds']:.0f}s (oracle AUC {summary['oracle_auc']:.4f})")
+    return summary
 
 
 def generate(
