@@ -166,7 +166,7 @@ def visual_stage(context: dg.AssetExecutionContext, config: VisualConfig, worksp
             # the store (a one-machine artefact) by a pass of its own; the tables by the map
             made = stage.run(source, store_out) if store_out is not None else {}
             if not isinstance(source, Released):
-                root = workspace.dataset(context.log)
+                root = workspace.data_root()
                 source = Released({split: layout.find_visual_source_checked(root, split) for split in layout.SPLITS})
             made.update(stage.run_on_dask(source, pca_out, clusters_out))
         elif PCA in selected or EMBEDDINGS in selected:
