@@ -172,14 +172,33 @@ def test_the_asset_records_its_engine_and_refuses_a_bad_one(both_engines, tiny_d
 
 
 def test_a_python_group_without_sql_is_refused_on_spark(both_engines):
-    catalog = load_catalog()
-    python_only = [m for m in catalog.values() if m.sql is None]
-    if not python_only:
-        pytest.fail("every Python group has a SQL definition now: pick another refusal to test")
+    """Unless it says why it has no distributed definition (driver_only), as none but
+    impression_embedding does."""
+    import dataclasses
+
     from kuai_assets.features.spec import CatalogError
 
-    with pytest.raises(CatalogError, match=f"{python_only[0].name} is a Python feature group with no SQL definition"):
-        materialize_table_model(python_only[0], both_engines["spark"][0], engine=TEST_SPARK)
+    catalog = load_catalog()
+    assert sorted(m.name for m in catalog.values() if m.sql is None) == ["impression_embedding"]
+    python_only = dataclasses.replace(catalog["impression_embedding"], driver_only=None)
+    with pytest.raises(CatalogError, match="impression_embedding is a Python feature group with no SQL definition"):
+        materialize_table_model(python_only, both_engines["spark"][0], engine=TEST_SPARK)
+
+
+def test_a_driver_only_group_runs_its_python_on_the_spark_driver(both_engines, tmp_path):
+    from kuai_assets.features.runner import DRIVER_DEFINITION
+
+    group = load_catalog()["impression_embedding"]
+    messages: list[str] = []
+    spark = materialize_table_model(group, both_engines["spark"][0], engine=TEST_SPARK, log=messages.append)
+    assert DRIVER_DEFINITION == "python (driver, not distributed)"
+    assert (spark.engine, spark.definition) == ("spark local[2]", DRIVER_DEFINITION)
+    assert any("no distributed definition" in m and "on the Spark driver" in m for m in messages), messages
+    duck = materialize_table_model(group, both_engines["duckdb"][0])
+    assert duck.definition == "python"
+    assert_same_table(
+        both_engines["duckdb"][0].table_path(group.name), both_engines["spark"][0].table_path(group.name), list(group.grain)
+    )
 
 
 FAST_PATHS = sorted(m.name for m in load_catalog().values() if m.has_fast_path)
@@ -202,7 +221,9 @@ def test_the_sql_definition_gives_the_fast_path_table(both_engines, tmp_path, na
 
 
 def test_groups_with_a_fast_path():
-    assert FAST_PATHS == ["impression_context", "published_baseline", "user_cluster_affinity", "user_word_affinity"]
+    assert FAST_PATHS == [
+        "impression_context", "published_baseline", "user_cluster_affinity", "user_word_affinity", "visual_similarity"
+    ]
 
 
 def test_a_sql_definition_and_its_fast_path_must_agree(tmp_path):
@@ -220,3 +241,74 @@ def test_a_sql_definition_and_its_fast_path_must_agree(tmp_path):
         r"the Python group \('setup', 'row_id'\)$",
     ):
         load_catalog(root)
+
+
+def write_vector_tables(work: WorkDir, dimensions: int, seed: int = 5) -> None:
+    """A hand-made model_rows, label_history and pca_visual_features with `dimensions` components:
+    two setups, three folds and scored rows, a photo whose vector is zero, and a user whose clicks
+    all fall in fold 0 (so fold 0's clicked centroid is empty out of fold)."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(seed)
+    work.tables.mkdir(parents=True, exist_ok=True)
+    photos = np.arange(100, 140)
+    values = rng.normal(size=(len(photos), dimensions)).astype(np.float32)
+    values[3] = 0.0
+    pca = {"photo_id": photos, "split": np.where(photos % 2 == 0, "train", "test")}
+    pca.update({f"pc_{d:02d}": values[:, d] for d in range(dimensions)})
+    pq.write_table(pa.table(pca), work.table_path("pca_visual_features"))
+    rows, history = [], []
+    row_id = 0
+    for setup in ("a", "b"):
+        for user in range(1, 9):
+            for _ in range(30):
+                fold = int(rng.integers(-1, 3))
+                photo = int(rng.choice(photos))
+                click = int(rng.random() < 0.3)
+                if user == 8:  # clicks only in fold 0
+                    click = int(fold == 0)
+                rows.append((setup, fold, row_id, user, photo, "fit" if fold >= 0 else "score"))
+                if fold >= 0:
+                    history.append((setup, fold, row_id, user, photo, click))
+                row_id += 1
+    names = ["setup", "fold", "row_id", "user_id", "photo_id", "role"]
+    pq.write_table(pa.table(dict(zip(names, map(list, zip(*rows))))), work.table_path("model_rows"))
+    names = ["setup", "fold", "row_id", "user_id", "photo_id", "click"]
+    pq.write_table(pa.table(dict(zip(names, map(list, zip(*history))))), work.table_path("label_history"))
+
+
+@pytest.mark.parametrize("dimensions", [3, 16])
+def test_visual_similarity_sql_reads_every_component_the_pca_kept(tmp_path, dimensions):
+    """The SQL definition lists the PCA's columns as the table has them (`columns(...)`), so it
+    gives the numpy fast path's table at any number of components, empty centroids included."""
+    import dataclasses
+
+    group = load_catalog()["visual_similarity"]
+    assert group.template is not None and "pc_0 " in group.sql  # the stand-in while loading
+    fast, sql = WorkDir(tmp_path / "fast"), WorkDir(tmp_path / "sql")
+    for work in (fast, sql):
+        write_vector_tables(work, dimensions)
+    assert materialize_table_model(group, fast).definition == "python"
+    assert materialize_table_model(dataclasses.replace(group, compute=None), sql).definition == "sql"
+    assert_same_table(fast.table_path(group.name), sql.table_path(group.name), ["setup", "row_id"])
+    table = pq.read_table(sql.table_path(group.name)).to_pandas()
+    assert table["visual_similarity_clicked"].isna().any() and table["visual_similarity_clicked"].notna().any()
+
+
+def test_a_column_family_that_is_not_there_is_named(tmp_path):
+    import dataclasses
+
+    import pyarrow as pa
+
+    from kuai_assets.features.spec import CatalogError
+
+    work = WorkDir(tmp_path)
+    write_vector_tables(work, 2)
+    pq.write_table(pa.table({"photo_id": [1], "split": ["train"], "component_0": [0.5]}), work.table_path("pca_visual_features"))
+    group = dataclasses.replace(load_catalog()["visual_similarity"], compute=None)
+    with pytest.raises(
+        CatalogError,
+        match=r"visual_similarity.sql: columns\('pca_visual_features', 'pc_'\): pca_visual_features has no column "
+        r"starting with 'pc_' \(it has: photo_id, split, component_0\)",
+    ):
+        materialize_table_model(group, work)

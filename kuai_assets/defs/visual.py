@@ -24,7 +24,17 @@ from kuai_assets.formats import visual as formats_visual
 from kuai_assets.formats import visual_zip
 from kuai_assets.formats.released import DataFormatError
 from kuai_assets.ml import kmeans, pca
-from kuai_assets.visual import codec, flow, projection, sampling, settings as visual_settings, sources, stage, store
+from kuai_assets.visual import (
+    codec,
+    distributed,
+    flow,
+    projection,
+    sampling,
+    settings as visual_settings,
+    sources,
+    stage,
+    store,
+)
 from kuai_assets.visual.settings import VisualSettings
 from kuai_assets.visual.sources import Released
 from kuai_assets.visual.stage import VisualStage
@@ -56,6 +66,14 @@ class VisualConfig(dg.Config):
         default=256, description="video_clusters: at most this many fit photos per cluster (more only costs time)."
     )
     seed: int = Field(default=0, description="Seed of the fitting samples and of k-means++.")
+    projection: str = Field(
+        default="local",
+        description="pca_visual_features, video_clusters: where every vector is projected and assigned: local (in the "
+        "one pass) or dask (a map over partitions of the released members on the Dask cluster at dask_scheduler, "
+        "which must see the data dir; the PCA and KMeans are fitted here first, as locally).",
+    )
+    dask_scheduler: str = Field(default="", description="For projection dask: the scheduler, tcp://host:port.")
+    partition_vectors: int = Field(default=100_000, description="For projection dask: released members per task.")
 
     def settings(self) -> VisualSettings:
         return VisualSettings(
@@ -66,13 +84,16 @@ class VisualConfig(dg.Config):
             sample_fraction=self.sample_fraction,
             max_sample_per_cluster=self.max_sample_per_cluster,
             seed=self.seed,
+            projection=self.projection,
+            dask_scheduler=self.dask_scheduler,
+            partition_vectors=self.partition_vectors,
         )
 
 
 # one version for the three outputs of the one pass: the sources of the whole visual stage
 VISUAL_VERSION = modules_version(
     sys.modules[__name__],
-    *(codec, store, sampling, sources, projection, flow, stage, visual_settings),  # kuai_assets.visual
+    *(codec, store, sampling, sources, projection, flow, stage, distributed, visual_settings),  # kuai_assets.visual
     *(formats_visual, visual_zip, layout, pca, kmeans),
 )
 EMBEDDINGS = dg.AssetKey("video_embeddings")
@@ -141,7 +162,14 @@ def visual_stage(context: dg.AssetExecutionContext, config: VisualConfig, worksp
             pca_out = outputs.enter_context(work.writing_table("pca_visual_features"))
         if CLUSTERS in selected:
             clusters_out = outputs.enter_context(work.writing_table("video_clusters"))
-        if PCA in selected or EMBEDDINGS in selected:
+        if PCA in selected and stage.settings.projection == "dask":
+            # the store (a one-machine artefact) by a pass of its own; the tables by the map
+            made = stage.run(source, store_out) if store_out is not None else {}
+            if not isinstance(source, Released):
+                root = workspace.data_root()
+                source = Released({split: layout.find_visual_source_checked(root, split) for split in layout.SPLITS})
+            made.update(stage.run_on_dask(source, pca_out, clusters_out))
+        elif PCA in selected or EMBEDDINGS in selected:
             made = stage.run(source, store_out, pca_out, clusters_out if PCA in selected else None)
         else:
             made = {}

@@ -40,7 +40,7 @@ import os
 import pkgutil
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import duckdb
 
@@ -175,14 +175,27 @@ def _macros(root: str) -> str:
     return "".join(p.read_text() + "\n" for p in sorted((Path(root) / MACRO_FOLDER).glob("*.sql")))
 
 
-def render_sql(text: str, where: str, root: Path | None = None) -> str:
+# what `columns(table, prefix)` gives while the catalog loads (for the lineage, the portability
+# check and the code version), before any table exists: one column named after the prefix
+def _stand_in_columns(table: str, prefix: str) -> list[str]:
+    return [f"{prefix}0"]
+
+
+def render_sql(
+    text: str, where: str, root: Path | None = None, columns: Callable[[str, str], list[str]] | None = None
+) -> str:
     """A model's text with its Jinja macros expanded (the header comments stay as they are).
 
-    Undefined names are errors, named with the file."""
+    A model may call `columns(table, prefix)`: the upstream table's columns whose names start with
+    `prefix`, in the table's order (a family of columns whose number is a setting, such as the
+    PCA's pc_00, pc_01, ...). `columns` is the lookup; without one (when the catalog loads) each
+    family is a stand-in of one column, and the runner renders the model again over the tables it
+    reads (`TableModel.template`). Undefined names are errors, named with the file."""
     import jinja2
 
     macros = _macros(str(root or sql_root()))
     environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    environment.globals["columns"] = columns or _stand_in_columns
     try:
         rendered = environment.from_string(macros + text).render()
     except jinja2.TemplateError as exc:
@@ -195,7 +208,10 @@ def render_sql(text: str, where: str, root: Path | None = None) -> str:
 def load_sql_model(path: Path) -> TableModel:
     source = path.read_text()
     header = parse_header(source, str(path))
-    text = render_sql(source, str(path), path.parent.parent)
+    families: list[tuple[str, str]] = []
+    text = render_sql(
+        source, str(path), path.parent.parent, lambda table, prefix: families.append((table, prefix)) or _stand_in_columns(table, prefix)
+    )
     name = path.stem
     if not IDENTIFIER.match(name):
         raise CatalogError(f"{path}: the file name must be a plain lowercase table name")
@@ -221,6 +237,7 @@ def load_sql_model(path: Path) -> TableModel:
         variables=tuple(header["variables"]),
         sql=text,
         path=path,
+        template=source if families else None,  # rendered again over the tables when run
     )
 
 

@@ -3,9 +3,13 @@ publish atomically.
 
 Under DuckDB (the default) a SQL model runs its SQL and a Python feature group its compute
 function (its fast path, also when the group has a SQL definition). Under Spark a model runs its
-SQL definition, carried to Spark's dialect (kuai_assets.engines.portability); a Python group
-without one is refused. Either way the result is checked (declared columns, unique grain) in
-DuckDB and published only when complete.
+SQL definition, carried to Spark's dialect (kuai_assets.engines.portability). A Python group
+without one is refused, unless it declares why it has no distributed definition
+(`TableModel.driver_only`): then its compute function runs in this process (the Spark driver),
+reading and writing the same Parquet tables, and the result says so (definition
+`python (driver, not distributed)`). A SQL file calling `columns(table, prefix)` is rendered
+again over the tables it reads before either engine runs it. Either way the result is checked
+(declared columns, unique grain) in DuckDB and published only when complete.
 """
 
 from __future__ import annotations
@@ -31,7 +35,12 @@ class TableResult:
     seconds: float
     preview: list[dict]
     engine: str = "duckdb"  # what ran it: duckdb, or spark <url>
-    definition: str = "sql"  # which definition ran: sql (the file) or python (the fast path)
+    # which definition ran: sql (the file), python (the fast path, or a Python group), or
+    # DRIVER_DEFINITION (a Python group without a distributed definition, under Spark)
+    definition: str = "sql"
+
+
+DRIVER_DEFINITION = "python (driver, not distributed)"
 
 
 def sql_body(sql: str) -> str:
@@ -59,7 +68,8 @@ def materialize_table_model(
 ) -> TableResult:
     started = time.time()
     values = resolve_variables(model, variables)
-    if engine.is_spark and model.sql is None:
+    on_driver = engine.is_spark and model.sql is None
+    if on_driver and not model.driver_only:
         raise CatalogError(
             f"{model.name} is a Python feature group with no SQL definition: it cannot run on Spark "
             "(give it a SQL file, or choose the duckdb engine)"
@@ -71,15 +81,22 @@ def materialize_table_model(
     try:
         for name, value in values.items():
             con.execute(f"set variable {check_identifier(name, 'variable')} = ?", [value])
+        sql = rendered_sql(model, con)
         with work.writing_table(model.name) as tmp:
             try:
-                if engine.is_spark:
-                    _run_on_spark(model, work, values, engine, con, tmp, log)
+                if on_driver:
+                    log(
+                        f"{model.name}: no distributed definition ({model.driver_only}); running its Python "
+                        f"on the Spark driver, not on {engine.spark_url}'s executors"
+                    )
+                    model.compute(con, tmp, log)
+                elif engine.is_spark:
+                    _run_on_spark(model, sql, work, values, engine, con, tmp, log)
                 elif model.compute is not None:  # a Python group, or the fast path of a SQL definition
                     model.compute(con, tmp, log)
                 else:
                     con.execute(
-                        f"copy ({sql_body(model.sql)}) to {sql_string(tmp)} (format parquet, compression zstd)"
+                        f"copy ({sql_body(sql)}) to {sql_string(tmp)} (format parquet, compression zstd)"
                     )
             except duckdb.BinderException as exc:
                 named = [c for c in LABEL_COLUMNS if f'"{c}"' in str(exc)]
@@ -110,15 +127,39 @@ def materialize_table_model(
         seconds=round(time.time() - started, 2),
         preview=preview.to_pylist(),
         engine=f"spark {engine.spark_url}" if engine.is_spark else "duckdb",
-        definition="sql" if engine.is_spark or model.compute is None else "python",
+        definition=DRIVER_DEFINITION if on_driver else "sql" if engine.is_spark or model.compute is None else "python",
     )
 
 
-def _run_on_spark(model, work: WorkDir, values: dict, engine: Engine, con, out, log) -> None:
+def rendered_sql(model: TableModel, con: duckdb.DuckDBPyConnection) -> str | None:
+    """The model's SQL to run: its text, or, for a file calling `columns(table, prefix)`, its
+    template rendered with the columns the upstream tables (`con`'s views) have now."""
+    if model.template is None:
+        return model.sql
+    from kuai_assets.features.catalog import render_sql
+
+    where = str(model.path or model.name)
+
+    def columns(table: str, prefix: str) -> list[str]:
+        if table not in model.upstream:
+            raise CatalogError(f"{where}: columns({table!r}, ...) names a table the model does not read")
+        names = [d[0] for d in con.execute(f"select * from {check_identifier(table, 'table')} limit 0").description]
+        found = [n for n in names if n.startswith(prefix)]
+        if not found:
+            raise CatalogError(
+                f"{where}: columns({table!r}, {prefix!r}): {table} has no column starting with {prefix!r} "
+                f"(it has: {', '.join(names)})"
+            )
+        return found
+
+    return render_sql(model.template, where, model.path.parent.parent if model.path else None, columns)
+
+
+def _run_on_spark(model, sql: str, work: WorkDir, values: dict, engine: Engine, con, out, log) -> None:
     from kuai_assets.engines.portability import to_spark_sql
     from kuai_assets.engines.spark import run_query, spark_session
 
-    spark_sql = to_spark_sql(model.sql, values, str(model.path or model.name))
+    spark_sql = to_spark_sql(sql, values, str(model.path or model.name))
     hidden = LABEL_COLUMNS if model.is_feature_group else ()
     # the same table versions the DuckDB connection reads, held as long as it lives
     pinned = work.pin_tables(model.upstream, con)

@@ -47,7 +47,13 @@ class TableModel:
     variables: tuple[Variable, ...] = ()
     sql: str | None = None
     path: Path | None = None
+    # the SQL file's source when it calls `columns(table, prefix)`: `sql` is then its rendering with
+    # stand-in columns, and the runner renders it again over the tables it reads (catalog.render_sql)
+    template: str | None = None
     compute: Callable[..., Any] | None = field(default=None, compare=False)
+    # a Python group with no distributed definition says why here; under the Spark engine its
+    # compute function then runs on the driver (features/runner.py) instead of being refused
+    driver_only: str | None = None
 
     @property
     def is_feature_group(self) -> bool:
@@ -67,6 +73,8 @@ class TableModel:
         """A hash of the SQL, and of the Python group's module and the kuai_assets.features
         modules it imports from (so a change in a shared helper marks the group stale too)."""
         parts = [self.sql] if self.sql is not None else []
+        if self.template is not None:
+            parts.append(self.template)
         if self.compute is not None:
             parts.append(self._python_source())
         return hashlib.sha256("".join(parts).encode()).hexdigest()[:12]

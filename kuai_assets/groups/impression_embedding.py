@@ -15,6 +15,10 @@ Columns (cosines in the embedding space):
 - impression_embedding_user: the photo with its user's own embedding (label-free);
 - impression_embedding_clicked / _unclicked / _margin: the photo with the centroids of what the
   user clicked and did not click, from label_history, out of fold (features/centroid_similarity.py).
+
+It has no distributed definition: under the Spark engine it runs here, on the driver
+(`driver_only`), holding the log's ids, their dense codes and the sparse matrix in memory: some
+50 bytes per impression, so a few hundred million impressions need a driver with tens of GB.
 """
 
 from __future__ import annotations
@@ -87,4 +91,8 @@ GROUP = TableModel(
         "impression_embedding_user",
     ),
     compute=compute_impression_embedding,
+    driver_only=(
+        "a truncated SVD of the whole user x photo matrix; a distributed one (block power iteration "
+        "with joins) would match it only up to rotation"
+    ),
 )

@@ -1,8 +1,9 @@
 """visual_similarity: the cosine similarity between the photo's reduced visual vector and the
 centroids of what the user clicked and did not click, out of fold.
 
-Averaging 64-d vectors per user, out of fold, is a few numpy reductions
-(features/centroid_similarity.py); in SQL it would be 64 hand-written columns.
+The numpy fast path (what DuckDB runs): averaging the reduced vectors per user, out of fold, is a
+few numpy reductions (features/centroid_similarity.py). Its definition, what Spark runs, is
+dbt_like_sql/features/visual_similarity.sql (one expression per component, listed from the table).
 """
 
 from __future__ import annotations

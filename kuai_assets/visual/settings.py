@@ -19,6 +19,12 @@ class VisualSettings:
     max_sample_per_cluster: int = 256
     seed: int = 0  # of the fitting sample and of k-means++
     run_length: int = 32  # consecutive rows per run of the fitting sample
+    # where the projection and the cluster assignment run: "local" (in the one pass) or "dask"
+    # (a map over partitions of the released members on the scheduler at dask_scheduler;
+    # see visual/distributed.py)
+    projection: str = "local"
+    dask_scheduler: str = ""
+    partition_vectors: int = 100_000  # released members per task of the map
 
     def cluster_sample_size(self, k: int, total: int) -> int:
         """KMeans at k fits on `sample_fraction` of the photos, at least 50 and at most

@@ -49,6 +49,9 @@ from kuai_assets.visual.sources import Released
 from kuai_assets.visual.store import SPLIT_CODES, StoreWriter, VectorStore
 
 
+PROJECTIONS = ("local", "dask")
+
+
 class PcaBacklog:
     """Between this thread and the projection worker until the PCA fit (`pca`) ends.
 
@@ -110,6 +113,12 @@ class VisualStage:
     ):
         if settings.encoding not in ENCODINGS:
             raise VisualSettingsError(f"encoding must be one of {', '.join(ENCODINGS)}, not {settings.encoding!r}")
+        if settings.projection not in PROJECTIONS:
+            raise VisualSettingsError(f"projection must be one of {', '.join(PROJECTIONS)}, not {settings.projection!r}")
+        if settings.projection == "dask" and not settings.dask_scheduler:
+            raise VisualSettingsError("projection dask needs dask_scheduler (tcp://host:port)")
+        if settings.partition_vectors < 1:
+            raise VisualSettingsError(f"partition_vectors must be at least 1, got {settings.partition_vectors}")
         self.settings = settings
         self.progress = progress
         self.report_every = report_every
@@ -158,6 +167,28 @@ class VisualStage:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         return results
+
+    def run_on_dask(self, source: Released, pca_out: Path, clusters_out: Path | None = None) -> dict:
+        """pca_visual_features (and video_clusters) with the projection and the assignment as a
+        map on the Dask scheduler of the settings (visual/distributed.py): the PCA and the KMeans
+        are fitted here first, on the same sample and in the same way as `run` fits them, so the
+        tables are those `run` writes. Returns what `run` returns for them ("pca", "clusters")."""
+        from kuai_assets.ml.dask_training import check_scheduler
+        from kuai_assets.visual.distributed import project_on_dask
+
+        check_scheduler(self.settings.dask_scheduler)  # before reading anything
+        total = source.total
+        ks = self._ks(total) if clusters_out is not None else []
+        with threadpool_limits(limits=1, user_api="blas"):
+            sample, sizes, vectors = self._read_sample(source, total, ks)
+            pca = Future()
+            models = self._fit(vectors, sample, sizes, pca)
+        del vectors
+        made = project_on_dask(
+            source, pca.result(), models, self.settings.encoding, self.settings.dask_scheduler, pca_out,
+            clusters_out if ks else None, self.settings.partition_vectors, self.progress,
+        )
+        return {"pca": pca.result(), **({"clusters": made["clusters"]} if ks else {})}
 
     def _ks(self, total: int) -> list[int]:
         ks = sorted(set(self.settings.ks))
