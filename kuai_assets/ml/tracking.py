@@ -477,4 +477,6 @@ def log_datasets(pieces: list[MatrixSlice]) -> None:
     import mlflow
 
     if pieces:
-        mlflow.log_inputs(datasets=[matrix_dataset(p) for p in pieces], contexts=[p.context for p in pieces])
+        mlflow.log_inputs(
+            datasets=[matrix_dataset(p) for p in pieces], contexts=[p.context for p in pieces], tags_list=[None] * len(pieces)
+        )
