@@ -239,7 +239,10 @@ def record_gbdt(
         mlflow.log_dict({"importance_by_group": result.group_importance, "importance_by_feature": v.importance}, "importance.json")
         mlflow.log_dict([vars(f) for f in result.features], "features.json")
         example = pd.DataFrame(result.test.x[:5], columns=[f.name for f in result.features])
-        logged = mlflow.lightgbm.log_model(result.final, name="model", input_example=example)
+        # the requirements given, not inferred: inferring them loads the model in a fresh Python
+        # process (seconds to a minute on a busy machine) to see what it imports
+        logged = mlflow.lightgbm.log_model(result.final, name="model", input_example=example,
+                                           pip_requirements=model_requirements())
         run_id, experiment_id = run.info.run_id, run.info.experiment_id
         version = tracker.register_candidate(run_id, logged, registered_model)  # alias @candidate
     return {
@@ -258,6 +261,14 @@ def record_gbdt(
         "training_data_digest": result.training_data_digest,
         "config": config_name,
     }
+
+
+def model_requirements() -> list[str]:
+    """What the logged model needs to be loaded and scored (pinned to the versions that trained it)."""
+    import lightgbm
+    import pandas as pd
+
+    return [f"lightgbm=={lightgbm.__version__}", f"numpy=={np.__version__}", f"pandas=={pd.__version__}"]
 
 
 def publish_gbdt(work: WorkDir, store_name: str, result: GbdtResult, run_info: dict) -> None:

@@ -423,7 +423,8 @@ class MatrixSlice:
     """Rows of one (setup, role) of a Parquet table that a run used, to log as an MLflow dataset.
 
     `columns` maps column name to MLflow type ("float", "double", "long", ...); `detail` says how
-    the rows were chosen (a sample's settings) and enters the digest with the file's digest.
+    the rows were chosen (a sample's settings) and enters the digest with the file's digest and
+    the columns.
     """
 
     path: Path
@@ -445,7 +446,8 @@ class MatrixSlice:
     def digest(self) -> str:
         import hashlib
 
-        key = "|".join([self.file_digest, self.setup, self.role, str(self.rows), self.detail])
+        # the columns too: MLflow keeps one dataset per (name, digest) in an experiment
+        key = "|".join([self.file_digest, self.setup, self.role, str(self.rows), self.detail, *self.columns])
         return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
 
 
