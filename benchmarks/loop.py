@@ -226,7 +226,9 @@ def script_run(repo: Path, data: Path, out: Path, log_dir: Path) -> dict:
     print("[loop] (b) the plain script: " + " ".join(argv[1:]), flush=True)
     result = run_tree(argv, child_env(repo), repo, log_dir / "script.log")
     marked = [line for line in Path(result["log"]).read_text().splitlines() if line.startswith("SCRIPT ")]
-    result.update(json.loads(marked[-1][len("SCRIPT "):]) if marked else {})
+    reported = json.loads(marked[-1][len("SCRIPT "):]) if marked else {}
+    result.update(valid_auc=reported.get("valid_auc"), best_iteration=reported.get("best_iteration"),
+                  phases=reported.get("seconds"))  # "seconds" stays the wall time of the whole process
     result["test_auc"] = score(data, out / "submission.txt")
     return result
 
