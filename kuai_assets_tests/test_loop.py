@@ -8,6 +8,7 @@ import dagster as dg
 import pytest
 
 from kuai_assets.ml.tracking import PENDING, SCORED, TEST_AUC_STATUS
+from kuai_assets.storage import WorkDir
 from kuai_assets_tests.conftest import TINY_RUN_CONFIG, make_resources
 
 MODEL_STORES = ("model", "baseline_model", "attention_model", "blend")
@@ -84,7 +85,8 @@ def test_attention_and_blend_runs_log_their_datasets(materialized):
         "attention_model/validation_predictions[validation/scored]": "validation",
     }
     source = json.loads(blend["model/validation_predictions[validation/scored]"][1].source)["uri"]
-    assert source == str((work / "stores" / "model" / "validation_predictions.parquet").absolute())
+    # the published version of the store the blend read (a store is a link to its current version)
+    assert source == str(WorkDir(work).require_store("model") / "validation_predictions.parquet")
 
 
 def test_evaluation_settles_every_model_runs_test_auc(materialized):
@@ -98,7 +100,8 @@ def test_a_cli_retrain_leaves_test_auc_pending_until_evaluation_runs(materialize
     from kuai_assets.definitions import defs
 
     work = tmp_path / "work"
-    shutil.copytree(materialized["work"], work, ignore=shutil.ignore_patterns("dagster_home"))
+    # symlinks kept: a published store is a link to its current version
+    shutil.copytree(materialized["work"], work, symlinks=True, ignore=shutil.ignore_patterns("dagster_home"))
     before = run_of(work, "model").info.run_id
     assets = [*defs.assets]
     resources = make_resources(materialized["data"], work)
