@@ -299,10 +299,20 @@ def latest_metadata(instance, asset: str) -> dict:
     return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
+def is_test_auc_pending(instance) -> bool:
+    """Whether `model` has been materialized since `evaluation` last ran (or evaluation never ran):
+    the model's test AUC is then not known yet."""
+    import dagster as dg
+
+    model = instance.get_latest_materialization_event(dg.AssetKey("model"))
+    evaluation = instance.get_latest_materialization_event(dg.AssetKey("evaluation"))
+    return evaluation is None or (model is not None and model.timestamp > evaluation.timestamp)
+
+
 def print_summary(instance, workspace: settings.Workspace, elapsed: float, run_id: str) -> None:
     work = workspace.work_dir
     model = latest_metadata(instance, "model")
-    evaluation = latest_metadata(instance, "evaluation")
+    evaluation = {} if is_test_auc_pending(instance) else latest_metadata(instance, "evaluation")
     lines = [
         "",
         f"[kuai] done in {elapsed / 60:.1f} min (Dagster run {run_id})",
@@ -319,6 +329,9 @@ def print_summary(instance, workspace: settings.Workspace, elapsed: float, run_i
             f"  oracle-gap closure (AUC-0.5)/(oracle-0.5):              {evaluation['oracle_gap_closure']:.3f}",
             f"  baseline (published top-10 recipe) test AUC:            {evaluation['baseline_test_auc']:.4f}",
         ]
+    elif not evaluation:
+        lines.append("  test AUC: pending (the model was trained after the last `evaluation`; "
+                     "dagster asset materialize --select evaluation)")
     else:
         lines.append("  no ground truth for this dataset: submit the file to score it")
     lines += [

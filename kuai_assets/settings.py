@@ -59,6 +59,12 @@ SETTINGS: tuple[Setting, ...] = (
         True,
         True,
     ),
+    Setting(
+        "KUAI_EXECUTOR",
+        "in_process",
+        "how a Dagster run executes its steps: in_process (one after the other, in the run's process) or "
+        "multiprocess (two at a time, each in a forked process)",
+    ),
     Setting("KUAI_DUCKDB_MEMORY", "8GB", "DuckDB's memory limit per connection"),
     Setting("KUAI_DUCKDB_THREADS", "the number of cores", "DuckDB's threads per connection"),
     Setting("KUAI_SQL_DIR", "dbt_like_sql/ in the repo", "the SQL feature groups"),

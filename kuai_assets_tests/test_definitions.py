@@ -48,7 +48,7 @@ EXPECTED_GRAPH = {
     ),
     "blend": ("model", ["attention_model", "model", "training_matrix"]),
     "submission": ("model", ["blend", "model", "training_matrix"]),
-    "evaluation": ("model", ["baseline_model", "submission"]),
+    "evaluation": ("model", ["attention_model", "baseline_model", "blend", "model", "submission"]),
 }
 
 

@@ -1,7 +1,7 @@
 """Reliability (issue 4): nothing is lost or half-written, concurrent runs never collide.
 
-The end-to-end tests launch real `dagster asset materialize` processes (the multiprocess executor
-of kuai_assets.definitions, forked steps) against a persistent Dagster home in a temp folder, kill
+The end-to-end tests launch real `dagster asset materialize` processes (the executor of
+kuai_assets.definitions; the multiprocess one, forked steps, where a test kills a run) against a persistent Dagster home in a temp folder, kill
 them, run them side by side, and point them at an MLflow store that cannot be written. Unit tests
 around them pin down the storage layer's clean-up of what killed writers leave behind, the
 connection snapshots that keep a reader on one version of a table, and the tracking errors.
@@ -335,6 +335,8 @@ def test_killed_run_leaves_previous_versions_whole_and_the_next_run_cleans_up(ti
         PYTHONPATH=os.pathsep.join([str(hook), *filter(None, [os.environ.get("PYTHONPATH")])]),
         KUAI_TEST_HOLD_DIR=str(markers),
         KUAI_TEST_HOLD_NAMES="model_rows.parquet,video_embeddings",
+        # two writers held at once need two steps at a time (in process, the first would hold the run)
+        KUAI_EXECUTOR="multiprocess",
     )
     run = launcher(selection, env, tmp_path / "killed.log", config)
     wait_until(

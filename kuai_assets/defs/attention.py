@@ -18,13 +18,14 @@ from kuai_assets.defs.factory import versioned_asset
 from kuai_assets.defs.metadata import clear_failures, image, markdown_table
 from kuai_assets.defs.model import LIGHTGBM_TAGS
 from kuai_assets.defs.resources import TrackingResource, WorkspaceResource
-from kuai_assets.features.matrix import MATRIX
+from kuai_assets.features.matrix import MATRIX, read_features
 from kuai_assets.ml import blend as blend_logic
 from kuai_assets.ml.attention import AttentionParams, HistoryLeakError, train_attention_model
 from kuai_assets.ml.attention import history, inputs, network, training
 from kuai_assets.ml.attention.training import params_dict
 from kuai_assets.ml.blend import BlendError, auc_by_weight_png, choose_blend
-from kuai_assets.ml.gbdt import file_digest
+from kuai_assets.ml.gbdt import file_digest, select_features
+from kuai_assets.ml.tracking import PENDING, TEST_AUC_STATUS, MatrixSlice, log_datasets
 from kuai_assets.storage import WorkDir
 
 GROUP = "model"
@@ -43,6 +44,33 @@ def _failure(step: str, exc: Exception) -> dg.Failure:
 
 def _write_predictions(path: Path, columns: dict[str, np.ndarray]) -> None:
     pq.write_table(pa.table(columns), path)
+
+
+def attention_datasets(matrix: Path, digest: str, params: AttentionParams, rows: dict[str, int]) -> list[MatrixSlice]:
+    """The training matrix's slices the network used (its keys, click and context groups' columns;
+    the histories come from the same rows): validation fit and refit rows (training), validation
+    scored rows (validation)."""
+    context = select_features(read_features(matrix), list(params.context_groups))
+    columns = {"user_id": "long", "photo_id": "long", **{f.name: "float" for f in context}, "click": "long"}
+    detail = f"history_length={params.history_length},fit_targets_per_epoch={params.fit_targets_per_epoch},seed={params.seed}"
+    return [
+        MatrixSlice(matrix, digest, "validation", "fit", rows["validation_fit_rows"], columns, "training", detail),
+        MatrixSlice(matrix, digest, "validation", "scored", rows["validation_scored_rows"], columns, "validation"),
+        MatrixSlice(matrix, digest, "submission", "fit", rows["submission_fit_rows"], columns, "training", detail),
+    ]
+
+
+def blend_datasets(work: WorkDir, rows: int) -> list[MatrixSlice]:
+    """What the blend's weight is chosen on (context validation): the validation scored rows'
+    clicks in the training matrix and both models' validation predictions."""
+    matrix = work.require_table(MATRIX)
+    pieces = [MatrixSlice(matrix, file_digest(matrix), "validation", "scored", rows, {"row_id": "long", "click": "long"},
+                          "validation")]
+    for store in ("model", ATTENTION):
+        path = work.require_store(store) / VALIDATION_PREDICTIONS
+        pieces.append(MatrixSlice(path, file_digest(path), "validation", "scored", rows,
+                                  {"row_id": "long", "p_click": "double"}, "validation", owner=store))
+    return pieces
 
 
 @versioned_asset(
@@ -83,6 +111,7 @@ def attention_model(
             "dagster_run_id": context.run.run_id,
             "dagster_asset": ATTENTION,
             "model_config": "attention",
+            TEST_AUC_STATUS: PENDING,  # until `evaluation` scores the test rows
             "code_version": context.assets_def.code_versions_by_key.get(context.asset_key) or "",
         }
         params = config
@@ -98,6 +127,7 @@ def attention_model(
             mlflow.log_metrics({"valid_auc": result.valid_auc, "best_epoch": result.best_epoch,
                                 **{f"seconds_{k}": v for k, v in result.seconds.items()}})
             tracker.log_series(run.info.run_id, "valid_auc_by_epoch", result.auc_by_epoch)
+            log_datasets(attention_datasets(work.require_table(MATRIX), digest, params, result.rows))
             with tempfile.TemporaryDirectory() as tmp:
                 (Path(tmp) / "auc_by_epoch.png").write_bytes(figure)
                 mlflow.log_artifact(str(Path(tmp) / "auc_by_epoch.png"), artifact_path="figures")
@@ -217,7 +247,7 @@ def blend(context: dg.AssetExecutionContext, workspace: WorkspaceResource, track
              "valid_auc": round(result.valid_auc_b, 4)},
             {"model": "blend", "weight": "", "valid_auc": round(result.valid_auc_blend, 4)},
         ]
-        tags = {"dagster_run_id": context.run.run_id, "dagster_asset": BLEND, "model_config": "blend",
+        tags = {"dagster_run_id": context.run.run_id, "dagster_asset": BLEND, "model_config": "blend", TEST_AUC_STATUS: PENDING,
                 "gbdt_run_id": gbdt_info["mlflow_run_id"], "attention_run_id": attention_info["mlflow_run_id"]}
         with tracker.run(f"blend · GBDT weight {result.weight:.2f}", tags) as run:
             import mlflow
@@ -231,6 +261,7 @@ def blend(context: dg.AssetExecutionContext, workspace: WorkspaceResource, track
                 (Path(tmp) / "auc_by_weight.png").write_bytes(figure)
                 mlflow.log_artifact(str(Path(tmp) / "auc_by_weight.png"), artifact_path="figures")
             mlflow.log_dict({"auc_by_weight": result.auc_by_weight}, "auc_by_weight.json")
+            log_datasets(blend_datasets(work, len(label_row_id)))
             run_id, experiment_id = run.info.run_id, run.info.experiment_id
         run_info = {
             "mlflow_run_id": run_id,

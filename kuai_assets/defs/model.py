@@ -255,7 +255,13 @@ EVALUATED_STORES = (("model", "full (GBDT)"), ("attention_model", "attention"), 
                     ("baseline_model", "baseline"))
 
 
-@versioned_asset(group_name=GROUP, kinds={"python", "mlflow"}, deps=[submission, baseline_model])
+@versioned_asset(
+    group_name=GROUP,
+    kinds={"python", "mlflow"},
+    # it scores every model's store, so it follows any of them (a CLI retrain of `model` included)
+    deps=[submission, baseline_model, model, dg.AssetKey("attention_model"), dg.AssetKey("blend")],
+    automation_condition=dg.AutomationCondition.eager(),
+)
 def evaluation(
     context: dg.AssetExecutionContext, workspace: WorkspaceResource, tracking: TrackingResource
 ) -> dg.MaterializeResult:
@@ -266,18 +272,24 @@ def evaluation(
     baseline: those whose store exists) is scored from its own test predictions and its test_auc
     added to its own MLflow run. Reports the oracle AUC (of the true click probabilities), the
     closure of the oracle gap (AUC - 0.5) / (oracle - 0.5), and how far the submitted model's
-    validation AUC was from its test AUC.
+    validation AUC was from its test AUC. Each scored run's `test_auc_status` tag (set to
+    "pending" when the model was recorded) becomes "scored" ("no ground truth" without one).
+    Eager: with the daemon running (`kuai ui`), it follows a retrain of any model it scores.
     """
     with clear_failures("evaluation"):
         work = workspace.work()
         truth = workspace.ground_truth_path()
+        tracker = tracking.tracker()
         if truth is None:
             context.log.warning("No ground truth for this dataset: nothing to evaluate against.")
+            for store, _ in EVALUATED_STORES:
+                if work.store_path(store).exists():
+                    run_id = json.loads((work.require_store(store) / "run.json").read_text())["mlflow_run_id"]
+                    tracker.record_test_scores(run_id, None)
             return dg.MaterializeResult(metadata={"ground_truth": "none (real data: submit the file to score it)"})
         submitted_score = score_predictions(truth, submission_file=work.submission_file)
         source_file = work.submission_file.with_name(SUBMISSION_SOURCE_FILE)
         submitted = json.loads(source_file.read_text())["source"] if source_file.is_file() else "model"
-        tracker = tracking.tracker()
         scores, infos, summary = {}, {}, []
         for store, label in EVALUATED_STORES:
             if store not in ("model", "baseline_model") and not work.store_path(store).exists():
@@ -285,7 +297,7 @@ def evaluation(
             folder = work.require_store(store)
             infos[store] = json.loads((folder / "run.json").read_text())
             scores[store] = score = score_predictions(truth, predictions=folder / "test_predictions.parquet")
-            tracker.log_metrics_to(
+            tracker.record_test_scores(
                 infos[store]["mlflow_run_id"],
                 {"test_auc": score.auc, "oracle_auc": score.oracle_auc, "oracle_gap_closure": score.closure},
             )

@@ -3,7 +3,7 @@
 `train_gbdt` fits on the validation setup with early stopping on the AUC of its cold-start scored
 rows, then refits on the submission setup for the best number of rounds times a factor and scores
 the test rows. `record_gbdt` logs the result as one MLflow run (params, AUC per iteration, figures,
-the model, the training data's digest). `publish_gbdt` writes the model store, only after the run
+the model, the training data's digest, the matrix slices as MLflow datasets). `publish_gbdt` writes the model store, only after the run
 is recorded: validation_model.txt, submission_model.txt, validation_predictions.parquet (row_id,
 p_click on the validation scored rows), test_predictions.parquet (row_id, user_id, photo_id,
 p_click) and run.json.
@@ -27,7 +27,7 @@ from pydantic import Field
 from kuai_assets.features.matrix import Feature, read_features
 from kuai_assets.features.spec import CatalogError
 from kuai_assets.ml.metrics import roc_curve
-from kuai_assets.ml.tracking import Tracker
+from kuai_assets.ml.tracking import PENDING, TEST_AUC_STATUS, MatrixSlice, Tracker, log_datasets
 from kuai_assets.ml.training import (
     LightGbmParams,
     RowSample,
@@ -103,6 +103,27 @@ class GbdtResult:
     test_prediction: np.ndarray  # calibrated click probabilities of the test rows
     training_data_digest: str
     group_importance: dict[str, float] = field(default_factory=dict)
+    matrix: Path | None = None  # the training matrix the rows came from
+
+    def datasets(self) -> list[MatrixSlice]:
+        """The matrix slices this model used, as MLflow datasets: the validation fit rows and the
+        refit rows (context training), the validation scored rows (context validation)."""
+        if self.matrix is None:
+            return []
+        columns = {f.name: "float" for f in self.features}
+        sample = self.training.sample()
+        fit_detail = f"negative_rate={sample.negative_rate},max_rows={sample.max_rows},seed={sample.seed}"
+        v = self.validation
+
+        def piece(setup: str, role: str, rows: int, context: str, detail: str = "") -> MatrixSlice:
+            return MatrixSlice(self.matrix, self.training_data_digest, setup, role, rows,
+                               {**columns, "click": "long"}, context, detail)
+
+        return [
+            piece("validation", "fit", v.fit_rows, "training", fit_detail),
+            piece("validation", "scored", v.scored_rows, "validation"),
+            piece("submission", "fit", self.refit_rows, "training", fit_detail),
+        ]
 
     @property
     def validation_prediction(self) -> np.ndarray:
@@ -171,6 +192,7 @@ def train_gbdt(
         test_prediction=test_prediction,
         training_data_digest=file_digest(matrix),
         group_importance=importance_by_group(validation.importance, features),
+        matrix=Path(matrix),
     )
 
 
@@ -185,7 +207,7 @@ def record_gbdt(
     params = result.training
     v = result.validation
     run_name = f"{config_name} · {len(result.groups)} groups · lr {params.learning_rate:g} · leaves {params.num_leaves}"
-    tags = {**tags, "model_config": config_name, "feature_groups": ",".join(result.groups)}
+    tags = {**tags, "model_config": config_name, "feature_groups": ",".join(result.groups), TEST_AUC_STATUS: PENDING}
     with tracker.run(run_name, tags) as run:
         mlflow.log_params(
             {
@@ -209,6 +231,7 @@ def record_gbdt(
             }
         )
         tracker.log_series(run.info.run_id, "valid_auc_by_iteration", v.auc_history)
+        log_datasets(result.datasets())  # the matrix slices: source path, digest, schema, rows
         with tempfile.TemporaryDirectory() as tmp:
             for name, png in result.figures().items():
                 (Path(tmp) / name).write_bytes(png)
@@ -216,7 +239,10 @@ def record_gbdt(
         mlflow.log_dict({"importance_by_group": result.group_importance, "importance_by_feature": v.importance}, "importance.json")
         mlflow.log_dict([vars(f) for f in result.features], "features.json")
         example = pd.DataFrame(result.test.x[:5], columns=[f.name for f in result.features])
-        logged = mlflow.lightgbm.log_model(result.final, name="model", input_example=example)
+        # the requirements given, not inferred: inferring them loads the model in a fresh Python
+        # process (seconds to a minute on a busy machine) to see what it imports
+        logged = mlflow.lightgbm.log_model(result.final, name="model", input_example=example,
+                                           pip_requirements=model_requirements())
         run_id, experiment_id = run.info.run_id, run.info.experiment_id
         version = tracker.register_candidate(run_id, logged, registered_model)  # alias @candidate
     return {
@@ -235,6 +261,14 @@ def record_gbdt(
         "training_data_digest": result.training_data_digest,
         "config": config_name,
     }
+
+
+def model_requirements() -> list[str]:
+    """What the logged model needs to be loaded and scored (pinned to the versions that trained it)."""
+    import lightgbm
+    import pandas as pd
+
+    return [f"lightgbm=={lightgbm.__version__}", f"numpy=={np.__version__}", f"pandas=={pd.__version__}"]
 
 
 def publish_gbdt(work: WorkDir, store_name: str, result: GbdtResult, run_info: dict) -> None:

@@ -5,7 +5,8 @@ The store is probed within a bounded time before work starts (`probe_store`); ML
 retries are bounded for the process (MLFLOW_HTTP_REQUEST_* unless set), and its loggers keep to
 warnings, so its chatter stays out of the run log. Every registered model version gets the
 alias `candidate`; `promote_if_better` moves `champion` to it only when its validation AUC beats
-the champion's.
+the champion's. A model's run is tagged `test_auc_status=pending` when it is recorded, until
+`evaluation` writes its test AUC (`Tracker.record_test_scores`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ for _name in ("mlflow", "alembic"):
 EXPERIMENT = "kuai_assets"
 REGISTERED_MODEL = "kuai_click_model"
 CANDIDATE, CHAMPION = "candidate", "champion"
+# a model's run carries this tag: "pending" from its training until `evaluation` has written its
+# test_auc ("scored"), or "no ground truth" where the dataset has none (real data)
+TEST_AUC_STATUS = "test_auc_status"
+PENDING, SCORED, NO_GROUND_TRUTH = "pending", "scored", "no ground truth"
 PROBE_SECONDS = 10.0
 
 
@@ -262,6 +267,20 @@ class Tracker:
             except Exception as exc:
                 raise self._error(exc) from exc
 
+    def record_test_scores(self, run_id: str, metrics: dict[str, float] | None) -> None:
+        """Write a model's test scores (test_auc, ...) onto its finished run and settle its
+        `test_auc_status`: "scored", or "no ground truth" when `metrics` is None."""
+        from mlflow import MlflowClient
+
+        with self.locked():
+            try:
+                client = MlflowClient(self.tracking_uri)
+                for key, value in (metrics or {}).items():
+                    client.log_metric(run_id, key, float(value))
+                client.set_tag(run_id, TEST_AUC_STATUS, SCORED if metrics is not None else NO_GROUND_TRUTH)
+            except Exception as exc:
+                raise self._error(exc) from exc
+
     def log_files_to(self, run_id: str, files: dict[str, bytes]) -> None:
         """Attach files (name -> bytes) as artifacts of an existing run."""
         import tempfile
@@ -397,3 +416,69 @@ def promote_if_better(tracking_uri: str, model: str, run_id: str, metric: str = 
     return Promotion(
         model, str(version.version), auc, str(champion.version) if champion else None, previous_auc, promoted
     )
+
+
+@dataclass(frozen=True)
+class MatrixSlice:
+    """Rows of one (setup, role) of a Parquet table that a run used, to log as an MLflow dataset.
+
+    `columns` maps column name to MLflow type ("float", "double", "long", ...); `detail` says how
+    the rows were chosen (a sample's settings) and enters the digest with the file's digest and
+    the columns.
+    """
+
+    path: Path
+    file_digest: str
+    setup: str
+    role: str
+    rows: int
+    columns: dict[str, str]
+    context: str  # the run's use of it: training | validation
+    detail: str = ""
+    owner: str = ""  # whose file it is, when the file name alone is ambiguous (a model store's)
+
+    @property
+    def name(self) -> str:
+        stem = f"{self.owner}/{Path(self.path).stem}" if self.owner else Path(self.path).stem
+        return f"{stem}[{self.setup}/{self.role}]"
+
+    @property
+    def digest(self) -> str:
+        import hashlib
+
+        # the columns too: MLflow keeps one dataset per (name, digest) in an experiment
+        key = "|".join([self.file_digest, self.setup, self.role, str(self.rows), self.detail, *self.columns])
+        return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+
+
+def matrix_dataset(piece: MatrixSlice):
+    """The MLflow dataset entity of a slice: its source (the Parquet file's path), digest, schema
+    and profile (rows, columns), without the data itself."""
+    import json
+
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+    from mlflow.types import ColSpec, Schema
+
+    class _SliceDataset(MetaDataset):
+        @property
+        def profile(self):
+            return {"num_rows": piece.rows, "num_columns": len(piece.columns), "setup": piece.setup, "role": piece.role}
+
+        def to_dict(self):
+            return {**super().to_dict(), "profile": json.dumps(self.profile)}
+
+    schema = Schema([ColSpec(kind, name) for name, kind in piece.columns.items()])
+    return _SliceDataset(
+        LocalArtifactDatasetSource(str(Path(piece.path).absolute())), name=piece.name, digest=piece.digest, schema=schema
+    )
+
+
+def log_datasets(pieces: list[MatrixSlice]) -> None:
+    """Log each slice as an input of the active run (`mlflow.log_inputs`), with its context."""
+    import mlflow
+
+    if pieces:
+        mlflow.log_inputs(
+            datasets=[matrix_dataset(p) for p in pieces], contexts=[p.context for p in pieces], tags_list=[None] * len(pieces)
+        )

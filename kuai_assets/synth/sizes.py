@@ -32,6 +32,8 @@ class SizeSpec:
 SIZES: dict[str, SizeSpec] = {
     "tiny": SizeSpec("tiny", 120, 4_000, 1_000, 48_000, 7_500, 8_000, users_per_block=60),
     "small": SizeSpec("small", 500, 41_500, 8_500, 540_000, 85_000, 30_000, users_per_block=250),
+    # the "default size" of an independent dataset: demo's users with a quarter of the rows
+    "default": SizeSpec("default", 2_000, 100_000, 25_000, 606_000, 151_000, 60_000, users_per_block=500),
     "demo": SizeSpec("demo", 2_000, 166_000, 34_000, 2_160_000, 340_000, 60_000, users_per_block=500),
     "preliminary": SizeSpec(
         "preliminary", 15_140, 4_278_686, 895_846, 20_854_340, 3_291_332, 233_000

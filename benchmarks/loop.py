@@ -1,0 +1,364 @@
+"""The user's loop against a plain script, in one run: `python -m benchmarks.loop` (from the repo root).
+
+On one dataset (default: generated once at the `default` size, 2,000 users, ~606k train and ~151k
+test rows, ~125k photos, world click_blind_timeline, seed 13) it measures, one after the other:
+
+(a) the platform: a fresh workspace (`kuai env --work W --data D`: a new work dir and
+    DAGSTER_HOME), then the literal `source W/env.sh && dagster asset materialize --select
+    '*submission'` in a shell;
+(b) the published top-10 recipe as one plain Python script, written here (`plain_script`): read
+    the interactions and the zips of vectors, KMeans with k=100 and k=500 on a sample of the
+    vectors, out-of-fold user / cluster / user x cluster click rates, LightGBM with early stopping
+    on a time-based validation split, score the test rows, write a submission;
+(c) edit-to-AUC: after (a), in a copy of the repo (the repo itself is never modified), one line
+    of a SQL feature file is changed, then `dagster asset materialize` of the edited group, the
+    training matrix and `model` (the stale part up to the model) runs on (a)'s workspace, until
+    the model's new MLflow run holds its validation AUC.
+
+Each is a child process tree: wall time, and the peak of the summed resident memory of the
+process and all its descendants (psutil, sampled every 0.2 s). Each submission is scored against
+the ground truth afterwards, outside the timings. Figures print at the end and go to
+`<out>/loop_results.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kuai_assets import settings
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+DEFAULT_DATA = dict(size="default", world="click_blind_timeline", seed=13)
+SELECTION = "*submission"
+EDITED_FILE = "dbt_like_sql/features/time_and_duration.sql"
+EDIT = ("greatest(u.user_duration_mean, 1)", "greatest(u.user_duration_mean, 2)")
+
+
+# -- measuring a process tree ---------------------------------------------------------------------
+
+
+def run_tree(argv: list[str], env: dict[str, str], cwd: Path, log: Path, every: float = 0.2) -> dict:
+    """Run `argv` to its end (output to `log`); its wall time and whole-tree peak resident memory."""
+    from benchmarks.scale import TreeMemory
+
+    with open(log, "w") as out:
+        started = time.time()
+        process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        memory = TreeMemory(process.pid, every=every)
+        code = process.wait()
+        seconds = time.time() - started
+        peak_mb = memory.stop()
+    return {"seconds": round(seconds, 1), "peak_mb": round(peak_mb), "peak_gib": round(peak_mb / 1024, 2), "ok": code == 0,
+            "log": str(log)}
+
+
+def child_env(repo: Path) -> dict[str, str]:
+    """The environment of a child: this one, with `repo` first on the import path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUAI_", "DAGSTER_", "MLFLOW_TRACKING"))}
+    env["PYTHONPATH"] = str(repo) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    return env
+
+
+def score(data: Path, submission: Path) -> float | None:
+    from kuai_assets.ml.evaluation import score_predictions
+
+    truth = data / "ground_truth" / "test_ground_truth.txt"
+    if not truth.is_file() or not submission.is_file():
+        return None
+    return round(score_predictions(truth, submission_file=submission).auc, 4)
+
+
+# -- (a) the platform -------------------------------------------------------------------------------
+
+
+def platform_run(repo: Path, data: Path, work: Path, log_dir: Path) -> dict:
+    if work.exists():
+        shutil.rmtree(work)
+    env = child_env(repo)
+    made = subprocess.run([sys.executable, "-m", "kuai_assets.cli", "env", "--work", str(work), "--data", str(data)],
+                          env=env, cwd=repo, capture_output=True, text=True)
+    if made.returncode:
+        raise SystemExit(f"kuai env failed: {made.stderr}")
+    command = f"source {work / settings.ENV_SCRIPT} && dagster asset materialize --select '{SELECTION}'"
+    print(f"[loop] (a) {command}", flush=True)
+    result = run_tree(["bash", "-c", command], env, repo, log_dir / "platform.log")
+    result["command"] = command
+    info = json.loads((work / "stores" / "model" / "run.json").read_text()) if result["ok"] else {}
+    result["model_valid_auc"] = round(info["valid_auc"], 4) if info else None
+    result["test_auc"] = score(data, work / "submission.txt")
+    source = work / "submission_source.json"
+    result["submitted"] = json.loads(source.read_text())["source"] if source.is_file() else None
+    result["steps"] = step_times(work)
+    return result
+
+
+def step_times(work: Path) -> list[dict]:
+    """Each step of the latest run in the workspace's Dagster instance: its wall time."""
+    import dagster as dg
+
+    home = work / "dagster_home"
+    if not home.is_dir():
+        return []
+    os.environ["DAGSTER_HOME"] = str(home)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        runs = instance.get_runs(limit=1)
+        if not runs:
+            return []
+        stats = instance.get_run_step_stats(runs[0].run_id)
+    return sorted(
+        ({"step": s.step_key, "seconds": round((s.end_time or 0) - (s.start_time or 0), 1)} for s in stats),
+        key=lambda s: -s["seconds"],
+    )
+
+
+# -- (b) the plain script -----------------------------------------------------------------------------
+
+
+def plain_script(data: Path, out: Path, seed: int = 7, sample_share: float = 0.1, ks: tuple[int, int] = (100, 500)) -> dict:
+    """The published top-10 recipe, as a person would write it in one script (pandas, sklearn,
+    LightGBM): no Dagster, no MLflow, no caching. Returns its validation AUC and timings.
+
+    KMeans fits on `sample_share` of the photos' raw vectors with at most 30 iterations (the
+    platform's own sample share and cap, which it applies to 64 principal components instead).
+    """
+    import lightgbm as lgb
+    import numpy as np
+    import pandas as pd
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import roc_auc_score
+
+    seconds, started = {}, time.time()
+    train = pd.read_csv(data / "train" / "train_interaction.txt", sep="\t", header=None,
+                        names=["user_id", "photo_id", "click", "like", "follow", "time", "playing_time", "duration_time"])
+    test = pd.read_csv(data / "test" / "test_interaction.txt", sep="\t", header=None,
+                       names=["user_id", "photo_id", "time", "duration_time"])
+    seconds["read_interactions"] = round(time.time() - started, 1)
+    print(f"[script] read_interactions {seconds['read_interactions']} s", flush=True)
+
+    started = time.time()
+    ids, blocks = [], []
+    for split in ("train", "test"):
+        (zip_path,) = sorted((data / split).glob("*_visual_*.zip"))
+        with np.load(zip_path) as vectors:
+            names = vectors.files
+            block = None
+            for i, name in enumerate(names):
+                vector = vectors[name].reshape(-1)
+                if block is None:
+                    block = np.empty((len(names), vector.shape[0]), dtype=np.float32)
+                block[i] = vector
+        ids.append(np.array([int(n.rsplit("/", 1)[-1]) for n in names], dtype=np.int64))
+        blocks.append(block)
+    photo_id, vectors = np.concatenate(ids), np.concatenate(blocks)
+    del blocks
+    seconds["read_vectors"] = round(time.time() - started, 1)
+    print(f"[script] read_vectors {seconds['read_vectors']} s", flush=True)
+
+    started = time.time()
+    rng = np.random.default_rng(seed)
+    fit_rows = vectors[rng.choice(len(vectors), size=int(sample_share * len(vectors)), replace=False)]
+    clusters = pd.DataFrame({"photo_id": photo_id})
+    for k in ks:
+        kmeans = KMeans(n_clusters=k, n_init=1, max_iter=30, random_state=seed).fit(fit_rows)
+        clusters[f"c{k}"] = np.concatenate([kmeans.predict(vectors[i : i + 20_000]) for i in range(0, len(vectors), 20_000)])
+    del vectors, fit_rows
+    seconds["kmeans"] = round(time.time() - started, 1)
+    print(f"[script] kmeans {seconds['kmeans']} s", flush=True)
+
+    started = time.time()
+    train = train.merge(clusters, on="photo_id", how="left")
+    test = test.merge(clusters, on="photo_id", how="left")
+    train["fold"] = rng.integers(0, 5, len(train))
+    keys = {"user": ["user_id"], **{f"cluster_{k}": [f"c{k}"] for k in ks},
+            **{f"user_cluster_{k}": ["user_id", f"c{k}"] for k in ks}}
+    for name, by in keys.items():
+        total = train.groupby(by)["click"].agg(t_sum="sum", t_n="count").reset_index()
+        part = train.groupby(by + ["fold"])["click"].agg(p_sum="sum", p_n="count").reset_index()
+        rows = train[by + ["fold"]].merge(total, on=by, how="left").merge(part, on=by + ["fold"], how="left")
+        n = rows["t_n"] - rows["p_n"]
+        train[f"{name}_click_rate"] = ((rows["t_sum"] - rows["p_sum"]) / n.where(n > 0)).to_numpy()
+        train[f"{name}_rows"] = n.to_numpy()
+        seen = test[by].merge(total, on=by, how="left")
+        test[f"{name}_click_rate"] = (seen["t_sum"] / seen["t_n"]).to_numpy()
+        test[f"{name}_rows"] = seen["t_n"].fillna(0).to_numpy()
+    for frame in (train, test):
+        frame["hour"] = (frame["time"] // 3_600_000) % 24
+    features = [c for c in train.columns if c.endswith(("_click_rate", "_rows"))] + ["hour", "duration_time"]
+    seconds["features"] = round(time.time() - started, 1)
+    print(f"[script] features {seconds['features']} s", flush=True)
+
+    started = time.time()
+    cut = train["time"].quantile(0.8)
+    fit, valid = train[train["time"] < cut], train[train["time"] >= cut]
+    params = {"objective": "binary", "metric": "auc", "learning_rate": 0.1, "num_leaves": 63, "min_data_in_leaf": 200,
+              "feature_fraction": 0.7, "bagging_fraction": 0.5, "bagging_freq": 1, "verbosity": -1, "seed": seed}
+    booster = lgb.train(params, lgb.Dataset(fit[features], fit["click"]), num_boost_round=1000,
+                        valid_sets=[lgb.Dataset(valid[features], valid["click"])],
+                        callbacks=[lgb.early_stopping(30, verbose=False)])
+    valid_auc = roc_auc_score(valid["click"], booster.predict(valid[features], num_iteration=booster.best_iteration))
+    seconds["lightgbm"] = round(time.time() - started, 1)
+    print(f"[script] lightgbm {seconds['lightgbm']} s", flush=True)
+
+    started = time.time()
+    probability = booster.predict(test[features], num_iteration=booster.best_iteration)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as f:
+        for u, p, q in zip(test["user_id"].to_numpy(), test["photo_id"].to_numpy(), probability):
+            f.write(f"{u}\t{p}\t{q:.6f}\n")
+    seconds["score_and_write"] = round(time.time() - started, 1)
+    print(f"[script] score_and_write {seconds['score_and_write']} s", flush=True)
+    return {"valid_auc": round(float(valid_auc), 4), "best_iteration": booster.best_iteration, "seconds": seconds}
+
+
+def script_run(repo: Path, data: Path, out: Path, log_dir: Path) -> dict:
+    if out.exists():
+        shutil.rmtree(out)
+    argv = [sys.executable, "-m", "benchmarks.loop", "--plain-script", "--data", str(data), "--out", str(out)]
+    print("[loop] (b) the plain script: " + " ".join(argv[1:]), flush=True)
+    result = run_tree(argv, child_env(repo), repo, log_dir / "script.log")
+    marked = [line for line in Path(result["log"]).read_text().splitlines() if line.startswith("SCRIPT ")]
+    reported = json.loads(marked[-1][len("SCRIPT "):]) if marked else {}
+    result.update(valid_auc=reported.get("valid_auc"), best_iteration=reported.get("best_iteration"),
+                  phases=reported.get("seconds"))  # "seconds" stays the wall time of the whole process
+    result["test_auc"] = score(data, out / "submission.txt")
+    return result
+
+
+# -- (c) edit to AUC ----------------------------------------------------------------------------------
+
+
+def repo_copy(repo: Path, to: Path) -> Path:
+    """The repo's tracked and untracked-but-not-ignored files, copied to `to`."""
+    if to.exists():
+        shutil.rmtree(to)
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=repo, capture_output=True,
+                            check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = repo / name
+        if source.is_file():
+            (to / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, to / name)
+    return to
+
+
+def stale_up_to_model(group: str) -> list[str]:
+    """The assets downstream of `group` and upstream of `model` (both included)."""
+    import dagster as dg
+
+    from kuai_assets.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    down = dg.AssetSelection.assets(group).downstream().resolve(graph)
+    up = dg.AssetSelection.assets("model").upstream().resolve(graph)
+    return sorted(key.to_user_string() for key in down & up)
+
+
+def edit_to_auc(repo: Path, data: Path, work: Path, scratch: Path, log_dir: Path) -> dict:
+    copy = repo_copy(repo, scratch / "repo_copy")
+    sql = copy / EDITED_FILE
+    text = sql.read_text()
+    if EDIT[0] not in text:
+        raise SystemExit(f"{EDITED_FILE} no longer contains {EDIT[0]!r}: update EDIT in benchmarks/loop.py")
+    before = json.loads((work / "stores" / "model" / "run.json").read_text())
+    selection = ",".join(stale_up_to_model(Path(EDITED_FILE).stem))
+    sql.write_text(text.replace(EDIT[0], EDIT[1], 1))  # the edit, in the copy only
+    command = f"source {work / settings.ENV_SCRIPT} && dagster asset materialize --select '{selection}'"
+    print(f"[loop] (c) edited {EDITED_FILE} ({EDIT[0]} -> {EDIT[1]}) in a copy; {command}", flush=True)
+    result = run_tree(["bash", "-c", command], child_env(copy), copy, log_dir / "edit.log")
+    after = json.loads((work / "stores" / "model" / "run.json").read_text())
+    result.update(command=command, selection=selection, edited=EDITED_FILE, edit=" -> ".join(EDIT))
+    result["new_mlflow_run"] = after["mlflow_run_id"] != before["mlflow_run_id"]
+    if result["new_mlflow_run"]:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{work}/mlflow/mlflow.db")
+        run = client.get_run(after["mlflow_run_id"])
+        result["valid_auc"] = round(run.data.metrics["valid_auc"], 4)
+        result["valid_auc_before"] = round(before["valid_auc"], 4)
+    shutil.rmtree(copy)
+    return result
+
+
+# -- the benchmark ------------------------------------------------------------------------------------
+
+
+def ensure_data(data: Path) -> Path:
+    if data.exists():
+        return data
+    data.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[loop] generating {DEFAULT_DATA} into {data}", flush=True)
+    subprocess.run([sys.executable, "-m", "kuai_assets.synth", "--size", DEFAULT_DATA["size"], "--world",
+                    DEFAULT_DATA["world"], "--seed", str(DEFAULT_DATA["seed"]), "--out", str(data)], check=True)
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.loop", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=None, help="scratch folder (default <repo>/.kuai/bench/loop)")
+    parser.add_argument("--data", type=Path, default=None, help="dataset (default <out>/data, generated once)")
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: platform, script, edit")
+    parser.add_argument("--plain-script", action="store_true", help=argparse.SUPPRESS)  # (b)'s child
+    args = parser.parse_args(argv)
+    if args.plain_script:
+        result = plain_script(args.data, args.out / "submission.txt")
+        print("SCRIPT " + json.dumps(result), flush=True)
+        return 0
+
+    repo = settings.REPO_ROOT
+    out = (args.out or settings.default_work_dir() / "bench" / "loop").absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    data = ensure_data((args.data or out / "data").absolute())
+    skip = set(filter(None, args.skip.split(",")))
+    import psutil
+
+    results: dict = {"data": str(data), "machine": {"cpus": os.cpu_count(),
+                                                    "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)},
+                     "load_average_before": os.getloadavg()}
+    work = out / "work"
+    if "platform" not in skip:
+        results["platform"] = platform_run(repo, data, work, out)
+        print(f"[loop] (a) platform: {json.dumps({k: v for k, v in results['platform'].items() if k != 'steps'})}",
+              flush=True)
+    if "script" not in skip:
+        results["script"] = script_run(repo, data, out / "script", out)
+        print(f"[loop] (b) script: {json.dumps(results['script'])}", flush=True)
+    if "edit" not in skip and (work / "stores" / "model" / "run.json").is_file():
+        results["edit_to_auc"] = edit_to_auc(repo, data, work, out, out)
+        print(f"[loop] (c) edit to AUC: {json.dumps(results['edit_to_auc'])}", flush=True)
+    results["load_average_after"] = os.getloadavg()
+    (out / "loop_results.json").write_text(json.dumps(results, indent=2))
+
+    platform, script = results.get("platform"), results.get("script")
+    print("\n| | wall | whole-tree peak | validation AUC | test AUC |\n|---|---|---|---|---|")
+    if platform:
+        print(f"| `dagster asset materialize --select '{SELECTION}'` | {platform['seconds']:.0f} s | "
+              f"{platform['peak_gib']:.2f} GiB | {platform['model_valid_auc']} (model) | {platform['test_auc']} "
+              f"({platform['submitted']}) |")
+    if script:
+        print(f"| the published recipe as one script | {script['seconds']:.0f} s | {script['peak_gib']:.2f} GiB | "
+              f"{script.get('valid_auc')} (its own split) | {script['test_auc']} |")
+    if platform and script:
+        print(f"\nspeed: the platform runs {script['seconds'] / platform['seconds']:.2f}x as fast as the script; "
+              f"peak memory {platform['peak_mb'] / script['peak_mb']:.2f}x the script's")
+    if "edit_to_auc" in results:
+        e = results["edit_to_auc"]
+        share = f" ({e['seconds'] / platform['seconds']:.0%} of the full run)" if platform else ""
+        print(f"edit to AUC: {e['seconds']:.0f} s{share}, peak {e['peak_gib']:.2f} GiB; validation AUC "
+              f"{e.get('valid_auc_before')} -> {e.get('valid_auc')} (new MLflow run: {e['new_mlflow_run']})")
+    if platform and platform["steps"]:
+        print("slowest steps of (a): " + ", ".join(f"{s['step']} {s['seconds']:.0f} s" for s in platform["steps"][:8]))
+    return 0 if all(r.get("ok", True) for r in (platform or {}, script or {})) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

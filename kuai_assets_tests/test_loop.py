@@ -1,0 +1,165 @@
+"""The user's loop: what a model's MLflow run records about its data, and its test AUC after a
+retrain from the CLI (pending until `evaluation` follows, which the daemon does by itself)."""
+
+import json
+import shutil
+
+import dagster as dg
+import pytest
+
+from kuai_assets.ml.tracking import PENDING, SCORED, TEST_AUC_STATUS
+from kuai_assets.storage import WorkDir
+from kuai_assets_tests.conftest import TINY_RUN_CONFIG, make_resources
+
+MODEL_STORES = ("model", "baseline_model", "attention_model", "blend")
+
+
+def run_of(work, store: str):
+    from mlflow import MlflowClient
+
+    info = json.loads((work / "stores" / store / "run.json").read_text())
+    return MlflowClient(f"sqlite:///{work}/mlflow/mlflow.db").get_run(info["mlflow_run_id"])
+
+
+def datasets_of(run) -> dict[str, tuple]:
+    """name -> (context, dataset entity) of a run's logged inputs."""
+    out = {}
+    for given in run.inputs.dataset_inputs:
+        context = {t.key: t.value for t in given.tags}.get("mlflow.data.context")
+        out[given.dataset.name] = (context, given.dataset)
+    return out
+
+
+@pytest.mark.parametrize("store", ["model", "baseline_model"])
+def test_gbdt_runs_log_the_matrix_slices_they_used(materialized, store):
+    work = materialized["work"]
+    run = run_of(work, store)
+    inputs = datasets_of(run)
+    assert set(inputs) == {
+        "training_matrix[validation/fit]", "training_matrix[validation/scored]", "training_matrix[submission/fit]"
+    }
+    assert inputs["training_matrix[validation/fit]"][0] == "training"
+    assert inputs["training_matrix[submission/fit]"][0] == "training"
+    assert inputs["training_matrix[validation/scored]"][0] == "validation"
+    matrix = str((work / "tables" / "training_matrix.parquet").absolute())
+    rows = {
+        "training_matrix[validation/fit]": run.data.metrics["fit_rows"],
+        "training_matrix[validation/scored]": run.data.metrics["validation_rows"],
+        "training_matrix[submission/fit]": float(run.data.params["refit_rows"]),
+    }
+    features = json.loads((work / "stores" / store / "run.json").read_text())["features"]
+    digests = set()
+    for name, (_, dataset) in inputs.items():
+        assert json.loads(dataset.source)["uri"] == matrix
+        assert json.loads(dataset.profile)["num_rows"] == rows[name] > 0
+        columns = [c["name"] for c in json.loads(dataset.schema)["mlflow_colspec"]]
+        assert columns == features + ["click"]
+        digests.add(dataset.digest)
+    assert len(digests) == 3, "each slice has its own digest"
+    # the entity only: no copy of the data among the run's artifacts
+    assert not [path for path in artifact_paths(work, run.info.run_id) if path.endswith((".parquet", ".csv"))]
+
+
+def artifact_paths(work, run_id: str, folder: str | None = None) -> list[str]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{work}/mlflow/mlflow.db")
+    paths = []
+    for item in client.list_artifacts(run_id, folder):
+        paths += artifact_paths(work, run_id, item.path) if item.is_dir else [item.path]
+    return paths
+
+
+def test_attention_and_blend_runs_log_their_datasets(materialized):
+    work = materialized["work"]
+    attention = datasets_of(run_of(work, "attention_model"))
+    assert {name: context for name, (context, _) in attention.items()} == {
+        "training_matrix[validation/fit]": "training",
+        "training_matrix[validation/scored]": "validation",
+        "training_matrix[submission/fit]": "training",
+    }
+    blend = datasets_of(run_of(work, "blend"))
+    assert {name: context for name, (context, _) in blend.items()} == {
+        "training_matrix[validation/scored]": "validation",
+        "model/validation_predictions[validation/scored]": "validation",
+        "attention_model/validation_predictions[validation/scored]": "validation",
+    }
+    source = json.loads(blend["model/validation_predictions[validation/scored]"][1].source)["uri"]
+    # the published version of the store the blend read (a store is a link to its current version)
+    assert source == str(WorkDir(work).require_store("model") / "validation_predictions.parquet")
+
+
+def test_evaluation_settles_every_model_runs_test_auc(materialized):
+    for store in MODEL_STORES:
+        run = run_of(materialized["work"], store)
+        assert run.data.tags[TEST_AUC_STATUS] == SCORED, store
+        assert 0.5 < run.data.metrics["test_auc"] <= 1.0, store
+
+
+def test_a_cli_retrain_leaves_test_auc_pending_until_evaluation_runs(materialized, tmp_path):
+    from kuai_assets.definitions import defs
+
+    work = tmp_path / "work"
+    # symlinks kept: a published store is a link to its current version
+    shutil.copytree(materialized["work"], work, symlinks=True, ignore=shutil.ignore_patterns("dagster_home"))
+    before = run_of(work, "model").info.run_id
+    assets = [*defs.assets]
+    resources = make_resources(materialized["data"], work)
+    retrain = dg.materialize(assets, selection=["model"], resources=resources,
+                             run_config={"ops": {"model": TINY_RUN_CONFIG["ops"]["model"]}})
+    assert retrain.success
+    run = run_of(work, "model")
+    assert run.info.run_id != before
+    assert run.data.tags[TEST_AUC_STATUS] == PENDING
+    assert "test_auc" not in run.data.metrics
+
+    evaluated = dg.materialize(assets, selection=["evaluation"], resources=resources)
+    assert evaluated.success
+    after = run_of(work, "model")
+    assert after.info.run_id == run.info.run_id
+    assert after.data.tags[TEST_AUC_STATUS] == SCORED
+    metadata = evaluated.asset_materializations_for_node("evaluation")[0].metadata
+    assert after.data.metrics["test_auc"] == pytest.approx(metadata["model_test_auc"].value, abs=1e-5)
+
+
+def test_evaluation_follows_a_retrained_model_where_a_daemon_runs():
+    from kuai_assets.defs.automation import evaluation_follows
+    from kuai_assets.definitions import defs
+
+    assert evaluation_follows.default_status == dg.DefaultSensorStatus.RUNNING
+    selection = dg.AssetSelection.assets("evaluation")
+    with dg.instance_for_test() as instance:
+        for key in ("submission", "baseline_model", "model", "attention_model", "blend", "evaluation"):
+            instance.report_runless_asset_event(dg.AssetMaterialization(key))
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
+        assert first.total_requested == 0
+        idle = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection,
+                                                 cursor=first.cursor)
+        assert idle.total_requested == 0, "nothing changed: nothing to evaluate"
+        instance.report_runless_asset_event(dg.AssetMaterialization("model"))
+        after = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection,
+                                                  cursor=idle.cursor)
+        assert after.total_requested == 1
+        assert after.get_requested_partitions(dg.AssetKey("evaluation")) == {None}
+
+
+def test_kuai_run_says_the_test_auc_is_pending_when_evaluation_is_older_than_the_model(tmp_path, capsys):
+    from kuai_assets import settings
+    from kuai_assets.cli import print_summary
+
+    workspace = settings.Workspace(tmp_path, tmp_path / "data", "tiny", tmp_path / "home", "sqlite:///x.db",
+                                   "http://127.0.0.1:5000")
+    with dg.instance_for_test() as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization("model", metadata={"valid_auc": 0.7}))
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            "evaluation", metadata={"test_auc": 0.71, "valid_auc": 0.7, "oracle_auc": 0.8, "oracle_gap_closure": 0.7,
+                                    "baseline_test_auc": 0.69, "submitted": "model"}))
+        print_summary(instance, workspace, 60.0, "run")
+        scored = capsys.readouterr().out
+        instance.report_runless_asset_event(dg.AssetMaterialization("model", metadata={"valid_auc": 0.72}))
+        print_summary(instance, workspace, 60.0, "run")
+        retrained = capsys.readouterr().out
+    assert "evaluation AUC (submission vs ground truth):            0.7100" in scored
+    assert "pending" not in scored
+    assert "test AUC: pending" in retrained and "0.7100" not in retrained
+    assert "validation AUC (cold-start photos, last hours of train): 0.7200 (model)" in retrained
