@@ -26,6 +26,7 @@ EXPECTED_GRAPH = {
     "word_click_rates": ("features", ["label_history", "model_rows", "raw_text"]),
     "user_word_affinity": ("features", ["label_history", "model_rows", "raw_text"]),
     "impression_context": ("features", ["raw_interactions"]),
+    "user_cluster_exposure": ("features", ["raw_interactions", "video_clusters"]),
     "impression_embedding": ("features", ["label_history", "model_rows", "raw_interactions"]),
     "time_and_duration": ("features", ["raw_interactions"]),
     "published_baseline": ("features", ["label_history", "model_rows", "raw_interactions", "video_clusters"]),
@@ -35,7 +36,7 @@ EXPECTED_GRAPH = {
             ["model_rows", "raw_interactions", "video_clusters", "user_behaviour", "user_cluster_affinity",
              "cluster_stats", "visual_similarity", "photo_visual", "face_stats", "user_face_preference",
              "text_stats", "word_click_rates", "user_word_affinity", "impression_context", "time_and_duration",
-             "published_baseline", "impression_embedding", "visual_taste"]
+             "published_baseline", "impression_embedding", "visual_taste", "user_cluster_exposure"]
         ),
     ),
     "model": ("model", ["training_matrix"]),
