@@ -48,7 +48,8 @@ from kuai_assets.features.spec import TableModel
 
 PRIOR_ROWS = 100.0  # pseudo-rows pulling a user's direction toward the pooled one
 GLOBAL_PRIOR_ROWS = 1.0  # the pooled direction's own ridge (it has every user's rows)
-ROW_CHUNK = 1_000_000  # model_rows scored at once (their details gathered: x axes x 8 bytes)
+ROW_CHUNK = 1_000_000  # rows scored, or photos converted to float64, at once (x axes x 8 bytes)
+AXES_PER_PRODUCT = 8  # columns of the details converted to float64 at once for the sparse products
 USERS_PER_SOLVE = 256  # users whose (slots x axes x axes) systems are held and solved at once
 
 SCHEMA = pa.schema(
@@ -63,13 +64,14 @@ SCHEMA = pa.schema(
 
 
 def photo_detail(con: duckdb.DuckDBPyConnection) -> tuple[IdIndex, np.ndarray]:
-    """(index of photo_id, float64 detail per photo): the reduced vector minus its finest cluster's mean."""
+    """(index of photo_id, float32 detail per photo): the reduced vector minus its finest cluster's
+    mean (the means summed in float64). Every sum over rows made from it is taken in float64."""
     table = con.sql("select * exclude (split) from pca_visual_features order by photo_id").to_arrow_table()
     photo_ids = table.column("photo_id").to_numpy()
     names = sorted(c for c in table.column_names if c.startswith("pc_"))
     if not names:
         raise ValueError("pca_visual_features: no pc_ column")
-    vectors = np.column_stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in names])
+    vectors = np.column_stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float32) for c in names])
     del table
     if not np.isfinite(vectors).all():
         bad = photo_ids[~np.isfinite(vectors).all(axis=1)][:5].tolist()
@@ -81,7 +83,9 @@ def photo_detail(con: duckdb.DuckDBPyConnection) -> tuple[IdIndex, np.ndarray]:
     counts = np.bincount(code, minlength=n_codes).astype(np.float64)
     means = np.stack([np.bincount(code, weights=c, minlength=n_codes) for c in vectors.T], axis=1)
     means /= np.maximum(counts, 1.0)[:, None]
-    return IdIndex(photo_ids), vectors - means[code]
+    for start in range(0, len(vectors), ROW_CHUNK):  # in place, a chunk at a time: no second copy
+        vectors[start: start + ROW_CHUNK] -= means[code[start: start + ROW_CHUNK]]
+    return IdIndex(photo_ids), vectors
 
 
 def user_directions(
@@ -93,7 +97,7 @@ def user_directions(
     (users, slots, axes), NaN where the user has no clicked or no unclicked row in the slot).
 
     The fit rows are given as `user` (dense codes < n_users), `fold` (0..n_folds-1), `click` (0/1)
-    and `photo` (positions in `detail`, the (photos, axes) details).
+    and `photo` (positions in `detail`, the (photos, axes) details, float32 or float64).
     """
     from scipy import sparse
 
@@ -107,14 +111,22 @@ def user_directions(
     shown = sparse.csr_matrix((np.ones(n_rows), (key, photo)), shape=(n_keys, n_photos))
     clicked_rows = click > 0
     hits = sparse.csr_matrix((click[clicked_rows], (key[clicked_rows], photo[clicked_rows])), shape=(n_keys, n_photos))
-    sx = np.asarray(shown @ detail)
-    sxy = np.asarray(hits @ detail)
-    sxx_diagonal = np.asarray(shown @ (detail * detail))
+    sx, sxy, sxx_diagonal = np.empty((n_keys, axes)), np.empty((n_keys, axes)), np.empty((n_keys, axes))
+    for j in range(0, axes, AXES_PER_PRODUCT):  # float64 sums, a few axes' columns converted at a time
+        columns = detail[:, j: j + AXES_PER_PRODUCT].astype(np.float64)
+        sx[:, j: j + AXES_PER_PRODUCT] = shown @ columns
+        sxy[:, j: j + AXES_PER_PRODUCT] = hits @ columns
+        sxx_diagonal[:, j: j + AXES_PER_PRODUCT] = shown @ (columns * columns)
+    del columns
     # second moments by fold: each photo's detail weighted by how often the fold shows it
     sxx_fold = np.zeros((n_folds, axes, axes))
     for g in range(n_folds):
         times = np.bincount(photo[fold == g], minlength=n_photos).astype(np.float64)
-        sxx_fold[g] = (detail * times[:, None]).T @ detail
+        shown_photos = np.flatnonzero(times)
+        for start in range(0, len(shown_photos), ROW_CHUNK):
+            at = shown_photos[start: start + ROW_CHUNK]
+            part = detail[at].astype(np.float64)
+            sxx_fold[g] += (part * times[at, None]).T @ part
     # per user and slot: every fold's sum, less the slot's own fold
     def by_slot(per_fold: np.ndarray) -> np.ndarray:
         per_fold = per_fold.reshape(n_users, n_folds, *per_fold.shape[1:])
@@ -161,7 +173,7 @@ def user_directions(
         lo, hi = bounds[first * n_folds], bounds[last * n_folds]
         if hi > lo:
             rows = order[lo:hi]
-            r = detail[photo[rows]]
+            r = detail[photo[rows]].astype(np.float64)
             local = bounds[first * n_folds: last * n_folds + 1] - lo
             for cell in np.flatnonzero(np.diff(local)):
                 part = r[local[cell]: local[cell + 1]]
