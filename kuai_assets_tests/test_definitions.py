@@ -19,6 +19,7 @@ EXPECTED_GRAPH = {
     "user_cluster_affinity": ("features", ["label_history", "model_rows", "video_clusters"]),
     "cluster_stats": ("features", ["label_history", "model_rows", "video_clusters"]),
     "visual_similarity": ("features", ["label_history", "model_rows", "pca_visual_features"]),
+    "visual_taste": ("features", ["label_history", "model_rows", "pca_visual_features", "video_clusters"]),
     "photo_visual": ("features", ["pca_visual_features"]),
     "face_stats": ("features", ["raw_faces", "raw_interactions"]),
     "user_face_preference": ("features", ["label_history", "model_rows", "raw_faces"]),
@@ -26,6 +27,7 @@ EXPECTED_GRAPH = {
     "word_click_rates": ("features", ["label_history", "model_rows", "raw_text"]),
     "user_word_affinity": ("features", ["label_history", "model_rows", "raw_text"]),
     "impression_context": ("features", ["raw_interactions"]),
+    "user_cluster_exposure": ("features", ["raw_interactions", "video_clusters"]),
     "impression_embedding": ("features", ["label_history", "model_rows", "raw_interactions"]),
     "time_and_duration": ("features", ["raw_interactions"]),
     "published_baseline": ("features", ["label_history", "model_rows", "raw_interactions", "video_clusters"]),
@@ -35,7 +37,7 @@ EXPECTED_GRAPH = {
             ["model_rows", "raw_interactions", "video_clusters", "user_behaviour", "user_cluster_affinity",
              "cluster_stats", "visual_similarity", "photo_visual", "face_stats", "user_face_preference",
              "text_stats", "word_click_rates", "user_word_affinity", "impression_context", "time_and_duration",
-             "published_baseline", "impression_embedding"]
+             "published_baseline", "impression_embedding", "visual_taste", "user_cluster_exposure"]
         ),
     ),
     "model": ("model", ["training_matrix"]),

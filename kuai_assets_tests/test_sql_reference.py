@@ -329,6 +329,38 @@ def reference_time_and_duration(read: Read) -> pd.DataFrame:
     )
 
 
+# -- user_cluster_exposure --------------------------------------------------------------------
+
+EXPOSURE_WINDOW_MS = 6 * 3_600_000  # user_cluster_exposure: six hours either side of the row
+
+
+def reference_user_cluster_exposure(read: Read) -> pd.DataFrame:
+    """Per row, the user's other impressions of the same split, within the window and in all,
+    and the share of them in the row's photo's cluster at the smallest and the largest k."""
+    raw, clusters = read("raw_interactions"), read("video_clusters")
+    rows = raw[["row_id", "split", "user_id", "photo_id", "time"]].copy()
+    for level, k in (("coarse", clusters["k"].min()), ("fine", clusters["k"].max())):
+        at_k = clusters[clusters["k"] == k].set_index("photo_id")["cluster"]
+        rows[level] = rows["photo_id"].map(at_k)
+    parts = []
+    for _, own in rows.groupby(["split", "user_id"]):
+        time = own["time"].to_numpy()
+        near = np.abs(time[:, None] - time[None, :]) <= EXPOSURE_WINDOW_MS
+        np.fill_diagonal(near, False)  # the row itself is left out
+        everywhere = ~np.eye(len(own), dtype=bool)
+        part = pd.DataFrame({"row_id": own["row_id"].to_numpy()})
+        for level in ("coarse", "fine"):
+            cluster = own[level].to_numpy()
+            same = cluster[:, None] == cluster[None, :]  # NaN == NaN is False: no cluster, no share
+            for name, mask in (("6h", near), ("log", everywhere)):
+                total = mask.sum(axis=1).astype(float)
+                share = (mask & same).sum(axis=1) / np.where(total > 0, total, np.nan)
+                part[f"exposure_share_{name}_{level}"] = np.where(np.isnan(cluster.astype(float)), np.nan, share)
+        part["exposure_rows_6h"] = near.sum(axis=1).astype(float)
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
 # -- visual_similarity ------------------------------------------------------------------------
 
 
@@ -368,6 +400,7 @@ REFERENCES = {  # name: (reference, keys, absolute tolerance)
     "photo_visual": (reference_photo_visual, ["photo_id"], ATOL),
     "time_and_duration": (reference_time_and_duration, ["row_id"], ATOL),
     "visual_similarity": (reference_visual_similarity, ["setup", "row_id"], COSINE_ATOL),
+    "user_cluster_exposure": (reference_user_cluster_exposure, ["row_id"], ATOL),
 }
 
 
@@ -438,6 +471,7 @@ ONE_ROW_CHANGES = {
     "photo_visual": ("pca_visual_features", add("pc_00", 1.0), "pc_00"),
     "time_and_duration": ("raw_interactions", add("duration_time", 5), "duration_time"),
     "visual_similarity": ("label_history", flip("click"), "visual_similarity_clicked"),
+    "user_cluster_exposure": ("raw_interactions", add("time", 7 * 3_600_000), "exposure_share_6h_coarse"),
 }
 
 
