@@ -13,18 +13,7 @@
 -- continuous: baseline_hour, baseline_duration_time
 -- Each statistic is a small table looked up once per row (the photo's clusters at both k pivoted
 -- onto one row per photo), so no row is ever repeated per k and grouped back together.
-with levels as (
-    select min(k) as coarse, max(k) as fine from video_clusters
-),
-
-photo_clusters as (
-    select c.photo_id,
-           max(c.cluster) filter (where c.k = l.coarse) as coarse_cluster,
-           max(c.cluster) filter (where c.k = l.fine) as fine_cluster
-    from video_clusters as c, levels as l
-    where c.k in (l.coarse, l.fine)
-    group by c.photo_id
-),
+with {{ photo_clusters() }}
 
 history as (
     select h.setup, h.fold, h.user_id, h.click, h.playing_time, p.coarse_cluster, p.fine_cluster

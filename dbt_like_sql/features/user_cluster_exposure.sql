@@ -9,18 +9,7 @@
 -- uses_scored_window_log: true
 -- continuous: exposure_share_6h_coarse, exposure_share_6h_fine, exposure_share_log_coarse, exposure_share_log_fine
 -- continuous: exposure_rows_6h
-with levels as (
-    select min(k) as coarse, max(k) as fine from video_clusters
-),
-
-photo_clusters as (
-    select c.photo_id,
-           max(c.cluster) filter (where c.k = l.coarse) as coarse_cluster,
-           max(c.cluster) filter (where c.k = l.fine) as fine_cluster
-    from video_clusters as c, levels as l
-    where c.k in (l.coarse, l.fine)
-    group by c.photo_id
-),
+with {{ photo_clusters() }}
 
 shown as (
     select i.row_id, i.split, i.user_id, i.time, p.coarse_cluster, p.fine_cluster
