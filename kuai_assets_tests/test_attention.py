@@ -11,8 +11,9 @@ import torch
 
 from kuai_assets.ml.attention import AttentionParams, HistoryLeakError, build_history, check_histories
 from kuai_assets.ml.attention import history as history_module
-from kuai_assets.ml.attention.training import train_attention_model
+from kuai_assets.ml.attention.training import early_stopping_subset, train_attention_model
 from kuai_assets.ml.blend import BlendError, choose_blend
+from kuai_assets.ml.metrics import roc_auc
 from kuai_assets.storage import WorkDir
 
 LENGTH = 30
@@ -142,6 +143,26 @@ def test_the_attention_model_trains_one_epoch_end_to_end(materialized):
     again = train_attention_model(work, params)
     assert again.auc_by_epoch == result.auc_by_epoch
     assert np.array_equal(again.test.p_click, result.test.p_click)
+
+
+def test_early_stopping_reads_a_sample_and_the_best_epoch_scores_every_validation_row(materialized):
+    work = WorkDir(materialized["work"])
+    scored = model_rows(work, "validation", "scored")
+    sample = len(scored["row_id"]) // 3
+    params = AttentionParams(max_epochs=2, patience=1, fit_targets_per_epoch=5_000, history_length=LENGTH,
+                             leak_check_targets=1_000, early_stopping_rows=sample)
+    result = train_attention_model(work, params)
+
+    assert result.rows["early_stopping_rows"] == sample < result.rows["validation_scored_rows"]
+    # the reported validation AUC is the best epoch's over every scored row, not the sample's
+    assert np.array_equal(np.sort(result.validation.row_id), scored["row_id"])
+    assert result.valid_auc == pytest.approx(roc_auc(result.validation.click, result.validation.p_click))
+    # the epoch's AUC is the sample's: recomputed from the best epoch's full predictions
+    subset = early_stopping_subset(result.validation.click, sample, params.seed)
+    assert subset is not None and len(subset) == sample
+    best = result.auc_by_epoch[result.best_epoch - 1]
+    assert best == pytest.approx(roc_auc(result.validation.click[subset], result.validation.p_click[subset]), abs=1e-9)
+    assert best != pytest.approx(result.valid_auc, abs=1e-9)
 
 
 # -- the blend ---------------------------------------------------------------------------------------

@@ -1,14 +1,17 @@
 """Train the attention model: validate with early stopping, refit on the train rows, score the test.
 
 Same protocol as the GBDT: epochs on the `validation` setup's fit rows, each followed by the AUC
-of every validation scored row (cold-start photos after the cut); the best epoch is kept; then a
-fresh network is fitted on the `submission` setup's fit rows for round(best_epoch * factor)
-epochs and scores the test rows. An epoch is a seeded sample of `fit_targets_per_epoch` fit
-rows (every scored row is always scored). Seeded and deterministic on CPU.
+of the validation scored rows (cold-start photos after the cut; a seeded sample of
+`early_stopping_rows` of them when there are more); the best epoch's network is kept and scores
+every validation scored row (the blend's input and the reported validation AUC); then a fresh
+network is fitted on the `submission` setup's fit rows for round(best_epoch * factor) epochs and
+scores the test rows. An epoch is a seeded sample of `fit_targets_per_epoch` fit rows. Seeded
+and deterministic on CPU.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from contextlib import contextmanager
@@ -34,6 +37,11 @@ class AttentionParams(BaseModel):
     history_length: int = Field(default=50, ge=1, description="Most recent fit rows a row attends over.")
     max_epochs: int = Field(default=6, ge=1, description="Most validation epochs.")
     patience: int = Field(default=2, ge=1, description="Stop after this many epochs without a better validation AUC.")
+    early_stopping_rows: int = Field(
+        default=100_000, ge=0,
+        description="Validation scored rows (a seeded sample) whose AUC picks the best epoch; 0 = all of them. "
+        "The best epoch's network then scores every validation row.",
+    )
     fit_targets_per_epoch: int = Field(
         default=150_000, ge=1, description="Fit rows sampled per epoch (every scored row is scored)."
     )
@@ -75,9 +83,9 @@ class Predictions:
 
 @dataclass
 class AttentionResult:
-    auc_by_epoch: list[float]
+    auc_by_epoch: list[float]  # validation AUC of each epoch on the early-stopping rows
     best_epoch: int
-    valid_auc: float
+    valid_auc: float  # the best epoch's AUC on every validation scored row
     refit_epochs: int
     validation: Predictions  # the best epoch's predictions on the validation scored rows
     test: Predictions
@@ -201,15 +209,26 @@ def _train_epoch(model, optimizer, data: SetupData, prepared, fit: Targets, para
 
 @torch.no_grad()
 def predict(model: AttentionClickModel, data: SetupData, prepared: dict[str, np.ndarray], targets: Targets,
-            batch_size: int = 4096) -> np.ndarray:
-    """Click probabilities of every target, scored in (user, time) order (shared histories)."""
+            batch_size: int = 4096, subset: np.ndarray | None = None) -> np.ndarray:
+    """Click probabilities of every target (or of the targets `subset`, in its order), scored in
+    (user, time) order so that a batch's histories overlap."""
     model.eval()
-    order = np.lexsort((targets.time, targets.user_id))
-    out = np.empty(len(order), dtype=np.float64)
+    subset = np.arange(len(targets)) if subset is None else np.asarray(subset)
+    order = np.lexsort((targets.time[subset], targets.user_id[subset]))
+    out = np.empty(len(subset), dtype=np.float64)
     for begin in range(0, len(order), batch_size):
         rows = order[begin : begin + batch_size]
-        out[rows] = torch.sigmoid(model(data.batch(prepared, rows))).double().cpu().numpy()
+        out[rows] = torch.sigmoid(model(data.batch(prepared, subset[rows]))).double().cpu().numpy()
     return out
+
+
+def early_stopping_subset(click: np.ndarray, rows: int, seed: int) -> np.ndarray | None:
+    """The validation scored rows whose AUC picks the best epoch: a seeded sample of `rows` of
+    them (sorted), or None (all) when `rows` is 0, covers them all, or the sample would miss a class."""
+    if rows <= 0 or rows >= len(click):
+        return None
+    subset = np.sort(np.random.default_rng([seed, 17]).choice(len(click), size=rows, replace=False))
+    return subset if len(np.unique(click[subset])) == 2 else None
 
 
 def train_attention_model(work: WorkDir, params: AttentionParams, log=lambda message: None) -> AttentionResult:
@@ -251,22 +270,30 @@ def train_attention_model(work: WorkDir, params: AttentionParams, log=lambda mes
         shape = _shape(params, photos, len(users), len(features))
         model = _new_model(shape, photos, fit, params, device)
         optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay, fused=device.type == "cpu" or None)
+        subset = early_stopping_subset(scored.click, params.early_stopping_rows, params.seed)
+        stopping = "every" if subset is None else f"{len(subset):,} of the"
         aucs: list[float] = []
-        best_prediction = None
+        best_prediction = best_state = None
         for epoch in range(1, params.max_epochs + 1):
             loss = _train_epoch(model, optimizer, data, fit_prepared, fit, params, epoch)
-            prediction = predict(model, data, scored_prepared, scored)
-            aucs.append(roc_auc(scored.click, prediction))
-            log(f"attention: epoch {epoch}, loss {loss:.4f}, validation AUC {aucs[-1]:.4f} ({time.time() - started:.0f} s)")
+            prediction = predict(model, data, scored_prepared, scored, subset=subset)
+            aucs.append(roc_auc(scored.click if subset is None else scored.click[subset], prediction))
+            log(f"attention: epoch {epoch}, loss {loss:.4f}, validation AUC {aucs[-1]:.4f} on {stopping} "
+                f"{len(scored):,} validation rows ({time.time() - started:.0f} s)")
             if len(aucs) == 1 or aucs[-1] > max(aucs[:-1]):
-                best_prediction = prediction
+                best_prediction, best_state = prediction, copy.deepcopy(model.state_dict())
             if epoch - (int(np.argmax(aucs)) + 1) >= params.patience:
                 break
         best_epoch = int(np.argmax(aucs)) + 1
+        if subset is not None:  # the best epoch's network scores every validation row
+            model.load_state_dict(best_state)
+            best_prediction = predict(model, data, scored_prepared, scored)
+        valid_auc = roc_auc(scored.click, best_prediction)
         seconds["validation"] = round(time.time() - started, 1)
-        rows = {"validation_fit_rows": len(fit), "validation_scored_rows": len(scored)}
+        rows = {"validation_fit_rows": len(fit), "validation_scored_rows": len(scored),
+                "early_stopping_rows": len(scored) if subset is None else len(subset)}
         validation = Predictions(scored.row_id, best_prediction, scored.user_id, scored.photo_id, scored.click)
-        del fit, scored, fit_prepared, scored_prepared, data, model, optimizer
+        del fit, scored, fit_prepared, scored_prepared, data, model, optimizer, best_state
 
         # refit on every train row for the validated number of epochs; score the test rows
         started = time.time()
@@ -289,10 +316,10 @@ def train_attention_model(work: WorkDir, params: AttentionParams, log=lambda mes
         model.eval()
         packed = PackedClickModel(model.cpu()).eval()
         example = pack({k: v.cpu() for k, v in data.batch(test_prepared, np.arange(min(5, len(test)))).items()}).numpy()
-    log(f"attention: best epoch {best_epoch} (validation AUC {max(aucs):.4f}); refitted {refit_epochs} epochs; "
+    log(f"attention: best epoch {best_epoch} (validation AUC {valid_auc:.4f}); refitted {refit_epochs} epochs; "
         f"scored {len(test):,} test rows")
     return AttentionResult(
-        auc_by_epoch=aucs, best_epoch=best_epoch, valid_auc=float(max(aucs)), refit_epochs=refit_epochs,
+        auc_by_epoch=aucs, best_epoch=best_epoch, valid_auc=float(valid_auc), refit_epochs=refit_epochs,
         validation=validation,
         test=Predictions(test.row_id, test_prediction, test.user_id, test.photo_id),
         model=packed, example=example, shape=shape, history_checks=checks, rows=rows, seconds=seconds,
