@@ -258,10 +258,45 @@ def _one_line(text: str) -> str:
     return lines[0] if len(lines) == 1 else " ".join(lines[:3])[:500] if lines else "(no message)"
 
 
+def parse_run_config(text: str | None) -> dict:
+    """`--config-json`'s text as a run config (a JSON object; {} when not given). Its fit to the
+    job's config schema is checked by `check_run_config`, once the job can be built."""
+    if text is None:
+        return {}
+    import json
+
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"run: --config-json is not JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"run: --config-json must be a JSON object (a run config), got {type(config).__name__}")
+    return config
+
+
+def check_run_config(job, run_config: dict) -> None:
+    """Refuse a run config the job's schema does not accept (an unknown op or field, a wrong type)."""
+    import dagster as dg
+
+    try:
+        dg.validate_run_config(job, run_config)
+    except dg.DagsterInvalidConfigError as exc:
+        # without Dagster's dump of the whole schema ("... at the root. Expected: ...")
+        problems = "; ".join(error.message.split(" Expected: ")[0].strip().rstrip(".") for error in exc.errors) or str(exc)
+        raise UsageError(f"run: --config-json does not fit the job's config: {problems}") from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    run_config = parse_run_config(args.config_json)
     workspace = workspace_from(args)
     refuse_a_missing_dataset(workspace)
     prepare_environment(workspace)
+    given = bool(run_config)
+    loggers = run_config.get("loggers") or {}
+    if isinstance(loggers, dict):  # else the check below names it
+        run_config = {**run_config, "loggers": {**loggers, "console": {"config": {"log_level": args.log_level}}}}
+    if given:  # checked against the job before any work (building the job imports every step's code)
+        check_run_config(run_job(), run_config)
     print(f"[kuai] workspace: {workspace.work_dir} (settings in {workspace.work_dir / settings.ENV_SCRIPT})", flush=True)
     check_tracking(workspace, lambda line: print(line, flush=True))
     check_dataset(workspace, lambda line: print(line, flush=True))
@@ -271,11 +306,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"[kuai] data: {workspace.data_dir}\n[kuai] materializing every asset ...", flush=True)
     started = time.time()
     with dg.DagsterInstance.get() as instance:
-        result = dg.execute_job(
-            dg.reconstructable(run_job),
-            instance=instance,
-            run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
-        )
+        result = dg.execute_job(dg.reconstructable(run_job), instance=instance, run_config=run_config)
         elapsed = time.time() - started
         if not result.success:
             causes = failure_causes(instance, result.run_id) or ["(no step failed; see `kuai ui`)"]
@@ -463,6 +494,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _workspace_options(run)
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.add_argument(
+        "--config-json",
+        metavar="JSON",
+        help="run config for the steps, as `dagster asset materialize --config-json` takes it, e.g. "
+        '\'{"ops": {"model": {"config": {"max_rounds": 300}}}}\'; checked against the job before any work',
+    )
     run.set_defaults(func=cmd_run)
     ui = sub.add_parser("ui", help="serve the Dagster UI (and its daemon) on 127.0.0.1:3000", **common)
     _workspace_options(ui)

@@ -1,5 +1,5 @@
-"""Shared fixtures (a tiny synthetic dataset and a work dir with the whole graph materialized,
-both session-scoped: generated and materialized once, read by many tests) and the test tiers.
+"""Shared fixtures (a tiny synthetic dataset, a work dir with the whole graph materialized and
+one Spark `local[2]` session, all session-scoped: made once, used by many tests) and the test tiers.
 
 Every test gets exactly one tier marker (registered in pyproject.toml):
 
@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 
 import pytest
+
+from kuai_assets.engines import Engine
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("KUAI_DUCKDB_MEMORY", "2GB")
@@ -78,6 +80,15 @@ def make_resources(data_dir: Path, work_dir: Path) -> dict:
     }
 
 
+# Spark in the tests: a JVM that starts fast (the C1 compiler only) and few shuffle partitions (the
+# tables are tiny)
+TEST_SPARK = Engine(
+    "spark",
+    "local[2]",
+    (("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1"), ("spark.sql.shuffle.partitions", "2")),
+)
+
+
 # the tiny graph runs with light LightGBM settings: the tests check behaviour, not top AUC
 TINY_RUN_CONFIG = {
     "ops": {
@@ -86,6 +97,36 @@ TINY_RUN_CONFIG = {
         "baseline_model": {"config": {"max_rounds": 200, "early_stopping_rounds": 20}},
         "attention_model": {"config": {"max_epochs": 2, "fit_targets_per_epoch": 20_000, "leak_check_targets": 5_000}},
     }
+}
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    """The session's one Spark JVM (`TEST_SPARK`'s URL and settings), started when a test first
+    asks for it and stopped when the session ends; fails, naming the reason, without Java.
+
+    Every Spark use in the tests (`materialize_table_model(..., engine=TEST_SPARK)`, an
+    `EngineResource(kind="spark", spark_url="local[2]")`) finds this session: there is one per URL
+    per process (kuai_assets.engines.spark.spark_session).
+    """
+    from kuai_assets.engines.spark import java_problem, spark_session, stop_sessions
+
+    problem = java_problem()
+    if problem:
+        pytest.fail(f"the Spark tests need Java: {problem}")
+    session = spark_session(TEST_SPARK.spark_url, tmp_path_factory.mktemp("spark_tmp"), TEST_SPARK.spark_conf)
+    yield session
+    stop_sessions()
+
+
+# the attention network at its smallest, for a test of the graph's wiring (that it runs), not its AUC
+SMALLEST_ATTENTION = {
+    "history_length": 8,
+    "max_epochs": 1,
+    "fit_targets_per_epoch": 5_000,
+    "item_dim": 8,
+    "leak_check_targets": 1_000,
+    "threads": 1,
 }
 
 

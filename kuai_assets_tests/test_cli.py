@@ -113,6 +113,19 @@ def test_unknown_option_is_one_line():
     assert line == "kuai: unrecognized arguments: --sise tiny (see `kuai --help`)"
 
 
+def test_a_run_config_that_does_not_fit_is_one_line_before_any_work(tmp_path):
+    work = tmp_path / "w"
+    line = one_line_error(kuai("run", "--size", "tiny", "--work", str(work), "--config-json", "{ops: 1}"))
+    assert line.startswith("kuai: run: --config-json is not JSON: Expecting property name enclosed in double quotes"), line
+    line = one_line_error(kuai("run", "--size", "tiny", "--work", str(work), "--config-json", "[1]"))
+    assert line == "kuai: run: --config-json must be a JSON object (a run config), got list"
+    wrong = '{"ops": {"model": {"config": {"max_rounds": "many"}}}, "nope": 1}'
+    line = one_line_error(kuai("run", "--size", "tiny", "--work", str(work), "--config-json", wrong))
+    assert line.startswith("kuai: run: --config-json does not fit the job's config: "), line
+    assert "max_rounds" in line and "nope" in line, line
+    assert not (work / "data").exists()  # the synthetic default was not generated
+
+
 def test_unreachable_mlflow_server_is_reported_before_any_work(tmp_path):
     """Nothing listens on port 1: the probe says so at once (MLflow's own retries took minutes)."""
     data = tmp_path / "data"  # a folder that is not a dataset: the MLflow check must come first

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import time
 
-import dagster as dg
 import pytest
 
 from kuai_assets.ml.dask_training import DaskSchedulerError, train_on_dask
 from kuai_assets.ml.metrics import roc_auc
 from kuai_assets.ml.training import LightGbmParams, load_rows, train_final, train_validation
-from kuai_assets_tests.conftest import make_resources
 
 # Row bagging and feature sampling draw differently on each worker, so at the same rounds they
 # give another (equally valid) model: on the tiny data the default sampling moved the Dask AUC
@@ -22,18 +20,11 @@ PARAMS = LightGbmParams(
 
 
 @pytest.fixture(scope="module")
-def matrix(tiny_data, tmp_path_factory):
-    """The tiny data's training matrix (and only what it needs)."""
-    from kuai_assets.definitions import defs
+def matrix(materialized):
+    """The tiny data's training matrix, as the session's materialized graph made it."""
     from kuai_assets.features.matrix import read_features
 
-    work = tmp_path_factory.mktemp("dask_work")
-    dg.materialize(
-        defs.assets,
-        selection=dg.AssetSelection.assets("training_matrix").upstream(),
-        resources=make_resources(tiny_data, work),
-    )
-    path = work / "tables" / "training_matrix.parquet"
+    path = materialized["work"] / "tables" / "training_matrix.parquet"
     return path, read_features(path)
 
 

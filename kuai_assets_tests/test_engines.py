@@ -1,9 +1,9 @@
 """The same SQL definitions on DuckDB and on Spark give the same tables; bad engine settings are named.
 
 Spark runs `local[2]` in this process's JVM and needs Java 17+: without it these tests fail with
-the reason (they are never skipped). The tiny data's raw and visual tables are materialized once;
-every SQL table model then runs on each engine in its own work dir (on Spark the whole chain runs
-on Spark: model_rows and label_history too).
+the reason (they are never skipped). The raw and visual tables are those of the session's
+materialized tiny graph (conftest.materialized); every SQL table model then runs on each engine in
+its own work dir (on Spark the whole chain runs on Spark: model_rows and label_history too).
 """
 
 from __future__ import annotations
@@ -18,30 +18,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from kuai_assets.engines import Engine, EngineError
-from kuai_assets.engines.spark import java_problem, stop_sessions
 from kuai_assets.features.catalog import SOURCE_TABLES, load_catalog
 from kuai_assets.features.runner import materialize_table_model
 from kuai_assets.storage import WorkDir
-from kuai_assets_tests.conftest import make_resources
-
-# a JVM that starts fast (the C1 compiler only) and few shuffle partitions: the tables are tiny
-TEST_SPARK = Engine(
-    "spark",
-    "local[2]",
-    (("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1"), ("spark.sql.shuffle.partitions", "2")),
-)
+from kuai_assets_tests.conftest import TEST_SPARK, make_resources
 
 
 def sql_models_in_order() -> list[str]:
     catalog = load_catalog()
     features = sorted(n for n, m in catalog.items() if m.is_feature_group and m.sql is not None)
     return ["model_rows", "label_history", *features]
-
-
-def materialize_upstream(data: Path, work: Path) -> None:
-    from kuai_assets.defs import raw, visual
-
-    dg.materialize(dg.load_assets_from_modules([raw, visual]), resources=make_resources(data, work))
 
 
 def link_sources(source: Path, work: Path) -> WorkDir:
@@ -52,23 +38,14 @@ def link_sources(source: Path, work: Path) -> WorkDir:
 
 
 @pytest.fixture(scope="module")
-def spark_ready():
-    problem = java_problem()
-    if problem:
-        pytest.fail(f"the Spark tests need Java: {problem}")
-    yield
-    stop_sessions()
-
-
-@pytest.fixture(scope="module")
-def both_engines(tiny_data, tmp_path_factory, spark_ready):
-    """Every SQL table model materialized by DuckDB and by Spark: {engine: (WorkDir, seconds)}."""
+def both_engines(materialized, tmp_path_factory, spark):
+    """Every SQL table model materialized by DuckDB and by Spark from the materialized graph's source
+    tables: {engine: (WorkDir, seconds)}."""
     root = tmp_path_factory.mktemp("engines")
-    materialize_upstream(tiny_data, root / "upstream")
     catalog = load_catalog()
     out = {}
     for name, engine in (("duckdb", Engine()), ("spark", TEST_SPARK)):
-        work = link_sources(root / "upstream", root / name)
+        work = link_sources(materialized["work"], root / name)
         started = time.time()
         for model in sql_models_in_order():
             result = materialize_table_model(catalog[model], work, engine=engine)
@@ -77,7 +54,7 @@ def both_engines(tiny_data, tmp_path_factory, spark_ready):
             fast = name == "duckdb" and catalog[model].has_fast_path
             assert result.definition == ("python" if fast else "sql")
         out[name] = (work, time.time() - started)
-    print(f"\nDuckDB {out['duckdb'][1]:.1f} s, Spark local[2] {out['spark'][1]:.1f} s (JVM start included)")
+    print(f"\nDuckDB {out['duckdb'][1]:.1f} s, Spark local[2] {out['spark'][1]:.1f} s (the session's JVM already up)")
     return out
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from kuai_assets.ml.tracking import PENDING, SCORED, TEST_AUC_STATUS
 from kuai_assets.storage import WorkDir
-from kuai_assets_tests.conftest import TINY_RUN_CONFIG, make_resources
+from kuai_assets_tests.conftest import make_resources
 
 MODEL_STORES = ("model", "baseline_model", "attention_model", "blend")
 
@@ -105,8 +105,9 @@ def test_a_cli_retrain_leaves_test_auc_pending_until_evaluation_runs(materialize
     before = run_of(work, "model").info.run_id
     assets = [*defs.assets]
     resources = make_resources(materialized["data"], work)
+    # few rounds: what is tested is the test AUC's status, not the retrained model
     retrain = dg.materialize(assets, selection=["model"], resources=resources,
-                             run_config={"ops": {"model": TINY_RUN_CONFIG["ops"]["model"]}})
+                             run_config={"ops": {"model": {"config": {"max_rounds": 30, "early_stopping_rounds": 10}}}})
     assert retrain.success
     run = run_of(work, "model")
     assert run.info.run_id != before

@@ -11,33 +11,19 @@ import pytest
 
 from kuai_assets.formats import layout
 from kuai_assets.formats.submission import validate_submission
-from kuai_assets_tests.conftest import DAGSTER_YAML, TINY_RUN_CONFIG, make_resources
-
-# the attention network at its smallest: what is tested is that the graph runs, not its AUC
-SMALLEST_ATTENTION = {
-    "history_length": 8,
-    "max_epochs": 1,
-    "fit_targets_per_epoch": 5_000,
-    "item_dim": 8,
-    "leak_check_targets": 1_000,
-    "threads": 1,
-}
+from kuai_assets_tests.conftest import DAGSTER_YAML, SMALLEST_ATTENTION, TINY_RUN_CONFIG, make_resources
 
 
 @pytest.mark.system
-def test_the_graph_runs_to_a_submission_on_spark_and_dask(tiny_data, tmp_path):
+def test_the_graph_runs_to_a_submission_on_spark_and_dask(tiny_data, spark, tmp_path):
+    """`spark` (conftest) is the session the engine resource finds: one per URL per process."""
     from distributed import LocalCluster
 
     from kuai_assets.defs.engine import EngineResource
     from kuai_assets.definitions import defs
-    from kuai_assets.engines.spark import java_problem, spark_session, stop_sessions
     from kuai_assets.features.catalog import load_catalog
     from kuai_assets.features.runner import DRIVER_DEFINITION
-    from kuai_assets_tests.test_engines import TEST_SPARK
 
-    problem = java_problem()
-    if problem:
-        pytest.fail(f"this test needs Java: {problem}")
     work = tmp_path / "work"
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -46,30 +32,24 @@ def test_the_graph_runs_to_a_submission_on_spark_and_dask(tiny_data, tmp_path):
     resources["engine"] = EngineResource(kind="spark", spark_url="local[2]")
     # the assets upstream of the submission: not the ablation nor the baseline model
     ops = {name: op for name, op in TINY_RUN_CONFIG["ops"].items() if name not in ("feature_group_ablation", "baseline_model")}
-    try:
-        # the session the engine resource will find (one per URL per process), started with the
-        # quick JVM settings of the engine tests
-        spark_session(TEST_SPARK.spark_url, work / "spark_tmp", TEST_SPARK.spark_conf)
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-            run_config = {
-                "ops": {
-                    **ops,
-                    "model": {"config": {**ops["model"]["config"], "trainer": "dask", "dask_scheduler": cluster.scheduler_address}},
-                    "attention_model": {"config": SMALLEST_ATTENTION},
-                }
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        run_config = {
+            "ops": {
+                **ops,
+                "model": {"config": {**ops["model"]["config"], "trainer": "dask", "dask_scheduler": cluster.scheduler_address}},
+                "attention_model": {"config": SMALLEST_ATTENTION},
             }
-            with dg.DagsterInstance.from_config(str(home)) as instance:
-                result = dg.materialize(
-                    [*defs.assets, *defs.asset_checks],
-                    instance=instance,
-                    resources=resources,
-                    run_config=run_config,
-                    selection=dg.AssetSelection.assets("submission").upstream(),
-                    raise_on_error=True,
-                )
-                messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
-    finally:
-        stop_sessions()
+        }
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            result = dg.materialize(
+                [*defs.assets, *defs.asset_checks],
+                instance=instance,
+                resources=resources,
+                run_config=run_config,
+                selection=dg.AssetSelection.assets("submission").upstream(),
+                raise_on_error=True,
+            )
+            messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
 
     assert result.success
     done = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}

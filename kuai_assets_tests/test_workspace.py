@@ -1,9 +1,9 @@
 """One workspace for `kuai run`, the dagster CLI, the UIs and MLflow, whichever shell comes next.
 
 The end-to-end test runs `kuai run` on tiny data (whose test face file is empty: accepted, and
-the submission is still valid) with a work dir and a data dir elsewhere than the defaults, then,
-from a fresh shell that only sources <work>/env.sh, the literal
-`dagster asset materialize --select model`: it reads and writes the same workspace, and the
+the submission is still valid) with the tiny graph's light step settings (--config-json), a work
+dir and a data dir elsewhere than the defaults, then, from a fresh shell that only sources
+<work>/env.sh, the literal `dagster asset materialize --select model`: it reads and writes the same workspace, and the
 instance lists both runs. The other tests pin down how the settings resolve and the checks the
 resources make before a step runs.
 """
@@ -24,6 +24,7 @@ import dagster as dg
 import pytest
 
 from kuai_assets import settings
+from kuai_assets_tests.conftest import SMALLEST_ATTENTION, TINY_RUN_CONFIG
 from kuai_assets_tests.test_cli import KUAI, REPO, clean_env
 
 DAGSTER = Path(sys.executable).parent / "dagster"
@@ -55,8 +56,11 @@ def test_kuai_run_then_the_dagster_cli_in_a_fresh_shell_share_one_workspace(face
     repo_work = REPO / ".kuai"
     repo_before = sorted(p.name for p in repo_work.iterdir()) if repo_work.is_dir() else None
 
+    # the tiny graph's light model settings and the smallest attention network (conftest): what is
+    # tested is the shared workspace
+    light = json.dumps({"ops": {**TINY_RUN_CONFIG["ops"], "attention_model": {"config": SMALLEST_ATTENTION}}})
     result = subprocess.run(
-        [str(KUAI), "run", "--size", "tiny", "--data", str(faceless_test_data), "--work", str(work)],
+        [str(KUAI), "run", "--size", "tiny", "--data", str(faceless_test_data), "--work", str(work), "--config-json", light],
         env=clean_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
