@@ -91,6 +91,7 @@ GROUP = TableModel(
         "impression_embedding_user",
     ),
     compute=compute_impression_embedding,
+    uses_scored_window_log=True,  # the SVD reads every impression, the test window's included
     driver_only=(
         "a truncated SVD of the whole user x photo matrix; a distributed one (block power iteration "
         "with joins) would match it only up to rotation"
