@@ -39,8 +39,8 @@ class AttentionParams(BaseModel):
     patience: int = Field(default=2, ge=1, description="Stop after this many epochs without a better validation AUC.")
     early_stopping_rows: int = Field(
         default=100_000, ge=0,
-        description="Validation scored rows (a seeded sample) whose AUC picks the best epoch; 0 = all of them. "
-        "The best epoch's network then scores every validation row.",
+        description="Validation scored rows (a seeded sample) whose AUC picks the best epoch; 0, or at least "
+        "half of the rows, = all of them. The best epoch's network then scores every validation row.",
     )
     fit_targets_per_epoch: int = Field(
         default=150_000, ge=1, description="Fit rows sampled per epoch (every scored row is scored)."
@@ -224,8 +224,10 @@ def predict(model: AttentionClickModel, data: SetupData, prepared: dict[str, np.
 
 def early_stopping_subset(click: np.ndarray, rows: int, seed: int) -> np.ndarray | None:
     """The validation scored rows whose AUC picks the best epoch: a seeded sample of `rows` of
-    them (sorted), or None (all) when `rows` is 0, covers them all, or the sample would miss a class."""
-    if rows <= 0 or rows >= len(click):
+    them (sorted), or None (all of them) when `rows` is 0, when the sample would hold half the rows
+    or more (scoring them all each epoch then costs little more than the sample plus the final
+    scoring of every row), or when the sample would miss a class."""
+    if rows <= 0 or 2 * rows >= len(click):
         return None
     subset = np.sort(np.random.default_rng([seed, 17]).choice(len(click), size=rows, replace=False))
     return subset if len(np.unique(click[subset])) == 2 else None
