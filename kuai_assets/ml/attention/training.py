@@ -43,7 +43,7 @@ class AttentionParams(BaseModel):
         "half of the rows, = all of them. The best epoch's network then scores every validation row.",
     )
     fit_targets_per_epoch: int = Field(
-        default=150_000, ge=1, description="Fit rows sampled per epoch (every scored row is scored)."
+        default=150_000, ge=1, description="Fit rows sampled per epoch."
     )
     batch_size: int = Field(default=512, ge=1, description="Targets per gradient step.")
     learning_rate: float = Field(default=2e-3, gt=0, description="Adam's learning rate.")
