@@ -1,6 +1,7 @@
 """How close the platform comes to the oracle in each generative world of the synthetic generator.
 
     python benchmarks/quality.py --size demo [--worlds a,b] [--out DIR] [--seed 7] [--without feature_group_ablation]
+        [--drop-group NAME]
 
 For each world: generate the dataset under OUT/data/<size>-<world>-seed<seed> (reused when it is
 already there and its summary names the same size, world and seed), then materialize the whole
@@ -15,7 +16,10 @@ for `model`, else its stored test predictions scored against the ground truth), 
 oracle gap (AUC - 0.5) / (oracle - 0.5) and validation - test; the wall time of generation and of
 the graph. Figures go to OUT/quality-<size>.json as well (with the model's gain by feature group
 and the feature_group_ablation table), and a Markdown table ends the output. Figures of worlds
-measured earlier into the same OUT are kept and reprinted.
+measured earlier into the same OUT are kept and reprinted. With --drop-group NAME, `model` is then
+refitted without that feature group in the same work dir (blend, submission and evaluation
+follow; every table and the attention model are reused): a second row per world, "<world>
+without NAME", shows what the group adds on validation and test in one run.
 """
 
 from __future__ import annotations
@@ -82,14 +86,18 @@ def score_predictions(truth: Path, predictions: Path) -> float:
     return roc_auc(joined["click"], joined["p_click"])
 
 
-def run_world(data: Path, work: Path, without: list[str]) -> dict:
-    """Materialize the graph on one dataset (in this process); the figures of every model asset."""
+def run_world(data: Path, work: Path, without: list[str], drop_group: str | None = None) -> dict:
+    """Materialize the graph on one dataset (in this process); the figures of every model asset.
+
+    With `drop_group`, `model` is then refitted without that feature group in the same work dir,
+    and blend, submission and evaluation follow (the attention model and every table are reused):
+    the figures of that second pass are under "without_group"."""
     import dagster as dg
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from kuai_assets.defs.resources import TrackingResource, WorkspaceResource
     from kuai_assets.definitions import defs
-    from kuai_assets.storage import WorkDir
+    from kuai_assets.defs.model import default_feature_groups
 
     work.mkdir(parents=True, exist_ok=True)
     home = work / "dagster_home"
@@ -107,22 +115,40 @@ def run_world(data: Path, work: Path, without: list[str]) -> dict:
     unknown = sorted(set(without) - keys)
     if unknown:
         raise SystemExit(f"--without: no asset named {', '.join(unknown)} in the graph")
+    groups = default_feature_groups()
+    if drop_group is not None and drop_group not in groups:
+        raise SystemExit(f"--drop-group: {drop_group!r} is not a feature group the model uses by default: {groups}")
     selection = dg.AssetSelection.all()
     if without:
         selection = selection - dg.AssetSelection.assets(*without)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        figures = _materialize(dg, defs, instance, resources, selection, data, work, keys)
+        if drop_group is not None and figures["success"]:
+            refit = [k for k in ("model", "blend", "submission", "evaluation") if k in keys and k not in without]
+            figures["without_group"] = _materialize(
+                dg, defs, instance, resources, dg.AssetSelection.assets(*refit), data, work, keys,
+                run_config={"ops": {"model": {"config": {"feature_groups": [g for g in groups if g != drop_group]}}}},
+            )
+            figures["without_group"]["group"] = drop_group
+    return figures
+
+
+def _materialize(dg, defs, instance, resources, selection, data: Path, work: Path, keys: set, run_config=None) -> dict:
+    from kuai_assets.storage import WorkDir
+
     started = time.time()
     step_seconds: dict[str, float] = {}
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        result = dg.materialize(
-            [*defs.assets, *defs.asset_checks],
-            instance=instance,
-            resources=resources,
-            selection=selection,
-            raise_on_error=False,
-        )
-        for event in result.all_events:
-            if event.is_step_success and event.step_key:
-                step_seconds[event.step_key] = round(event.event_specific_data.duration_ms / 1000, 1)
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        instance=instance,
+        resources=resources,
+        selection=selection,
+        run_config=run_config,
+        raise_on_error=False,
+    )
+    for event in result.all_events:
+        if event.is_step_success and event.step_key:
+            step_seconds[event.step_key] = round(event.event_specific_data.duration_ms / 1000, 1)
     graph_seconds = time.time() - started
     metadata: dict[str, dict] = {}
     for event in result.get_asset_materialization_events():
@@ -166,7 +192,7 @@ def run_world(data: Path, work: Path, without: list[str]) -> dict:
 
 
 def child_main(args: argparse.Namespace) -> int:
-    figures = run_world(Path(args.child_data), Path(args.child_work), split(args.without))
+    figures = run_world(Path(args.child_data), Path(args.child_work), split(args.without), args.drop_group)
     print(MARK + json.dumps(figures), flush=True)
     return 0
 
@@ -190,7 +216,15 @@ def table_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
         header += [f"{m} valid", f"{m} test", f"{m} closure", f"{m} valid-test"]
     header += ["generate s", "graph s", "status"]
     rows = []
+    passes = []
     for r in results:
+        passes.append(r)
+        if r.get("without_group"):
+            second = dict(r, **r["without_group"])
+            second["world"] = f"{r['world']} without {r['without_group']['group']}"
+            second["generate_seconds"] = 0.0
+            passes.append(second)
+    for r in passes:
         oracle = r["oracle_auc"]
         row = [r["world"], fmt(oracle)]
         for m in present:
@@ -230,6 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--vector-dim", type=int, default=None, help="visual vector length (default 2048)")
     parser.add_argument("--without", default=None, help="comma-separated leaf assets to skip, e.g. feature_group_ablation")
+    parser.add_argument(
+        "--drop-group", default=None,
+        help="also refit model (then blend, submission, evaluation) without this feature group, in the same "
+        "work dir after the whole graph: one more row per world, what the group adds (test AUC included)",
+    )
     parser.add_argument("--child-data", help=argparse.SUPPRESS)
     parser.add_argument("--child-work", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -265,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         command = [sys.executable, str(Path(__file__).resolve()), "--child-data", str(data), "--child-work", str(work)]
         if args.without:
             command += ["--without", args.without]
+        if args.drop_group:
+            command += ["--drop-group", args.drop_group]
         log_file = out / f"{name}.log"
         with open(log_file, "w") as log:
             child = subprocess.run(command, stdout=subprocess.PIPE, stderr=log, text=True)

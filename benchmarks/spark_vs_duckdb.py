@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -34,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="work dir (default: a temporary folder, removed)")
     parser.add_argument("--spark-url", default="local[2]")
     parser.add_argument("--conf", action="append", default=[], help="extra Spark setting key=value (repeatable)")
+    parser.add_argument(
+        "--drop-store", action="store_true",
+        help="delete the vector store once the PCA and cluster tables are written (the table models read "
+        "those tables, never the store): for a disk that cannot hold the store and both engines' tables",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -74,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         },
     )
     print(f"raw and visual tables: {time.time() - started:.1f} s ({data})")
+    if args.drop_store:
+        store = WorkDir(upstream).store_path("video_embeddings")  # a link to the current version
+        shutil.rmtree(store.resolve())
+        store.unlink()
 
     catalog = load_catalog()
     order = ["model_rows", "label_history"] + sorted(n for n, m in catalog.items() if m.is_feature_group and m.sql)

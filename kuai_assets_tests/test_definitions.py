@@ -20,6 +20,7 @@ EXPECTED_GRAPH = {
     "cluster_stats": ("features", ["label_history", "model_rows", "video_clusters"]),
     "visual_similarity": ("features", ["label_history", "model_rows", "pca_visual_features"]),
     "visual_taste": ("features", ["label_history", "model_rows", "pca_visual_features", "video_clusters"]),
+    "user_visual_group_affinity": ("features", ["label_history", "model_rows", "pca_visual_features", "video_clusters"]),
     "photo_visual": ("features", ["pca_visual_features"]),
     "face_stats": ("features", ["raw_faces", "raw_interactions"]),
     "user_face_preference": ("features", ["label_history", "model_rows", "raw_faces"]),
@@ -37,7 +38,8 @@ EXPECTED_GRAPH = {
             ["model_rows", "raw_interactions", "video_clusters", "user_behaviour", "user_cluster_affinity",
              "cluster_stats", "visual_similarity", "photo_visual", "face_stats", "user_face_preference",
              "text_stats", "word_click_rates", "user_word_affinity", "impression_context", "time_and_duration",
-             "published_baseline", "impression_embedding", "visual_taste", "user_cluster_exposure"]
+             "published_baseline", "impression_embedding", "visual_taste", "user_cluster_exposure",
+             "user_visual_group_affinity"]
         ),
     ),
     "model": ("model", ["training_matrix"]),

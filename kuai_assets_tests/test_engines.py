@@ -150,14 +150,14 @@ def test_the_asset_records_its_engine_and_refuses_a_bad_one(both_engines, tiny_d
 
 def test_a_python_group_without_sql_is_refused_on_spark(both_engines):
     """Unless it says why it has no distributed definition (driver_only), as only
-    impression_embedding and visual_taste do."""
+    impression_embedding, user_visual_group_affinity and visual_taste do."""
     import dataclasses
 
     from kuai_assets.features.spec import CatalogError
 
     catalog = load_catalog()
     without_sql = sorted(m.name for m in catalog.values() if m.sql is None)
-    assert without_sql == ["impression_embedding", "visual_taste"]
+    assert without_sql == ["impression_embedding", "user_visual_group_affinity", "visual_taste"]
     assert all(catalog[name].driver_only for name in without_sql)
     python_only = dataclasses.replace(catalog["impression_embedding"], driver_only=None)
     with pytest.raises(CatalogError, match="impression_embedding is a Python feature group with no SQL definition"):
