@@ -44,8 +44,8 @@ def planted(rng, n_modes=8, clusters_per_mode=8, n_users=60, rows_per_user=400, 
 def test_candidate_counts_halve_down_to_the_smallest_cut():
     assert candidate_counts(500) == [250, 125, 62, 31, 15]
     assert candidate_counts(64) == [32, 16, 8]
-    with pytest.raises(ValueError, match="the finest k has 20 clusters"):
-        candidate_counts(20)
+    assert candidate_counts(20) == [10, 5, 2]  # a small k: down to two groups
+    assert candidate_counts(5) == [2] and candidate_counts(3) == []
 
 
 def test_the_merge_recovers_planted_modes():
@@ -177,3 +177,12 @@ def test_table_matches_reference_on_the_tiny_data(tables):
     actual = tables("user_visual_group_affinity")
     assert_same_table(actual, expected, ["setup", "row_id"], "user_visual_group_affinity")
     assert actual["user_visual_group_click_rate_fine"].notna().mean() > 0.5
+
+
+def test_one_candidate_cut_is_both_cuts():
+    rng = np.random.default_rng(4)
+    centres, _, rows = planted(rng, n_modes=2, clusters_per_mode=2)  # 4 clusters: one candidate, 2 groups
+    counts = candidate_counts(len(centres))
+    assert counts == [2]
+    kept, _ = choose(rows, merged_groups(centres, counts))
+    assert all(slot_kept == (2, 2) for slot_kept in kept)

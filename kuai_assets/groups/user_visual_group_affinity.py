@@ -9,7 +9,9 @@ The groups (label-free; every photo of pca_visual_features counts, whatever its 
 - each finest cluster's centre is the mean reduced vector (every pc_ column) of its photos
   (video_clusters at the largest k; a photo without a cluster there has no group);
 - the centres are merged by average linkage (scipy.cluster.hierarchy, Euclidean);
-- the candidate cuts are the tree cut into k/2, k/4, ... groups, down to MIN_GROUPS.
+- the candidate cuts are the tree cut into k/2, k/4, ... groups, down to MIN_GROUPS (down to 2
+  where that leaves fewer than two cuts; with fewer than 4 finest clusters every value is null,
+  and with one candidate it is both cuts).
 
 The cuts (per setup and fold, from fit rows the fold's rows may see): for each candidate cut,
 the fit rows outside fold f are scored with their user x group rate computed without their own
@@ -61,17 +63,18 @@ SCHEMA = pa.schema(
 
 
 def candidate_counts(n_clusters: int) -> list[int]:
-    """The candidate numbers of groups: n/2, n/4, ... while at least MIN_GROUPS (at least two)."""
-    counts, n = [], n_clusters // 2
-    while n >= MIN_GROUPS:
-        counts.append(n)
-        n //= 2
-    if len(counts) < len(CUTS):
-        raise ValueError(
-            f"video_clusters: the finest k has {n_clusters} clusters; merging them needs at least "
-            f"{MIN_GROUPS * 2 ** len(CUTS)} to offer {len(CUTS)} cuts of at least {MIN_GROUPS} groups"
-        )
-    return counts
+    """The candidate numbers of groups: n/2, n/4, ... while at least MIN_GROUPS; where that offers
+    fewer than two cuts (a small k), down to 2 groups instead. Empty below 4 clusters: nothing to
+    merge."""
+    def halves(smallest: int) -> list[int]:
+        counts, n = [], n_clusters // 2
+        while n >= smallest:
+            counts.append(n)
+            n //= 2
+        return counts
+
+    counts = halves(MIN_GROUPS)
+    return counts if len(counts) >= len(CUTS) else halves(2)
 
 
 def merged_groups(centres: np.ndarray, counts: list[int]) -> dict[int, np.ndarray]:
@@ -111,7 +114,7 @@ def photo_groups(con: duckdb.DuckDBPyConnection) -> tuple[IdIndex, dict[int, np.
             "have no photo in pca_visual_features"
         )
     centres /= counts[:, None]
-    groups = merged_groups(centres, candidate_counts(n_clusters))
+    groups = merged_groups(centres, candidate_counts(n_clusters)) if candidate_counts(n_clusters) else {}
     return IdIndex(photo_ids), {n: np.where(has, g[np.maximum(code, 0)], -1) for n, g in groups.items()}, n_clusters
 
 
@@ -198,7 +201,8 @@ def choose_cuts(
             _, rate, prior = cut.at(user[rows], groups[n_groups][rows], fold[rows], slot_fold)
             # a row without a group rate is scored by what stands in for it: the user's prior
             loss[n_groups] = log_loss(click[rows], np.where(np.isfinite(rate), rate, prior))
-        kept.append(tuple(sorted(sorted(loss, key=lambda n: (loss[n], n))[: len(CUTS)])))
+        best = sorted(sorted(loss, key=lambda n: (loss[n], n))[: len(CUTS)])
+        kept.append(tuple(best + best[-1:] * (len(CUTS) - len(best))))  # one candidate: it is both
         losses.append(loss)
     return kept, losses
 
@@ -207,6 +211,9 @@ def compute_user_visual_group_affinity(
     con: duckdb.DuckDBPyConnection, out: Path, log: Callable[[str], None] = lambda m: None
 ) -> int:
     index, groups, n_clusters = photo_groups(con)
+    if not groups:
+        log(f"user_visual_group_affinity: {n_clusters} finest clusters are too few to merge: every value is null")
+        return _write_nulls(con, out)
     log(f"user_visual_group_affinity: {n_clusters} finest clusters, candidate cuts {sorted(groups)} groups")
     written = 0
     with BackgroundParquetWriter(out, SCHEMA, compression="zstd") as writer:
@@ -257,6 +264,19 @@ def compute_user_visual_group_affinity(
                 writer.write_table(pa.table(columns, schema=SCHEMA))
                 written += len(f)
             log(f"user_visual_group_affinity: {setup} done ({n_users:,} users, {written:,} rows so far)")
+    return written
+
+
+def _write_nulls(con: duckdb.DuckDBPyConnection, out: Path) -> int:
+    written = 0
+    with BackgroundParquetWriter(out, SCHEMA, compression="zstd") as writer:
+        for setup, _ in setups(con):
+            row_id = fetch(con, "select row_id from model_rows where setup = ?", [setup])["row_id"]
+            columns = {"setup": pa.repeat(pa.scalar(setup, pa.string()), len(row_id)), "row_id": pa.array(row_id, pa.int64())}
+            for name in SCHEMA.names[2:]:
+                columns[name] = pa.nulls(len(row_id), pa.float32())
+            writer.write_table(pa.table(columns, schema=SCHEMA))
+            written += len(row_id)
     return written
 
 
