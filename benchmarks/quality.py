@@ -279,6 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     from kuai_assets.synth import WORLDS, get_size, get_world
 
     get_size(args.size)
+    if args.drop_group:
+        from kuai_assets.defs.model import default_feature_groups
+
+        if args.drop_group not in default_feature_groups():
+            parser.error(f"--drop-group: {args.drop_group!r} is not one of the model's feature groups: "
+                         f"{', '.join(default_feature_groups())}")
     worlds = split(args.worlds) or list(WORLDS)
     for name in worlds:
         get_world(name)

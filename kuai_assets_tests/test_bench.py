@@ -30,3 +30,14 @@ def test_runs_the_named_benchmark_with_its_options():
     )
     assert done.returncode == 0, done.stderr
     assert "--drop-group" in done.stdout and "--worlds" in done.stdout
+
+
+def test_quality_refuses_an_unknown_group_before_any_work(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "kuai_assets.bench", "quality", "--size", "tiny", "--out", str(tmp_path / "q"),
+         "--drop-group", "no_such_group"],
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 2
+    assert "error: --drop-group: 'no_such_group' is not one of the model's feature groups: " in done.stderr
+    assert not (tmp_path / "q").exists()
