@@ -1,5 +1,6 @@
 """The synthetic generator writes exactly the released layout, with marginals close to the real ones."""
 
+import io
 import json
 import zipfile
 
@@ -116,18 +117,41 @@ WORLD_SPEC = get_size("tiny").with_vector_dim(64)
 # few users with many rows each over many photos: each user's topic mix per 12 hours is well measured
 DENSE_SPEC = SizeSpec("dense", 60, 40_000, 6_000, 90_000, 7_500, 8_000, vector_dim=64, users_per_block=60)
 
-# sha256 of the tiny dataset (seed 11, 2048-d) written by the generator before worlds existed
+# The tiny dataset (seed 11, 2048-d) as the generator wrote it before worlds existed. The text files
+# by sha256. The vectors' float32 bytes depend on the machine's BLAS kernel (an AVX-512 OpenBLAS
+# kernel rounds about 1% of them one float32 step away from a Haswell one), so the zips are held
+# to their member names (in order) and to three sums over every value (plain, squared, and along a
+# fixed random direction), which a changed generator moves by far more than that rounding (~1e-11
+# of the sum).
 DEMO_TINY_SHA256 = {
     "ground_truth/test_ground_truth.txt": "b4cef02db07b501824d1eb15fbc33a66026308c86794d6e4c08bf539e1c3087f",
-    "test/final_visual_test.zip": "f7fd6b9c9880ea9fd9ce65efdce6cc64e4a25eeb6cdaef7ca1d20f4cc9fc38cd",
     "test/test_face.txt": "7246e5174e86bd174e998a6b98183ac29d1bed4144f2103c62247b3ea2b61245",
     "test/test_interaction.txt": "8c0fd2b327c865075090d10269c4a1d2e86187542f319d4e231184694e4c06f1",
     "test/test_text.txt": "6a1f77a417ea3eafe1de802cd56d5be3f942704c5419d6c2d299da2a01fb0ba7",
-    "train/final_visual_train.zip": "58fc8aa3da9789521b35965211cb345189376e9805631dfa1d6cedc8f0f9f387",
     "train/train_face.txt": "9ed425e7c3233216d0df5f10bafaaa8fc78dbb3c56003e595f957007830c2cfa",
     "train/train_interaction.txt": "e4a1c50871f86b768b5025deb35b0abbbc08a67da973973226047d46ae2354ad",
     "train/train_text.txt": "66efb5459ab9310324e17e73120f35b7b275c3832768580e21bcd38ecd3581b1",
 }
+# split: (sha256 of the member names joined by newlines, sum, sum of squares, sum along the direction)
+DEMO_TINY_VECTORS = {
+    "train": ("26bc5981fc811d45b5e96c8919f205281adac357a7ff570a371df361ecf873eb",
+              3672077.9551295466, 4638935.598773589, -122768.28887856705),
+    "test": ("52c7988545c6f5687195fe7ff62c4b90a677bc8c2d86d3f1e9afa1c8ae516914",
+             877318.2816722174, 1111608.8278411357, -29342.138992471027),
+}
+
+
+def vector_fingerprint(zip_path):
+    """(sha256 of the member names in order, sum, sum of squares, sum along a seeded direction) of
+    the float32 [1, D] arrays in a released-style visual zip."""
+    with zipfile.ZipFile(zip_path) as archive:
+        names = archive.namelist()
+        arrays = [np.load(io.BytesIO(archive.read(name))) for name in names]
+    assert {(a.dtype, a.shape) for a in arrays} == {(np.dtype("float32"), (1, 2048))}
+    vectors = np.concatenate(arrays).astype(np.float64)
+    direction = np.random.default_rng(0).standard_normal(vectors.shape[1])
+    return (hashlib.sha256("\n".join(names).encode()).hexdigest(), float(vectors.sum()),
+            float((vectors * vectors).sum()), float((vectors @ direction).sum()))
 
 
 @pytest.fixture(scope="session")
@@ -168,9 +192,15 @@ def test_demo_world_writes_what_the_generator_wrote_before_worlds(tiny_data, tmp
     digests = {
         str(p.relative_to(tiny_data)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(tiny_data.rglob("*"))
-        if p.is_file() and p.name != "summary.json"
+        if p.is_file() and p.name != "summary.json" and p.suffix != ".zip"
     }
     assert digests == DEMO_TINY_SHA256
+    assert sorted(str(p.relative_to(tiny_data)) for p in tiny_data.rglob("*.zip")) == [
+        "test/final_visual_test.zip", "train/final_visual_train.zip"]
+    for split, (names, *sums) in DEMO_TINY_VECTORS.items():
+        found_names, *found_sums = vector_fingerprint(tiny_data / split / f"final_visual_{split}.zip")
+        assert found_names == names, f"{split}: the zip's members differ"
+        assert found_sums == pytest.approx(sums, rel=1e-9, abs=1e-6), f"{split}: the vectors differ"
     assert json.loads((tiny_data / "ground_truth" / "summary.json").read_text())["world"] == "demo"
     spec = get_size("tiny").with_vector_dim(16)
     generate(tmp_path / "default", spec, seed=5)
