@@ -41,6 +41,9 @@ CLUSTER_PLAYING_SECONDS_PER_PSEUDO = 20
 FACE_RATE_WEIGHT = 10  # user_face_preference: pseudo-impressions at the user's own rate
 FACE_USER_PRIOR = (2, 10)  # the user's own rate: (clicks + 2) / (impressions + 10)
 ATTRACTIVE_APPEARANCE = 70  # the highest appearance score on the cover, at least this
+TEXT_RATE_WEIGHT = 10  # user_attribute_taste: pseudo-impressions at the user's own rate
+TEXT_USER_PRIOR = (2, 10)  # the user's own rate: (clicks + 2) / (impressions + 10)
+DURATION_SLOPE_PSEUDO = 30  # ... impressions' worth of the population's log-duration variance
 WORD_RATE_WEIGHT = 30  # word_click_rates
 RARE_WORD_PHOTOS = 5  # text_stats: a word on fewer covers than this is rare
 PHOTO_VISUAL_COMPONENTS = 16
@@ -213,6 +216,37 @@ def reference_user_face_preference(read: Read) -> pd.DataFrame:
         part["user_face_click_lift"] = part["user_click_rate_with_face"] - part["user_click_rate_without_face"]
         parts.append(part.reset_index(drop=True))
     return pd.concat(parts, ignore_index=True)
+
+
+# -- user_attribute_taste ---------------------------------------------------------------------
+
+
+def reference_user_attribute_taste(read: Read) -> pd.DataFrame:
+    label_history, model_rows, raw_text = read("label_history"), read("model_rows"), read("raw_text")
+    with_words = set(raw_text.loc[raw_text["words"].map(len) > 0, "photo_id"])
+    history = label_history.astype({"click": "int64"})
+    history["text"] = history["photo_id"].isin(with_words)
+    history["x"] = np.log1p(history["duration_time"].astype(float))
+    parts = []
+    for setup, fold, rows in out_of_fold_histories(history, model_rows):
+        population_variance = rows["x"].var(ddof=0)  # over every fit row outside the fold
+        for user_id, mine in rows.groupby("user_id"):
+            n, clicks = len(mine), mine["click"].sum()
+            prior = (clicks + TEXT_USER_PRIOR[0]) / (n + TEXT_USER_PRIOR[1])
+            text = mine[mine["text"]]
+            plain = mine[~mine["text"]]
+            with_text = (text["click"].sum() + TEXT_RATE_WEIGHT * prior) / (len(text) + TEXT_RATE_WEIGHT)
+            without_text = (plain["click"].sum() + TEXT_RATE_WEIGHT * prior) / (len(plain) + TEXT_RATE_WEIGHT)
+            x, y = mine["x"].to_numpy(), mine["click"].to_numpy(float)
+            covariance = ((x - x.mean()) * (y - y.mean())).sum()
+            variance = ((x - x.mean()) ** 2).sum()
+            parts.append({
+                "setup": setup, "fold": fold, "user_id": user_id,
+                "user_click_rate_with_text": with_text, "user_click_rate_without_text": without_text,
+                "user_text_click_lift": with_text - without_text,
+                "user_log_duration_click_slope": covariance / (variance + DURATION_SLOPE_PSEUDO * population_variance),
+            })
+    return pd.DataFrame(parts)
 
 
 # -- word_click_rates -------------------------------------------------------------------------
@@ -394,6 +428,7 @@ REFERENCES = {  # name: (reference, keys, absolute tolerance)
     "user_behaviour": (reference_user_behaviour, ["setup", "fold", "user_id"], ATOL),
     "cluster_stats": (reference_cluster_stats, ["setup", "fold", "k", "cluster"], ATOL),
     "user_face_preference": (reference_user_face_preference, ["setup", "fold", "user_id"], ATOL),
+    "user_attribute_taste": (reference_user_attribute_taste, ["setup", "fold", "user_id"], ATOL),
     "word_click_rates": (reference_word_click_rates, ["setup", "fold", "photo_id"], ATOL),
     "face_stats": (reference_face_stats, ["photo_id"], ATOL),
     "text_stats": (reference_text_stats, ["photo_id"], ATOL),
@@ -465,6 +500,7 @@ ONE_ROW_CHANGES = {
     "user_behaviour": ("label_history", flip("click"), "user_click_rate"),
     "cluster_stats": ("label_history", flip("like", where=lambda read: lambda h: h["like"] == 0), "cluster_like_rate"),
     "user_face_preference": ("label_history", flip("click", where=has_face), "user_click_rate_with_face"),
+    "user_attribute_taste": ("label_history", add("duration_time", 500), "user_log_duration_click_slope"),
     "word_click_rates": ("label_history", flip("click", where=has_words), "word_click_rate_mean"),
     "face_stats": ("raw_faces", add("age", 7), "face_age_mean"),
     "text_stats": ("raw_text", new_first_word, "word_frequency_min"),
@@ -499,6 +535,9 @@ def test_reference_can_fail(tables, name):
         ("cluster_stats", "CLUSTER_PRIOR_WEIGHT", 51),
         ("user_face_preference", "FACE_USER_PRIOR", (2, 11)),
         ("user_face_preference", "ATTRACTIVE_APPEARANCE", 71),
+        ("user_attribute_taste", "TEXT_RATE_WEIGHT", 11),
+        ("user_attribute_taste", "TEXT_USER_PRIOR", (2, 11)),
+        ("user_attribute_taste", "DURATION_SLOPE_PSEUDO", 31),
         ("word_click_rates", "WORD_RATE_WEIGHT", 31),
         ("text_stats", "RARE_WORD_PHOTOS", 4),
     ],
@@ -513,7 +552,8 @@ def test_reference_constants_are_pinned(tables, monkeypatch, name, constant, val
 
 # -- the edge cases the tiny data lacks --------------------------------------------------------
 
-LABEL_GROUPS = ["user_behaviour", "cluster_stats", "user_face_preference", "word_click_rates", "visual_similarity"]
+LABEL_GROUPS = ["user_behaviour", "cluster_stats", "user_face_preference", "user_attribute_taste", "word_click_rates",
+                "visual_similarity"]
 
 
 def test_label_statistics_match_reference_for_users_without_history_or_clicks(materialized, tmp_path, tables):
