@@ -12,14 +12,15 @@ Each world runs in its own process, so one world failing or running out of memor
 Printed per world: the oracle AUC (true click probabilities), and for each model asset present in
 the graph (`model`, the GBDT; `attention_model`; `blend`; and `baseline_model` for reference) its
 validation AUC (materialization metadata `valid_auc`), its test AUC (the `evaluation` asset's figure
-for `model`, else its stored test predictions scored against the ground truth), the closure of the
-oracle gap (AUC - 0.5) / (oracle - 0.5) and validation - test; the wall time of generation and of
-the graph. Figures go to OUT/quality-<size>.json as well (with the model's gain by feature group
+of that model, else its stored test predictions scored against the ground truth), the closure of
+the oracle gap (AUC - 0.5) / (oracle - 0.5) and validation - test; whether the attention network
+was refitted and the blend's GBDT weight; the wall time of generation and of the graph. Figures go to OUT/quality-<size>.json as well (with the model's gain by feature group
 and the feature_group_ablation table), and a Markdown table ends the output. Figures of worlds
 measured earlier into the same OUT are kept and reprinted. With --drop-group NAME, `model` is then
 refitted without that feature group in the same work dir (blend, submission and evaluation
-follow; every table and the attention model are reused): a second row per world, "<world>
-without NAME", shows what the group adds on validation and test in one run.
+follow; every table and the attention model are reused, the network refitted in the first pass
+whatever the blend chose): a second row per world, "<world> without NAME", shows what the group
+adds on validation and test in one run.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pathlib import Path
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 MODEL_ASSETS = ["model", "attention_model", "blend", "baseline_model"]
+EXTRA_COLUMNS = {"attention_model": ["attention_model refitted"], "blend": ["blend GBDT weight"]}
 MARK = "QUALITY_RESULT "
 
 
@@ -122,7 +124,11 @@ def run_world(data: Path, work: Path, without: list[str], drop_group: str | None
     if without:
         selection = selection - dg.AssetSelection.assets(*without)
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        figures = _materialize(dg, defs, instance, resources, selection, data, work, keys)
+        # for the second pass the network must be refitted whatever the first blend chose: the GBDT
+        # without the group may blend with it where the full GBDT did not (the blend refuses a network
+        # that was not refitted); validation AUCs and the blend's choice do not depend on the refit
+        first_config = {"ops": {"attention_model": {"config": {"refit": "always"}}}} if drop_group else None
+        figures = _materialize(dg, defs, instance, resources, selection, data, work, keys, run_config=first_config)
         if drop_group is not None and figures["success"]:
             refit = [k for k in ("model", "blend", "submission", "evaluation") if k in keys and k not in without]
             figures["without_group"] = _materialize(
@@ -131,6 +137,36 @@ def run_world(data: Path, work: Path, without: list[str], drop_group: str | None
             )
             figures["without_group"]["group"] = drop_group
     return figures
+
+
+def model_figures(metadata: dict[str, dict], keys: set, truth: Path, work: Path) -> dict[str, dict]:
+    """Per model asset of the graph: whether it materialized, its validation and test AUC (the test
+    AUC from `evaluation`'s per-model figures, else scored from the store's test predictions), and
+    for the attention model whether it was refitted, for the blend its GBDT weight."""
+    from kuai_assets.storage import WorkDir
+
+    evaluation = metadata.get("evaluation", {})
+    per_model = {"model": "model_test_auc", "baseline_model": "baseline_test_auc"}
+    models = {}
+    for name in MODEL_ASSETS:
+        if name not in keys:
+            continue
+        info: dict = {"in_graph": True, "materialized": name in metadata}
+        if name in metadata:
+            info["valid_auc"] = metadata[name].get("valid_auc")
+            # never evaluation's `test_auc`: that is the submission's (the blend's by default)
+            test_auc = evaluation.get(per_model.get(name, f"{name}_test_auc"))
+            if test_auc is None:
+                predictions = WorkDir(work).store_path(name) / "test_predictions.parquet"
+                if predictions.exists():
+                    test_auc = score_predictions(truth, predictions)
+            info["test_auc"] = test_auc
+            if name == "attention_model":
+                info["refitted"] = metadata[name].get("refitted", True)
+            if name == "blend":
+                info["gbdt_weight"] = metadata[name].get("gbdt_weight")
+        models[name] = info
+    return models
 
 
 def _materialize(dg, defs, instance, resources, selection, data: Path, work: Path, keys: set, run_config=None) -> dict:
@@ -155,28 +191,8 @@ def _materialize(dg, defs, instance, resources, selection, data: Path, work: Pat
         mat = event.event_specific_data.materialization
         metadata[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
     failed = [e.step_key for e in result.all_events if e.is_step_failure]
-    truth = data / "ground_truth" / "test_ground_truth.txt"
     evaluation = metadata.get("evaluation", {})
-    models = {}
-    for name in MODEL_ASSETS:
-        if name not in keys:
-            continue
-        info: dict = {"in_graph": True, "materialized": name in metadata}
-        if name in metadata:
-            info["valid_auc"] = metadata[name].get("valid_auc")
-            test_auc = None
-            if name == "model":
-                test_auc = evaluation.get("test_auc")
-            elif name == "baseline_model":
-                test_auc = evaluation.get("baseline_test_auc")
-            if test_auc is None:
-                test_auc = evaluation.get(f"{name}_test_auc")
-            if test_auc is None:
-                predictions = WorkDir(work).store_path(name) / "test_predictions.parquet"
-                if predictions.exists():
-                    test_auc = score_predictions(truth, predictions)
-            info["test_auc"] = test_auc
-        models[name] = info
+    models = model_figures(metadata, keys, data / "ground_truth" / "test_ground_truth.txt", work)
     ablation = metadata.get("feature_group_ablation", {}).get("variants")
     importance = metadata.get("model", {}).get("importance_by_group")
     return {
@@ -213,7 +229,7 @@ def table_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
     present = [m for m in MODEL_ASSETS if any(m in r.get("models", {}) for r in results)]
     header = ["world", "oracle AUC"]
     for m in present:
-        header += [f"{m} valid", f"{m} test", f"{m} closure", f"{m} valid-test"]
+        header += [f"{m} valid", f"{m} test", f"{m} closure", f"{m} valid-test"] + EXTRA_COLUMNS.get(m, [])
     header += ["generate s", "graph s", "status"]
     rows = []
     passes = []
@@ -229,12 +245,17 @@ def table_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
         row = [r["world"], fmt(oracle)]
         for m in present:
             info = r.get("models", {}).get(m)
+            extra = len(EXTRA_COLUMNS.get(m, []))
             if not info or not info.get("materialized"):
-                row += ["-", "-", "-", "-"] if info else ["n/a"] * 4
+                row += (["-"] if info else ["n/a"]) * (4 + extra)
                 continue
             valid, test = info.get("valid_auc"), info.get("test_auc")
             row += [fmt(valid), fmt(test), fmt(closure(test, oracle), 3),
                     fmt(None if valid is None or test is None else valid - test, 4)]
+            if m == "attention_model":
+                row.append("yes" if info.get("refitted", True) else "no")
+            elif m == "blend":
+                row.append(fmt(info.get("gbdt_weight"), 2))
         row += [f"{r['generate_seconds']:.0f}", f"{r.get('graph_seconds', 0):.0f}",
                 "ok" if r.get("success") else f"FAILED {','.join(r.get('failed_steps', [])) or r.get('error', '')}"]
         rows.append(row)

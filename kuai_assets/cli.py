@@ -20,6 +20,7 @@ Try it in three minutes on the tiny synthetic dataset:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -340,6 +341,16 @@ def is_test_auc_pending(instance) -> bool:
     return evaluation is None or (model is not None and model.timestamp > evaluation.timestamp)
 
 
+def refitted(work: Path, store: str) -> bool:
+    """Whether the store's model was refitted on every train row (its run.json says so; True if silent)."""
+    try:
+        from kuai_assets.storage import WorkDir
+
+        return bool(json.loads((WorkDir(work).store_path(store) / "run.json").read_text()).get("refitted", True))
+    except (OSError, ValueError):
+        return True
+
+
 def print_summary(instance, workspace: settings.Workspace, elapsed: float, run_id: str) -> None:
     work = workspace.work_dir
     model = latest_metadata(instance, "model")
@@ -352,6 +363,8 @@ def print_summary(instance, workspace: settings.Workspace, elapsed: float, run_i
     ]
     if "test_auc" in evaluation:
         for store, label in (("model", "GBDT"), ("attention_model", "attention network"), ("blend", "blend")):
+            if store == "attention_model" and not refitted(work, store):
+                label += " (not refitted)"
             if f"{store}_test_auc" in evaluation:
                 lines.append(f"  test AUC, {label + ':':<47} {evaluation[f'{store}_test_auc']:.4f}")
         lines += [

@@ -12,7 +12,7 @@ import torch
 from kuai_assets.ml.attention import AttentionParams, HistoryLeakError, build_history, check_histories
 from kuai_assets.ml.attention import history as history_module
 from kuai_assets.ml.attention.training import early_stopping_subset, train_attention_model
-from kuai_assets.ml.blend import BlendError, choose_blend
+from kuai_assets.ml.blend import BlendError, choose_blend, choose_weight
 from kuai_assets.ml.metrics import roc_auc
 from kuai_assets.storage import WorkDir
 
@@ -125,12 +125,14 @@ def test_training_refuses_a_leaky_history_before_it_trains(materialized, monkeyp
 
 def test_the_attention_model_trains_one_epoch_end_to_end(materialized):
     work = WorkDir(materialized["work"])
-    params = AttentionParams(max_epochs=1, fit_targets_per_epoch=20_000, history_length=LENGTH, leak_check_targets=2_000)
+    params = AttentionParams(max_epochs=1, fit_targets_per_epoch=20_000, history_length=LENGTH, leak_check_targets=2_000,
+                             refit="always")
     result = train_attention_model(work, params)
     scored = model_rows(work, "validation", "scored")
     test = model_rows(work, "submission", "scored")
 
     assert len(result.auc_by_epoch) == 1 and result.best_epoch == 1 and result.refit_epochs == 1
+    assert result.refitted and result.rows["submission_fit_rows"] > 0
     assert 0.6 < result.valid_auc < 1.0, "learns something from histories and context on tiny data"
     assert np.array_equal(np.sort(result.validation.row_id), scored["row_id"])
     assert np.array_equal(np.sort(result.test.row_id), test["row_id"])
@@ -150,7 +152,7 @@ def test_early_stopping_reads_a_sample_and_the_best_epoch_scores_every_validatio
     scored = model_rows(work, "validation", "scored")
     sample = len(scored["row_id"]) // 3
     params = AttentionParams(max_epochs=2, patience=1, fit_targets_per_epoch=5_000, history_length=LENGTH,
-                             leak_check_targets=1_000, early_stopping_rows=sample)
+                             leak_check_targets=1_000, early_stopping_rows=sample, refit="always")
     result = train_attention_model(work, params)
 
     assert result.rows["early_stopping_rows"] == sample < result.rows["validation_scored_rows"]
@@ -163,6 +165,33 @@ def test_early_stopping_reads_a_sample_and_the_best_epoch_scores_every_validatio
     best = result.auc_by_epoch[result.best_epoch - 1]
     assert best == pytest.approx(roc_auc(result.validation.click[subset], result.validation.p_click[subset]), abs=1e-9)
     assert best != pytest.approx(result.valid_auc, abs=1e-9)
+
+
+def test_the_network_is_refitted_only_when_the_validation_blend_uses_it(materialized):
+    work = WorkDir(materialized["work"])
+    scored = model_rows(work, "validation", "scored")
+    params = AttentionParams(max_epochs=1, fit_targets_per_epoch=5_000, history_length=LENGTH, leak_check_targets=1_000)
+    with pytest.raises(ValueError, match="needs the GBDT's validation predictions"):
+        train_attention_model(work, params)
+
+    # a GBDT that knows every validation click: no blend beats it, so no refit; the validation
+    # network scores the test rows
+    first = train_attention_model(work, params.model_copy(update={"refit": "always"}))
+    order = np.argsort(first.validation.row_id)
+    click = first.validation.click[order]
+    knowing = (scored["row_id"], np.where(click == 1, 0.9, 0.1))
+    skipped = train_attention_model(work, params, gbdt_validation=knowing)
+    assert not skipped.refitted and skipped.refit_epochs == 0 and skipped.rows["submission_fit_rows"] == 0
+    assert skipped.blend_check.weight == 1.0 and "not refitted" in skipped.refit_decision
+    assert np.array_equal(np.sort(skipped.test.row_id), model_rows(work, "submission", "scored")["row_id"])
+    assert np.array_equal(skipped.validation.p_click, first.validation.p_click), "the same validation network"
+    assert not np.array_equal(skipped.test.p_click, first.test.p_click), "scored by the validation network, not a refit"
+
+    # a GBDT that knows nothing: the network alone wins, so it is refitted, as with refit: always
+    blind = (scored["row_id"], np.random.default_rng(0).uniform(0.1, 0.9, len(click)))
+    used = train_attention_model(work, params, gbdt_validation=blind)
+    assert used.refitted and used.refit_epochs == 1 and used.blend_check.weight < 1
+    assert np.array_equal(used.test.p_click, first.test.p_click)
 
 
 # -- the blend ---------------------------------------------------------------------------------------
@@ -204,6 +233,35 @@ def test_a_model_perfect_on_validation_takes_all_the_weight():
     assert np.allclose(result.test_p_click, 0.2)
     swapped = choose_blend(row, p_b, row, perfect, row, label, test_row, np.full(10, 0.7), test_row, np.full(10, 0.2))
     assert swapped.weight == 0.0
+
+
+def test_a_blend_is_kept_only_when_its_validation_gain_clears_both_bars():
+    row, label, p_a, p_b = _two_models()
+    blended = choose_weight(p_a, p_b, label)
+    assert 0 < blended.weight < 1 and blended.gain > 0.005 and blended.gain / blended.gain_se > 2
+    assert blended.decision.startswith("blend: weight")
+    # the same rows, with a gain bar above the blend's gain: the better model alone
+    costly = choose_weight(p_a, p_b, label, min_gain=blended.gain + 1e-6)
+    assert costly.weight == 1.0 and costly.best_grid_weight == blended.weight
+    assert costly.valid_auc_blend == costly.valid_auc_a and "below the bars" in costly.decision
+    # a second model that is the first plus a whisper of noise: a gain, if any, is not evidence
+    rng = np.random.default_rng(5)
+    echo = 1 / (1 + np.exp(-(np.log(p_a / (1 - p_a)) + rng.normal(0, 0.05, len(p_a)))))
+    noise = choose_weight(p_a, echo, label, min_gain=0.0)
+    assert 0 < noise.best_grid_weight < 1 and 0 < noise.gain < 2 * noise.gain_se, "a small, insignificant gain"
+    assert noise.weight == 1.0 and "standard errors" in noise.decision
+    without_the_error_bar = choose_weight(p_a, echo, label, min_gain=0.0, min_gain_z=0.0)
+    assert without_the_error_bar.weight == noise.best_grid_weight
+
+
+def test_the_blend_refuses_a_network_that_was_not_refitted_when_it_would_use_it():
+    from kuai_assets.defs.attention import require_refitted_when_used
+
+    not_refitted = {"refitted": False, "refit_decision": "not refitted: the validation blend does not use the network"}
+    require_refitted_when_used(1.0, not_refitted)  # the GBDT alone: nothing of the network is used
+    require_refitted_when_used(0.7, {"refitted": True})
+    with pytest.raises(BlendError, match="weight 0.30, but `attention_model` was not refitted"):
+        require_refitted_when_used(0.7, not_refitted)
 
 
 def test_the_blend_refuses_predictions_of_different_rows():
@@ -252,9 +310,14 @@ def test_attention_and_blend_assets_publish_track_and_feed_the_submission(materi
     assert "attention_model_test_auc" in evaluation and "model_test_auc" in evaluation
 
     info = json.loads((work.require_store("attention_model") / "run.json").read_text())
+    # the refit was decided by the validation blend with the GBDT, and the blend agrees with it
+    assert attention["refitted"] == info["refitted"] and attention["refit_decision"] == info["refit_decision"]
+    assert info["blend_check"]["weight"] == blend["gbdt_weight"]
+    assert info["refitted"] == (blend["gbdt_weight"] < 1) and blend["decision"] == info["blend_check"]["decision"]
     client = MlflowClient(f"sqlite:///{materialized['work']}/mlflow/mlflow.db")
     run = client.get_run(info["mlflow_run_id"])
-    assert run.data.params["history_length"] == "50"
+    assert run.data.params["history_length"] == "50" and run.data.params["refit"] == "when_blended"
+    assert run.data.metrics["refitted"] == int(info["refitted"]) and run.data.tags["refit_decision"] == info["refit_decision"]
     assert "test_auc" in run.data.metrics
     steps = client.get_metric_history(run.info.run_id, "valid_auc_by_epoch")
     assert [m.step for m in steps] == list(range(1, len(info["auc_by_epoch"]) + 1))

@@ -41,3 +41,26 @@ def test_quality_refuses_an_unknown_group_before_any_work(tmp_path):
     assert done.returncode == 2
     assert "error: --drop-group: 'no_such_group' is not one of the model's feature groups: " in done.stderr
     assert not (tmp_path / "q").exists()
+
+
+def test_quality_reads_each_models_own_test_auc_not_the_submissions(tmp_path):
+    from benchmarks.quality import model_figures, table_rows
+
+    metadata = {
+        "model": {"valid_auc": 0.70},
+        "attention_model": {"valid_auc": 0.66, "refitted": False},
+        "blend": {"valid_auc": 0.70, "gbdt_weight": 1.0},
+        "baseline_model": {"valid_auc": 0.65},
+        # `test_auc` is the submission's (the blend's): the GBDT's own is model_test_auc
+        "evaluation": {"test_auc": 0.71, "model_test_auc": 0.69, "attention_model_test_auc": 0.64,
+                       "blend_test_auc": 0.71, "baseline_test_auc": 0.63},
+    }
+    keys = {"model", "attention_model", "blend", "baseline_model"}
+    models = model_figures(metadata, keys, tmp_path / "truth.txt", tmp_path)
+    assert {name: info["test_auc"] for name, info in models.items()} == {
+        "model": 0.69, "attention_model": 0.64, "blend": 0.71, "baseline_model": 0.63}
+    header, rows = table_rows([{"world": "w", "oracle_auc": 0.8, "models": models, "generate_seconds": 1.0,
+                                "graph_seconds": 2.0, "success": True}])
+    row = dict(zip(header, rows[0]))
+    assert row["model test"] == "0.6900" and row["blend test"] == "0.7100"
+    assert row["attention_model refitted"] == "no" and row["blend GBDT weight"] == "1.00"

@@ -48,7 +48,7 @@ EXPECTED_GRAPH = {
     "feature_group_ablation": ("model", ["training_matrix"]),
     "attention_model": (
         "model",
-        sorted(["training_matrix", "model_rows", "label_history", "pca_visual_features", "video_clusters", "raw_text",
+        sorted(["training_matrix", "model", "model_rows", "label_history", "pca_visual_features", "video_clusters", "raw_text",
                 "raw_faces", "raw_interactions"]),
     ),
     "blend": ("model", ["attention_model", "model", "training_matrix"]),

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from kuai_assets.ml.metrics import adjusted_rand_index, matched_share, roc_auc
+from kuai_assets.ml.metrics import adjusted_rand_index, matched_share, paired_auc_difference, roc_auc
 
 
 def brute_force_auc(label, score):
@@ -54,3 +54,41 @@ def test_matched_share_counts_the_items_in_the_cluster_most_of_theirs_went_to():
     # cluster 0 went to 5 (two of three), cluster 1 to 6 (both): 4 of 5 items
     assert matched_share(np.array([0, 0, 0, 1, 1]), np.array([5, 5, 6, 6, 6])) == pytest.approx(0.8)
     assert matched_share(np.array([0, 0, 1, 1]), np.array([3, 3, 2, 2])) == 1.0
+
+
+def brute_force_delong(label, score_a, score_b):
+    """DeLong's variance of AUC(a) - AUC(b) from its definition: per clicked row the share of
+    unclicked rows it outranks (ties one half), per unclicked row the share of clicked rows above it."""
+    components = []
+    for score in (score_a, score_b):
+        pos, neg = score[label == 1], score[label == 0]
+        psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+        components.append((psi.mean(axis=1), psi.mean(axis=0), psi.mean()))
+    (v10a, v01a, auc_a), (v10b, v01b, auc_b) = components
+    m, n = len(v10a), len(v01a)
+    s10, s01 = np.cov(np.vstack([v10a, v10b])), np.cov(np.vstack([v01a, v01b]))
+    variance = (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / m + (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / n
+    return auc_a - auc_b, np.sqrt(variance)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_paired_auc_difference_and_its_error_follow_delongs_definition(seed):
+    rng = np.random.default_rng(seed)
+    label = (rng.random(150) < 0.4).astype(int)
+    score_a = np.round(label + rng.normal(size=150), 1)  # rounded: ties within and across classes
+    score_b = np.round(score_a + rng.normal(scale=0.8, size=150), 1)
+    difference, error = paired_auc_difference(label, score_a, score_b)
+    expected_difference, expected_error = brute_force_delong(label, score_a, score_b)
+    assert difference == pytest.approx(roc_auc(label, score_a) - roc_auc(label, score_b), abs=1e-12)
+    assert difference == pytest.approx(expected_difference, abs=1e-12)
+    assert error == pytest.approx(expected_error, rel=1e-9)
+    assert error > 0
+
+
+def test_the_paired_error_is_zero_for_one_score_twice_and_refuses_a_lone_class_row():
+    rng = np.random.default_rng(3)
+    label = (rng.random(200) < 0.5).astype(int)
+    score = label + rng.normal(size=200)
+    assert paired_auc_difference(label, score, 2 * score + 1) == (0.0, 0.0)  # same order: same AUC, no error
+    with pytest.raises(ValueError, match="two clicked and two unclicked"):
+        paired_auc_difference(np.array([1, 0, 0, 0]), np.arange(4.0), np.arange(4.0))

@@ -23,7 +23,7 @@ from kuai_assets.ml import blend as blend_logic
 from kuai_assets.ml.attention import AttentionParams, HistoryLeakError, train_attention_model
 from kuai_assets.ml.attention import history, inputs, network, training
 from kuai_assets.ml.attention.training import params_dict
-from kuai_assets.ml.blend import BlendError, auc_by_weight_png, choose_blend
+from kuai_assets.ml.blend import MIN_GAIN, MIN_GAIN_Z, BlendError, auc_by_weight_png, choose_blend
 from kuai_assets.ml.gbdt import file_digest, select_features
 from kuai_assets.ml.tracking import PENDING, TEST_AUC_STATUS, MatrixSlice, log_datasets
 from kuai_assets.storage import WorkDir
@@ -44,6 +44,11 @@ def _failure(step: str, exc: Exception) -> dg.Failure:
 
 def _write_predictions(path: Path, columns: dict[str, np.ndarray]) -> None:
     pq.write_table(pa.table(columns), path)
+
+
+def blend_check_dict(result) -> dict | None:
+    """The validation blend that decided the refit (None with refit: always), without its curve."""
+    return None if result.blend_check is None else result.blend_check.as_dict()
 
 
 def attention_datasets(matrix: Path, digest: str, params: AttentionParams, rows: dict[str, int]) -> list[MatrixSlice]:
@@ -74,10 +79,10 @@ def blend_datasets(work: WorkDir, rows: int) -> list[MatrixSlice]:
 
 
 @versioned_asset(
-    logic=(history, inputs, network, training),  # the attention package spans several modules
+    logic=(history, inputs, network, training, blend_logic),  # the package, and the blend rule deciding the refit
     group_name=GROUP,
     kinds={"pytorch", "mlflow"},
-    deps=[dg.AssetKey("training_matrix")] + [dg.AssetKey(name) for name in (
+    deps=[dg.AssetKey("training_matrix"), dg.AssetKey("model")] + [dg.AssetKey(name) for name in (
         "model_rows", "label_history", "pca_visual_features", "video_clusters", "raw_text", "raw_faces", "raw_interactions")],
     op_tags=LIGHTGBM_TAGS,  # uses every core, like the LightGBM steps: one of them at a time
 )
@@ -89,7 +94,10 @@ def attention_model(
     A row's history is its user's fit rows of the same setup strictly earlier in time (the last
     `history_length`), each with the photo's visual vector, clusters, words, faces, duration and
     whether it was clicked; the leak check proves it on a sample before training (blocking).
-    Early-stopped on the validation AUC per epoch, refitted on every train row, scores the test.
+    Early-stopped on the validation AUC per epoch. With `refit: when_blended` (default) it reads
+    the GBDT's (`model`) validation predictions and refits on every train row only when the blend
+    chosen on the validation rows gives the network weight; otherwise the best validation network
+    scores the test (run.json `refitted: false`, said in the metadata and the MLflow run).
     Publishes validation_predictions.parquet (row_id, p_click) and test_predictions.parquet
     (row_id, user_id, photo_id, p_click) only once MLflow has recorded the run.
     """
@@ -100,7 +108,11 @@ def attention_model(
         tracker = tracking.tracker()
         tracker.check()
         try:
-            result = train_attention_model(work, config, context.log.info)
+            gbdt_validation = None
+            if config.refit == "when_blended":
+                gbdt, _, _ = read_predictions(work, "model")
+                gbdt_validation = (gbdt["row_id"], gbdt["p_click"])
+            result = train_attention_model(work, config, context.log.info, gbdt_validation)
         except (HistoryLeakError, ValueError) as exc:
             raise _failure(ATTENTION, exc) from None
         from kuai_assets.ml import plots
@@ -111,6 +123,7 @@ def attention_model(
             "dagster_run_id": context.run.run_id,
             "dagster_asset": ATTENTION,
             "model_config": "attention",
+            "refit_decision": result.refit_decision,
             TEST_AUC_STATUS: PENDING,  # until `evaluation` scores the test rows
             "code_version": context.assets_def.code_versions_by_key.get(context.asset_key) or "",
         }
@@ -125,14 +138,16 @@ def attention_model(
             mlflow.log_params({**params_dict(params), "refit_epochs": result.refit_epochs, "device_used": result.device,
                                "training_data_digest": digest, **result.rows})
             mlflow.log_metrics({"valid_auc": result.valid_auc, "best_epoch": result.best_epoch,
+                                "refitted": int(result.refitted),
                                 **{f"seconds_{k}": v for k, v in result.seconds.items()}})
             tracker.log_series(run.info.run_id, "valid_auc_by_epoch", result.auc_by_epoch)
             log_datasets(attention_datasets(work.require_table(MATRIX), digest, params, result.rows))
             with tempfile.TemporaryDirectory() as tmp:
                 (Path(tmp) / "auc_by_epoch.png").write_bytes(figure)
                 mlflow.log_artifact(str(Path(tmp) / "auc_by_epoch.png"), artifact_path="figures")
-            mlflow.log_dict({"shape": result.shape.as_dict(), "history_checks": [vars(c) for c in result.history_checks]},
-                            "network.json")
+            mlflow.log_dict({"shape": result.shape.as_dict(), "history_checks": [vars(c) for c in result.history_checks],
+                             "refit_decision": result.refit_decision,
+                             "blend_check": blend_check_dict(result)}, "network.json")
             with torch.no_grad():
                 output = result.model(torch.from_numpy(result.example)).numpy()
             logged = mlflow.pytorch.log_model(
@@ -151,6 +166,10 @@ def attention_model(
             "valid_auc": result.valid_auc,
             "best_epoch": result.best_epoch,
             "refit_epochs": result.refit_epochs,
+            "refitted": result.refitted,
+            "min_blend_gain": config.min_blend_gain,
+            "refit_decision": result.refit_decision,
+            "blend_check": blend_check_dict(result),
             "auc_by_epoch": result.auc_by_epoch,
             "seconds": result.seconds,
             "rows": result.rows,
@@ -171,6 +190,8 @@ def attention_model(
             "valid_auc": dg.MetadataValue.float(round(result.valid_auc, 5)),
             "best_epoch": dg.MetadataValue.int(result.best_epoch),
             "refit_epochs": dg.MetadataValue.int(result.refit_epochs),
+            "refitted": dg.MetadataValue.bool(result.refitted),
+            "refit_decision": dg.MetadataValue.text(result.refit_decision),
             "auc_by_epoch": dg.MetadataValue.md(markdown_table(
                 [{"epoch": i, "valid_auc": round(a, 4)} for i, a in enumerate(result.auc_by_epoch, start=1)])),
             "auc_chart": image(figure, "validation AUC by epoch"),
@@ -217,10 +238,23 @@ def validation_labels(work: WorkDir) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(table["row_id"], dtype=np.int64), np.asarray(table["click"], dtype=np.float64)
 
 
+def require_refitted_when_used(gbdt_weight: float, attention_info: dict) -> None:
+    """Refuse to blend test predictions of a network that was not refitted on the train rows: it
+    decided against a refit because the blend did not use it then (an older GBDT)."""
+    if gbdt_weight < 1 and not attention_info.get("refitted", True):
+        raise BlendError(
+            f"the blend now gives the attention network weight {1 - gbdt_weight:.2f}, but `attention_model` was not "
+            f"refitted on the train rows ({attention_info.get('refit_decision')}): the GBDT changed since; "
+            "re-materialize `attention_model`"
+        )
+
+
 @versioned_asset(logic=(blend_logic,), group_name=GROUP, kinds={"python", "mlflow"}, deps=[dg.AssetKey("model"), attention_model, dg.AssetKey("training_matrix")])
 def blend(context: dg.AssetExecutionContext, workspace: WorkspaceResource, tracking: TrackingResource) -> dg.MaterializeResult:
     """The GBDT (`model`) and the attention network blended by a logit average whose weight is
     chosen on the validation rows' AUC alone (kuai_assets.ml.blend); the test rows get that weight.
+    The blend must add `min_blend_gain` (the attention run's setting) and two standard errors over
+    the better model alone, else the weight is that model's alone.
 
     Publishes test_predictions.parquet (row_id, user_id, photo_id, p_click) and the blended
     validation_predictions.parquet; its MLflow run holds the weight and the three validation AUCs.
@@ -232,12 +266,15 @@ def blend(context: dg.AssetExecutionContext, workspace: WorkspaceResource, track
         try:
             gbdt_valid, gbdt_test, gbdt_info = read_predictions(work, "model")
             attention_valid, attention_test, attention_info = read_predictions(work, ATTENTION)
+            min_gain = attention_info.get("min_blend_gain", MIN_GAIN)  # the bar the network's refit was decided by
             label_row_id, label = validation_labels(work)
             result = choose_blend(
                 gbdt_valid["row_id"], gbdt_valid["p_click"], attention_valid["row_id"], attention_valid["p_click"],
                 label_row_id, label,
                 gbdt_test["row_id"], gbdt_test["p_click"], attention_test["row_id"], attention_test["p_click"],
+                min_gain=min_gain,
             )
+            require_refitted_when_used(result.weight, attention_info)
         except BlendError as exc:
             raise _failure(BLEND, exc) from None
         figure = auc_by_weight_png(result.auc_by_weight, result.weight)
@@ -247,6 +284,8 @@ def blend(context: dg.AssetExecutionContext, workspace: WorkspaceResource, track
              "valid_auc": round(result.valid_auc_b, 4)},
             {"model": "blend", "weight": "", "valid_auc": round(result.valid_auc_blend, 4)},
         ]
+        if not attention_info.get("refitted", True):
+            summary[1]["model"] += ", not refitted"
         tags = {"dagster_run_id": context.run.run_id, "dagster_asset": BLEND, "model_config": "blend", TEST_AUC_STATUS: PENDING,
                 "gbdt_run_id": gbdt_info["mlflow_run_id"], "attention_run_id": attention_info["mlflow_run_id"]}
         with tracker.run(f"blend · GBDT weight {result.weight:.2f}", tags) as run:
@@ -254,9 +293,12 @@ def blend(context: dg.AssetExecutionContext, workspace: WorkspaceResource, track
 
             mlflow.log_params({"method": "logit average", "gbdt_weight": result.weight,
                                "attention_weight": round(1 - result.weight, 6),
-                               "validation_rows": len(label_row_id)})
+                               "validation_rows": len(label_row_id), "min_gain": min_gain, "min_gain_z": MIN_GAIN_Z})
+            mlflow.set_tag("blend_decision", result.decision)
             mlflow.log_metrics({"valid_auc": result.valid_auc_blend, "valid_auc_gbdt": result.valid_auc_a,
-                                "valid_auc_attention": result.valid_auc_b, "gbdt_weight": result.weight})
+                                "valid_auc_attention": result.valid_auc_b, "gbdt_weight": result.weight,
+                                "best_grid_weight": result.best_grid_weight, "valid_gain": result.gain,
+                                **({"valid_gain_se": result.gain_se} if np.isfinite(result.gain_se) else {})})
             with tempfile.TemporaryDirectory() as tmp:
                 (Path(tmp) / "auc_by_weight.png").write_bytes(figure)
                 mlflow.log_artifact(str(Path(tmp) / "auc_by_weight.png"), artifact_path="figures")
@@ -267,6 +309,7 @@ def blend(context: dg.AssetExecutionContext, workspace: WorkspaceResource, track
             "mlflow_run_id": run_id,
             "mlflow_run_url": tracker.run_url(run_id, experiment_id, tracking.ui_url),
             "gbdt_weight": result.weight,
+            "decision": result.decision,
             "valid_auc": result.valid_auc_blend,
             "valid_auc_gbdt": result.valid_auc_a,
             "valid_auc_attention": result.valid_auc_b,
@@ -280,13 +323,14 @@ def blend(context: dg.AssetExecutionContext, workspace: WorkspaceResource, track
                                                         "photo_id": gbdt_test["photo_id"], "p_click": result.test_p_click})
             (out / "run.json").write_text(json.dumps(run_info, indent=2))
     context.log.info(
-        f"blend: GBDT weight {result.weight:.2f}; validation AUC GBDT {result.valid_auc_a:.4f}, "
+        f"blend: {result.decision}; GBDT weight {result.weight:.2f}; validation AUC GBDT {result.valid_auc_a:.4f}, "
         f"attention {result.valid_auc_b:.4f}, blend {result.valid_auc_blend:.4f}"
     )
     return dg.MaterializeResult(
         metadata={
             "side_by_side": dg.MetadataValue.md(markdown_table(summary)),
             "gbdt_weight": dg.MetadataValue.float(result.weight),
+            "decision": dg.MetadataValue.text(result.decision),
             "valid_auc": dg.MetadataValue.float(round(result.valid_auc_blend, 5)),
             "valid_auc_gbdt": dg.MetadataValue.float(round(result.valid_auc_a, 5)),
             "valid_auc_attention": dg.MetadataValue.float(round(result.valid_auc_b, 5)),

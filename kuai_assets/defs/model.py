@@ -201,7 +201,8 @@ class SubmissionConfig(dg.Config):
     source: str = Field(
         default="blend",
         description="Whose test predictions are submitted: blend (the GBDT and the attention network), "
-        "model (the GBDT alone) or attention_model.",
+        "model (the GBDT alone) or attention_model (the network alone: give it refit: always, or it is refitted "
+        "only when the blend uses it).",
     )
 
 
@@ -227,6 +228,11 @@ def submission(
         else:
             store = work.require_store(config.source)
             info = json.loads((store / "run.json").read_text())
+            if not info.get("refitted", True):
+                context.log.warning(
+                    f"submission: {config.source}'s network was not refitted on every train row "
+                    f"({info.get('refit_decision')}); for the network alone set its config refit: always"
+                )
             predictions = pq.read_table(store / "test_predictions.parquet")
             probability = predictions.column("p_click").to_numpy()
             write_submission(

@@ -7,6 +7,12 @@ every validation scored row (the blend's input and the reported validation AUC);
 network is fitted on the `submission` setup's fit rows for round(best_epoch * factor) epochs and
 scores the test rows. An epoch is a seeded sample of `fit_targets_per_epoch` fit rows. Seeded
 and deterministic on CPU.
+
+With `refit: when_blended` (the default) the refit runs only when the blend will use the network:
+its weight is chosen first, on the validation rows alone, against the GBDT's validation
+predictions (kuai_assets.ml.blend.choose_weight, the rule the `blend` asset applies). When the
+GBDT alone wins, the best validation network scores the test rows instead (with every train row
+as history), so the network still has test predictions to report, and the result says so.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from pydantic import BaseModel, Field
 from kuai_assets.ml.attention.history import HistoryCheck, SetupHistory, build_history, check_histories
 from kuai_assets.ml.attention.inputs import PhotoTable, Targets, context_features, load_photos, load_targets
 from kuai_assets.ml.attention.network import AttentionClickModel, NetworkShape, PackedClickModel, pack
+from kuai_assets.ml.blend import MIN_GAIN, WeightChoice, align_validation, choose_weight
 from kuai_assets.ml.metrics import roc_auc
 from kuai_assets.storage import WorkDir
 
@@ -60,6 +67,17 @@ class AttentionParams(BaseModel):
     refit_epochs_factor: float = Field(
         default=1.1, gt=0, description="The submission network trains best_epoch x this factor epochs."
     )
+    min_blend_gain: float = Field(
+        default=MIN_GAIN, ge=0,
+        description="Validation AUC the blend must add over the better model alone (and 2 standard errors) to "
+        "use the network; the blend asset applies the value this run recorded.",
+    )
+    refit: Literal["when_blended", "always"] = Field(
+        default="when_blended",
+        description="when_blended: refit on every train row only when the blend, chosen on the validation rows "
+        "against the GBDT's predictions, gives the network weight; otherwise the best validation network scores "
+        "the test. always: refit every time (for submitting the network alone).",
+    )
     context_groups: list[str] = Field(
         default=list(DEFAULT_CONTEXT_GROUPS),
         description="Label-free feature groups of the training matrix given as the row's context.",
@@ -86,16 +104,19 @@ class AttentionResult:
     auc_by_epoch: list[float]  # validation AUC of each epoch on the early-stopping rows
     best_epoch: int
     valid_auc: float  # the best epoch's AUC on every validation scored row
-    refit_epochs: int
+    refit_epochs: int  # 0 when not refitted
     validation: Predictions  # the best epoch's predictions on the validation scored rows
     test: Predictions
-    model: PackedClickModel  # the refitted (submission) network, on one packed float32 matrix
+    model: PackedClickModel  # the network that scored the test rows, on one packed float32 matrix
     example: np.ndarray  # a few packed test rows (the logged model's input example)
     shape: NetworkShape
     history_checks: list[HistoryCheck]
     rows: dict[str, int]
     seconds: dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
+    refitted: bool = True
+    refit_decision: str = "refit: always"
+    blend_check: WeightChoice | None = None  # the validation blend with the GBDT that decided the refit
 
 
 def resolve_device(device: str) -> torch.device:
@@ -233,8 +254,27 @@ def early_stopping_subset(click: np.ndarray, rows: int, seed: int) -> np.ndarray
     return subset if len(np.unique(click[subset])) == 2 else None
 
 
-def train_attention_model(work: WorkDir, params: AttentionParams, log=lambda message: None) -> AttentionResult:
-    """Check the histories, validate with early stopping, refit and score the test rows.
+def refit_decision(params: AttentionParams, validation: Predictions,
+                   gbdt_validation: tuple[np.ndarray, np.ndarray] | None) -> tuple[bool, str, WeightChoice | None]:
+    """Whether to refit, why, and the validation blend that decided it. `gbdt_validation` is the
+    GBDT's validation (row_id, p_click); required with `refit: when_blended`."""
+    if params.refit == "always":
+        return True, "refit: always (config)", None
+    if gbdt_validation is None:
+        raise ValueError("refit: when_blended needs the GBDT's validation predictions (materialize `model` first), "
+                         "or set refit: always")
+    gbdt_p, network_p, label = align_validation(gbdt_validation[0], gbdt_validation[1], validation.row_id,
+                                                validation.p_click, validation.row_id, validation.click)
+    choice = choose_weight(gbdt_p, network_p, label, min_gain=params.min_blend_gain)
+    if choice.uses_b:
+        return True, f"refitted: the validation blend uses the network ({choice.decision})", choice
+    return False, f"not refitted: the validation blend does not use the network ({choice.decision})", choice
+
+
+def train_attention_model(work: WorkDir, params: AttentionParams, log=lambda message: None,
+                          gbdt_validation: tuple[np.ndarray, np.ndarray] | None = None) -> AttentionResult:
+    """Check the histories, validate with early stopping, refit (see `refit_decision`) and score
+    the test rows.
 
     Reads model_rows, label_history, training_matrix (context columns of `params.context_groups`,
     label-free groups only), pca_visual_features, video_clusters, raw_text, raw_faces and
@@ -295,37 +335,44 @@ def train_attention_model(work: WorkDir, params: AttentionParams, log=lambda mes
         rows = {"validation_fit_rows": len(fit), "validation_scored_rows": len(scored),
                 "early_stopping_rows": len(scored) if subset is None else len(subset)}
         validation = Predictions(scored.row_id, best_prediction, scored.user_id, scored.photo_id, scored.click)
-        del fit, scored, fit_prepared, scored_prepared, data, model, optimizer, best_state
+        refitted, decision, blend_check = refit_decision(params, validation, gbdt_validation)
+        log(f"attention: {decision}")
+        del fit, scored, fit_prepared, scored_prepared, data, optimizer
 
-        # refit on every train row for the validated number of epochs; score the test rows
         started = time.time()
-        refit_epochs = max(1, int(round(best_epoch * params.refit_epochs_factor)))
-        fit = load_targets(work, "submission", "fit", features)
         data = SetupData(photos, histories["submission"], users, device)
-        fit_prepared = data.prepare(fit)
-        model = _new_model(shape, photos, fit, params, device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay, fused=device.type == "cpu" or None)
-        for epoch in range(1, refit_epochs + 1):
-            loss = _train_epoch(model, optimizer, data, fit_prepared, fit, params, epoch)
-            log(f"attention: refit epoch {epoch}/{refit_epochs}, loss {loss:.4f} ({time.time() - started:.0f} s)")
-        seconds["refit"] = round(time.time() - started, 1)
+        if refitted:  # refit on every train row for the validated number of epochs
+            refit_epochs = max(1, int(round(best_epoch * params.refit_epochs_factor)))
+            fit = load_targets(work, "submission", "fit", features)
+            fit_prepared = data.prepare(fit)
+            model = _new_model(shape, photos, fit, params, device)
+            optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay, fused=device.type == "cpu" or None)
+            for epoch in range(1, refit_epochs + 1):
+                loss = _train_epoch(model, optimizer, data, fit_prepared, fit, params, epoch)
+                log(f"attention: refit epoch {epoch}/{refit_epochs}, loss {loss:.4f} ({time.time() - started:.0f} s)")
+            seconds["refit"] = round(time.time() - started, 1)
+            submission_fit_rows = len(fit)
+        else:  # the best validation network scores the test, with every train row as history
+            refit_epochs, submission_fit_rows = 0, 0
+            model.load_state_dict(best_state)
+        del best_state
         started = time.time()
         test = load_targets(work, "submission", "scored", features)
         test_prepared = data.prepare(test)
         test_prediction = predict(model, data, test_prepared, test)
         seconds["test_scoring"] = round(time.time() - started, 1)
-        rows.update(submission_fit_rows=len(fit), test_rows=len(test))
+        rows.update(submission_fit_rows=submission_fit_rows, test_rows=len(test))
         model.eval()
         packed = PackedClickModel(model.cpu()).eval()
         example = pack({k: v.cpu() for k, v in data.batch(test_prepared, np.arange(min(5, len(test)))).items()}).numpy()
-    log(f"attention: best epoch {best_epoch} (validation AUC {valid_auc:.4f}); refitted {refit_epochs} epochs; "
-        f"scored {len(test):,} test rows")
+    log(f"attention: best epoch {best_epoch} (validation AUC {valid_auc:.4f}); "
+        f"{f'refitted {refit_epochs} epochs' if refitted else 'not refitted'}; scored {len(test):,} test rows")
     return AttentionResult(
         auc_by_epoch=aucs, best_epoch=best_epoch, valid_auc=float(valid_auc), refit_epochs=refit_epochs,
         validation=validation,
         test=Predictions(test.row_id, test_prediction, test.user_id, test.photo_id),
         model=packed, example=example, shape=shape, history_checks=checks, rows=rows, seconds=seconds,
-        device=str(device),
+        device=str(device), refitted=refitted, refit_decision=decision, blend_check=blend_check,
     )
 
 
