@@ -291,3 +291,65 @@ def test_a_column_family_that_is_not_there_is_named(tmp_path):
         r"starting with 'pc_' \(it has: photo_id, split, component_0\)",
     ):
         materialize_table_model(group, work)
+
+
+def spark_plan_nodes(node):
+    """A Spark physical plan's nodes (JVM objects), depth first, through AQE's wrapper."""
+    if node.nodeName() == "AdaptiveSparkPlan":
+        yield from spark_plan_nodes(node.executedPlan())
+        return
+    yield node
+    children = node.children()
+    for i in range(children.size()):
+        yield from spark_plan_nodes(children.apply(i))
+
+
+def output_names(node) -> set[str]:
+    output = node.output()
+    return {output.apply(i).name() for i in range(output.size())}
+
+
+def test_visual_similarity_broadcasts_the_centroids_on_spark(spark, tmp_path):
+    """The `cosine` CTE's hint reaches Spark: the rows (64 components a photo at the demo size)
+    join their user's centroids in a BroadcastHashJoin that builds the centroid table, from the
+    first physical plan, not in a SortMergeJoin that shuffles the wide rows. Spark's automatic
+    broadcast is off here, as it is in effect at scale (its size estimate of the centroid side is
+    astronomically large there), and the tiny tables would otherwise be broadcast by size alone."""
+    import re
+
+    from kuai_assets.engines.portability import to_spark_sql
+    from kuai_assets.features.runner import rendered_sql, resolve_variables
+
+    group = load_catalog()["visual_similarity"]
+    work = WorkDir(tmp_path)
+    write_vector_tables(work, 4)
+    con = work.connect(group.upstream)
+    try:
+        sql = rendered_sql(group, con)  # as the runner builds it
+    finally:
+        con.close()
+    spark_sql = to_spark_sql(sql, resolve_variables(group, None), str(group.path))
+    for name in group.upstream:
+        spark.read.parquet(str(work.table_path(name))).createOrReplaceTempView(name)
+    threshold = spark.conf.get("spark.sql.autoBroadcastJoinThreshold")
+    spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")
+    try:
+        nodes = list(spark_plan_nodes(spark.sql(spark_sql)._jdf.queryExecution().executedPlan()))
+    finally:
+        spark.conf.set("spark.sql.autoBroadcastJoinThreshold", threshold)
+        for name in group.upstream:
+            spark.catalog.dropTempView(name)
+    joins = [n for n in nodes if n.nodeName().endswith("Join") or n.nodeName() == "CartesianProduct"]
+    # the rows (they have row_id) with the centroids (they have length)
+    cosine = [
+        j for j in joins
+        if {"row_id", "length"} <= output_names(j.left()) | output_names(j.right())
+        and not {"row_id", "length"} <= output_names(j.left())
+        and not {"row_id", "length"} <= output_names(j.right())
+    ]
+    assert [j.nodeName() for j in cosine] == ["BroadcastHashJoin"], [j.toString() for j in cosine]
+    join = cosine[0]
+    build = join.right() if join.buildSide().toString() == "BuildRight" else join.left()
+    assert "length" in output_names(build) and "row_id" not in output_names(build), join.toString()
+    keys = join.leftKeys()
+    assert sorted(re.sub(r"#\d+.*", "", keys.apply(i).toString()) for i in range(keys.size())) == ["fold", "setup", "user_id"]

@@ -42,6 +42,36 @@ REFUSED = [
         "select photo_id as user_id,\n       len(words[1:2]) as x\nfrom raw_text",
         "list slice [a:b]: DuckDB's 1-based inclusive slices have no faithful Spark translation",
     ),
+    (
+        "unknown hint strategy",
+        "select\n       /*+ BROADCASTS(h) */ r.user_id, h.click as x\nfrom model_rows as r\njoin label_history as h on h.row_id = r.row_id",
+        "hint BROADCASTS(h): Spark has no BROADCASTS hint and would ignore it (its join hints: BROADCAST, "
+        "BROADCASTJOIN, MAPJOIN, MERGE, SHUFFLE_MERGE, MERGEJOIN, SHUFFLE_HASH, SHUFFLE_REPLICATE_NL)",
+    ),
+    (
+        "hint alias out of scope",  # l is an alias of the CTE's select, not of the hinted one
+        "with h as (select * from label_history as l)\nselect /*+ BROADCAST(l) */ r.user_id, h.click as x\n"
+        "from model_rows as r\njoin h on h.row_id = r.row_id",
+        "hint BROADCAST(l): l is not a table or alias of this SELECT's FROM/JOIN (it has: r, h); Spark would ignore the hint",
+    ),
+    (
+        "hint naming an aliased table",  # Spark matches the alias only
+        "select\n       /*+ MERGE(label_history) */ r.user_id, h.click as x\nfrom model_rows as r\njoin label_history as h on h.row_id = r.row_id",
+        "hint MERGE(label_history): label_history is not a table or alias of this SELECT's FROM/JOIN (it has: r, h); "
+        "Spark would ignore the hint",
+    ),
+    (
+        "partition hint",
+        "select\n       /*+ REPARTITION(8) */ user_id, row_id as x\nfrom model_rows",
+        "hint REPARTITION(8): partition hints are not allowed (a partition count is a setting of the engine, "
+        "spark.sql.shuffle.partitions, not part of a table model's definition)",
+    ),
+    (
+        "misplaced hint",
+        "with h as (select * from label_history)\nselect r.user_id, h.click as x /*+ BROADCAST(h) */\n"
+        "from model_rows as r\njoin h on h.row_id = r.row_id",
+        "hint /*+ BROADCAST(h) */ does not follow a SELECT: Spark would read it as a comment",
+    ),
 ]
 
 
@@ -75,3 +105,25 @@ def test_variables_become_typed_literals():
     assert spark == "SELECT CAST(CAST(12.0 AS DOUBLE) * 3600000 AS BIGINT) AS t, row_id % 5 AS f FROM m"
     with pytest.raises(NotPortableError, match=r"^v.sql:1: getvariable\('nope'\) names no variable of the header \(it has: folds\)$"):
         to_spark_sql("select getvariable('nope') as x", {"folds": 5}, "v.sql")
+
+
+def test_a_join_hint_reaches_spark_as_a_hint_and_duckdb_as_a_comment(tmp_path):
+    """sqlglot's DuckDB dialect drops hints; the check parses with one that keeps them."""
+    import duckdb
+
+    body = (
+        "select /*+ BROADCAST(h), shuffle_hash(model_rows) */ user_id, h.click as x\n"
+        "from model_rows\njoin label_history as h on h.row_id = model_rows.row_id"
+    )
+    path = tmp_path / "features" / "hinted.sql"
+    path.parent.mkdir()
+    path.write_text(HEADER + body)
+    assert load_sql_model(path).sql == HEADER + body
+    assert to_spark_sql(body, {}, "h.sql") == (
+        "SELECT /*+ BROADCAST(h), SHUFFLE_HASH(model_rows) */ user_id, h.click AS x "
+        "FROM model_rows JOIN label_history AS h ON h.row_id = model_rows.row_id"
+    )
+    con = duckdb.connect()
+    con.execute("create table model_rows as select 1 as row_id, 7 as user_id")
+    con.execute("create table label_history as select 1 as row_id, 1 as click")
+    assert con.sql(HEADER + body).fetchall() == [(7, 1)]

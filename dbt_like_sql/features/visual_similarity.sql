@@ -75,7 +75,8 @@ centroid_length as (
 
 -- each row's cosine with its user's clicked and unclicked centroids (a row per centroid it has)
 cosine as (
-    select r.setup, r.row_id, k.click,
+    -- broadcast the centroids: their table is small, the joined rows wide (every PCA component)
+    select /*+ BROADCAST(k) */ r.setup, r.row_id, k.click,
            ({% for c in dims %}u.{{ c }} * k.{{ c }}{{ " + " if not loop.last }}{% endfor %}) / nullif(k.length, 0) as cosine
     from model_rows as r
     join unit as u on u.photo_id = r.photo_id

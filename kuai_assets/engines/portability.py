@@ -10,7 +10,21 @@ construct; `to_spark_sql` substitutes the header variables as literals (Spark ha
 - an ordered aggregate such as `list(x ORDER BY t)` (Spark's collect_list drops the order);
 - `hash()` (DuckDB's and Spark's hash functions give different values);
 - `PIVOT`, `COLUMNS(...)`, `* EXCLUDE/REPLACE` and list slices `x[a:b]` (no Spark equivalent);
+- a query hint Spark would ignore or that is not the SQL's to give (see below);
 - anything sqlglot's Spark generator itself reports as unsupported.
+
+Query hints. A file may give Spark a join strategy with a hint right after a SELECT, such as
+`select /*+ BROADCAST(k) */ ... from t join centroid as k ...`: DuckDB reads it as a comment (the
+file runs there unchanged), and the file is parsed with a DuckDB dialect that keeps `/*+` as a
+hint (sqlglot's own DuckDB dialect drops hints), so the Spark SQL carries it. Spark ignores a hint
+it cannot apply without a word, so the check refuses: a `/*+ ... */` that does not follow a
+SELECT (Spark reads it as a comment), a strategy that is not one of Spark's join hints
+(`JOIN_HINTS`), a join hint that names no relation, or one naming a relation that is not a table
+or alias of that SELECT's own FROM/JOIN (Spark looks no further). The partition hints (COALESCE,
+REPARTITION, REPARTITION_BY_RANGE, REBALANCE) are refused too: they only change how Spark lays
+out a result the runner merges into one file anyway, and a partition count written in the file
+would be a data-size setting inside its code version (the engine's `spark.sql.shuffle.partitions`
+is the place for it).
 
 The catalog runs the check on every SQL file when it loads, whatever the engine: a definition
 that only one engine can run is not the portable definition of a feature group.
@@ -20,13 +34,42 @@ from __future__ import annotations
 
 import sqlglot
 from sqlglot import exp
+from sqlglot.dialects.duckdb import DuckDB
 from sqlglot.errors import ErrorLevel, ParseError, UnsupportedError
+from sqlglot.tokens import TokenType
 
 from kuai_assets.features.spec import CatalogError
 
-READ = "duckdb"
 WRITE = "spark"
 VARIABLE_FUNCTION = "GETVARIABLE"
+# Spark's join strategy hints (org.apache.spark.sql.catalyst.plans.logical.JoinStrategyHint)
+JOIN_HINTS = (
+    "BROADCAST", "BROADCASTJOIN", "MAPJOIN", "MERGE", "SHUFFLE_MERGE", "MERGEJOIN", "SHUFFLE_HASH", "SHUFFLE_REPLICATE_NL"
+)
+PARTITION_HINTS = ("COALESCE", "REPARTITION", "REPARTITION_BY_RANGE", "REBALANCE")
+
+
+class DuckDBWithHints(DuckDB):
+    """DuckDB's dialect, except that `/*+ ... */` right after SELECT is a query hint, as Spark reads
+    it. (sqlglot's DuckDB tokenizer drops `/*+` on purpose, DuckDB having no hints, so a hint would
+    reach Spark as a plain comment; DuckDB itself still reads it as a comment.)"""
+
+    class Tokenizer(DuckDB.Tokenizer):
+        KEYWORDS = {**DuckDB.Tokenizer.KEYWORDS, "/*+": TokenType.HINT}
+
+    class Parser(DuckDB.Parser):
+        def _parse_hint(self) -> exp.Hint | None:
+            hint = super()._parse_hint()
+            if hint is not None:
+                # the hint's text is parsed on its own, its lines counted from the comment's first
+                token = self._prev
+                first = token.line - (token.comments[0].count("\n") if token.comments else 0)
+                for node in hint.walk():
+                    node.meta["line"] = first + (node.meta.get("line") or 1) - 1
+            return hint
+
+
+READ = DuckDBWithHints
 
 
 class NotPortableError(CatalogError):
@@ -76,11 +119,102 @@ def _written_name(node: exp.Expression, sql: str) -> str:
     return _function_name(node).lower()
 
 
+def _relation_names(select: exp.Expression) -> list[tuple[str, ...]]:
+    """The names a hint can give each relation of a SELECT's FROM/JOIN: its alias, else its table's
+    (catalog, db, name) as written."""
+    sources = []
+    if isinstance(select, exp.Select):
+        if select.args.get("from_"):
+            sources.append(select.args["from_"].this)
+        sources.extend(join.this for join in select.args.get("joins") or [])
+    names = []
+    for source in sources:
+        if source.alias:
+            names.append((source.alias,))
+        elif isinstance(source, exp.Table):
+            names.append(tuple(part.name for part in source.parts))
+    return names
+
+
+def _hinted_name(arg: exp.Expression) -> tuple[str, ...] | None:
+    """A join hint's relation as name parts (`k`, `db.t`, `'k'`), or None if it is not a name."""
+    if isinstance(arg, exp.Column):
+        return tuple(part.name for part in arg.parts)
+    if isinstance(arg, (exp.Identifier, exp.Var)):
+        return (arg.name,)
+    if isinstance(arg, exp.Literal) and arg.is_string:
+        return tuple(arg.this.split("."))
+    return None
+
+
+def _hint_refusals(hint: exp.Hint) -> list[tuple[exp.Expression, str]]:
+    """The hints of one `/*+ ... */` that Spark would ignore, or that the SQL may not give."""
+    found: list[tuple[exp.Expression, str]] = []
+    relations = _relation_names(hint.parent)
+    for item in hint.expressions:
+        if not isinstance(item, exp.Expression):  # sqlglot kept the text as it is
+            found.append((hint, f"hint /*+ {item} */: not Spark hints NAME(relation, ...); Spark would ignore it"))
+            continue
+        name = item.name.upper() if isinstance(item, exp.Var) else _function_name(item)
+        written = item.sql(dialect=WRITE)
+        if name in PARTITION_HINTS:
+            found.append(
+                (item, f"hint {written}: partition hints are not allowed (a partition count is a setting of the "
+                "engine, spark.sql.shuffle.partitions, not part of a table model's definition)")
+            )
+        elif name not in JOIN_HINTS:
+            found.append(
+                (item, f"hint {written}: Spark has no {name} hint and would ignore it "
+                f"(its join hints: {', '.join(JOIN_HINTS)})")
+            )
+        elif isinstance(item, exp.Var) or not item.expressions:
+            found.append((item, f"hint {written}: names no table or alias of this SELECT's FROM/JOIN"))
+        else:
+            for arg in item.expressions:
+                parts = _hinted_name(arg)
+                wanted = tuple(p.lower() for p in parts or ())
+                if parts is None or not any(
+                    len(wanted) <= len(r) and tuple(p.lower() for p in r[len(r) - len(wanted) :]) == wanted for r in relations
+                ):
+                    have = ", ".join(".".join(r) for r in relations) or "none"
+                    found.append(
+                        (item, f"hint {written}: {arg.sql(dialect=WRITE)} is not a table or alias of this SELECT's "
+                        f"FROM/JOIN (it has: {have}); Spark would ignore the hint")
+                    )
+    return found
+
+
+def _misplaced_hints(sql: str) -> list[tuple[int, str]]:
+    """(line, why) for each `/*+ ... */` that does not follow a SELECT: DuckDB, sqlglot and Spark
+    all read it as a comment."""
+    if "/*+" not in sql:
+        return []
+    tokens = DuckDB().tokenize(sql)  # where every `/*+ ... */` is a comment
+    found: list[tuple[int, str]] = []
+    hinted: set[int] = set()  # the SELECT tokens already given a hint
+    for i, token in enumerate(tokens):
+        start = tokens[i - 1].end + 1 if i else 0
+        for comment in token.comments:
+            if not comment.startswith("+"):
+                continue
+            at = sql.find(f"/*{comment}*/", start)
+            before = max((j for j in range(len(tokens)) if tokens[j].end < at), default=None) if at >= 0 else None
+            if before is not None and tokens[before].token_type == TokenType.SELECT and before not in hinted:
+                hinted.add(before)
+                continue
+            line = sql.count("\n", 0, at) + 1 if at >= 0 else token.line
+            text = " ".join(f"/*{comment}*/".split())
+            found.append((line, f"hint {text} does not follow a SELECT: Spark would read it as a comment"))
+    return found
+
+
 def _refusals(tree: exp.Expression, sql: str) -> list[tuple[exp.Expression, str]]:
     """(node, the construct and why it cannot go) for everything that cannot be carried to Spark."""
     found: list[tuple[exp.Expression, str]] = []
-    for node in tree.walk():
-        if isinstance(node, exp.Func) and _function_name(node) == "HASH":
+    for node in tree.walk(prune=lambda n: isinstance(n, exp.Hint)):
+        if isinstance(node, exp.Hint):
+            found.extend(_hint_refusals(node))
+        elif isinstance(node, exp.Func) and _function_name(node) == "HASH":
             found.append((node, f"{_written_name(node, sql)}(): DuckDB's and Spark's hash functions give different values"))
         elif isinstance(node, exp.Anonymous) and _function_name(node) != VARIABLE_FUNCTION:
             found.append((node, f"unknown function {_written_name(node, sql)}(): sqlglot cannot translate it to Spark"))
@@ -107,10 +241,9 @@ def check_portable(sql: str, where: str) -> exp.Expression:
     <construct>: <why>`.
     """
     tree = _parse(sql, where)
-    refused = _refusals(tree, sql)
+    refused = [(_line(node), why) for node, why in _refusals(tree, sql)] + _misplaced_hints(sql)
     if refused:
-        node, why = min(refused, key=lambda item: _line(item[0]) or 0)
-        line = _line(node)
+        line, why = min(refused, key=lambda item: item[0] or 0)
         raise NotPortableError(f"{where}{f':{line}' if line else ''}: not portable to Spark: {why}")
     try:
         tree.sql(dialect=WRITE, unsupported_level=ErrorLevel.RAISE)
