@@ -329,3 +329,46 @@ def test_attention_and_blend_assets_publish_track_and_feed_the_submission(materi
     blend_info = json.loads((work.require_store("blend") / "run.json").read_text())
     blend_run = client.get_run(blend_info["mlflow_run_id"])
     assert {"valid_auc", "valid_auc_gbdt", "valid_auc_attention", "gbdt_weight"} <= set(blend_run.data.metrics)
+
+
+def test_a_network_the_blend_would_not_use_is_not_refitted_and_the_gbdt_is_submitted(materialized, tmp_path):
+    import shutil
+
+    import dagster as dg
+    import pyarrow.parquet as pq
+    from mlflow import MlflowClient
+
+    from kuai_assets.definitions import defs
+    from kuai_assets_tests.conftest import SMALLEST_ATTENTION, make_resources
+    from kuai_assets_tests.test_pipeline import metadata
+
+    work_dir = tmp_path / "work"
+    # symlinks kept: a published store is a link to its current version
+    shutil.copytree(materialized["work"], work_dir, symlinks=True, ignore=shutil.ignore_patterns("dagster_home"))
+    work = WorkDir(work_dir)
+    # a bar no blend can clear: the blend is the GBDT alone, so the network is not refitted
+    config = {**SMALLEST_ATTENTION, "min_blend_gain": 1.0}
+    result = dg.materialize(
+        [*defs.assets], selection=["attention_model", "blend", "submission"],
+        resources=make_resources(materialized["data"], work_dir),
+        run_config={"ops": {"attention_model": {"config": config}}},
+    )
+    assert result.success
+    attention, blend = metadata(result, "attention_model"), metadata(result, "blend")
+    assert attention["refitted"] is False and attention["refit_epochs"] == 0
+    assert "not refitted" in attention["refit_decision"] and "below the bars of 1" in attention["refit_decision"]
+    assert blend["gbdt_weight"] == 1.0 and "not refitted" in blend["side_by_side"]
+
+    info = json.loads((work.require_store("attention_model") / "run.json").read_text())
+    assert info["refitted"] is False and info["min_blend_gain"] == 1.0 and info["rows"]["submission_fit_rows"] == 0
+    run = MlflowClient(f"sqlite:///{work_dir}/mlflow/mlflow.db").get_run(info["mlflow_run_id"])
+    assert run.data.metrics["refitted"] == 0
+    assert not [d for d in run.inputs.dataset_inputs if "submission/fit" in d.dataset.name], "no refit rows"
+    # the network still scores every test row (the validation network), and the submission is the GBDT's
+    test = model_rows(work, "submission", "scored")["row_id"]
+    network = pq.read_table(work.require_store("attention_model") / "test_predictions.parquet")
+    assert np.array_equal(np.sort(network.column("row_id").to_numpy()), test)
+    gbdt = pq.read_table(work.require_store("model") / "test_predictions.parquet").to_pandas()
+    blended = pq.read_table(work.require_store("blend") / "test_predictions.parquet").to_pandas()
+    joined = gbdt.merge(blended, on="row_id", suffixes=("_gbdt", "_blend"))
+    assert len(joined) == len(test) and np.allclose(joined.p_click_gbdt, joined.p_click_blend, atol=1e-6)

@@ -53,16 +53,19 @@ def blend_check_dict(result) -> dict | None:
 
 def attention_datasets(matrix: Path, digest: str, params: AttentionParams, rows: dict[str, int]) -> list[MatrixSlice]:
     """The training matrix's slices the network used (its keys, click and context groups' columns;
-    the histories come from the same rows): validation fit and refit rows (training), validation
-    scored rows (validation)."""
+    the histories come from the same rows): validation fit rows and, when refitted, refit rows
+    (training), validation scored rows (validation)."""
     context = select_features(read_features(matrix), list(params.context_groups))
     columns = {"user_id": "long", "photo_id": "long", **{f.name: "float" for f in context}, "click": "long"}
     detail = f"history_length={params.history_length},fit_targets_per_epoch={params.fit_targets_per_epoch},seed={params.seed}"
-    return [
+    slices = [
         MatrixSlice(matrix, digest, "validation", "fit", rows["validation_fit_rows"], columns, "training", detail),
         MatrixSlice(matrix, digest, "validation", "scored", rows["validation_scored_rows"], columns, "validation"),
-        MatrixSlice(matrix, digest, "submission", "fit", rows["submission_fit_rows"], columns, "training", detail),
     ]
+    if rows["submission_fit_rows"]:  # refitted
+        slices.append(MatrixSlice(matrix, digest, "submission", "fit", rows["submission_fit_rows"], columns, "training",
+                                  detail))
+    return slices
 
 
 def blend_datasets(work: WorkDir, rows: int) -> list[MatrixSlice]:
