@@ -3,6 +3,7 @@
     python benchmarks/spark_vs_duckdb.py --size tiny                    # generate, then time
     python benchmarks/spark_vs_duckdb.py --data /data/kuai --work /tmp/w --spark-url local[2]
     python benchmarks/spark_vs_duckdb.py --size tiny --conf spark.sql.shuffle.partitions=2
+    python benchmarks/spark_vs_duckdb.py --data /data/kuai --only visual_similarity   # and what it reads
 
 The raw and visual tables are materialized once (DuckDB, as always); then each table model runs
 on DuckDB (a group's numpy fast path where it has one, as `kuai run` does) into one work dir and
@@ -35,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="work dir (default: a temporary folder, removed)")
     parser.add_argument("--spark-url", default="local[2]")
     parser.add_argument("--conf", action="append", default=[], help="extra Spark setting key=value (repeatable)")
+    parser.add_argument(
+        "--only", default="",
+        help="comma-separated table models to time, with the catalog models they read (always model_rows and "
+        "label_history) timed before them; default: every SQL table model",
+    )
     parser.add_argument(
         "--drop-store", action="store_true",
         help="delete the vector store once the PCA and cluster tables are written (the table models read "
@@ -87,6 +93,18 @@ def main(argv: list[str] | None = None) -> int:
 
     catalog = load_catalog()
     order = ["model_rows", "label_history"] + sorted(n for n, m in catalog.items() if m.is_feature_group and m.sql)
+    if args.only:
+        wanted = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in catalog or not catalog[n].sql]
+        if unknown:
+            parser.error(f"--only: no SQL table model named {', '.join(unknown)}")
+        needed, todo = set(), list(wanted)
+        while todo:  # the models named and every catalog model upstream of them
+            name = todo.pop()
+            if name not in needed:
+                needed.add(name)
+                todo += [u for u in catalog[name].upstream if u in catalog]
+        order = [n for n in order if n in needed] + sorted(needed - set(order))
     works = {}
     for name in ("duckdb", "spark"):
         work = WorkDir(root / name)
