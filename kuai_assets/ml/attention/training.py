@@ -254,15 +254,19 @@ def early_stopping_subset(click: np.ndarray, rows: int, seed: int) -> np.ndarray
     return subset if len(np.unique(click[subset])) == 2 else None
 
 
+def require_gbdt_validation(params: AttentionParams, gbdt_validation) -> None:
+    if params.refit == "when_blended" and gbdt_validation is None:
+        raise ValueError("refit: when_blended needs the GBDT's validation predictions (materialize `model` first), "
+                         "or set refit: always")
+
+
 def refit_decision(params: AttentionParams, validation: Predictions,
                    gbdt_validation: tuple[np.ndarray, np.ndarray] | None) -> tuple[bool, str, WeightChoice | None]:
     """Whether to refit, why, and the validation blend that decided it. `gbdt_validation` is the
     GBDT's validation (row_id, p_click); required with `refit: when_blended`."""
     if params.refit == "always":
         return True, "refit: always (config)", None
-    if gbdt_validation is None:
-        raise ValueError("refit: when_blended needs the GBDT's validation predictions (materialize `model` first), "
-                         "or set refit: always")
+    require_gbdt_validation(params, gbdt_validation)
     gbdt_p, network_p, label = align_validation(gbdt_validation[0], gbdt_validation[1], validation.row_id,
                                                 validation.p_click, validation.row_id, validation.click)
     choice = choose_weight(gbdt_p, network_p, label, min_gain=params.min_blend_gain)
@@ -282,6 +286,7 @@ def train_attention_model(work: WorkDir, params: AttentionParams, log=lambda mes
     history breaks the rule of `history.py`.
     """
     device = resolve_device(params.device)
+    require_gbdt_validation(params, gbdt_validation)  # before any work, not after the epochs
     seconds: dict[str, float] = {}
     started = time.time()
     with _torch_settings(params.threads):
