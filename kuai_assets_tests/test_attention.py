@@ -117,7 +117,7 @@ def test_training_refuses_a_leaky_history_before_it_trains(materialized, monkeyp
     work = WorkDir(materialized["work"])
     monkeypatch.setattr(history_module, "_history_end", lambda keys, target: np.searchsorted(keys, target, side="right"))
     with pytest.raises(HistoryLeakError):
-        train_attention_model(work, AttentionParams(max_epochs=1, leak_check_targets=2_000))
+        train_attention_model(work, AttentionParams(max_epochs=1, leak_check_targets=2_000, refit="always"))
 
 
 # -- training ---------------------------------------------------------------------------------------
