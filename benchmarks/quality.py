@@ -170,8 +170,6 @@ def model_figures(metadata: dict[str, dict], keys: set, truth: Path, work: Path)
 
 
 def _materialize(dg, defs, instance, resources, selection, data: Path, work: Path, keys: set, run_config=None) -> dict:
-    from kuai_assets.storage import WorkDir
-
     started = time.time()
     step_seconds: dict[str, float] = {}
     result = dg.materialize(

@@ -19,7 +19,7 @@ chosen weight.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -51,9 +51,8 @@ class WeightChoice:
         return self.weight < 1.0
 
     def as_dict(self) -> dict:
-        return {"weight": self.weight, "best_grid_weight": self.best_grid_weight, "valid_auc_a": self.valid_auc_a,
-                "valid_auc_b": self.valid_auc_b, "valid_auc_blend": self.valid_auc_blend, "gain": self.gain,
-                "gain_se": self.gain_se, "decision": self.decision}
+        """The choice's fields, without the AUC curve (JSON-ready)."""
+        return {f.name: getattr(self, f.name) for f in fields(WeightChoice) if f.name != "auc_by_weight"}
 
 
 @dataclass
