@@ -143,7 +143,7 @@ def build_training_matrix(
     }
 
 
-def _stitch(pieces: list[Path], n_rows: int, out: Path, metadata: dict, batch_rows: int = 262_144) -> None:
+def _stitch(pieces: list[Path], n_rows: int, out: Path, metadata: dict, batch_rows: int = 131_072) -> None:
     """Write the columns of `pieces` (same rows, same order) side by side into one Parquet file.
 
     Every piece after the first carries `__row_id`, checked against the first piece's row_id.

@@ -63,6 +63,15 @@ def read_sample(source: "Released | VectorStore", sample: FitSample, encoding: s
     from kuai_assets.visual.sources import Released
 
     if isinstance(source, Released):
-        # without buffer reuse, every chunk's array is its own
-        return np.concatenate([chunk.vectors for _, chunk in source.chunks(sample, encoding)])
+        # each chunk copied into one array as it comes: no list of chunks beside their concatenation
+        # (which would hold the sample twice, and every chunk's stored values, at once)
+        vectors, done = None, 0
+        for _, chunk in source.chunks(sample, encoding):
+            if vectors is None:
+                vectors = np.empty((len(sample.positions), chunk.vectors.shape[1]), dtype=np.float32)
+            vectors[done : done + len(chunk.vectors)] = chunk.vectors
+            done += len(chunk.vectors)
+        if vectors is None or done != len(vectors):
+            raise ValueError(f"the fitting sample has {len(sample.positions):,} rows but {done:,} were read")
+        return vectors
     return source.rows_in_runs(sample)

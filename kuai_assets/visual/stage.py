@@ -223,8 +223,11 @@ class VisualStage:
         """On the fit thread while the pass runs: fit the PCA (handed to the pass through `pca`),
         then the KMeans at every k on the reduced sample."""
         started = time.time()
+        chosen = sample.first(self.settings.fit_sample)
         try:
-            model = fit_pca(vectors[sample.first(self.settings.fit_sample)], self.settings.dimensions)
+            # the whole sample is the PCA's when no k asks for more rows: no copy of it (it is held
+            # beside the pass's backlog, so a copy would add to the stage's peak)
+            model = fit_pca(vectors if chosen.all() else vectors[chosen], self.settings.dimensions)
         except BaseException as exc:
             pca.set_exception(exc)
             raise
