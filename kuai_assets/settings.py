@@ -64,13 +64,17 @@ SETTINGS: tuple[Setting, ...] = (
         "in_process",
         "how a Dagster run executes its steps: in_process (one after the other, in the run's process) or "
         "multiprocess (two at a time, each in a forked process)",
+        True,
     ),
     Setting("KUAI_DUCKDB_MEMORY", "8GB", "DuckDB's memory limit per connection"),
     Setting("KUAI_DUCKDB_THREADS", "the number of cores", "DuckDB's threads per connection"),
     Setting("KUAI_SQL_DIR", "dbt_like_sql/ in the repo", "the SQL feature groups"),
-    Setting("KUAI_ENGINE", "duckdb", "the SQL engine of the feature groups: duckdb or spark (the `engine` resource)"),
-    Setting("KUAI_SPARK_URL", "the engine resource's default", "the Spark Connect server `sc://host:port` (KUAI_ENGINE=spark)"),
-    Setting("KUAI_SPARK_DRIVER_MEMORY", "the engine's default", "the local Spark driver's memory (KUAI_ENGINE=spark)"),
+    Setting("KUAI_ENGINE", "duckdb", "the SQL engine of the feature groups: duckdb or spark (the `engine` resource)", True),
+    Setting(
+        "KUAI_SPARK_URL", "the engine resource's default", "`local[N]` or a Spark Connect server `sc://host:port` (KUAI_ENGINE=spark)",
+        True,
+    ),
+    Setting("KUAI_SPARK_DRIVER_MEMORY", "2g", "the local Spark driver's memory (KUAI_ENGINE=spark)", True),
     Setting("MLFLOW_HTTP_REQUEST_TIMEOUT", "10 (MLflow's own: 120)", "seconds an MLflow HTTP request may take"),
     Setting(
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false for `kuai mlflow-ui`", "MLflow server jobs (the platform uses none)"
@@ -79,6 +83,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2 (MLflow's own: 7)", "retries of a failed MLflow HTTP request"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
+# how runs execute: recorded in the workspace only when set (the environment's value, or the
+# workspace's), so a fresh shell, the UI and `kuai run` run the workspace the same way
+EXECUTION_SETTINGS = ("KUAI_EXECUTOR", "KUAI_ENGINE", "KUAI_SPARK_URL", "KUAI_SPARK_DRIVER_MEMORY")
 
 
 def environment_help() -> str:
@@ -202,6 +209,8 @@ class Workspace:
     dagster_home: Path
     tracking_uri: str
     mlflow_ui_url: str
+    # how the workspace's runs execute (KUAI_EXECUTOR, KUAI_ENGINE, ...), those that are set
+    execution: tuple[tuple[str, str], ...] = ()
 
     @property
     def generates_its_data(self) -> bool:
@@ -216,6 +225,7 @@ class Workspace:
             "DAGSTER_HOME": str(self.dagster_home),
             "MLFLOW_TRACKING_URI": self.tracking_uri,
             "KUAI_MLFLOW_UI_URL": self.mlflow_ui_url,
+            **dict(self.execution),
         }
 
 
@@ -246,6 +256,7 @@ def resolve_workspace(
         if recorded and data_dir == (work_dir / "data" / old_size).absolute():
             data_dir = work_dir / "data" / chosen_size  # the synthetic default, at the size asked for
     home = get("DAGSTER_HOME")
+    execution = tuple((name, get(name)) for name in EXECUTION_SETTINGS if get(name))
     return Workspace(
         work_dir=work_dir,
         data_dir=data_dir,
@@ -253,4 +264,5 @@ def resolve_workspace(
         dagster_home=Path(home).absolute() if home else work_dir / "dagster_home",
         tracking_uri=get("MLFLOW_TRACKING_URI") or f"sqlite:///{work_dir}/mlflow/mlflow.db",
         mlflow_ui_url=(mlflow_ui or get("KUAI_MLFLOW_UI_URL") or f"http://127.0.0.1:{DEFAULT_MLFLOW_UI_PORT}").rstrip("/"),
+        execution=execution,
     )

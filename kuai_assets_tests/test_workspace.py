@@ -153,6 +153,36 @@ def test_the_workspace_file_supplies_what_the_environment_leaves_unset(tmp_path,
     assert resources["tracking"].ui_url == "http://127.0.0.1:5517"
 
 
+def test_how_a_workspace_runs_is_recorded_with_it(tmp_path):
+    """KUAI_ENGINE, KUAI_SPARK_URL and KUAI_EXECUTOR set for `kuai env` are recorded in the
+    workspace: a fresh shell that sources env.sh, and a UI that reads the .env, run the table
+    models on the same engine; a later `kuai` in that workspace keeps them. Unset, none is written."""
+    from kuai_assets_tests.test_cli import kuai
+
+    plain, spark = tmp_path / "plain", tmp_path / "spark"
+    made = kuai("env", "--work", str(plain), "--size", "tiny", env=clean_env())
+    assert made.returncode == 0, made.stderr
+    assert not {"KUAI_ENGINE", "KUAI_SPARK_URL", "KUAI_EXECUTOR"} & set(settings.read_workspace_file(plain))
+    made = kuai("env", "--work", str(spark), "--size", "tiny",
+                env=clean_env(KUAI_ENGINE="spark", KUAI_SPARK_URL="local[1]", KUAI_EXECUTOR="multiprocess"))
+    assert made.returncode == 0, made.stderr
+    recorded = settings.read_workspace_file(spark)
+    assert (recorded["KUAI_ENGINE"], recorded["KUAI_SPARK_URL"], recorded["KUAI_EXECUTOR"]) == ("spark", "local[1]", "multiprocess")
+    probe = ("from kuai_assets.defs.engine import default_engine_resource; from kuai_assets.definitions import EXECUTOR; "
+             "r = default_engine_resource(); print(r.kind, r.spark_url, EXECUTOR.name)")
+    shell = fresh_shell(f"source {spark / settings.ENV_SCRIPT} && python -c '{probe}'")
+    assert shell.returncode == 0, shell.stderr
+    assert shell.stdout.split() == ["spark", "local[1]", "multiprocess"]
+    # the .env alone (a UI started with DAGSTER_HOME only) gives the same engine
+    shell = fresh_shell(f"{sys.executable} -c '{probe}'", DAGSTER_HOME=str(spark / "dagster_home"))
+    assert shell.returncode == 0, shell.stderr
+    assert shell.stdout.split()[:2] == ["spark", "local[1]"]
+    # a later `kuai` in the workspace, without the variables, keeps what it recorded
+    again = kuai("env", "--work", str(spark), env=clean_env())
+    assert again.returncode == 0, again.stderr
+    assert settings.read_workspace_file(spark)["KUAI_ENGINE"] == "spark"
+
+
 def test_another_work_dir_does_not_inherit_a_sourced_workspace(tmp_path, monkeypatch):
     """A shell that sourced workspace A's env.sh, then `kuai run --work B`: B gets its own defaults."""
     for name in [s.name for s in settings.SETTINGS]:

@@ -1,15 +1,15 @@
 """The `engine` resource: which engine runs the table models (DuckDB, or Spark at a URL).
 
 Editable in the Launchpad; defaults from KUAI_ENGINE (duckdb | spark) and KUAI_SPARK_URL
-(`local[N]`, or a Spark Connect URL `sc://host:port`). The setting is checked before a table
+(`local[N]`, or a Spark Connect URL `sc://host:port`): the environment's, else the workspace's
+.env, where `kuai` records them when they are set. The setting is checked before a table
 model reads anything (kuai_assets.engines.Engine.check).
 """
-
-import os
 
 import dagster as dg
 from pydantic import Field
 
+from kuai_assets import settings
 from kuai_assets.engines import DEFAULT_SPARK_URL, ENGINE_KINDS, Engine, EngineError
 
 
@@ -32,6 +32,7 @@ class EngineResource(dg.ConfigurableResource):
 
 
 def default_engine_resource() -> EngineResource:
+    """From KUAI_ENGINE and KUAI_SPARK_URL: the environment's, else the workspace's .env."""
     return EngineResource(
-        kind=os.environ.get("KUAI_ENGINE", "duckdb"), spark_url=os.environ.get("KUAI_SPARK_URL", DEFAULT_SPARK_URL)
+        kind=settings.value("KUAI_ENGINE") or "duckdb", spark_url=settings.value("KUAI_SPARK_URL") or DEFAULT_SPARK_URL
     )

@@ -24,6 +24,7 @@ from typing import Callable, Iterable
 
 import pyarrow.parquet as pq
 
+from kuai_assets import settings
 from kuai_assets.storage import temporary_sibling
 
 CONNECT_DEFAULT_PORT = 15002
@@ -130,7 +131,7 @@ def spark_session(url: str, scratch: Path | None = None, conf: tuple[tuple[str, 
                 .appName("kuai_assets")
                 .config("spark.ui.enabled", "false")
                 .config("spark.ui.showConsoleProgress", "false")
-                .config("spark.driver.memory", os.environ.get("KUAI_SPARK_DRIVER_MEMORY", "2g"))
+                .config("spark.driver.memory", settings.value("KUAI_SPARK_DRIVER_MEMORY") or "2g")
                 # small tables on one machine: a few partitions per thread, merged further by AQE
                 .config("spark.sql.shuffle.partitions", str(max(4, 4 * threads)))
                 .config("spark.sql.session.timeZone", "UTC")
