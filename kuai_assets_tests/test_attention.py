@@ -167,6 +167,23 @@ def test_early_stopping_reads_a_sample_and_the_best_epoch_scores_every_validatio
     assert best != pytest.approx(result.valid_auc, abs=1e-9)
 
 
+def test_scoring_each_epoch_beside_the_next_decides_as_scoring_it_before(materialized):
+    """threads: 0 scores each epoch's network on a second thread while the next epoch trains (on a
+    machine with two cores or more); threads: 1 scores it first, then trains the next. Both train
+    on one torch thread, so the epochs are the same numbers: the same AUCs, the same best epoch,
+    the same stop (an epoch begun before the scoring that stops the validation is dropped)."""
+    work = WorkDir(materialized["work"])
+    # a learning rate high enough that the validation AUC stops rising within the epochs
+    params = AttentionParams(max_epochs=8, patience=1, fit_targets_per_epoch=4_000, learning_rate=0.05,
+                             history_length=LENGTH, leak_check_targets=1_000, refit="always", refit_epochs_factor=0.01)
+    beside = train_attention_model(work, params.model_copy(update={"threads": 0}))
+    before = train_attention_model(work, params.model_copy(update={"threads": 1}))
+    assert beside.auc_by_epoch == before.auc_by_epoch
+    assert len(before.auc_by_epoch) < params.max_epochs, "early stopping ended the epochs (the case that matters)"
+    assert beside.best_epoch == before.best_epoch and beside.valid_auc == before.valid_auc
+    assert np.array_equal(beside.validation.p_click, before.validation.p_click)
+
+
 def test_the_network_is_refitted_only_when_the_validation_blend_uses_it(materialized):
     work = WorkDir(materialized["work"])
     scored = model_rows(work, "validation", "scored")

@@ -6,7 +6,8 @@ of the validation scored rows (cold-start photos after the cut; a seeded sample 
 every validation scored row (the blend's input and the reported validation AUC); then a fresh
 network is fitted on the `submission` setup's fit rows for round(best_epoch * factor) epochs and
 scores the test rows. An epoch is a seeded sample of `fit_targets_per_epoch` fit rows. Seeded
-and deterministic on CPU.
+and deterministic on CPU. With `threads: 0` on two cores or more, each validation epoch's scoring
+runs on a second thread while the next epoch trains (`_validation_epochs`), with the same outcome.
 
 With `refit: when_blended` (the default) the refit runs only when the blend will use the network:
 its weight is chosen first, on the validation rows alone, against the GBDT's validation
@@ -83,7 +84,11 @@ class AttentionParams(BaseModel):
         description="Label-free feature groups of the training matrix given as the row's context.",
     )
     device: Literal["cpu", "cuda", "auto"] = Field(default="cpu", description="cpu, cuda, or auto (cuda when present).")
-    threads: int = Field(default=0, ge=0, description="Torch CPU threads; 0 uses every core.")
+    threads: int = Field(
+        default=0, ge=0,
+        description="Torch CPU threads; 0 uses every core (in the validation epochs: one thread trains while a second "
+        "scores the previous epoch).",
+    )
     seed: int = Field(default=7, description="Seed of the weights and of the per-epoch samples.")
     leak_check_targets: int = Field(
         default=20_000, ge=1, description="Rows per (setup, role) whose history the leak check proves."
@@ -211,12 +216,16 @@ def epoch_batches(user: np.ndarray, time: np.ndarray, size: int, batch_size: int
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def _train_epoch(model, optimizer, data: SetupData, prepared, fit: Targets, params: AttentionParams, epoch: int) -> float:
+def _train_epoch(model, optimizer, data: SetupData, prepared, fit: Targets, params: AttentionParams, epoch: int,
+                 abort=lambda: False) -> float | None:
+    """One epoch; its mean loss, or None when `abort()` (asked before each step) said to stop."""
     rng = np.random.default_rng([params.seed, epoch])
     loss_fn = torch.nn.BCEWithLogitsLoss()
     model.train()
     total, batches = 0.0, 0
     for rows in epoch_batches(fit.user_id, fit.time, params.fit_targets_per_epoch, params.batch_size, rng):
+        if abort():
+            return None
         batch = data.batch(prepared, rows)
         target = torch.from_numpy(fit.click[rows]).to(data.device)
         optimizer.zero_grad(set_to_none=True)
@@ -275,6 +284,65 @@ def refit_decision(params: AttentionParams, validation: Predictions,
     return False, f"not refitted: the validation blend does not use the network ({choice.decision})", choice
 
 
+def _validation_epochs(model, optimizer, data: SetupData, fit_prepared, fit: Targets, scored_prepared, scored: Targets,
+                       subset: np.ndarray | None, params: AttentionParams, log_epoch, scorer) -> tuple[list[float], dict, np.ndarray]:
+    """Epochs on the fit rows until early stopping: each epoch's network is scored on the
+    validation rows on a second thread while the next epoch trains (torch on one thread each: the
+    network is bound by per-operation overhead, so one training thread is as fast as two, and the
+    scoring costs almost nothing beside it). The decisions are those of scoring each epoch before
+    training the next: the AUCs, the best epoch and the stop are the same; an epoch begun before
+    the scoring that stops the validation came back is dropped unfinished.
+    Returns the AUCs by epoch, the best epoch's state and its predictions (on `subset`, or all)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    aucs: list[float] = []
+    best: dict = {}
+    label = scored.click if subset is None else scored.click[subset]
+
+    def settle(pending) -> bool:
+        """The scored epoch's AUC (logged, kept if best); True when early stopping ends the epochs."""
+        epoch, loss, state, future = pending
+        prediction = future.result()
+        aucs.append(roc_auc(label, prediction))
+        log_epoch(epoch, loss, aucs[-1])
+        if len(aucs) == 1 or aucs[-1] > max(aucs[:-1]):
+            best.update(state=state, prediction=prediction)
+        return epoch - (int(np.argmax(aucs)) + 1) >= params.patience
+
+    overlap = params.threads == 0 and (os.cpu_count() or 1) > 1 and data.device.type == "cpu"
+    threads = torch.get_num_threads()
+    if overlap:
+        torch.set_num_threads(1)
+    pending, stopped = None, False
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="attention-scoring") as pool:
+            for epoch in range(1, params.max_epochs + 1):
+                def scored_now() -> bool:  # between steps: settle the previous epoch's scoring once it is back
+                    nonlocal pending, stopped
+                    if pending is not None and pending[3].done():
+                        stopped, pending = settle(pending), None
+                    return stopped
+
+                loss = _train_epoch(model, optimizer, data, fit_prepared, fit, params, epoch, abort=scored_now)
+                if pending is not None:  # the scoring took longer than the epoch
+                    stopped, pending = settle(pending), None
+                if stopped or loss is None:
+                    break
+                state = copy.deepcopy(model.state_dict())
+                scorer.load_state_dict(state)
+                future = pool.submit(predict, scorer, data, scored_prepared, scored, subset=subset)
+                pending = (epoch, loss, state, future)
+                if not overlap:
+                    stopped, pending = settle(pending), None
+                    if stopped:
+                        break
+            if pending is not None:
+                settle(pending)
+    finally:
+        torch.set_num_threads(threads)
+    return aucs, best["state"], best["prediction"]
+
+
 def train_attention_model(work: WorkDir, params: AttentionParams, log=lambda message: None,
                           gbdt_validation: tuple[np.ndarray, np.ndarray] | None = None) -> AttentionResult:
     """Check the histories, validate with early stopping, refit (see `refit_decision`) and score
@@ -319,18 +387,12 @@ def train_attention_model(work: WorkDir, params: AttentionParams, log=lambda mes
         optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay, fused=device.type == "cpu" or None)
         subset = early_stopping_subset(scored.click, params.early_stopping_rows, params.seed)
         stopping = "every" if subset is None else f"{len(subset):,} of the"
-        aucs: list[float] = []
-        best_prediction = best_state = None
-        for epoch in range(1, params.max_epochs + 1):
-            loss = _train_epoch(model, optimizer, data, fit_prepared, fit, params, epoch)
-            prediction = predict(model, data, scored_prepared, scored, subset=subset)
-            aucs.append(roc_auc(scored.click if subset is None else scored.click[subset], prediction))
-            log(f"attention: epoch {epoch}, loss {loss:.4f}, validation AUC {aucs[-1]:.4f} on {stopping} "
-                f"{len(scored):,} validation rows ({time.time() - started:.0f} s)")
-            if len(aucs) == 1 or aucs[-1] > max(aucs[:-1]):
-                best_prediction, best_state = prediction, copy.deepcopy(model.state_dict())
-            if epoch - (int(np.argmax(aucs)) + 1) >= params.patience:
-                break
+        aucs, best_state, best_prediction = _validation_epochs(
+            model, optimizer, data, fit_prepared, fit, scored_prepared, scored, subset, params,
+            lambda epoch, loss, auc: log(f"attention: epoch {epoch}, loss {loss:.4f}, validation AUC {auc:.4f} on "
+                                         f"{stopping} {len(scored):,} validation rows ({time.time() - started:.0f} s)"),
+            scorer=copy.deepcopy(model),
+        )
         best_epoch = int(np.argmax(aucs)) + 1
         if subset is not None:  # the best epoch's network scores every validation row
             model.load_state_dict(best_state)
