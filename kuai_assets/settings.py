@@ -256,7 +256,7 @@ def resolve_workspace(
         if recorded and data_dir == (work_dir / "data" / old_size).absolute():
             data_dir = work_dir / "data" / chosen_size  # the synthetic default, at the size asked for
     home = get("DAGSTER_HOME")
-    execution = tuple((name, get(name)) for name in EXECUTION_SETTINGS if get(name))
+    execution = tuple((name, found) for name in EXECUTION_SETTINGS if (found := get(name)))
     return Workspace(
         work_dir=work_dir,
         data_dir=data_dir,

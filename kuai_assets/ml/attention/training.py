@@ -314,15 +314,17 @@ def _validation_epochs(model, optimizer, data: SetupData, fit_prepared, fit: Tar
     if overlap:
         torch.set_num_threads(1)
     pending, stopped = None, False
+
+    def scored_now() -> bool:
+        """Between training steps: settle the previous epoch's scoring once it is back."""
+        nonlocal pending, stopped
+        if pending is not None and pending[3].done():
+            stopped, pending = settle(pending), None
+        return stopped
+
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="attention-scoring") as pool:
             for epoch in range(1, params.max_epochs + 1):
-                def scored_now() -> bool:  # between steps: settle the previous epoch's scoring once it is back
-                    nonlocal pending, stopped
-                    if pending is not None and pending[3].done():
-                        stopped, pending = settle(pending), None
-                    return stopped
-
                 loss = _train_epoch(model, optimizer, data, fit_prepared, fit, params, epoch, abort=scored_now)
                 if pending is not None:  # the scoring took longer than the epoch
                     stopped, pending = settle(pending), None
