@@ -13,7 +13,8 @@ test rows, ~125k photos, world click_blind_timeline, seed 13) it measures, one a
 (c) edit-to-AUC: after (a), in a copy of the repo (the repo itself is never modified), one line
     of a SQL feature file is changed, then `dagster asset materialize` of the edited group, the
     training matrix and `model` (the stale part up to the model) runs on (a)'s workspace, until
-    the model's new MLflow run holds its validation AUC.
+    the model's new MLflow run holds its validation AUC. With `--work W`, (c) alone runs on an
+    existing workspace, e.g. the demo-size one that `kuai run --size demo --work W` made.
 
 Each is a child process tree: wall time, and the peak of the summed resident memory of the
 process and all its descendants (psutil, sampled every 0.2 s). Each submission is scored against
@@ -301,12 +302,23 @@ def ensure_data(data: Path) -> Path:
     return data
 
 
+def workspace_data(work: Path) -> Path:
+    """The data dir a workspace records (KUAI_DATA_DIR in its .env)."""
+    recorded = settings.read_workspace_file(work).get("KUAI_DATA_DIR")
+    if not recorded:
+        raise SystemExit(f"{work}: its .env records no KUAI_DATA_DIR")
+    return Path(recorded)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.loop", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None, help="scratch folder (default <repo>/.kuai/bench/loop)")
     parser.add_argument("--data", type=Path, default=None, help="dataset (default <out>/data, generated once)")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: platform, script, edit")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="measure only (c) on this existing workspace (one `kuai run --work W` made, e.g. at "
+                             "--size demo); its data dir is read from W/env.sh. Default: (a)'s fresh <out>/work")
     parser.add_argument("--plain-script", action="store_true", help=argparse.SUPPRESS)  # (b)'s child
     args = parser.parse_args(argv)
     if args.plain_script:
@@ -317,14 +329,19 @@ def main(argv: list[str] | None = None) -> int:
     repo = settings.REPO_ROOT
     out = (args.out or settings.default_work_dir() / "bench" / "loop").absolute()
     out.mkdir(parents=True, exist_ok=True)
-    data = ensure_data((args.data or out / "data").absolute())
     skip = set(filter(None, args.skip.split(",")))
+    if args.work is not None:  # (c) alone, on a workspace made elsewhere
+        work = args.work.absolute()
+        if not (work / "stores" / "model" / "run.json").is_file():
+            raise SystemExit(f"{work}: no materialized model in this workspace (run `kuai run --work {work}` first)")
+        data, skip = workspace_data(work), {"platform", "script"}
+    else:
+        data, work = ensure_data((args.data or out / "data").absolute()), out / "work"
     import psutil
 
     results: dict = {"data": str(data), "machine": {"cpus": os.cpu_count(),
                                                     "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)},
                      "load_average_before": os.getloadavg()}
-    work = out / "work"
     if "platform" not in skip:
         results["platform"] = platform_run(repo, data, work, out)
         print(f"[loop] (a) platform: {json.dumps({k: v for k, v in results['platform'].items() if k != 'steps'})}",

@@ -224,6 +224,47 @@ def _two_models(seed: int = 0, n: int = 4_000):
     return np.arange(n), label, p_a, p_b
 
 
+# -- the network's arithmetic -------------------------------------------------------------------------
+
+
+def test_the_factored_attention_unit_is_dins_mlp_over_q_k_their_difference_and_product():
+    from kuai_assets.ml.attention.network import TargetAttention
+
+    torch.manual_seed(3)
+    dim, hidden, targets, length = 6, 5, 4, 7
+    unit = TargetAttention(dim, hidden)
+    query, keys = torch.randn(targets, dim), torch.randn(targets, length, dim)
+    mask = torch.rand(targets, length) > 0.3
+    mask[0] = False  # an empty history pools to zeros
+    pooled, weight = unit(query, keys, mask)
+
+    q = query.unsqueeze(1).expand_as(keys)
+    score = unit.last(unit.activation(unit.first(torch.cat([q, keys, q - keys, q * keys], -1)))).squeeze(-1)
+    expected_weight = torch.softmax(score.masked_fill(~mask, -1e9), -1) * mask
+    expected_pooled = (expected_weight.unsqueeze(-1) * keys).sum(1)
+    assert torch.allclose(weight, expected_weight, atol=1e-5)
+    assert torch.allclose(pooled, expected_pooled, atol=1e-5)
+    assert torch.all(pooled[0] == 0) and torch.all(weight[0] == 0)
+
+
+def test_a_photos_words_vector_is_the_mean_of_its_present_words():
+    from kuai_assets.ml.attention.network import ItemEncoder, NetworkShape
+
+    torch.manual_seed(4)
+    shape = NetworkShape(dense=3, cluster_ks=(4,), words_per_photo=3, word_buckets=10, users=2, context=1,
+                         history_length=5, item_dim=6, word_dim=4)
+    encoder = ItemEncoder(shape, np.random.default_rng(0).random((8, 3)))
+    words = torch.tensor([[3, 5, 0], [0, 0, 0], [7, 0, 0]])
+    captured = {}
+    encoder.embedded.register_forward_hook(lambda module, inputs, output: captured.update(x=inputs[0]))
+    encoder(torch.zeros(3, 3), torch.zeros(3, 1, dtype=torch.long), words)
+    word_part = captured["x"][:, shape.cluster_dim:]
+    table = encoder.words.weight.detach()
+    assert torch.allclose(word_part[0], (table[3] + table[5]) / 2)
+    assert torch.all(word_part[1] == 0), "a photo without words has a zero words vector"
+    assert torch.allclose(word_part[2], table[7])
+
+
 def test_blend_weight_comes_from_validation_rows_only():
     row, label, p_a, p_b = _two_models()
     test_row = np.arange(100, 1100)

@@ -101,15 +101,16 @@ class ItemEncoder(nn.Module):
         weight = self.dense.weight / self.dense_std
         hidden = nn.functional.linear(dense, weight, self.dense.bias - weight @ self.dense_mean)
         parts = [embedding(clusters[..., i]) for i, embedding in enumerate(self.clusters)]
-        present = (words > 0).to(dense.dtype)
-        parts.append((self.words(words) * present.unsqueeze(-1)).sum(-2) / present.sum(-1, keepdim=True).clamp(min=1))
+        present = (words > 0).sum(-1, keepdim=True).clamp(min=1).to(dense.dtype)
+        parts.append(self.words(words).sum(-2) / present)  # the mean of the present words (bucket 0, no word, is zeros)
         return self.out(torch.relu(hidden + self.embedded(torch.cat(parts, dim=-1))))
 
 
 class TargetAttention(nn.Module):
     """DIN's activation unit: a score per history item from an MLP over [q, k, q - k, q * k],
     softmax over the real items (an empty history pools to zeros). The first layer is applied
-    as (A + C) q + (B - C) k + D (q * k), the same linear map without building the 4d input."""
+    as (A + C) q + [(B - C) + D diag(q)] k, the same linear map without building the 4d input:
+    one batched product per target over its keys, no (targets, length, dim) temporaries."""
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -120,11 +121,12 @@ class TargetAttention(nn.Module):
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a, b, c, d = self.first.weight.split(self.dim, dim=1)
-        per_query = nn.functional.linear(query, a + c, self.first.bias).unsqueeze(1)
-        hidden = per_query + nn.functional.linear(keys, b - c) + nn.functional.linear(query.unsqueeze(1) * keys, d)
+        per_query = nn.functional.linear(query, a + c, self.first.bias).unsqueeze(1)  # (targets, 1, hidden)
+        per_key = (b - c).t().unsqueeze(0) + query.unsqueeze(-1) * d.t().unsqueeze(0)  # (targets, dim, hidden)
+        hidden = torch.baddbmm(per_query, keys, per_key)  # (targets, length, hidden)
         score = self.last(self.activation(hidden)).squeeze(-1)
         weight = torch.softmax(score.masked_fill(~mask, -1e9), dim=-1) * mask.to(score.dtype)
-        return (weight.unsqueeze(-1) * keys).sum(1), weight
+        return torch.bmm(weight.unsqueeze(1), keys).squeeze(1), weight
 
 
 class AttentionClickModel(nn.Module):
@@ -151,15 +153,15 @@ class AttentionClickModel(nn.Module):
         distinct history items' content and click (history_dense, history_clusters,
         history_words, history_click: one row per item), history_index (targets, length) into
         those items, mask (targets, length) of real items, user and context per target."""
-        query = self.item(batch["dense"], batch["clusters"], batch["words"])
-        items = self.item(batch["history_dense"], batch["history_clusters"], batch["history_words"])
-        items = items + self.click(batch["history_click"])
+        targets = len(batch["dense"])
+        encoded = self.item(*(torch.cat([batch[name], batch[f"history_{name}"]]) for name in ("dense", "clusters", "words")))
+        query, items = encoded[:targets], encoded[targets:] + self.click(batch["history_click"])  # one pass for both
         keys = items[batch["history_index"]]  # each distinct item is encoded once
         mask = batch["mask"]
         pooled, _ = self.attention(query, keys, mask)
         real = mask.to(keys.dtype)
         count = real.sum(1, keepdim=True)
-        mean = (keys * real.unsqueeze(-1)).sum(1) / count.clamp(min=1)
+        mean = torch.bmm(real.unsqueeze(1), keys).squeeze(1) / count.clamp(min=1)
         clicks = batch["history_click"][batch["history_index"]].to(keys.dtype)
         click_rate = (clicks * real).sum(1, keepdim=True) / count.clamp(min=1)
         size = torch.log1p(count) / math.log1p(self.shape.history_length)
