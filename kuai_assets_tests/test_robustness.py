@@ -639,6 +639,57 @@ def test_model_is_not_published_when_mlflow_fails_in_the_middle_of_recording(mat
     assert attempt.info.status == "FAILED" and attempt.data.tags["dagster_run_id"] == result.run_id
 
 
+@pytest.mark.parametrize("refit", ["succeeds", "fails"])
+def test_the_model_run_holds_its_validation_auc_in_mlflow_before_the_refit(materialized, tmp_path, monkeypatch, refit):
+    """The model's MLflow run is RUNNING from the step's start and holds the validation AUC when
+    the refit begins (the number a person waits for after an edit); it ends FINISHED with the rest,
+    or FAILED, the model store untouched, when the refit fails."""
+    from mlflow import MlflowClient
+
+    from kuai_assets.ml import gbdt
+
+    source = Path(materialized["work"])
+    work = tmp_path / "work"
+    copy_work(source, work, ["training_matrix"], ["model"])
+    w = WorkDir(work)
+    model_before = w.require_store("model")
+    model_files = store_digest(model_before)
+    (work / "mlflow").mkdir()
+    shutil.copy2(source / "mlflow" / "mlflow.db", work / "mlflow" / "mlflow.db")
+    uri = f"sqlite:///{work}/mlflow/mlflow.db"
+    client = MlflowClient(uri)
+    seen = {}
+    original = gbdt.train_final
+
+    def watched_refit(*args, **kwargs):
+        experiment = client.get_experiment_by_name("watched").experiment_id
+        [running] = client.search_runs([experiment], "attributes.status = 'RUNNING'")
+        seen.update(run_id=running.info.run_id, metrics=dict(running.data.metrics),
+                    series=len(client.get_metric_history(running.info.run_id, "valid_auc_by_iteration")))
+        if refit == "fails":
+            raise RuntimeError("the refit broke")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(gbdt, "train_final", watched_refit)
+    result = dg.materialize(
+        assets_named("model"), resources=resources(Path(materialized["data"]), work, uri, experiment="watched"),
+        run_config={"ops": {"model": {"config": QUICK_MODEL}}}, raise_on_error=False,
+    )
+    assert 0.5 < seen["metrics"]["valid_auc"] <= 1 and seen["series"] >= seen["metrics"]["best_iteration"] >= 1
+    assert "test_auc" not in seen["metrics"]
+    [run] = client.search_runs([client.get_experiment_by_name("watched").experiment_id])
+    assert run.info.run_id == seen["run_id"], "one run, open from the start"
+    assert run.data.metrics["valid_auc"] == seen["metrics"]["valid_auc"]
+    assert len(client.get_metric_history(run.info.run_id, "valid_auc")) == 1, "logged once, before the refit"
+    if refit == "succeeds":
+        assert result.success and run.info.status == "FINISHED"
+        assert json.loads((w.require_store("model") / "run.json").read_text())["mlflow_run_id"] == run.info.run_id
+        assert any(v.run_id == run.info.run_id for v in client.search_model_versions("name='kuai_click_model'"))
+    else:
+        assert not result.success and run.info.status == "FAILED"
+        assert w.require_store("model") == model_before and store_digest(model_before) == model_files
+
+
 @pytest.mark.parametrize("breakage", ["store under a file", "store is a folder", "artifacts under a file"])
 def test_tracker_reports_an_unwritable_store_before_training(tmp_path, breakage):
     from kuai_assets.ml.tracking import Tracker, TrackingError

@@ -16,7 +16,17 @@ from kuai_assets.formats import layout
 from kuai_assets.formats.submission import validate_submission, write_submission
 from kuai_assets.ml.ablation import run_ablation
 from kuai_assets.ml.evaluation import score_predictions
-from kuai_assets.ml.gbdt import GbdtTraining, publish_gbdt, record_gbdt, score_test_rows, select_features, train_gbdt
+from kuai_assets.ml.gbdt import (
+    GbdtTraining,
+    gbdt_run_name,
+    gbdt_run_tags,
+    log_validation,
+    publish_gbdt,
+    record_gbdt,
+    score_test_rows,
+    select_features,
+    train_gbdt,
+)
 from kuai_assets.ml.tracking import REGISTERED_MODEL
 from kuai_assets.ml.training import RowSample, load_rows
 from kuai_assets.storage import atomic_file
@@ -116,13 +126,22 @@ def fit_record_publish(
     work, tracker = workspace.work(), tracking.tracker()
     with clear_failures(store_name):
         tracker.check()  # an unwritable MLflow store fails here, not after the training
-        result = train_gbdt(work.require_table(MATRIX), groups, training, context.log.info, store_name)
+        matrix = work.require_table(MATRIX)
         tags = {
             "dagster_run_id": context.run.run_id,
             "dagster_asset": store_name,
             "code_version": context.assets_def.code_versions_by_key.get(context.asset_key) or "",
         }
-        info = record_gbdt(tracker, result, config_name, tags, registered_model, tracking.ui_url)
+        # the MLflow run is open (RUNNING) from here and holds the validation AUC before the refit
+        run_id = tracker.start_run(gbdt_run_name(config_name, groups, training), gbdt_run_tags(tags, config_name, groups))
+        context.log.info(f"{store_name}: MLflow run {run_id} started")
+        try:
+            result = train_gbdt(matrix, groups, training, context.log.info, store_name,
+                                on_validated=lambda validation: log_validation(tracker, run_id, validation))
+        except BaseException:
+            tracker.end_failed(run_id)
+            raise
+        info = record_gbdt(tracker, result, config_name, tags, registered_model, tracking.ui_url, run_id=run_id)
         context.log.info(f"{store_name}: recorded in MLflow run {info['mlflow_run_id']}")
         publish_gbdt(work, store_name, result, info)
     return dg.MaterializeResult(metadata=model_metadata(result, info))

@@ -2,7 +2,8 @@
 
 `train_gbdt` fits on the validation setup with early stopping on the AUC of its cold-start scored
 rows, then refits on the submission setup for the best number of rounds times a factor and scores
-the test rows. `record_gbdt` logs the result as one MLflow run (params, AUC per iteration, figures,
+the test rows. `record_gbdt` logs the result as one MLflow run (with `start_run` and `log_validation`,
+a run open from the start, holding the validation AUC before the refit begins) (params, AUC per iteration, figures,
 the model, the training data's digest, the matrix slices as MLflow datasets). `publish_gbdt` writes the model store, only after the run
 is recorded: validation_model.txt, submission_model.txt, validation_predictions.parquet (row_id,
 p_click on the validation scored rows), test_predictions.parquet (row_id, user_id, photo_id,
@@ -147,9 +148,11 @@ class GbdtResult:
 
 
 def train_gbdt(
-    matrix: Path, groups: list[str], training: GbdtTraining, log: Callable[[str], None] = lambda m: None, name: str = "model"
+    matrix: Path, groups: list[str], training: GbdtTraining, log: Callable[[str], None] = lambda m: None, name: str = "model",
+    on_validated: Callable[[Validation], None] = lambda validation: None,
 ) -> GbdtResult:
-    """Validate on the validation setup, refit on the submission setup, score the test rows."""
+    """Validate on the validation setup, refit on the submission setup, score the test rows.
+    `on_validated(validation)` is called as soon as the validation is done, before the refit."""
     if training.trainer not in ("local", "dask"):
         raise CatalogError(f"trainer must be local or dask, got {training.trainer!r}")
     if training.trainer == "dask":  # an unreachable scheduler is named before any training
@@ -163,6 +166,7 @@ def train_gbdt(
     validation = train_validation(
         load_rows(matrix, features, "validation", "fit", sample), scored, features, params, log, name
     )
+    on_validated(validation)
     log(f"{name}: validation AUC {validation.auc:.4f} at iteration {validation.best_iteration}; refitting on the train rows")
     rounds = max(1, int(round(validation.best_iteration * training.refit_rounds_factor)))
     started = time.time()
@@ -196,19 +200,47 @@ def train_gbdt(
     )
 
 
+def gbdt_run_name(config_name: str, groups: list[str], params: GbdtTraining) -> str:
+    return f"{config_name} · {len(groups)} groups · lr {params.learning_rate:g} · leaves {params.num_leaves}"
+
+
+def gbdt_run_tags(tags: dict[str, str], config_name: str, groups: list[str]) -> dict[str, str]:
+    return {**tags, "model_config": config_name, "feature_groups": ",".join(groups), TEST_AUC_STATUS: PENDING}
+
+
+def validation_metrics(v: Validation) -> dict[str, float]:
+    return {
+        "valid_auc": v.auc,
+        "best_iteration": v.best_iteration,
+        "fit_rows": v.fit_rows,
+        "validation_rows": v.scored_rows,
+        "validation_click_rate": v.scored_click_rate,
+        "train_seconds": v.seconds,
+    }
+
+
+def log_validation(tracker: Tracker, run_id: str, v: Validation) -> None:
+    """The validation's metrics and AUC per iteration onto the running run `run_id` (before the refit)."""
+    tracker.log_metrics_to(run_id, validation_metrics(v))
+    tracker.log_series_to(run_id, {"valid_auc_by_iteration": v.auc_history})
+
+
 def record_gbdt(
-    tracker: Tracker, result: GbdtResult, config_name: str, tags: dict[str, str], registered_model: str, ui_url: str
+    tracker: Tracker, result: GbdtResult, config_name: str, tags: dict[str, str], registered_model: str, ui_url: str,
+    run_id: str | None = None,
 ) -> dict:
     """Log `result` as one MLflow run and register its submission model; return the run's facts
-    (ids, link, AUC, rounds, features...) as written to the store's run.json."""
+    (ids, link, AUC, rounds, features...) as written to the store's run.json. With `run_id` (a
+    run `tracker.start_run` made, the validation already logged to it by `log_validation`), that
+    run is completed and ended; otherwise a new run holds everything."""
     import mlflow
     import pandas as pd
 
     params = result.training
     v = result.validation
-    run_name = f"{config_name} · {len(result.groups)} groups · lr {params.learning_rate:g} · leaves {params.num_leaves}"
-    tags = {**tags, "model_config": config_name, "feature_groups": ",".join(result.groups), TEST_AUC_STATUS: PENDING}
-    with tracker.run(run_name, tags) as run:
+    run_name = gbdt_run_name(config_name, result.groups, params)
+    tags = gbdt_run_tags(tags, config_name, result.groups)
+    with tracker.run(run_name, tags, run_id=run_id) as run:
         mlflow.log_params(
             {
                 **{name: getattr(params, name) for name in GbdtTraining.model_fields},
@@ -220,17 +252,9 @@ def record_gbdt(
                 "training_data_digest": result.training_data_digest,
             }
         )
-        mlflow.log_metrics(
-            {
-                "valid_auc": v.auc,
-                "best_iteration": v.best_iteration,
-                "fit_rows": v.fit_rows,
-                "validation_rows": v.scored_rows,
-                "validation_click_rate": v.scored_click_rate,
-                "train_seconds": v.seconds,
-            }
-        )
-        tracker.log_series(run.info.run_id, "valid_auc_by_iteration", v.auc_history)
+        if run_id is None:  # else log_validation logged them before the refit
+            mlflow.log_metrics(validation_metrics(v))
+            tracker.log_series(run.info.run_id, "valid_auc_by_iteration", v.auc_history)
         log_datasets(result.datasets())  # the matrix slices: source path, digest, schema, rows
         with tempfile.TemporaryDirectory() as tmp:
             for name, png in result.figures().items():

@@ -211,9 +211,38 @@ class Tracker:
                 raise self._error(exc) from exc
         return experiment_id
 
+    def start_run(self, run_name: str, tags: dict[str, str]) -> str:
+        """Create a run that stays RUNNING while its work goes on (the MLflow UI lists it, and
+        shows what is logged to it, from the start); return its id. The work logs to it
+        (`log_metrics_to`, `log_series_to`), then `run(..., run_id=...)` resumes and ends it; a work
+        that fails calls `end_failed`. The store's lock is held only while writing."""
+        import mlflow
+        from mlflow import MlflowClient
+
+        with self.locked():
+            try:
+                mlflow.set_tracking_uri(self.tracking_uri)
+                experiment_id = self._experiment_id(mlflow)
+                run = MlflowClient(self.tracking_uri).create_run(experiment_id, run_name=run_name, tags=tags)
+            except Exception as exc:
+                raise self._error(exc) from exc
+        return run.info.run_id
+
+    def end_failed(self, run_id: str) -> None:
+        """Mark a run started by `start_run` FAILED (its work failed); quiet if the store refuses."""
+        from mlflow import MlflowClient
+
+        with self.locked():
+            try:
+                MlflowClient(self.tracking_uri).set_terminated(run_id, status="FAILED")
+            except Exception:
+                pass  # the work's own error says more
+
     @contextmanager
-    def run(self, run_name: str, tags: dict[str, str], parent_run_id: str | None = None):
-        """An MLflow run (nested under `parent_run_id` if given); store errors become TrackingError.
+    def run(self, run_name: str | None, tags: dict[str, str], parent_run_id: str | None = None,
+            run_id: str | None = None):
+        """An MLflow run (nested under `parent_run_id` if given; or the run `run_id` made by
+        `start_run`, resumed); store errors become TrackingError.
 
         Errors of the store raised in the body (while logging params, metrics, artifacts, the
         model) become TrackingError too, and the run is marked FAILED if the store still allows.
@@ -226,7 +255,10 @@ class Tracker:
                 experiment_id = self._experiment_id(mlflow)
                 if parent_run_id:
                     tags = {**tags, "mlflow.parentRunId": parent_run_id}
-                active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+                if run_id is not None:
+                    active = mlflow.start_run(run_id=run_id, tags=tags)
+                else:
+                    active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
             except Exception as exc:  # sqlalchemy, OSError, MlflowException: all mean "not recorded"
                 raise self._error(exc) from exc
             try:
@@ -246,6 +278,7 @@ class Tracker:
                     raise self._error(exc) from exc
 
     def log_series(self, run_id: str, key: str, values: list[float]) -> None:
+        """Log `values` as the steps 1, 2, ... of metric `key` (inside `run`, which holds the lock)."""
         from mlflow import MlflowClient
         from mlflow.entities import Metric
 
@@ -255,8 +288,18 @@ class Tracker:
         for start in range(0, len(metrics), 1000):
             client.log_batch(run_id, metrics=metrics[start : start + 1000])
 
+    def log_series_to(self, run_id: str, series: dict[str, list[float]]) -> None:
+        """`log_series` outside a `run`: under the store's lock, store errors as TrackingError."""
+        with self.locked():
+            try:
+                for key, values in series.items():
+                    self.log_series(run_id, key, values)
+            except Exception as exc:
+                raise self._error(exc) from exc
+
     def log_metrics_to(self, run_id: str, metrics: dict[str, float]) -> None:
-        """Add metrics to a finished run (e.g. the test AUC, known only after scoring)."""
+        """Add metrics to a run, finished (e.g. the test AUC, known only after scoring) or still
+        running (e.g. the validation AUC, known before the refit)."""
         from mlflow import MlflowClient
 
         with self.locked():
