@@ -12,7 +12,9 @@ same job, the wall time of both on the same input and whether their results agre
 - PCA fit (ml.pca.fit_pca, scikit-learn's covariance solver, against sklearn's randomized
   solver) on 50,000 x 2048 vectors: the exact solver is what the platform uses;
 - reading a zip of .npy vectors as released (formats.visual_zip.ZipVectors against
-  zipfile + numpy.load per member, the obvious way), over a zip this script writes.
+  zipfile + numpy.load per member, the obvious way), over a zip this script writes;
+- the AUC (ml.metrics.roc_auc, the rank form over scipy.stats.rankdata, against scikit-learn's
+  roc_auc_score), 101 times on 150,000 and 340,000 rows: one blend-weight choice.
 
 Every fit runs with BLAS on one thread (as the visual stage does). Machines here are shared and
 noisy: read the ratios within one run.
@@ -117,6 +119,24 @@ def zip_rows(rng: np.random.Generator, photos: int, dim: int) -> list[dict]:
     ]
 
 
+def auc_rows(rng: np.random.Generator) -> list[dict]:
+    """The AUC (ml.metrics.roc_auc, ranks) against sklearn.metrics.roc_auc_score, 101 times each
+    (one blend-weight choice) on validation-sized rows, scores rounded to give ties."""
+    from sklearn.metrics import roc_auc_score
+
+    from kuai_assets.ml.metrics import roc_auc
+
+    rows = []
+    for n in (150_000, 340_000):
+        label = rng.random(n) < 0.2
+        score = np.round(rng.random(n) + 0.3 * label, 4)
+        ours, ours_s = timed(lambda: [roc_auc(label, score) for _ in range(101)][-1])
+        library, library_s = timed(lambda: [roc_auc_score(label, score) for _ in range(101)][-1])
+        rows.append({"what": f"AUC of {n:,} rows, 101 times", "ours_s": ours_s, "library_s": library_s,
+                     "agreement": f"differ by {abs(ours - library):.1e}"})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.libraries", description=__doc__.split("\n\n")[0])
     parser.add_argument("--photos", type=int, default=20_000, help="vectors in the zip and PCA comparisons")
@@ -128,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += kmeans_rows(rng)
         rows += pca_rows(rng, max(args.photos, 1_000), args.dim)
     rows += zip_rows(rng, args.photos, args.dim)
+    rows += auc_rows(rng)
     print("| what | ours (s) | library (s) | library / ours | agreement |")
     print("| --- | --- | --- | --- | --- |")
     for r in rows:

@@ -1,8 +1,8 @@
-"""Evaluation metrics: scikit-learn's, with the platform's contracts on their inputs.
+"""Evaluation metrics: scikit-learn's and scipy's, with the platform's contracts on their inputs.
 
 scikit-learn is installed with MLflow; these wrappers only fix what the platform promises: a
-global AUC with ties counted as one half (the competition's metric), a clear error when a slice
-holds one class, and a ROC curve thinned to a plottable number of points.
+global AUC with ties counted as one half (the competition's metric, from scipy's ranks), a clear
+error when a slice holds one class, and a ROC curve thinned to a plottable number of points.
 """
 
 from __future__ import annotations
@@ -12,15 +12,24 @@ from sklearn import metrics
 
 
 def roc_auc(label: np.ndarray, score: np.ndarray) -> float:
-    """Global ROC AUC, ties in `score` counted as one half; refuses a single class."""
+    """Global ROC AUC, ties in `score` counted as one half; refuses a single class.
+
+    The Mann-Whitney form over scipy's average ranks: the same number as scikit-learn's
+    roc_auc_score (to rounding), about twice as fast on 150k-340k rows (one sort, none of its input
+    checks), which counts where an AUC is computed per blend weight (101 times per choice)."""
+    from scipy.stats import rankdata
+
     label = np.asarray(label).astype(bool)
     score = np.asarray(score, dtype=np.float64)
-    if label.shape != score.shape:
-        raise ValueError(f"label and score differ in shape: {label.shape} vs {score.shape}")
+    if label.shape != score.shape or label.ndim != 1:
+        raise ValueError(f"label and score must be two vectors of one length: {label.shape} vs {score.shape}")
     n_pos = int(label.sum())
-    if n_pos == 0 or n_pos == len(label):
+    n_neg = len(label) - n_pos
+    if n_pos == 0 or n_neg == 0:
         raise ValueError("AUC needs both clicked and unclicked rows")
-    return float(metrics.roc_auc_score(label, score))
+    if np.isnan(score).any():
+        raise ValueError("AUC of a score with NaN values")
+    return float((rankdata(score)[label].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def roc_curve(label: np.ndarray, score: np.ndarray, points: int = 200) -> tuple[np.ndarray, np.ndarray]:
