@@ -263,6 +263,9 @@ def test_a_photos_words_vector_is_the_mean_of_its_present_words():
     assert torch.allclose(word_part[0], (table[3] + table[5]) / 2)
     assert torch.all(word_part[1] == 0), "a photo without words has a zero words vector"
     assert torch.allclose(word_part[2], table[7])
+    word_part.sum().backward()
+    assert torch.all(encoder.words.weight.grad[0] == 0), "the padding row (no word) learns nothing"
+    assert torch.all(encoder.words.weight.grad[[3, 5, 7]] != 0)
 
 
 def test_blend_weight_comes_from_validation_rows_only():

@@ -186,8 +186,9 @@ def model(
 
     Validation mirrors the test: fitted on train rows before the cut, early-stopped on the AUC of
     the rows after it whose photo was never shown before (cold start). The submission model is
-    then refitted on every train row. Logs params, AUC per iteration, the model (registered as
-    kuai_click_model), ROC and importance-by-group figures and the training data digest; the model
+    then refitted on every train row. Its MLflow run opens when the step starts and holds the
+    validation AUC and AUC per iteration before the refit; then params, the model (registered as
+    kuai_click_model), ROC and importance-by-group figures and the training data digest. The model
     is published only once MLflow has recorded it.
     """
     return fit_record_publish(

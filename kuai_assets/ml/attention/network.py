@@ -81,6 +81,13 @@ class Standardise(nn.Module):
         return torch.cat([x, missing.to(x.dtype)], dim=-1)
 
 
+def lookup(weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The rows `index` of an embedding table, as nn.Embedding's forward gives them, by
+    index_select: on the CPU its backward (an index_add) takes a third to a half of the
+    embedding's dense backward for these tables (tens of rows to 32,769, ~10,000 lookups)."""
+    return weight.index_select(0, index.reshape(-1)).reshape(*index.shape, weight.shape[1])
+
+
 class ItemEncoder(nn.Module):
     """Photo content to a vector. The dense content is standardised with statistics over every
     photo (buffers), folded into the first layer's weights so no per-item arithmetic is spent."""
@@ -100,9 +107,11 @@ class ItemEncoder(nn.Module):
     def forward(self, dense: torch.Tensor, clusters: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
         weight = self.dense.weight / self.dense_std
         hidden = nn.functional.linear(dense, weight, self.dense.bias - weight @ self.dense_mean)
-        parts = [embedding(clusters[..., i]) for i, embedding in enumerate(self.clusters)]
+        parts = [lookup(embedding.weight, clusters[..., i]) for i, embedding in enumerate(self.clusters)]
         present = (words > 0).sum(-1, keepdim=True).clamp(min=1).to(dense.dtype)
-        parts.append(self.words(words).sum(-2) / present)  # the mean of the present words (bucket 0, no word, is zeros)
+        # bucket 0 (no word) reads a zero row and passes no gradient: the words table's padding row
+        table = torch.cat([self.words.weight.new_zeros(1, self.words.weight.shape[1]), self.words.weight[1:]])
+        parts.append(lookup(table, words).sum(-2) / present)  # the mean of the present words
         return self.out(torch.relu(hidden + self.embedded(torch.cat(parts, dim=-1))))
 
 
@@ -155,7 +164,7 @@ class AttentionClickModel(nn.Module):
         those items, mask (targets, length) of real items, user and context per target."""
         targets = len(batch["dense"])
         encoded = self.item(*(torch.cat([batch[name], batch[f"history_{name}"]]) for name in ("dense", "clusters", "words")))
-        query, items = encoded[:targets], encoded[targets:] + self.click(batch["history_click"])  # one pass for both
+        query, items = encoded[:targets], encoded[targets:] + lookup(self.click.weight, batch["history_click"])  # one pass for both
         keys = items[batch["history_index"]]  # each distinct item is encoded once
         mask = batch["mask"]
         pooled, _ = self.attention(query, keys, mask)
@@ -167,7 +176,7 @@ class AttentionClickModel(nn.Module):
         size = torch.log1p(count) / math.log1p(self.shape.history_length)
         earlier_rows, earlier_clicks = batch["earlier"][:, :1], batch["earlier"][:, 1:]
         earlier = torch.cat([torch.log1p(earlier_rows) / 10, (earlier_clicks + 2) / (earlier_rows + 10)], -1)
-        features = torch.cat([query, pooled, mean, size, click_rate, earlier, self.user(batch["user"]),
+        features = torch.cat([query, pooled, mean, size, click_rate, earlier, lookup(self.user.weight, batch["user"]),
                               self.context(batch["context"])], -1)
         return self.head(features).squeeze(-1)
 
