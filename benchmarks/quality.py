@@ -1,7 +1,7 @@
 """How close the platform comes to the oracle in each generative world of the synthetic generator.
 
     python benchmarks/quality.py --size demo [--worlds a,b] [--out DIR] [--seed 7] [--without feature_group_ablation]
-        [--drop-group NAME]
+        [--drop-group NAME] [--attention-config JSON]
 
 For each world: generate the dataset under OUT/data/<size>-<world>-seed<seed> (reused when it is
 already there and its summary names the same size, world and seed), then materialize the whole
@@ -20,7 +20,8 @@ measured earlier into the same OUT are kept and reprinted. With --drop-group NAM
 refitted without that feature group in the same work dir (blend, submission and evaluation
 follow; every table and the attention model are reused, the network refitted in the first pass
 whatever the blend chose): a second row per world, "<world> without NAME", shows what the group
-adds on validation and test in one run.
+adds on validation and test in one run. --attention-config '{"batch_size": 2048}' sets
+attention_model's config (in both passes) for comparing its settings across worlds.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def score_predictions(truth: Path, predictions: Path) -> float:
     return roc_auc(joined["click"], joined["p_click"])
 
 
-def run_world(data: Path, work: Path, without: list[str], drop_group: str | None = None) -> dict:
+def run_world(data: Path, work: Path, without: list[str], drop_group: str | None = None,
+              attention_config: dict | None = None) -> dict:
     """Materialize the graph on one dataset (in this process); the figures of every model asset.
 
     With `drop_group`, `model` is then refitted without that feature group in the same work dir,
@@ -127,7 +129,8 @@ def run_world(data: Path, work: Path, without: list[str], drop_group: str | None
         # for the second pass the network must be refitted whatever the first blend chose: the GBDT
         # without the group may blend with it where the full GBDT did not (the blend refuses a network
         # that was not refitted); validation AUCs and the blend's choice do not depend on the refit
-        first_config = {"ops": {"attention_model": {"config": {"refit": "always"}}}} if drop_group else None
+        attention = {**(attention_config or {}), **({"refit": "always"} if drop_group else {})}
+        first_config = {"ops": {"attention_model": {"config": attention}}} if attention else None
         figures = _materialize(dg, defs, instance, resources, selection, data, work, keys, run_config=first_config)
         if drop_group is not None and figures["success"]:
             refit = [k for k in ("model", "blend", "submission", "evaluation") if k in keys and k not in without]
@@ -206,7 +209,8 @@ def _materialize(dg, defs, instance, resources, selection, data: Path, work: Pat
 
 
 def child_main(args: argparse.Namespace) -> int:
-    figures = run_world(Path(args.child_data), Path(args.child_work), split(args.without), args.drop_group)
+    figures = run_world(Path(args.child_data), Path(args.child_work), split(args.without), args.drop_group,
+                        json.loads(args.attention_config) if args.attention_config else None)
     print(MARK + json.dumps(figures), flush=True)
     return 0
 
@@ -288,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         help="also refit model (then blend, submission, evaluation) without this feature group, in the same "
         "work dir after the whole graph: one more row per world, what the group adds (test AUC included)",
     )
+    parser.add_argument("--attention-config", default=None,
+                        help='JSON config of attention_model for every world, e.g. \'{"batch_size": 2048}\'')
     parser.add_argument("--child-data", help=argparse.SUPPRESS)
     parser.add_argument("--child-work", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -298,6 +304,13 @@ def main(argv: list[str] | None = None) -> int:
     from kuai_assets.synth import WORLDS, get_size, get_world
 
     get_size(args.size)
+    if args.attention_config:
+        try:
+            given = json.loads(args.attention_config)
+        except json.JSONDecodeError as exc:
+            parser.error(f"--attention-config is not JSON: {exc}")
+        if not isinstance(given, dict):
+            parser.error("--attention-config must be a JSON object, e.g. '{\"batch_size\": 2048}'")
     if args.drop_group:
         from kuai_assets.defs.model import default_feature_groups
 
@@ -331,12 +344,14 @@ def main(argv: list[str] | None = None) -> int:
             command += ["--without", args.without]
         if args.drop_group:
             command += ["--drop-group", args.drop_group]
+        if args.attention_config:
+            command += ["--attention-config", args.attention_config]
         log_file = out / f"{name}.log"
         with open(log_file, "w") as log:
             child = subprocess.run(command, stdout=subprocess.PIPE, stderr=log, text=True)
         record = {"world": world, "size": args.size, "seed": args.seed, "oracle_auc": summary["oracle_auc"],
                   "generate_seconds": round(generate_seconds, 1), "wall_seconds": round(time.time() - started, 1),
-                  "log": str(log_file)}
+                  "log": str(log_file), "attention_config": json.loads(args.attention_config or "{}")}
         marked = [line for line in child.stdout.splitlines() if line.startswith(MARK)]
         if child.returncode == 0 and marked:
             record.update(json.loads(marked[-1][len(MARK):]))
