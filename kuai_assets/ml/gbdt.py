@@ -2,10 +2,11 @@
 
 `train_gbdt` fits on the validation setup with early stopping on the AUC of its cold-start scored
 rows, then refits on the submission setup for the best number of rounds times a factor and scores
-the test rows. `record_gbdt` logs the result as one MLflow run (with `start_run` and `log_validation`,
-a run open from the start, holding the validation AUC before the refit begins) (params, AUC per iteration, figures,
-the model, the training data's digest, the matrix slices as MLflow datasets). `publish_gbdt` writes the model store, only after the run
-is recorded: validation_model.txt, submission_model.txt, validation_predictions.parquet (row_id,
+the test rows. `record_gbdt` logs the result as one MLflow run (params, AUC per iteration,
+figures, the model, the training data's digest, the matrix slices as MLflow datasets); with
+`Tracker.start_run` and `log_validation` that run is open from the start and holds the validation
+AUC before the refit begins. `publish_gbdt` writes the model store, only after the run is
+recorded: validation_model.txt, submission_model.txt, validation_predictions.parquet (row_id,
 p_click on the validation scored rows), test_predictions.parquet (row_id, user_id, photo_id,
 p_click) and run.json.
 """
