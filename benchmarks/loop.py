@@ -14,8 +14,9 @@ test rows, ~125k photos, world click_blind_timeline, seed 13) it measures, one a
     of a SQL feature file is changed, then `dagster asset materialize` of the edited group, the
     training matrix and `model` (the stale part up to the model) runs on (a)'s workspace: the
     seconds until the model's new MLflow run holds its validation AUC (logged before the refit;
-    the store is read every 0.5 s), and until the materialization ends. With `--work W`, (c) alone runs on an
-    existing workspace, e.g. the demo-size one that `kuai run --size demo --work W` made.
+    the workspace's SQLite store is read every 0.5 s), and until the materialization ends.
+    With `--work W`, (c) alone runs on an existing workspace, e.g. the demo-size one that
+    `kuai run --size demo --work W` made.
 
 Each is a child process tree: wall time, and the peak of the summed resident memory of the
 process and all its descendants (psutil, sampled every 0.2 s). Each submission is scored against
@@ -360,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", default="", help="comma list of parts to skip: platform, script, edit")
     parser.add_argument("--work", type=Path, default=None,
                         help="measure only (c) on this existing workspace (one `kuai run --work W` made, e.g. at "
-                             "--size demo); its data dir is read from W/env.sh. Default: (a)'s fresh <out>/work")
+                             "--size demo); its data dir is the one W/.env records. Default: (a)'s fresh <out>/work")
     parser.add_argument("--plain-script", action="store_true", help=argparse.SUPPRESS)  # (b)'s child
     args = parser.parse_args(argv)
     if args.plain_script:
