@@ -392,7 +392,10 @@ def test_attention_and_blend_assets_publish_track_and_feed_the_submission(materi
     assert {"valid_auc", "valid_auc_gbdt", "valid_auc_attention", "gbdt_weight"} <= set(blend_run.data.metrics)
 
 
-def test_a_network_the_blend_would_not_use_is_not_refitted_and_the_gbdt_is_submitted(materialized, tmp_path):
+def test_a_network_the_blend_would_not_use_is_not_refitted_and_the_gbdt_is_submitted(materialized, tmp_path,
+                                                                                       monkeypatch):
+    """... and its MLflow run is RUNNING from the start, holding each epoch's AUC and loss as soon
+    as they are known (read here when the refit is being decided, after the epochs)."""
     import shutil
 
     import dagster as dg
@@ -400,6 +403,7 @@ def test_a_network_the_blend_would_not_use_is_not_refitted_and_the_gbdt_is_submi
     from mlflow import MlflowClient
 
     from kuai_assets.definitions import defs
+    from kuai_assets.ml.attention import training
     from kuai_assets_tests.conftest import SMALLEST_ATTENTION, make_resources
     from kuai_assets_tests.test_pipeline import metadata
 
@@ -407,6 +411,18 @@ def test_a_network_the_blend_would_not_use_is_not_refitted_and_the_gbdt_is_submi
     # symlinks kept: a published store is a link to its current version
     shutil.copytree(materialized["work"], work_dir, symlinks=True, ignore=shutil.ignore_patterns("dagster_home"))
     work = WorkDir(work_dir)
+    client = MlflowClient(f"sqlite:///{work_dir}/mlflow/mlflow.db")
+    seen, decide = {}, training.refit_decision
+
+    def watched_decision(*args, **kwargs):
+        experiment = client.get_experiment_by_name("kuai_assets").experiment_id
+        [running] = client.search_runs([experiment], "attributes.status = 'RUNNING' and tags.dagster_asset = 'attention_model'")
+        seen.update(run_id=running.info.run_id,
+                    aucs=[(m.step, m.value) for m in client.get_metric_history(running.info.run_id, "valid_auc_by_epoch")],
+                    losses=[m.step for m in client.get_metric_history(running.info.run_id, "train_loss_by_epoch")])
+        return decide(*args, **kwargs)
+
+    monkeypatch.setattr(training, "refit_decision", watched_decision)
     # a bar no blend can clear: the blend is the GBDT alone, so the network is not refitted
     config = {**SMALLEST_ATTENTION, "min_blend_gain": 1.0}
     result = dg.materialize(
@@ -422,8 +438,14 @@ def test_a_network_the_blend_would_not_use_is_not_refitted_and_the_gbdt_is_submi
 
     info = json.loads((work.require_store("attention_model") / "run.json").read_text())
     assert info["refitted"] is False and info["min_blend_gain"] == 1.0 and info["rows"]["submission_fit_rows"] == 0
-    run = MlflowClient(f"sqlite:///{work_dir}/mlflow/mlflow.db").get_run(info["mlflow_run_id"])
+    run = client.get_run(info["mlflow_run_id"])
     assert run.data.metrics["refitted"] == 0
+    # live: every epoch's AUC and loss were in the RUNNING run before the refit decision, once each
+    epochs = list(range(1, len(info["auc_by_epoch"]) + 1))
+    assert seen["run_id"] == run.info.run_id and run.info.status == "FINISHED"
+    assert [step for step, _ in seen["aucs"]] == epochs == seen["losses"]
+    assert [auc for _, auc in seen["aucs"]] == pytest.approx(info["auc_by_epoch"])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "valid_auc_by_epoch")] == epochs
     assert not [d for d in run.inputs.dataset_inputs if "submission/fit" in d.dataset.name], "no refit rows"
     # the network still scores every test row (the validation network), and the submission is the GBDT's
     test = model_rows(work, "submission", "scored")["row_id"]

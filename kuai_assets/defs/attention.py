@@ -101,6 +101,8 @@ def attention_model(
     the GBDT's (`model`) validation predictions and refits on every train row only when the blend
     chosen on the validation rows gives the network weight; otherwise the best validation network
     scores the test (run.json `refitted: false`, said in the metadata and the MLflow run).
+    Its MLflow run opens when the step starts and gets each epoch's validation AUC and training
+    loss as the epoch ends; it ends FINISHED with the rest, or FAILED if the training fails.
     Publishes validation_predictions.parquet (row_id, p_click) and test_predictions.parquet
     (row_id, user_id, photo_id, p_click) only once MLflow has recorded the run.
     """
@@ -110,30 +112,44 @@ def attention_model(
         work = workspace.work()
         tracker = tracking.tracker()
         tracker.check()
-        try:
-            gbdt_validation = None
-            if config.refit == "when_blended":
-                gbdt, _, _ = read_predictions(work, "model")
-                gbdt_validation = (gbdt["row_id"], gbdt["p_click"])
-            result = train_attention_model(work, config, context.log.info, gbdt_validation)
-        except (HistoryLeakError, ValueError) as exc:
-            raise _failure(ATTENTION, exc) from None
-        from kuai_assets.ml import plots
-
-        figure = plots.line_png(result.auc_by_epoch, "Validation AUC by epoch", "epoch", "AUC", mark=result.best_epoch)
-        digest = file_digest(work.require_table(MATRIX))
+        params = config
         tags = {
             "dagster_run_id": context.run.run_id,
             "dagster_asset": ATTENTION,
             "model_config": "attention",
-            "refit_decision": result.refit_decision,
             TEST_AUC_STATUS: PENDING,  # until `evaluation` scores the test rows
             "code_version": context.assets_def.code_versions_by_key.get(context.asset_key) or "",
         }
-        params = config
         run_name = f"attention · history {params.history_length} · lr {params.learning_rate:g} · dim {params.item_dim}"
+        gbdt_validation = None
+        try:
+            if config.refit == "when_blended":
+                gbdt, _, _ = read_predictions(work, "model")
+                gbdt_validation = (gbdt["row_id"], gbdt["p_click"])
+        except ValueError as exc:
+            raise _failure(ATTENTION, exc) from None
+        # the MLflow run is open (RUNNING) from here; each epoch's AUC and loss reach it as they come
+        run_id = tracker.start_run(run_name, tags)
+        context.log.info(f"attention_model: MLflow run {run_id} started")
+
+        def epoch_to_mlflow(epoch: int, loss: float, auc: float) -> None:
+            tracker.log_metrics_to(run_id, {"valid_auc_by_epoch": auc, "train_loss_by_epoch": loss}, step=epoch)
+
+        try:
+            result = train_attention_model(work, config, context.log.info, gbdt_validation, on_epoch=epoch_to_mlflow)
+        except (HistoryLeakError, ValueError) as exc:
+            tracker.end_failed(run_id)
+            raise _failure(ATTENTION, exc) from None
+        except BaseException:
+            tracker.end_failed(run_id)
+            raise
+        from kuai_assets.ml import plots
+
+        figure = plots.line_png(result.auc_by_epoch, "Validation AUC by epoch", "epoch", "AUC", mark=result.best_epoch)
+        digest = file_digest(work.require_table(MATRIX))
+        tags["refit_decision"] = result.refit_decision
         started = time.time()
-        with tracker.run(run_name, tags) as run:
+        with tracker.run(run_name, tags, run_id=run_id) as run:
             import mlflow
             import mlflow.pytorch
             from mlflow.models import infer_signature
@@ -143,7 +159,6 @@ def attention_model(
             mlflow.log_metrics({"valid_auc": result.valid_auc, "best_epoch": result.best_epoch,
                                 "refitted": int(result.refitted),
                                 **{f"seconds_{k}": v for k, v in result.seconds.items()}})
-            tracker.log_series(run.info.run_id, "valid_auc_by_epoch", result.auc_by_epoch)
             log_datasets(attention_datasets(work.require_table(MATRIX), digest, params, result.rows))
             with tempfile.TemporaryDirectory() as tmp:
                 (Path(tmp) / "auc_by_epoch.png").write_bytes(figure)

@@ -297,16 +297,16 @@ class Tracker:
             except Exception as exc:
                 raise self._error(exc) from exc
 
-    def log_metrics_to(self, run_id: str, metrics: dict[str, float]) -> None:
+    def log_metrics_to(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
         """Add metrics to a run, finished (e.g. the test AUC, known only after scoring) or still
-        running (e.g. the validation AUC, known before the refit)."""
+        running (e.g. the validation AUC, known before the refit; an epoch's AUC at `step`)."""
         from mlflow import MlflowClient
 
         with self.locked():
             try:
                 client = MlflowClient(self.tracking_uri)
                 for key, value in metrics.items():
-                    client.log_metric(run_id, key, float(value))
+                    client.log_metric(run_id, key, float(value), step=step)
             except Exception as exc:
                 raise self._error(exc) from exc
 

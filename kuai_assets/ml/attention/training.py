@@ -346,9 +346,11 @@ def _validation_epochs(model, optimizer, data: SetupData, fit_prepared, fit: Tar
 
 
 def train_attention_model(work: WorkDir, params: AttentionParams, log=lambda message: None,
-                          gbdt_validation: tuple[np.ndarray, np.ndarray] | None = None) -> AttentionResult:
+                          gbdt_validation: tuple[np.ndarray, np.ndarray] | None = None,
+                          on_epoch=lambda epoch, loss, auc: None) -> AttentionResult:
     """Check the histories, validate with early stopping, refit (see `refit_decision`) and score
-    the test rows.
+    the test rows. `on_epoch(epoch, loss, auc)` is called for each validation epoch as soon as its
+    AUC is known (from the calling thread), in epoch order.
 
     Reads model_rows, label_history, training_matrix (context columns of `params.context_groups`,
     label-free groups only), pca_visual_features, video_clusters, raw_text, raw_faces and
@@ -391,8 +393,11 @@ def train_attention_model(work: WorkDir, params: AttentionParams, log=lambda mes
         stopping = "every" if subset is None else f"{len(subset):,} of the"
         aucs, best_state, best_prediction = _validation_epochs(
             model, optimizer, data, fit_prepared, fit, scored_prepared, scored, subset, params,
-            lambda epoch, loss, auc: log(f"attention: epoch {epoch}, loss {loss:.4f}, validation AUC {auc:.4f} on "
-                                         f"{stopping} {len(scored):,} validation rows ({time.time() - started:.0f} s)"),
+            lambda epoch, loss, auc: (
+                log(f"attention: epoch {epoch}, loss {loss:.4f}, validation AUC {auc:.4f} on "
+                    f"{stopping} {len(scored):,} validation rows ({time.time() - started:.0f} s)"),
+                on_epoch(epoch, loss, auc),
+            ),
             scorer=copy.deepcopy(model),
         )
         best_epoch = int(np.argmax(aucs)) + 1
