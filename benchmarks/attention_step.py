@@ -38,12 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     photos = load_photos(work, params.words_per_photo, params.word_buckets)
     features = context_features(work, list(params.context_groups))
-    con = work.connect(["model_rows"])
-    try:
-        users = con.execute("select distinct user_id from model_rows order by user_id").fetchnumpy()["user_id"]
-    finally:
-        con.close()
-    users = np.asarray(users, dtype=np.int64)
+    users = training.model_users(work)
     fit = load_targets(work, "validation", "fit", features)
     data = training.SetupData(photos, build_history(work, "validation", params.history_length), users, torch.device("cpu"))
     prepared = data.prepare(fit)

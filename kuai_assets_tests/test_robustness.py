@@ -598,6 +598,19 @@ def test_model_fails_clearly_and_publishes_nothing_when_mlflow_cannot_be_written
     assert materialized_keys == set()
 
 
+def model_workspace(materialized: dict, tmp_path: Path) -> tuple[Path, WorkDir, Path, dict, str]:
+    """A copy of the session's training matrix, model store and MLflow store under tmp_path/work
+    (copying a store is faster than creating one): the work dir, its WorkDir, the published model
+    store, its file digests (to prove it untouched later) and the copied store's tracking URI."""
+    source, work = Path(materialized["work"]), tmp_path / "work"
+    copy_work(source, work, ["training_matrix"], ["model"])
+    w = WorkDir(work)
+    model_before = w.require_store("model")
+    (work / "mlflow").mkdir()
+    shutil.copy2(source / "mlflow" / "mlflow.db", work / "mlflow" / "mlflow.db")
+    return work, w, model_before, store_digest(model_before), f"sqlite:///{work}/mlflow/mlflow.db"
+
+
 def test_model_is_not_published_when_mlflow_fails_in_the_middle_of_recording(materialized, tmp_path, monkeypatch):
     """The store accepts the run, then fails while the model is logged (a disk error): the step
     fails with the store's name, the MLflow run is marked FAILED, and the model store keeps the
@@ -607,21 +620,13 @@ def test_model_is_not_published_when_mlflow_fails_in_the_middle_of_recording(mat
     import mlflow.lightgbm
     from mlflow import MlflowClient
 
-    source = Path(materialized["work"])
-    work = tmp_path / "work"
-    copy_work(source, work, ["training_matrix"], ["model"])
-    w = WorkDir(work)
-    model_before = w.require_store("model")
-    model_files = store_digest(model_before)
+    work, w, model_before, model_files, uri = model_workspace(materialized, tmp_path)
 
     def disk_error(*args, **kwargs):
         raise sqlite3.OperationalError("disk I/O error")
 
     monkeypatch.setattr(mlflow.lightgbm, "log_model", disk_error)
-    # a copy of an existing store (creating one takes seconds), with an experiment of our own
-    (work / "mlflow").mkdir()
-    shutil.copy2(source / "mlflow" / "mlflow.db", work / "mlflow" / "mlflow.db")
-    uri = f"sqlite:///{work}/mlflow/mlflow.db"
+    # the copied store, with an experiment of our own
     result = dg.materialize(
         assets_named("model"),
         resources=resources(Path(materialized["data"]), work, uri, experiment="robustness"),
@@ -648,15 +653,7 @@ def test_the_model_run_holds_its_validation_auc_in_mlflow_before_the_refit(mater
 
     from kuai_assets.ml import gbdt
 
-    source = Path(materialized["work"])
-    work = tmp_path / "work"
-    copy_work(source, work, ["training_matrix"], ["model"])
-    w = WorkDir(work)
-    model_before = w.require_store("model")
-    model_files = store_digest(model_before)
-    (work / "mlflow").mkdir()
-    shutil.copy2(source / "mlflow" / "mlflow.db", work / "mlflow" / "mlflow.db")
-    uri = f"sqlite:///{work}/mlflow/mlflow.db"
+    work, w, model_before, model_files, uri = model_workspace(materialized, tmp_path)
     client = MlflowClient(uri)
     seen = {}
     original = gbdt.train_final

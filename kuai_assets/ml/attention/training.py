@@ -345,6 +345,16 @@ def _validation_epochs(model, optimizer, data: SetupData, fit_prepared, fit: Tar
     return aucs, best["state"], best["prediction"]
 
 
+def model_users(work: WorkDir) -> np.ndarray:
+    """The sorted user ids of model_rows (index + 1 is a user's embedding row; 0 = unknown)."""
+    con = work.connect(["model_rows"])
+    try:
+        users = con.execute("select distinct user_id from model_rows order by user_id").fetchnumpy()["user_id"]
+    finally:
+        con.close()
+    return np.asarray(users, dtype=np.int64)
+
+
 def train_attention_model(work: WorkDir, params: AttentionParams, log=lambda message: None,
                           gbdt_validation: tuple[np.ndarray, np.ndarray] | None = None,
                           on_epoch=lambda epoch, loss, auc: None) -> AttentionResult:
@@ -364,12 +374,7 @@ def train_attention_model(work: WorkDir, params: AttentionParams, log=lambda mes
     with _torch_settings(params.threads):
         photos = load_photos(work, params.words_per_photo, params.word_buckets)
         features = context_features(work, list(params.context_groups))
-        con = work.connect(["model_rows"])
-        try:
-            users = con.execute("select distinct user_id from model_rows order by user_id").fetchnumpy()["user_id"]
-        finally:
-            con.close()
-        users = np.asarray(users, dtype=np.int64)
+        users = model_users(work)
         histories, checks = {}, []
         for setup in ("validation", "submission"):
             histories[setup] = build_history(work, setup, params.history_length)
