@@ -287,9 +287,9 @@ def refit_decision(params: AttentionParams, validation: Predictions,
 def _validation_epochs(model, optimizer, data: SetupData, fit_prepared, fit: Targets, scored_prepared, scored: Targets,
                        subset: np.ndarray | None, params: AttentionParams, log_epoch, scorer) -> tuple[list[float], dict, np.ndarray]:
     """Epochs on the fit rows until early stopping: each epoch's network is scored on the
-    validation rows on a second thread while the next epoch trains (torch on one thread each: the
-    network is bound by per-operation overhead, so one training thread is as fast as two, and the
-    scoring costs almost nothing beside it). The decisions are those of scoring each epoch before
+    validation rows on a second thread while the next epoch trains (torch on one thread each: two
+    threads do little for these small tensors, and the training, not the scoring beside it, bounds
+    an epoch; BENCHMARKS.md has the figures). The decisions are those of scoring each epoch before
     training the next: the AUCs, the best epoch and the stop are the same; an epoch begun before
     the scoring that stops the validation came back is dropped unfinished.
     Returns the AUCs by epoch, the best epoch's state and its predictions (on `subset`, or all)."""
