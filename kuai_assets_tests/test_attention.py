@@ -173,8 +173,9 @@ def test_scoring_each_epoch_beside_the_next_decides_as_scoring_it_before(materia
     on one torch thread, so the epochs are the same numbers: the same AUCs, the same best epoch,
     the same stop (an epoch begun before the scoring that stops the validation is dropped)."""
     work = WorkDir(materialized["work"])
-    # a learning rate high enough that the validation AUC stops rising within the epochs
-    params = AttentionParams(max_epochs=8, patience=1, fit_targets_per_epoch=4_000, learning_rate=0.05,
+    # a learning rate high enough that the validation AUC stops rising within the epochs (without the
+    # taste factors, which keep it rising for longer on this data)
+    params = AttentionParams(max_epochs=8, patience=1, fit_targets_per_epoch=4_000, learning_rate=0.05, taste_dim=0,
                              history_length=LENGTH, leak_check_targets=1_000, refit="always", refit_epochs_factor=0.01)
     beside = train_attention_model(work, params.model_copy(update={"threads": 0}))
     before = train_attention_model(work, params.model_copy(update={"threads": 1}))
@@ -266,6 +267,38 @@ def test_a_photos_words_vector_is_the_mean_of_its_present_words():
     word_part.sum().backward()
     assert torch.all(encoder.words.weight.grad[0] == 0), "the padding row (no word) learns nothing"
     assert torch.all(encoder.words.weight.grad[[3, 5, 7]] != 0)
+
+
+def test_the_taste_term_adds_the_users_factors_dotted_with_the_candidates_projection():
+    from kuai_assets.ml.attention.network import AttentionClickModel, NetworkShape
+
+    torch.manual_seed(5)
+    rng = np.random.default_rng(5)
+    shape = NetworkShape(dense=3, cluster_ks=(4,), words_per_photo=2, word_buckets=10, users=3, context=2,
+                         history_length=4, item_dim=6, taste_dim=5)
+    model = AttentionClickModel(shape, rng.random((8, 3)), rng.random((20, 2))).eval()
+    with torch.no_grad():
+        model.taste.weight.normal_()  # trained factors, not the small initial ones
+    targets, items = 3, 5
+    batch = {
+        "dense": torch.rand(targets, 3), "clusters": torch.randint(0, 5, (targets, 1)),
+        "words": torch.randint(0, 11, (targets, 2)), "history_dense": torch.rand(items, 3),
+        "history_clusters": torch.randint(0, 5, (items, 1)), "history_words": torch.randint(0, 11, (items, 2)),
+        "history_click": torch.randint(0, 2, (items,)), "history_index": torch.randint(0, items, (targets, 4)),
+        "mask": torch.rand(targets, 4) > 0.3, "user": torch.tensor([1, 3, 1]), "earlier": torch.rand(targets, 2) * 9,
+        "context": torch.rand(targets, 2),
+    }
+    captured = {}
+    model.item.register_forward_hook(lambda module, inputs, output: captured.update(query=output[:targets]))
+    model.head.register_forward_hook(lambda module, inputs, output: captured.update(head=output.squeeze(-1)))
+    logit = model(batch)
+    taste = (model.taste.weight[batch["user"]] * model.taste_item(captured["query"])).sum(-1)
+    assert torch.allclose(logit, captured["head"] + taste, atol=1e-5)
+    assert not torch.allclose(logit, captured["head"], atol=1e-3), "the term is not negligible here"
+    logit.sum().backward()
+    grad = model.taste.weight.grad
+    assert torch.all(grad[[0, 2]] == 0), "users outside the batch learn nothing from it"
+    assert torch.all(grad[[1, 3]] != 0)
 
 
 def test_blend_weight_comes_from_validation_rows_only():

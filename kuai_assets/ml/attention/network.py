@@ -6,6 +6,11 @@
     logit         = MLP([q, sum_i weight_i key_i, mean_i key_i, history size, history click rate,
                          the user's earlier rows and click rate (all of them, not only the
                          history's), user embedding, standardised context])
+                    + <taste(user), W q>   (when taste_dim > 0)
+
+The taste term is a factorization of user x photo content: the user's factors are learnt from
+every fit row of the user, where the attention sees only the latest `history_length`; the
+photo's side is a projection of its content vector, so unseen photos get it too.
 
 Normalised (softmax) weights: the pooled vector is a weighted mean, so its scale does not grow
 with the history's length; the length itself is an input. Standardisation statistics (of the
@@ -39,6 +44,7 @@ class NetworkShape:
     attention_hidden: int = 32
     hidden: tuple[int, ...] = (128, 64)
     dropout: float = 0.1
+    taste_dim: int = 0  # width of the user-taste factors (0: no taste term)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -156,6 +162,10 @@ class AttentionClickModel(nn.Module):
             width = size
         layers.append(nn.Linear(width, 1))
         self.head = nn.Sequential(*layers)
+        if shape.taste_dim:  # logit += <taste(user), taste_item(q)>: the user's taste over every fit row
+            self.taste = nn.Embedding(shape.users + 1, shape.taste_dim)
+            nn.init.normal_(self.taste.weight, std=0.01)
+            self.taste_item = nn.Linear(shape.item_dim, shape.taste_dim, bias=False)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """`batch`: the candidates' content (dense, clusters, words: one row per target), the
@@ -178,7 +188,10 @@ class AttentionClickModel(nn.Module):
         earlier = torch.cat([torch.log1p(earlier_rows) / 10, (earlier_clicks + 2) / (earlier_rows + 10)], -1)
         features = torch.cat([query, pooled, mean, size, click_rate, earlier, lookup(self.user.weight, batch["user"]),
                               self.context(batch["context"])], -1)
-        return self.head(features).squeeze(-1)
+        logit = self.head(features).squeeze(-1)
+        if self.shape.taste_dim:
+            logit = logit + (lookup(self.taste.weight, batch["user"]) * self.taste_item(query)).sum(-1)
+        return logit
 
 
 # -- one float matrix in, probabilities out (for MLflow) ------------------------------------------

@@ -63,6 +63,11 @@ class AttentionParams(BaseModel):
     word_buckets: int = Field(default=1 << 15, ge=1, description="Hash buckets of the word ids.")
     user_dim: int = Field(default=8, ge=1, description="Width of the user embedding.")
     attention_hidden: int = Field(default=32, ge=1, description="Hidden width of the attention unit.")
+    taste_dim: int = Field(
+        default=32, ge=0,
+        description="Width of the user-taste factors: the logit adds <taste(user), W q>, a taste learnt from all of "
+        "the user's fit rows (the history holds only the latest); 0 = none.",
+    )
     hidden: list[int] = Field(default=[128, 64], description="Hidden widths of the click tower.")
     dropout: float = Field(default=0.1, ge=0, lt=1, description="Dropout in the click tower.")
     refit_epochs_factor: float = Field(
@@ -197,6 +202,7 @@ def _shape(params: AttentionParams, photos: PhotoTable, users: int, context: int
         word_buckets=params.word_buckets, users=users, context=context, history_length=params.history_length,
         item_dim=params.item_dim, cluster_dim=params.cluster_dim, word_dim=params.word_dim, user_dim=params.user_dim,
         attention_hidden=params.attention_hidden, hidden=tuple(params.hidden), dropout=params.dropout,
+        taste_dim=params.taste_dim,
     )
 
 
