@@ -488,3 +488,38 @@ def test_a_network_the_blend_would_not_use_is_not_refitted_and_the_gbdt_is_submi
     blended = pq.read_table(work.require_store("blend") / "test_predictions.parquet").to_pandas()
     joined = gbdt.merge(blended, on="row_id", suffixes=("_gbdt", "_blend"))
     assert len(joined) == len(test) and np.allclose(joined.p_click_gbdt, joined.p_click_blend, atol=1e-6)
+
+
+def test_a_failed_attention_training_ends_its_mlflow_run_failed_and_publishes_nothing(materialized, tmp_path,
+                                                                                     monkeypatch):
+    """The run opened at the step's start holds the epochs done before the failure, ends FAILED,
+    and the published store is the previous one."""
+    import shutil
+
+    import dagster as dg
+    from mlflow import MlflowClient
+
+    from kuai_assets.definitions import defs
+    from kuai_assets.ml.attention import training
+    from kuai_assets_tests.conftest import SMALLEST_ATTENTION, make_resources
+
+    work_dir = tmp_path / "work"
+    shutil.copytree(materialized["work"], work_dir, symlinks=True, ignore=shutil.ignore_patterns("dagster_home"))
+    before = (WorkDir(work_dir).require_store("attention_model") / "run.json").read_text()
+
+    def failing_decision(*args, **kwargs):
+        raise ValueError("planted: the refit decision failed")
+
+    monkeypatch.setattr(training, "refit_decision", failing_decision)
+    result = dg.materialize(
+        [*defs.assets], selection=["attention_model"], raise_on_error=False,
+        resources=make_resources(materialized["data"], work_dir),
+        run_config={"ops": {"attention_model": {"config": SMALLEST_ATTENTION}}},
+    )
+    assert not result.success
+    client = MlflowClient(f"sqlite:///{work_dir}/mlflow/mlflow.db")
+    experiment = client.get_experiment_by_name("kuai_assets").experiment_id
+    [run] = client.search_runs([experiment], f"tags.dagster_run_id = '{result.run_id}'")
+    assert run.info.status == "FAILED" and run.data.tags["dagster_asset"] == "attention_model"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "valid_auc_by_epoch")] == [1]
+    assert (WorkDir(work_dir).require_store("attention_model") / "run.json").read_text() == before

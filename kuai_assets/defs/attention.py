@@ -135,14 +135,11 @@ def attention_model(
         def epoch_to_mlflow(epoch: int, loss: float, auc: float) -> None:
             tracker.log_metrics_to(run_id, {"valid_auc_by_epoch": auc, "train_loss_by_epoch": loss}, step=epoch)
 
-        try:
-            result = train_attention_model(work, config, context.log.info, gbdt_validation, on_epoch=epoch_to_mlflow)
-        except (HistoryLeakError, ValueError) as exc:
-            tracker.end_failed(run_id)
-            raise _failure(ATTENTION, exc) from None
-        except BaseException:
-            tracker.end_failed(run_id)
-            raise
+        with tracker.failed_on_error(run_id):
+            try:
+                result = train_attention_model(work, config, context.log.info, gbdt_validation, on_epoch=epoch_to_mlflow)
+            except (HistoryLeakError, ValueError) as exc:
+                raise _failure(ATTENTION, exc) from None
         from kuai_assets.ml import plots
 
         figure = plots.line_png(result.auc_by_epoch, "Validation AUC by epoch", "epoch", "AUC", mark=result.best_epoch)

@@ -135,12 +135,9 @@ def fit_record_publish(
         # the MLflow run is open (RUNNING) from here and holds the validation AUC before the refit
         run_id = tracker.start_run(gbdt_run_name(config_name, groups, training), gbdt_run_tags(tags, config_name, groups))
         context.log.info(f"{store_name}: MLflow run {run_id} started")
-        try:
+        with tracker.failed_on_error(run_id):
             result = train_gbdt(matrix, groups, training, context.log.info, store_name,
                                 on_validated=lambda validation: log_validation(tracker, run_id, validation))
-        except BaseException:
-            tracker.end_failed(run_id)
-            raise
         info = record_gbdt(tracker, result, config_name, tags, registered_model, tracking.ui_url, run_id=run_id)
         context.log.info(f"{store_name}: recorded in MLflow run {info['mlflow_run_id']}")
         publish_gbdt(work, store_name, result, info)

@@ -215,7 +215,8 @@ class Tracker:
         """Create a run that stays RUNNING while its work goes on (the MLflow UI lists it, and
         shows what is logged to it, from the start); return its id. The work logs to it
         (`log_metrics_to`, `log_series_to`), then `run(..., run_id=...)` resumes and ends it; a work
-        that fails calls `end_failed`. The store's lock is held only while writing."""
+        that fails is marked FAILED by running inside `failed_on_error` (or calling `end_failed`).
+        The store's lock is held only while writing."""
         import mlflow
         from mlflow import MlflowClient
 
@@ -237,6 +238,16 @@ class Tracker:
                 MlflowClient(self.tracking_uri).set_terminated(run_id, status="FAILED")
             except Exception:
                 pass  # the work's own error says more
+
+    @contextmanager
+    def failed_on_error(self, run_id: str):
+        """The work of a run started by `start_run`: if it raises, the run is marked FAILED
+        (`end_failed`) and the error goes on."""
+        try:
+            yield
+        except BaseException:
+            self.end_failed(run_id)
+            raise
 
     @contextmanager
     def run(self, run_name: str | None, tags: dict[str, str], parent_run_id: str | None = None,
