@@ -163,8 +163,13 @@ def test_pca_and_clusters_arriving_during_the_pass_give_what_one_would_expect(re
     import time
 
 
+    from kuai_assets.visual.projection import Assignment
+
     out, made = fused
     pca_gate, kmeans_gate, pca_done, kmeans_done = (threading.Event() for _ in range(4))
+    given = [0]  # rows the projection worker has handed to the assignment
+    add = Assignment.add
+    monkeypatch.setattr(Assignment, "add", lambda self, start, reduced: (add(self, start, reduced), given.__setitem__(0, self.given)))
     # the PCA fit waits until the pass has consolidated a few chunks, the KMeans fits longer still
     monkeypatch.setattr(stage_module, "fit_pca", gated(stage_module.fit_pca, pca_gate, pca_done))
     monkeypatch.setattr(VisualStage, "_fit_clusters", gated(VisualStage._fit_clusters, kmeans_gate, kmeans_done))
@@ -181,6 +186,11 @@ def test_pca_and_clusters_arriving_during_the_pass_give_what_one_would_expect(re
             while not any(m.startswith("pca_visual_features: fitted") for m in messages) and time.time() < deadline:
                 time.sleep(0.01)
         if "visual pass: 600 of" in message:
+            # the KMeans fits end once the projection worker has handed on the PCA's 300 (however
+            # slow the machine) and while the pass waits here
+            deadline = time.time() + 30
+            while given[0] < 300 and time.time() < deadline:
+                time.sleep(0.01)
             kmeans_gate.set()
             kmeans_done.wait(timeout=30)
             time.sleep(0.2)
@@ -250,26 +260,39 @@ def test_the_pass_waits_for_the_pca_rather_than_keep_more_than_its_backlog_allow
 
 
 def test_while_the_projection_thread_catches_up_the_pass_reads_on_and_keeps_the_order(released, fused, tmp_path, monkeypatch):
-    """A slow catch-up (here the assignment of the rows projected before the KMeans fits ended):
-    the chunks that come meanwhile are kept and projected together after it, so the pass reads
-    on to its last row during the catch-up, and the PCA table and the clusters are still the
-    fused pass's, row for row."""
+    """A slow catch-up (here the assignment of the rows projected before the KMeans fits ended,
+    made to last until the pass has read its last row): the chunks that come meanwhile are kept
+    and projected together after it, so the pass reads on to its last row during the catch-up,
+    and the PCA table and the clusters are still the fused pass's, row for row."""
     import threading
 
     from kuai_assets.ml.kmeans import KMeansModel
     from kuai_assets.ml.pca import PcaModel
+    from kuai_assets.visual.projection import Assignment
 
     out, made = fused
-    assign = KMeansModel.assign
+    assign, catch_up = KMeansModel.assign, Assignment.catch_up
     read_by_then = []
     rows_read = [0]
+    catching_up, all_read = threading.Event(), threading.Event()
+
+    def marked_catch_up(self):
+        catching_up.set()
+        try:
+            catch_up(self)
+        finally:
+            catching_up.clear()
 
     def slow_catch_up(self, x, *args):
-        if len(x) > 100:  # more than one chunk: the catch-up (each chunk after is assigned alone)
-            time.sleep(0.5)
+        # the catch-up's assignments (however many rows the projection worker had handed on by
+        # then: on a loaded machine one chunk, or none) last until the pass has read its last row;
+        # a pass that waited for the catch-up would never get there, and this gives up after 10 s
+        if catching_up.is_set():
+            all_read.wait(timeout=10)
             read_by_then.append(rows_read[0])
         return assign(self, x, *args)
 
+    monkeypatch.setattr(Assignment, "catch_up", marked_catch_up)
     monkeypatch.setattr(KMeansModel, "assign", slow_catch_up)
     # and each chunk's projection takes a while: the reader must not reuse a chunk's array
     # while its projection still reads it, catch-up or not
@@ -287,6 +310,8 @@ def test_while_the_projection_thread_catches_up_the_pass_reads_on_and_keeps_the_
             if rows_read[0] == 300:
                 fits_may_end.set()
                 fits_ended.wait(timeout=30)
+            if rows_read[0] == 960:
+                all_read.set()
 
     (tmp_path / "store").mkdir()
     stage = VisualStage(SETTINGS, progress, report_every=100, chunk_rows=100)
