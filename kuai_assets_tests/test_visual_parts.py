@@ -225,11 +225,11 @@ def test_worker_bounds_what_waits_and_hands_its_error_back():
         closed.get()  # what was waiting is dropped
 
     # stopped (the feeding thread failed): the items waiting are not handled
-    release, handled = threading.Event(), []
-    worker = Worker("test", lambda item: (release.wait(5), handled.append(item)), limit=100)
+    release, holding, handled = threading.Event(), threading.Event(), []
+    worker = Worker("test", lambda item: (holding.set(), release.wait(5), handled.append(item)), limit=100)
     for i in range(3):
         worker.put(i, 10)
-    time.sleep(0.1)  # the worker holds item 0
+    assert holding.wait(5)  # the worker holds item 0
     threading.Timer(0.2, release.set).start()
     worker.stop()
     assert handled == [0]
