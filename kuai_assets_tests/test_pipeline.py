@@ -70,6 +70,26 @@ def test_model_is_recorded_in_mlflow(materialized):
     assert len(children) >= 10, "one nested run per ablation variant"
 
 
+def test_the_aucs_in_dagster_are_mlflows_to_the_last_digit(materialized):
+    """The UI's metadata, the CLI's summary (which formats it) and MLflow show one number: the
+    metadata holds the AUC MLflow logged, not a rounding of it (a value rounded to 5 decimals and
+    then printed to 4 could read 0.7581 where the step's log said 0.7582)."""
+    from mlflow import MlflowClient
+
+    work, result = materialized["work"], materialized["result"]
+    client = MlflowClient(f"sqlite:///{work}/mlflow/mlflow.db")
+    for asset in ("model", "attention_model", "blend"):
+        info = json.loads((work / "stores" / asset / "run.json").read_text())
+        logged = client.get_run(info["mlflow_run_id"]).data.metrics
+        assert metadata(result, asset)["valid_auc"] == logged["valid_auc"] == info["valid_auc"], asset
+    blend = metadata(result, "blend")
+    blend_run = client.get_run(json.loads((work / "stores" / "blend" / "run.json").read_text())["mlflow_run_id"])
+    assert blend["valid_auc_gbdt"] == blend_run.data.metrics["valid_auc_gbdt"] == metadata(result, "model")["valid_auc"]
+    evaluation = metadata(result, "evaluation")
+    assert evaluation["valid_auc"] == blend["valid_auc"]
+    assert evaluation["valid_minus_test_auc"] == evaluation["valid_auc"] - evaluation["test_auc"]
+
+
 @pytest.mark.pipeline  # materializes the whole graph itself, without the session fixture
 def test_pipeline_runs_on_a_dataset_written_by_another_generator(tmp_path):
     """Pointing the platform at any dataset in the released layout runs it to a valid submission."""

@@ -202,7 +202,7 @@ def attention_model(
             (out / "run.json").write_text(json.dumps(run_info, indent=2))
     return dg.MaterializeResult(
         metadata={
-            "valid_auc": dg.MetadataValue.float(round(result.valid_auc, 5)),
+            "valid_auc": dg.MetadataValue.float(result.valid_auc),
             "best_epoch": dg.MetadataValue.int(result.best_epoch),
             "refit_epochs": dg.MetadataValue.int(result.refit_epochs),
             "refitted": dg.MetadataValue.bool(result.refitted),
@@ -346,9 +346,9 @@ def blend(context: dg.AssetExecutionContext, workspace: WorkspaceResource, track
             "side_by_side": dg.MetadataValue.md(markdown_table(summary)),
             "gbdt_weight": dg.MetadataValue.float(result.weight),
             "decision": dg.MetadataValue.text(result.decision),
-            "valid_auc": dg.MetadataValue.float(round(result.valid_auc_blend, 5)),
-            "valid_auc_gbdt": dg.MetadataValue.float(round(result.valid_auc_a, 5)),
-            "valid_auc_attention": dg.MetadataValue.float(round(result.valid_auc_b, 5)),
+            "valid_auc": dg.MetadataValue.float(result.valid_auc_blend),
+            "valid_auc_gbdt": dg.MetadataValue.float(result.valid_auc_a),
+            "valid_auc_attention": dg.MetadataValue.float(result.valid_auc_b),
             "auc_by_weight": image(figure, "validation AUC by weight"),
             "mlflow_run_id": run_id,
             "mlflow_run": dg.MetadataValue.url(run_info["mlflow_run_url"]),

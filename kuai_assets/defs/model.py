@@ -148,7 +148,7 @@ def model_metadata(result, info: dict) -> dict:
     validation = result.validation
     figures = result.figures()
     return {
-        "valid_auc": dg.MetadataValue.float(round(validation.auc, 5)),
+        "valid_auc": dg.MetadataValue.float(validation.auc),
         "best_iteration": dg.MetadataValue.int(validation.best_iteration),
         "refit_rounds": dg.MetadataValue.int(info["refit_rounds"]),
         "fit_rows": dg.MetadataValue.int(validation.fit_rows),
@@ -336,20 +336,20 @@ def evaluation(
         f"evaluation: submission ({submitted}) test AUC {test_auc:.4f} (validation {submitted_info['valid_auc']:.4f}), "
         f"GBDT {model_auc:.4f}, baseline {baseline_auc:.4f}, oracle {oracle_auc:.4f}, oracle-gap closure {closure:.3f}"
     )
-    others = {f"{store}_test_auc": dg.MetadataValue.float(round(scores[store].auc, 5))
+    others = {f"{store}_test_auc": dg.MetadataValue.float(scores[store].auc)
               for store in ("attention_model", "blend") if store in scores}
     return dg.MaterializeResult(
         metadata={
-            "test_auc": dg.MetadataValue.float(round(test_auc, 5)),
+            "test_auc": dg.MetadataValue.float(test_auc),
             "submitted": submitted,
-            "valid_auc": dg.MetadataValue.float(round(submitted_info["valid_auc"], 5)),
-            "valid_minus_test_auc": dg.MetadataValue.float(round(submitted_info["valid_auc"] - test_auc, 5)),
-            "model_test_auc": dg.MetadataValue.float(round(model_auc, 5)),
+            "valid_auc": dg.MetadataValue.float(submitted_info["valid_auc"]),
+            "valid_minus_test_auc": dg.MetadataValue.float(submitted_info["valid_auc"] - test_auc),
+            "model_test_auc": dg.MetadataValue.float(model_auc),
             **others,
-            "baseline_test_auc": dg.MetadataValue.float(round(baseline_auc, 5)),
-            "full_minus_baseline_auc": dg.MetadataValue.float(round(model_auc - baseline_auc, 5)),
-            "oracle_auc": dg.MetadataValue.float(round(oracle_auc, 5)),
-            "oracle_gap_closure": dg.MetadataValue.float(round(closure, 4)),
+            "baseline_test_auc": dg.MetadataValue.float(baseline_auc),
+            "full_minus_baseline_auc": dg.MetadataValue.float(model_auc - baseline_auc),
+            "oracle_auc": dg.MetadataValue.float(oracle_auc),
+            "oracle_gap_closure": dg.MetadataValue.float(closure),
             "test_rows": dg.MetadataValue.int(submitted_score.rows),
             "summary": dg.MetadataValue.md(markdown_table(summary)),
             "ground_truth": dg.MetadataValue.path(str(truth)),
@@ -425,7 +425,7 @@ def feature_group_ablation(
                 markdown_table([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in table])
             ),
             "chart": image(chart, "ablation"),
-            "all_groups_valid_auc": dg.MetadataValue.float(round(full_auc, 5)),
+            "all_groups_valid_auc": dg.MetadataValue.float(full_auc),
             "fit_rows_per_variant": dg.MetadataValue.int(len(fit.x)),
             "mlflow_parent_run_id": parent_id,
         }
