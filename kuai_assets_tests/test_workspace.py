@@ -83,13 +83,17 @@ def test_kuai_run_then_the_dagster_cli_in_a_fresh_shell_share_one_workspace(face
     shell = fresh_shell(f"source {work}/env.sh && dagster asset materialize --select model --config-json '{config}'")
     assert shell.returncode == 0, shell.stdout[-3000:] + shell.stderr[-5000:]
     assert "has not been materialized" not in shell.stderr
+    # and Dagster 1.13's own CLI, from the repository (a dg project), in another fresh shell
+    dg_shell = fresh_shell(f"source {work}/env.sh && cd {REPO} && dg launch --assets model --config-json '{config}'")
+    assert dg_shell.returncode == 0, dg_shell.stdout[-3000:] + dg_shell.stderr[-5000:]
 
     from dagster._core.instance.ref import InstanceRef
 
     with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(work / "dagster_home"))) as instance:
         runs = instance.get_runs()
-        assert [r.status for r in runs] == [dg.DagsterRunStatus.SUCCESS] * 2, runs
-        cli_run = runs[0]  # newest first
+        assert [r.status for r in runs] == [dg.DagsterRunStatus.SUCCESS] * 3, runs
+        assert runs[1].asset_selection == {dg.AssetKey("model")}  # the dagster CLI's
+        cli_run = runs[0]  # dg launch's, newest first
         assert cli_run.asset_selection == {dg.AssetKey("model")}
         event = instance.get_latest_materialization_event(dg.AssetKey("model"))
         assert event.run_id == cli_run.run_id
