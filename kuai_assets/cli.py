@@ -354,12 +354,16 @@ def refitted(work: Path, store: str) -> bool:
 def print_summary(instance, workspace: settings.Workspace, elapsed: float, run_id: str) -> None:
     work = workspace.work_dir
     model = latest_metadata(instance, "model")
-    evaluation = {} if is_test_auc_pending(instance) else latest_metadata(instance, "evaluation")
+    pending = is_test_auc_pending(instance)
+    evaluation = {} if pending else latest_metadata(instance, "evaluation")
+    # the validation AUC of what was submitted (without ground truth `evaluation` does not say: the
+    # submission does); of the new model when it was retrained since
+    submitted = "model" if pending else evaluation.get("submitted") or latest_metadata(instance, "submission").get("source", "model")
+    submitted_valid_auc = evaluation.get("valid_auc", (model if submitted == "model" else latest_metadata(instance, submitted)).get("valid_auc", float("nan")))
     lines = [
         "",
         f"[kuai] done in {elapsed / 60:.1f} min (Dagster run {run_id})",
-        f"  validation AUC (cold-start photos, last hours of train): {evaluation.get('valid_auc', model.get('valid_auc', float('nan'))):.4f}"
-        f" ({evaluation.get('submitted', 'model')})",
+        f"  validation AUC (cold-start photos, last hours of train): {submitted_valid_auc:.4f} ({submitted})",
     ]
     if "test_auc" in evaluation:
         for store, label in (("model", "GBDT"), ("attention_model", "attention network"), ("blend", "blend")):

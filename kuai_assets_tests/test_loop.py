@@ -165,3 +165,23 @@ def test_kuai_run_says_the_test_auc_is_pending_when_evaluation_is_older_than_the
     assert "pending" not in scored
     assert "test AUC: pending" in retrained and "0.7100" not in retrained
     assert "validation AUC (cold-start photos, last hours of train): 0.7200 (model)" in retrained
+
+
+def test_without_ground_truth_kuai_run_gives_the_validation_auc_of_what_was_submitted(tmp_path, capsys):
+    """No ground truth: `evaluation` has no AUCs, so the summary takes the submission's source (here
+    the blend) and that source's validation AUC, not the GBDT's under the GBDT's name."""
+    from kuai_assets import settings
+    from kuai_assets.cli import print_summary
+
+    workspace = settings.Workspace(tmp_path, tmp_path / "data", "tiny", tmp_path / "home", "sqlite:///x.db",
+                                   "http://127.0.0.1:5000")
+    with dg.instance_for_test() as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization("model", metadata={"valid_auc": 0.72}))
+        instance.report_runless_asset_event(dg.AssetMaterialization("blend", metadata={"valid_auc": 0.73}))
+        instance.report_runless_asset_event(dg.AssetMaterialization("submission", metadata={"source": "blend"}))
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            "evaluation", metadata={"ground_truth": "none (real data: submit the file to score it)"}))
+        print_summary(instance, workspace, 60.0, "run")
+    out = capsys.readouterr().out
+    assert "validation AUC (cold-start photos, last hours of train): 0.7300 (blend)" in out, out
+    assert "no ground truth for this dataset" in out
