@@ -162,14 +162,18 @@ def test_pca_and_clusters_arriving_during_the_pass_give_what_one_would_expect(re
     import threading
     import time
 
-
     from kuai_assets.visual.projection import Assignment
 
     out, made = fused
     pca_gate, kmeans_gate, pca_done, kmeans_done = (threading.Event() for _ in range(4))
     given = [0]  # rows the projection worker has handed to the assignment
     add = Assignment.add
-    monkeypatch.setattr(Assignment, "add", lambda self, start, reduced: (add(self, start, reduced), given.__setitem__(0, self.given)))
+
+    def counted_add(self, start, reduced):
+        add(self, start, reduced)
+        given[0] = self.given
+
+    monkeypatch.setattr(Assignment, "add", counted_add)
     # the PCA fit waits until the pass has consolidated a few chunks, the KMeans fits longer still
     monkeypatch.setattr(stage_module, "fit_pca", gated(stage_module.fit_pca, pca_gate, pca_done))
     monkeypatch.setattr(VisualStage, "_fit_clusters", gated(VisualStage._fit_clusters, kmeans_gate, kmeans_done))
