@@ -358,8 +358,11 @@ def print_summary(instance, workspace: settings.Workspace, elapsed: float, run_i
     evaluation = {} if pending else latest_metadata(instance, "evaluation")
     # the validation AUC of what was submitted (without ground truth `evaluation` does not say: the
     # submission does); of the new model when it was retrained since
-    submitted = "model" if pending else evaluation.get("submitted") or latest_metadata(instance, "submission").get("source", "model")
-    submitted_valid_auc = evaluation.get("valid_auc", (model if submitted == "model" else latest_metadata(instance, submitted)).get("valid_auc", float("nan")))
+    if pending:
+        submitted = "model"
+    else:
+        submitted = evaluation.get("submitted") or latest_metadata(instance, "submission").get("source", "model")
+    submitted_valid_auc = evaluation.get("valid_auc", latest_metadata(instance, submitted).get("valid_auc", float("nan")))
     lines = [
         "",
         f"[kuai] done in {elapsed / 60:.1f} min (Dagster run {run_id})",
