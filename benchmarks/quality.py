@@ -2,6 +2,12 @@
 
     python benchmarks/quality.py --size demo [--worlds a,b] [--out DIR] [--seed 7] [--without feature_group_ablation]
         [--drop-group NAME] [--attention-config JSON]
+    python benchmarks/quality.py --data DIR[,DIR...] [--out DIR] [...]
+
+With --data, the datasets are given instead of generated: folders in the released layout with a
+ground truth beside them (`ground_truth/test_ground_truth.txt`: user_id, photo_id, click, p_click,
+tab-separated; e.g. written by `benchmarks/independent_world.py` or another generator). Each is
+named by its folder; its oracle AUC is p_click's AUC on those clicks.
 
 For each world: generate the dataset under OUT/data/<size>-<world>-seed<seed> (reused when it is
 already there and its summary names the same size, world and seed), then materialize the whole
@@ -65,6 +71,26 @@ def dataset(out: Path, size: str, world: str, seed: int, vector_dim: int | None)
     started = time.time()
     summary = generate(root, spec, seed=seed, world=world)
     return root, summary, time.time() - started
+
+
+def given_dataset(root: Path) -> tuple[Path, dict, float]:
+    """A dataset not written by this run (--data): its oracle AUC from its ground truth file."""
+    import duckdb
+
+    from kuai_assets.formats.released import read_ground_truth
+    from kuai_assets.ml.metrics import roc_auc
+
+    truth = root / "ground_truth" / "test_ground_truth.txt"
+    if not truth.is_file():
+        raise SystemExit(f"{root}: no ground truth at {truth} (user_id, photo_id, click, p_click); "
+                         "the closure needs the true click probabilities")
+    con = duckdb.connect()
+    try:
+        read_ground_truth(con, truth)
+        rows = con.execute("select click, p_click from ground_truth").fetchnumpy()
+    finally:
+        con.close()
+    return root, {"oracle_auc": roc_auc(rows["click"], rows["p_click"])}, 0.0
 
 
 def score_predictions(truth: Path, predictions: Path) -> float:
@@ -294,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--attention-config", default=None,
                         help='JSON config of attention_model for every world, e.g. \'{"batch_size": 2048}\'')
+    parser.add_argument("--data", default=None,
+                        help="comma-separated dataset folders to measure instead of generating worlds (each with "
+                        "ground_truth/test_ground_truth.txt)")
     parser.add_argument("--child-data", help=argparse.SUPPRESS)
     parser.add_argument("--child-work", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -317,19 +346,27 @@ def main(argv: list[str] | None = None) -> int:
         if args.drop_group not in default_feature_groups():
             parser.error(f"--drop-group: {args.drop_group!r} is not one of the model's feature groups: "
                          f"{', '.join(default_feature_groups())}")
-    worlds = split(args.worlds) or list(WORLDS)
+    given_data = {Path(d).resolve().name: Path(d).resolve() for d in split(args.data)}
+    if given_data and args.worlds:
+        parser.error("--data and --worlds exclude each other: the datasets are given, or the worlds generated")
+    worlds = list(given_data) or split(args.worlds) or list(WORLDS)
     for name in worlds:
-        get_world(name)
+        if name not in given_data:
+            get_world(name)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    results_file = out / f"quality-{args.size}.json"
+    size = "data" if given_data else args.size
+    results_file = out / f"quality-{size}.json"
     # figures of worlds measured by an earlier run into the same folder are kept (and reprinted)
     earlier = json.loads(results_file.read_text()) if results_file.exists() else []
     kept = [r for r in earlier if r["world"] not in worlds and r.get("seed") == args.seed]
     results = []
     for world in worlds:
         print(f"[quality] {world}: dataset ...", flush=True)
-        data, summary, generate_seconds = dataset(out, args.size, world, args.seed, args.vector_dim)
+        if world in given_data:
+            data, summary, generate_seconds = given_dataset(given_data[world])
+        else:
+            data, summary, generate_seconds = dataset(out, args.size, world, args.seed, args.vector_dim)
         name = data.name
         work = out / "work" / name
         if work.exists():
@@ -349,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         log_file = out / f"{name}.log"
         with open(log_file, "w") as log:
             child = subprocess.run(command, stdout=subprocess.PIPE, stderr=log, text=True)
-        record = {"world": world, "size": args.size, "seed": args.seed, "oracle_auc": summary["oracle_auc"],
+        record = {"world": world, "size": size, "seed": args.seed, "oracle_auc": summary["oracle_auc"],
                   "generate_seconds": round(generate_seconds, 1), "wall_seconds": round(time.time() - started, 1),
                   "log": str(log_file), "attention_config": json.loads(args.attention_config or "{}")}
         marked = [line for line in child.stdout.splitlines() if line.startswith(MARK)]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from kuai_assets import bench
 
 
@@ -64,3 +66,19 @@ def test_quality_reads_each_models_own_test_auc_not_the_submissions(tmp_path):
     row = dict(zip(header, rows[0]))
     assert row["model test"] == "0.6900" and row["blend test"] == "0.7100"
     assert row["attention_model refitted"] == "no" and row["blend GBDT weight"] == "1.00"
+
+
+def test_quality_on_a_given_dataset_reads_its_oracle_from_its_ground_truth(tmp_path):
+    from benchmarks.quality import given_dataset
+
+    with pytest.raises(SystemExit, match="no ground truth at .*test_ground_truth.txt"):
+        given_dataset(tmp_path)
+    (tmp_path / "ground_truth").mkdir()
+    # p_click orders 3 of the 4 (clicked, unclicked) pairs rightly: AUC 0.75
+    rows = [(1, 10, 1, 0.9), (1, 11, 0, 0.2), (2, 12, 1, 0.3), (2, 13, 0, 0.5)]
+    (tmp_path / "ground_truth" / "test_ground_truth.txt").write_text(
+        "".join(f"{u}\t{p}\t{c}\t{q:.6f}\n" for u, p, c, q in rows)
+    )
+    root, summary, seconds = given_dataset(tmp_path)
+    assert root == tmp_path and seconds == 0.0
+    assert summary["oracle_auc"] == pytest.approx(0.75)
