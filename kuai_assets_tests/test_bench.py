@@ -82,3 +82,33 @@ def test_quality_on_a_given_dataset_reads_its_oracle_from_its_ground_truth(tmp_p
     root, summary, seconds = given_dataset(tmp_path)
     assert root == tmp_path and seconds == 0.0
     assert summary["oracle_auc"] == pytest.approx(0.75)
+
+
+def test_the_independent_world_is_read_as_released_data(tmp_path):
+    """benchmarks/independent_world.py writes the released layout that the strict readers accept,
+    and a ground truth for exactly the test rows; it refuses to write into a folder in use."""
+    import duckdb
+
+    from benchmarks import independent_world
+    from kuai_assets.formats import layout
+    from kuai_assets.formats.released import read_faces, read_ground_truth, read_interactions, read_text
+
+    data = tmp_path / "world"
+    options = ["--users", "30", "--train-rows-per-user", "120", "--test-rows-per-user", "30",
+               "--photos-per-user", "40", "--vector-dim", "8", "--seed", "4"]
+    assert independent_world.main(["--out", str(data), *options]) == 0
+    assert layout.layout_problem(data) is None
+    con = duckdb.connect()
+    report = read_interactions(con, data, tmp_path / "raw_interactions.parquet")
+    assert report.rows["train"] > 0 and report.rows["test"] > 0
+    con.execute(f"create table photos as select distinct photo_id, split from "
+                f"read_parquet('{tmp_path / 'raw_interactions.parquet'}')")
+    read_faces(con, data, "photos", tmp_path / "raw_faces.parquet")
+    read_text(con, data, "photos", tmp_path / "raw_text.parquet")
+    assert read_ground_truth(con, data / "ground_truth" / "test_ground_truth.txt") == report.rows["test"]
+    unmatched = con.execute(
+        f"select count(*) from read_parquet('{tmp_path / 'raw_interactions.parquet'}') r "
+        "anti join ground_truth g using (user_id, photo_id) where r.split = 'test'"
+    ).fetchall()[0][0]
+    assert unmatched == 0
+    assert independent_world.main(["--out", str(data), *options]) == 2
