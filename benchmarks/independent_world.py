@@ -64,7 +64,8 @@ Output under DIR:
     train/final_visual_train.zip  final_visual_train/<photo_id>: .npy of shape [1, D] float32 (stored)
     test/...                      the same for test (test_interaction.txt: user_id photo_id time duration_time)
     ground_truth/test_ground_truth.txt  user_id photo_id click p_click, one line per test row
-    ground_truth/summary.json     seed, sizes, train click rate, oracle AUC
+    ground_truth/summary.json     seed, sizes, train click rate, oracle AUC (also without the session's
+                                  mood, and without the photo's own quality: what no learner can see)
 
 All text files are tab-separated without a header. An --out that exists and is not empty is
 refused (exit code 2).
@@ -748,6 +749,12 @@ def generate(
         "test_photos": int(len(test.ids)),
         "click_rate_train": round(float(click.mean()), 6),
         "oracle_auc": round(auc(p_test, test_click), 6),
+        # what no learner can know about a test row: its session's mood, and the part of the
+        # photo's quality that is its own (not its author's); the oracle without them
+        "oracle_auc_without_session_mood": round(auc(test_logit - test_log.mood, test_click), 6),
+        "oracle_auc_without_mood_and_own_quality": round(
+            auc(test_logit - test_log.mood - (test.quality - authors.quality[test.author])[test_log.photo], test_click), 6
+        ),
     }
     (out / "ground_truth" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -76,6 +76,35 @@ def test_click_rate_plausible_can_fail(tmp_path, split, click, why):
     assert not checks.click_rate_plausible(workspace=workspace(tmp_path)).passed, why
 
 
+def model_rows_and_labels(tmp_path, validation_scored: int, test: int) -> None:
+    """model_rows with 40 validation fit rows (click rate 0.25), `validation_scored` validation
+    scored rows (click rate 0.5), as many submission fit rows and `test` test rows."""
+    roles = (["validation/fit"] * 40 + ["validation/scored"] * validation_scored
+             + ["submission/fit"] * (40 + validation_scored) + ["submission/scored"] * test)
+    n = len(roles)
+    write_table(tmp_path, "model_rows", {
+        "setup": [r.split("/")[0] for r in roles], "role": [r.split("/")[1] for r in roles],
+        "row_id": np.arange(n), "user_id": np.ones(n, dtype=np.int64), "photo_id": np.arange(n),
+        "fold": [0 if r.endswith("fit") else -1 for r in roles],
+    })
+    click = ([1, 0, 0, 0] * 10 + [1, 0] * (validation_scored // 2)
+             + [1, 0, 0, 0] * 10 + [1, 0] * (validation_scored // 2) + [None] * test)
+    write_table(tmp_path, "raw_interactions", interactions(
+        ["test" if r == "submission/scored" else "train" for r in roles], range(n), click))
+
+
+def test_validation_scores_like_test_warns_when_the_validation_is_a_sliver(tmp_path):
+    model_rows_and_labels(tmp_path, validation_scored=30, test=100)
+    result = checks.validation_scores_like_test(workspace=workspace(tmp_path))
+    assert result.passed and values(result)["validation_to_test_rows"] == pytest.approx(0.3)
+    model_rows_and_labels(tmp_path, validation_scored=20, test=100)
+    result = checks.validation_scores_like_test(workspace=workspace(tmp_path))
+    assert not result.passed and result.severity == dg.AssetCheckSeverity.WARN
+    assert values(result) == {"validation_scored_rows": 20, "test_rows": 100, "validation_to_test_rows": 0.2,
+                              "validation_scored_click_rate": 0.5, "validation_fit_click_rate": 0.25}
+    assert result.description.startswith("the validation scores 20 rows against the test's 100 (20.0%)")
+
+
 def test_a_blocking_check_stops_what_comes_after(tmp_path):
     """Files the reader accepts (every click 0 is valid per line) but the check does not: raw_faces never runs."""
     from kuai_assets.defs.raw import raw_faces, raw_interactions
@@ -266,6 +295,7 @@ def test_every_check_is_registered():
         "label_statistics_out_of_fold",
         "model_promoted_if_better",
         "submission_matches_test_keys",
+        "validation_scores_like_test",
     }
     blocking = {key.name for c in defs.asset_checks for key in c.check_keys if c.get_spec_for_check_key(key).blocking}
-    assert blocking == registered
+    assert blocking == registered - {"validation_scores_like_test"}
