@@ -39,7 +39,7 @@ def test_catalog_lineage_matches_files():
     catalog = load_catalog()
     assert catalog["user_cluster_affinity"].upstream == ("label_history", "model_rows", "video_clusters")
     assert catalog["model_rows"].upstream == ("raw_interactions",)
-    assert [v.name for v in catalog["model_rows"].variables] == ["validation_hours", "folds"]
+    assert [v.name for v in catalog["model_rows"].variables] == ["validation_hours", "folds", "validation_min_test_share"]
 
 
 def write(tmp_path, layer, name, text):

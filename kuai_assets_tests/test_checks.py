@@ -77,15 +77,16 @@ def test_click_rate_plausible_can_fail(tmp_path, split, click, why):
 
 
 def model_rows_and_labels(tmp_path, validation_scored: int, test: int) -> None:
-    """model_rows with 40 validation fit rows (click rate 0.25), `validation_scored` validation
-    scored rows (click rate 0.5), as many submission fit rows and `test` test rows."""
+    """model_rows with 40 validation fit rows (click rate 0.25, fold 1), `validation_scored`
+    validation scored rows (click rate 0.5), as many submission fit rows (folds 0 and 1) and `test`
+    test rows."""
     roles = (["validation/fit"] * 40 + ["validation/scored"] * validation_scored
              + ["submission/fit"] * (40 + validation_scored) + ["submission/scored"] * test)
     n = len(roles)
     write_table(tmp_path, "model_rows", {
         "setup": [r.split("/")[0] for r in roles], "role": [r.split("/")[1] for r in roles],
         "row_id": np.arange(n), "user_id": np.ones(n, dtype=np.int64), "photo_id": np.arange(n),
-        "fold": [0 if r.endswith("fit") else -1 for r in roles],
+        "fold": [(1 if r.startswith("validation") else i % 2) if r.endswith("fit") else -1 for i, r in enumerate(roles)],
     })
     click = ([1, 0, 0, 0] * 10 + [1, 0] * (validation_scored // 2)
              + [1, 0, 0, 0] * 10 + [1, 0] * (validation_scored // 2) + [None] * test)
@@ -93,16 +94,29 @@ def model_rows_and_labels(tmp_path, validation_scored: int, test: int) -> None:
         ["test" if r == "submission/scored" else "train" for r in roles], range(n), click))
 
 
-def test_validation_scores_like_test_warns_when_the_validation_is_a_sliver(tmp_path):
-    model_rows_and_labels(tmp_path, validation_scored=30, test=100)
+def test_auc_standard_error_follows_hanley_and_mcneil():
+    # at an AUC of 0.5 it is exactly the Mann-Whitney statistic's: variance (m + n + 1) / (12 m n)
+    assert checks.auc_standard_error(50, 50, 0.5) == pytest.approx((101 / (12 * 50 * 50)) ** 0.5)
+    assert checks.auc_standard_error(30, 70, 0.5) == pytest.approx((101 / (12 * 30 * 70)) ** 0.5)
+    assert checks.auc_standard_error(1000, 1000) < checks.auc_standard_error(100, 1900)  # few clicks: noisier
+    assert checks.auc_standard_error(0, 50) == float("inf")
+
+
+def test_validation_scores_like_test_warns_when_the_validation_auc_rests_on_few_rows(tmp_path):
+    # an AUC of 0.7 read to 0.01 takes about 2,700 rows at half clicks
+    model_rows_and_labels(tmp_path, validation_scored=4000, test=20000)
     result = checks.validation_scores_like_test(workspace=workspace(tmp_path))
-    assert result.passed and values(result)["validation_to_test_rows"] == pytest.approx(0.3)
-    model_rows_and_labels(tmp_path, validation_scored=20, test=100)
+    assert result.passed and values(result)["validation_auc_standard_error"] < 0.01
+    model_rows_and_labels(tmp_path, validation_scored=2000, test=20000)
     result = checks.validation_scores_like_test(workspace=workspace(tmp_path))
     assert not result.passed and result.severity == dg.AssetCheckSeverity.WARN
-    assert values(result) == {"validation_scored_rows": 20, "test_rows": 100, "validation_to_test_rows": 0.2,
-                              "validation_scored_click_rate": 0.5, "validation_fit_click_rate": 0.25}
-    assert result.description.startswith("the validation scores 20 rows against the test's 100 (20.0%)")
+    found = values(result)
+    assert found.pop("validation_auc_standard_error") == pytest.approx(checks.auc_standard_error(1000, 1000))
+    assert found == {"validation_scored_rows": 2000, "validation_scored_clicks": 1000, "test_rows": 20000,
+                     "validation_to_test_rows": 0.1, "validation_scored_click_rate": 0.5,
+                     "validation_fit_click_rate": 0.25, "fold_0_held_out": True}
+    assert result.description.startswith("the validation scores 2,000 rows (1,000 clicks) against the test's 20,000: "
+                                          "its AUC is read to about 0.012, above 0.01")
 
 
 def test_a_blocking_check_stops_what_comes_after(tmp_path):
