@@ -117,6 +117,9 @@ def test_validation_scores_like_test_warns_when_the_validation_auc_rests_on_few_
                      "validation_fit_click_rate": 0.25, "fold_0_held_out": True}
     assert result.description.startswith("the validation scores 2,000 rows (1,000 clicks) against the test's 20,000: "
                                           "its AUC is read to about 0.012, above 0.01")
+    model_rows_and_labels(tmp_path, validation_scored=0, test=20000)
+    result = checks.validation_scores_like_test(workspace=workspace(tmp_path))
+    assert not result.passed and "it has no AUC without both clicked and unclicked rows" in result.description
 
 
 def test_a_blocking_check_stops_what_comes_after(tmp_path):

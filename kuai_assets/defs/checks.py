@@ -166,9 +166,10 @@ def validation_scores_like_test(workspace: WorkspaceResource) -> dg.AssetCheckRe
         passed=bool(passed),
         severity=dg.AssetCheckSeverity.WARN,
         description=None if passed else (
-            f"the validation scores {scored:,} rows ({clicks:,} clicks) against the test's {test:,}: its AUC is "
-            f"read to about {error:.3f}, above {VALIDATION_AUC_SE_MAX}; few rows follow the cut on photos the "
-            "validation's fit never sees"
+            f"the validation scores {scored:,} rows ({clicks:,} clicks) against the test's {test:,}: "
+            + (f"its AUC is read to about {error:.3f}, above {VALIDATION_AUC_SE_MAX}" if np.isfinite(error)
+               else "it has no AUC without both clicked and unclicked rows")
+            + "; few rows follow the cut on photos the validation's fit never sees"
         ),
         metadata={
             "validation_scored_rows": scored,
