@@ -353,3 +353,20 @@ def test_visual_similarity_broadcasts_the_centroids_on_spark(spark, tmp_path):
     assert "length" in output_names(build) and "row_id" not in output_names(build), join.toString()
     keys = join.leftKeys()
     assert sorted(re.sub(r"#\d+.*", "", keys.apply(i).toString()) for i in range(keys.size())) == ["fold", "setup", "user_id"]
+
+
+@pytest.mark.parametrize("arriving", [True, False], ids=["photos_arrive_over_time", "catalogue_from_the_start"])
+def test_model_rows_holds_out_fold_0_alike_on_spark(spark, tmp_path, arriving):
+    """The validation's fold-0 fallback (a catalogue there from the first hour) is the same on both engines."""
+    from kuai_assets_tests.test_model_rows import interactions
+
+    model = load_catalog()["model_rows"]
+    tables = {}
+    for name, engine in (("duckdb", Engine()), ("spark", TEST_SPARK)):
+        work = WorkDir(tmp_path / name)
+        interactions(work, arriving)
+        materialize_table_model(model, work, engine=engine)
+        tables[name] = work.table_path("model_rows")
+    assert_same_table(tables["duckdb"], tables["spark"], list(model.grain))
+    held_out = pq.read_table(tables["spark"]).to_pandas().query("setup == 'validation' and role == 'fit'")
+    assert (0 in set(held_out["fold"])) == arriving
