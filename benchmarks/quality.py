@@ -349,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     given_data = {Path(d).resolve().name: Path(d).resolve() for d in split(args.data)}
     if given_data and args.worlds:
         parser.error("--data and --worlds exclude each other: the datasets are given, or the worlds generated")
+    for root in given_data.values():
+        if not (root / "ground_truth" / "test_ground_truth.txt").is_file():
+            parser.error(f"--data: {root} has no ground_truth/test_ground_truth.txt (user_id, photo_id, click, "
+                         "p_click): the closure needs the true click probabilities")
     worlds = list(given_data) or split(args.worlds) or list(WORLDS)
     for name in worlds:
         if name not in given_data:

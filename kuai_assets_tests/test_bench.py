@@ -68,6 +68,16 @@ def test_quality_reads_each_models_own_test_auc_not_the_submissions(tmp_path):
     assert row["attention_model refitted"] == "no" and row["blend GBDT weight"] == "1.00"
 
 
+def test_quality_refuses_a_given_dataset_without_ground_truth_before_any_work(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "kuai_assets.bench", "quality", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "q")],
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 2
+    assert f"error: --data: {tmp_path / 'data'} has no ground_truth/test_ground_truth.txt" in done.stderr
+    assert not (tmp_path / "q").exists()
+
+
 def test_quality_on_a_given_dataset_reads_its_oracle_from_its_ground_truth(tmp_path):
     from benchmarks.quality import given_dataset
 
