@@ -94,19 +94,30 @@ def test_quality_on_a_given_dataset_reads_its_oracle_from_its_ground_truth(tmp_p
     assert summary["oracle_auc"] == pytest.approx(0.75)
 
 
-def test_the_independent_world_is_read_as_released_data(tmp_path):
-    """benchmarks/independent_world.py writes the released layout that the strict readers accept,
-    and a ground truth for exactly the test rows; it refuses to write into a folder in use."""
+@pytest.mark.parametrize(
+    "generator, options",
+    [
+        ("independent_world", ["--users", "30", "--train-rows-per-user", "120", "--test-rows-per-user", "30",
+                               "--photos-per-user", "40", "--vector-dim", "8", "--seed", "4"]),
+        # its feeds need a catalogue of about 100 users' uploads (fewer are refused, in one line)
+        ("session_intent_world", ["--users", "100", "--train-rows-per-user", "600", "--test-rows-per-user", "170",
+                                  "--vector-dim", "8", "--seed", "4"]),
+    ],
+)
+def test_the_independent_worlds_are_read_as_released_data(tmp_path, generator, options):
+    """Each generator written apart from kuai_assets.synth (benchmarks/) writes the released layout
+    that the strict readers accept, and a ground truth for exactly the test rows; it refuses to write
+    into a folder in use."""
+    import importlib
+
     import duckdb
 
-    from benchmarks import independent_world
     from kuai_assets.formats import layout
     from kuai_assets.formats.released import read_faces, read_ground_truth, read_interactions, read_text
 
+    world = importlib.import_module(f"benchmarks.{generator}")
     data = tmp_path / "world"
-    options = ["--users", "30", "--train-rows-per-user", "120", "--test-rows-per-user", "30",
-               "--photos-per-user", "40", "--vector-dim", "8", "--seed", "4"]
-    assert independent_world.main(["--out", str(data), *options]) == 0
+    assert world.main(["--out", str(data), *options]) == 0
     assert layout.layout_problem(data) is None
     con = duckdb.connect()
     report = read_interactions(con, data, tmp_path / "raw_interactions.parquet")
@@ -121,4 +132,4 @@ def test_the_independent_world_is_read_as_released_data(tmp_path):
         "anti join ground_truth g using (user_id, photo_id) where r.split = 'test'"
     ).fetchall()[0][0]
     assert unmatched == 0
-    assert independent_world.main(["--out", str(data), *options]) == 2
+    assert world.main(["--out", str(data), *options]) == 2
