@@ -74,7 +74,8 @@ def dataset(out: Path, size: str, world: str, seed: int, vector_dim: int | None)
 
 
 def given_dataset(root: Path) -> tuple[Path, dict, float]:
-    """A dataset not written by this run (--data): its oracle AUC from its ground truth file."""
+    """A dataset not written by this run (--data): its oracle AUC from its ground truth file
+    (ValueError naming the folder when it has none)."""
     import duckdb
 
     from kuai_assets.formats.released import read_ground_truth
@@ -82,7 +83,7 @@ def given_dataset(root: Path) -> tuple[Path, dict, float]:
 
     truth = root / "ground_truth" / "test_ground_truth.txt"
     if not truth.is_file():
-        raise SystemExit(f"{root}: no ground truth at {truth} (user_id, photo_id, click, p_click); "
+        raise ValueError(f"{root} has no ground_truth/test_ground_truth.txt (user_id, photo_id, click, p_click): "
                          "the closure needs the true click probabilities")
     con = duckdb.connect()
     try:
@@ -349,10 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     given_data = {Path(d).resolve().name: Path(d).resolve() for d in split(args.data)}
     if given_data and args.worlds:
         parser.error("--data and --worlds exclude each other: the datasets are given, or the worlds generated")
-    for root in given_data.values():
-        if not (root / "ground_truth" / "test_ground_truth.txt").is_file():
-            parser.error(f"--data: {root} has no ground_truth/test_ground_truth.txt (user_id, photo_id, click, "
-                         "p_click): the closure needs the true click probabilities")
+    given = {}  # each given dataset's (root, summary, seconds), read before any work
+    for name, root in given_data.items():
+        try:
+            given[name] = given_dataset(root)
+        except ValueError as exc:
+            parser.error(f"--data: {exc}")
     worlds = list(given_data) or split(args.worlds) or list(WORLDS)
     for name in worlds:
         if name not in given_data:
@@ -368,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     for world in worlds:
         print(f"[quality] {world}: dataset ...", flush=True)
         if world in given_data:
-            data, summary, generate_seconds = given_dataset(given_data[world])
+            data, summary, generate_seconds = given[world]
         else:
             data, summary, generate_seconds = dataset(out, args.size, world, args.seed, args.vector_dim)
         name = data.name

@@ -81,7 +81,7 @@ def test_quality_refuses_a_given_dataset_without_ground_truth_before_any_work(tm
 def test_quality_on_a_given_dataset_reads_its_oracle_from_its_ground_truth(tmp_path):
     from benchmarks.quality import given_dataset
 
-    with pytest.raises(SystemExit, match="no ground truth at .*test_ground_truth.txt"):
+    with pytest.raises(ValueError, match="has no ground_truth/test_ground_truth.txt"):
         given_dataset(tmp_path)
     (tmp_path / "ground_truth").mkdir()
     # p_click orders 3 of the 4 (clicked, unclicked) pairs rightly: AUC 0.75

@@ -56,6 +56,14 @@ def model_rows(tmp_path, arriving: bool) -> dict:
     return {"rows": rows, "cut": cut}
 
 
+def first_shown(rows: dict) -> dict:
+    """Each photo's first impression time among `rows` (photo_id and time arrays)."""
+    first = {}
+    for p, t in zip(rows["photo_id"], rows["time"]):
+        first[p] = min(t, first.get(p, t))
+    return first
+
+
 def check_the_honest_split(made: dict) -> None:
     fit, scored = made["rows"][("validation", "fit")], made["rows"][("validation", "scored")]
     assert (fit["time"] < made["cut"]).all() and (scored["time"] >= made["cut"]).all()
@@ -72,11 +80,8 @@ def test_where_photos_arrive_over_time_the_validation_scores_the_photos_first_sh
     assert set(fit["fold"]) == {0, 1, 2, 3, 4}, "no fold is held out"
     assert len(scored["photo_id"]) >= 0.25 * 600
     # every scored photo was first shown after the cut: nothing of it before
-    before = made["rows"][("submission", "fit")]
-    first_shown = {}
-    for p, t in zip(before["photo_id"], before["time"]):
-        first_shown[p] = min(t, first_shown.get(p, t))
-    assert all(first_shown[p] >= made["cut"] for p in scored["photo_id"])
+    first = first_shown(made["rows"][("submission", "fit")])
+    assert all(first[p] >= made["cut"] for p in scored["photo_id"])
 
 
 def test_where_the_catalogue_is_there_from_the_start_the_validation_also_holds_out_fold_0(tmp_path):
@@ -90,11 +95,7 @@ def test_where_the_catalogue_is_there_from_the_start_the_validation_also_holds_o
     assert fold_zero_after_cut > 0.25 * 600
     # scored: fold 0's rows after the cut, and the rows of the few photos of other folds whose
     # every impression fell after it
-    first_shown = {}
-    for p, t in zip(submission["photo_id"], submission["time"]):
-        first_shown[p] = min(t, first_shown.get(p, t))
-    cold_elsewhere = sum(
-        1 for p, f in zip(submission["photo_id"], submission["fold"]) if f != 0 and first_shown[p] >= made["cut"]
-    )
+    first = first_shown(submission)
+    cold_elsewhere = sum(1 for p, f in zip(submission["photo_id"], submission["fold"]) if f != 0 and first[p] >= made["cut"])
     assert cold_elsewhere < 0.25 * 600, "the cold rows alone fall short of the share: the fallback is due"
     assert len(scored["photo_id"]) == fold_zero_after_cut + cold_elsewhere
