@@ -22,7 +22,7 @@ def test_every_feature_group_declares_grain_and_kinds():
     assert {g.name for g in groups if g.uses_labels} >= {"user_behaviour", "user_cluster_affinity", "cluster_stats"}
     assert not {g.name for g in groups if g.uses_labels} & {"time_and_duration", "impression_context", "face_stats"}
     assert sorted(g.name for g in groups if g.uses_scored_window_log) == [
-        "impression_context", "impression_embedding", "user_cluster_exposure"]
+        "impression_context", "impression_embedding", "session_context", "user_cluster_exposure"]
     assert [g.name for g in groups if not g.enabled_by_default] == ["published_baseline"]
 
 

@@ -30,6 +30,7 @@ EXPECTED_GRAPH = {
     "user_word_affinity": ("features", ["label_history", "model_rows", "raw_text"]),
     "impression_context": ("features", ["raw_interactions"]),
     "user_cluster_exposure": ("features", ["raw_interactions", "video_clusters"]),
+    "session_context": ("features", ["pca_visual_features", "raw_interactions"]),
     "impression_embedding": ("features", ["label_history", "model_rows", "raw_interactions"]),
     "time_and_duration": ("features", ["raw_interactions"]),
     "published_baseline": ("features", ["label_history", "model_rows", "raw_interactions", "video_clusters"]),
@@ -40,7 +41,7 @@ EXPECTED_GRAPH = {
              "cluster_stats", "visual_similarity", "photo_visual", "face_stats", "user_face_preference",
              "text_stats", "word_click_rates", "user_word_affinity", "impression_context", "time_and_duration",
              "published_baseline", "impression_embedding", "visual_taste", "user_cluster_exposure",
-             "user_visual_group_affinity", "user_attribute_taste"]
+             "user_visual_group_affinity", "user_attribute_taste", "session_context"]
         ),
     ),
     "model": ("model", ["training_matrix"]),

@@ -201,7 +201,8 @@ def test_the_sql_definition_gives_the_fast_path_table(both_engines, tmp_path, na
 
 def test_groups_with_a_fast_path():
     assert FAST_PATHS == [
-        "impression_context", "published_baseline", "user_cluster_affinity", "user_word_affinity", "visual_similarity"
+        "impression_context", "published_baseline", "session_context", "user_cluster_affinity", "user_word_affinity",
+        "visual_similarity",
     ]
 
 

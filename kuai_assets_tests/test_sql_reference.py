@@ -1,4 +1,5 @@
-"""The SQL feature groups and visual_similarity agree with a brute-force pandas reference on the tiny data.
+"""The SQL feature groups, visual_similarity and session_context agree with a brute-force pandas reference on the
+tiny data.
 
 Each reference recomputes one table from the description in its header (the SQL file's comment,
 the Python group's docstring), reading the SQL only to pin exact definitions (smoothing weights,
@@ -422,6 +423,34 @@ def reference_visual_similarity(read: Read) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+# -- session_context --------------------------------------------------------------------------
+
+SESSION_WINDOWS_MS = {"2min": 120_000, "10min": 600_000}  # session_context: either side of the row
+
+
+def reference_session_context(read: Read) -> pd.DataFrame:
+    """Per row, the cosine between its photo's unit vector and the sum of the unit vectors of the
+    user's other impressions of the same split within each window of its time."""
+    raw, pca = read("raw_interactions"), read("pca_visual_features")
+    components = [c for c in pca.columns if c.startswith("pc_")]
+    vectors = pca.set_index("photo_id")[components].astype("float64")
+    vectors = vectors.div(np.linalg.norm(vectors.to_numpy(), axis=1), axis=0)
+    parts = []
+    for _, own in raw.groupby(["split", "user_id"]):
+        time = own["time"].to_numpy()
+        photo = vectors.loc[own["photo_id"]].to_numpy()
+        part = pd.DataFrame({"row_id": own["row_id"].to_numpy()})
+        for name, window in SESSION_WINDOWS_MS.items():
+            near = np.abs(time[:, None] - time[None, :]) <= window
+            np.fill_diagonal(near, False)  # the row itself is left out
+            others = near.astype(float) @ photo
+            length = np.linalg.norm(others, axis=1)
+            cosine = (others * photo).sum(axis=1) / np.where(length > 0, length, np.nan)
+            part[f"session_cosine_{name}"] = np.where(near.any(axis=1), cosine, np.nan)
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
 # -- the comparisons --------------------------------------------------------------------------
 
 REFERENCES = {  # name: (reference, keys, absolute tolerance)
@@ -436,15 +465,16 @@ REFERENCES = {  # name: (reference, keys, absolute tolerance)
     "time_and_duration": (reference_time_and_duration, ["row_id"], ATOL),
     "visual_similarity": (reference_visual_similarity, ["setup", "row_id"], COSINE_ATOL),
     "user_cluster_exposure": (reference_user_cluster_exposure, ["row_id"], ATOL),
+    "session_context": (reference_session_context, ["row_id"], COSINE_ATOL),
 }
 
 
-def test_every_sql_group_and_visual_similarity_has_a_reference():
+def test_every_sql_group_visual_similarity_and_session_context_have_a_reference():
     from kuai_assets.features.catalog import load_catalog
 
     catalog = load_catalog()
     sql_groups = {name for name, model in catalog.items() if model.layer == "features" and model.compute is None}
-    assert sql_groups | {"visual_similarity"} == set(REFERENCES)
+    assert sql_groups | {"visual_similarity", "session_context"} == set(REFERENCES)
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCES))
@@ -508,6 +538,7 @@ ONE_ROW_CHANGES = {
     "time_and_duration": ("raw_interactions", add("duration_time", 5), "duration_time"),
     "visual_similarity": ("label_history", flip("click"), "visual_similarity_clicked"),
     "user_cluster_exposure": ("raw_interactions", add("time", 7 * 3_600_000), "exposure_share_6h_coarse"),
+    "session_context": ("raw_interactions", add("time", 7 * 3_600_000), "session_cosine_2min"),
 }
 
 

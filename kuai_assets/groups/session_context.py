@@ -1,0 +1,140 @@
+"""session_context: how the row's photo looks next to what the same user was shown in the minutes
+around it, read from the impression log (no labels).
+
+A feed that follows what the user is after right now fills those minutes with covers alike, so a
+photo like its neighbours is one the feed chose for the moment; a feed blind to the moment gives
+a cosine that says nothing, and the model learns to ignore it. Per row: the cosine between the
+photo's reduced visual vector and the sum of the unit vectors of the user's other impressions in
+the row's own log (train rows from the train log, test rows from the test log, which is given in
+full at prediction time) within 2 and 10 minutes either side of the row's time. The row itself
+is left out; a window with no other impression, a sum of zero or a photo whose vector is zero or
+missing gives a null.
+
+Its definition, what Spark runs, is dbt_like_sql/features/session_context.sql (window sums, one
+per component and window). This is the fast path DuckDB runs, with no loop over users or rows:
+
+- the log is read in (split, user_id, time, row_id) order, and cut into chunks of whole
+  (split, user) timelines of about ROWS_PER_CHUNK rows;
+- in a chunk, each row's unit vector (float64) and their running sum P (a zero row first); the
+  timelines are keyed (timeline << 41) | (time - the chunk's first time), so a window's rows are
+  one range [lo, hi) of the sorted keys (np.searchsorted of key -/+ the window), clamped to the
+  row's timeline, and their sum is P[hi] - P[lo] less the row's own vector;
+- the table is written in row_id order.
+
+Memory: per chunk about 2 KB a row at 64 components (the vectors, their running sum, one window's
+sums and a gathered copy), about 400 MB at the default chunk; plus the photos' unit vectors (8
+bytes a component) and some 60 bytes a row of the whole log for its ids and results.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from kuai_assets.features.id_index import IdIndex
+from kuai_assets.features.spec import TableModel
+
+WINDOWS_MS = {"2min": 120_000, "10min": 600_000}  # either side of the row's time
+ROWS_PER_CHUNK = 200_000  # rows per chunk of whole timelines (a timeline longer is one chunk)
+TIME_BITS = 41  # a timeline's times, from the chunk's first, fit in 41 bits (70 years in ms)
+MIN_SUM_LENGTH = 1e-9  # a window whose vectors sum to less is treated as empty
+COLUMNS = tuple(f"session_cosine_{name}" for name in WINDOWS_MS)
+
+
+def unit_vectors(con: duckdb.DuckDBPyConnection) -> tuple[IdIndex, np.ndarray]:
+    """Each photo's reduced vector at unit length (float64; a zero vector stays zero), and the
+    photo_id index of their rows."""
+    table = con.sql("select * exclude (split) from pca_visual_features order by photo_id").to_arrow_table()
+    names = [c for c in table.column_names if c.startswith("pc_")]
+    vectors = np.column_stack([table.column(c).to_numpy().astype(np.float64) for c in names])
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return IdIndex(table.column("photo_id").to_numpy()), vectors
+
+
+def chunk_bounds(timeline_starts: np.ndarray, rows: int, rows_per_chunk: int) -> list[tuple[int, int]]:
+    """[start, end) ranges of about rows_per_chunk rows that never split a timeline."""
+    bounds, start = [], 0
+    while start < rows:
+        after = np.searchsorted(timeline_starts, start + rows_per_chunk, side="left")
+        end = int(timeline_starts[after]) if after < len(timeline_starts) else rows
+        if end <= start:  # one timeline longer than a chunk
+            later = timeline_starts[timeline_starts > start]
+            end = int(later[0]) if len(later) else rows
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
+def session_cosines(
+    timeline: np.ndarray, time: np.ndarray, vectors: np.ndarray, present: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The columns for rows sorted by (timeline, time), with their unit vectors (zero where the
+    photo has none) and whether each has one of unit length."""
+    key = (timeline.astype(np.int64) << TIME_BITS) | (time - time.min())
+    first = np.searchsorted(timeline, timeline, side="left")
+    end = np.searchsorted(timeline, timeline, side="right")
+    running = np.zeros((len(key) + 1, vectors.shape[1]))
+    np.cumsum(vectors, axis=0, out=running[1:])
+    out = {}
+    for name, window in WINDOWS_MS.items():
+        lo = np.maximum(np.searchsorted(key, key - window, side="left"), first)
+        hi = np.minimum(np.searchsorted(key, key + window, side="right"), end)
+        others = running[hi]
+        others -= running[lo]
+        others -= vectors
+        length = np.linalg.norm(others, axis=1)
+        dot = np.einsum("ij,ij->i", others, vectors)
+        keep = (hi - lo > 1) & (length > MIN_SUM_LENGTH) & present
+        out[f"session_cosine_{name}"] = np.where(keep, dot / np.where(keep, length, 1.0), np.nan)
+    return out
+
+
+def compute_session_context(
+    con: duckdb.DuckDBPyConnection, out: Path, log: Callable[[str], None] = lambda m: None
+) -> int:
+    index, unit = unit_vectors(con)
+    log_rows = con.sql(
+        "select row_id, user_id, time, photo_id, split = 'test' as is_test from raw_interactions "
+        "order by split, user_id, time, row_id"
+    ).fetchnumpy()
+    rows = len(log_rows["row_id"])
+    user, is_test = log_rows["user_id"], log_rows["is_test"]
+    changes = np.flatnonzero((user[1:] != user[:-1]) | (is_test[1:] != is_test[:-1])) + 1
+    timeline_starts = np.concatenate([[0], changes]).astype(np.int64)
+    timeline = np.zeros(rows, dtype=np.int64)
+    timeline[changes] = 1
+    np.cumsum(timeline, out=timeline)
+    position, found = index.lookup(log_rows["photo_id"])
+    results = {c: np.empty(rows, dtype=np.float32) for c in COLUMNS}
+    for start, end in chunk_bounds(timeline_starts, rows, ROWS_PER_CHUNK):
+        vectors = np.where(found[start:end, None], unit[position[start:end]], 0.0)
+        present = np.linalg.norm(vectors, axis=1) > 0.5
+        part = session_cosines(timeline[start:end], log_rows["time"][start:end].astype(np.int64), vectors, present)
+        for c in COLUMNS:
+            results[c][start:end] = part[c]
+    order = np.argsort(log_rows["row_id"], kind="stable")
+    table = pa.table(
+        {"row_id": pa.array(log_rows["row_id"][order])}
+        | {c: pa.array(results[c][order], mask=np.isnan(results[c][order])) for c in COLUMNS}
+    )
+    pq.write_table(table, out)
+    log(f"session_context: {rows:,} rows in {len(timeline_starts):,} timelines")
+    return rows
+
+
+GROUP = TableModel(
+    name="session_context",
+    layer="features",
+    description="Session context: the row's photo against what its user was shown in the minutes around it "
+    "(the definition and its full description: dbt_like_sql/features/session_context.sql).",
+    grain=("row_id",),
+    upstream=("pca_visual_features", "raw_interactions"),
+    continuous=COLUMNS,
+    uses_scored_window_log=True,
+    compute=compute_session_context,
+)
