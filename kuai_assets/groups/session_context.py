@@ -14,11 +14,11 @@ Its definition, what Spark runs, is dbt_like_sql/features/session_context.sql (w
 per component and window). This is the fast path DuckDB runs, with no loop over users or rows:
 
 - the log is read in (split, user_id, time, row_id) order, and cut into chunks of whole
-  (split, user) timelines of about ROWS_PER_CHUNK rows;
-- in a chunk, each row's unit vector (float64) and their running sum P (a zero row first); the
-  timelines are keyed (timeline << 41) | (time - the chunk's first time), so a window's rows are
-  one range [lo, hi) of the sorted keys (np.searchsorted of key -/+ the window), clamped to the
-  row's timeline, and their sum is P[hi] - P[lo] less the row's own vector;
+  (split, user) timelines of at most ROWS_PER_CHUNK rows (a longer timeline is a chunk alone);
+- in a chunk, each row's unit vector (float64) and their running sum P (a zero row first); rows
+  are keyed (the timeline's number in the chunk << 41) | (time - the chunk's earliest time), so a
+  window's rows are one range [lo, hi) of the sorted keys (np.searchsorted of key -/+ the window),
+  clamped to the row's timeline, and their sum is P[hi] - P[lo] less the row's own vector;
 - the table is written in row_id order.
 
 Memory: per chunk about 2 KB a row at 64 components (the vectors, their running sum, one window's
@@ -57,14 +57,17 @@ def unit_vectors(con: duckdb.DuckDBPyConnection) -> tuple[IdIndex, np.ndarray]:
 
 
 def chunk_bounds(timeline_starts: np.ndarray, rows: int, rows_per_chunk: int) -> list[tuple[int, int]]:
-    """[start, end) ranges of about rows_per_chunk rows that never split a timeline."""
+    """[start, end) ranges of at most rows_per_chunk rows that never split a timeline (a timeline
+    longer than that is a chunk of its own)."""
     bounds, start = [], 0
     while start < rows:
-        after = np.searchsorted(timeline_starts, start + rows_per_chunk, side="left")
-        end = int(timeline_starts[after]) if after < len(timeline_starts) else rows
-        if end <= start:  # one timeline longer than a chunk
-            later = timeline_starts[timeline_starts > start]
-            end = int(later[0]) if len(later) else rows
+        if start + rows_per_chunk >= rows:
+            end = rows
+        else:
+            end = int(timeline_starts[np.searchsorted(timeline_starts, start + rows_per_chunk, side="right") - 1])
+            if end <= start:  # the timeline at start is longer than a chunk
+                after = np.searchsorted(timeline_starts, start, side="right")
+                end = int(timeline_starts[after]) if after < len(timeline_starts) else rows
         bounds.append((start, end))
         start = end
     return bounds
@@ -75,7 +78,7 @@ def session_cosines(
 ) -> dict[str, np.ndarray]:
     """The columns for rows sorted by (timeline, time), with their unit vectors (zero where the
     photo has none) and whether each has one of unit length."""
-    key = (timeline.astype(np.int64) << TIME_BITS) | (time - time.min())
+    key = ((timeline - timeline[0]).astype(np.int64) << TIME_BITS) | (time - time.min())
     first = np.searchsorted(timeline, timeline, side="left")
     end = np.searchsorted(timeline, timeline, side="right")
     running = np.zeros((len(key) + 1, vectors.shape[1]))
