@@ -174,8 +174,9 @@ def test_scoring_each_epoch_beside_the_next_decides_as_scoring_it_before(materia
     the same stop (an epoch begun before the scoring that stops the validation is dropped)."""
     work = WorkDir(materialized["work"])
     # a learning rate high enough that the validation AUC stops rising within the epochs (without the
-    # taste factors, which keep it rising for longer on this data)
+    # taste factors and the session's context, which keep it rising for longer on this data)
     params = AttentionParams(max_epochs=8, patience=1, fit_targets_per_epoch=4_000, learning_rate=0.05, taste_dim=0,
+                             context_groups=["impression_context", "time_and_duration"],
                              history_length=LENGTH, leak_check_targets=1_000, refit="always", refit_epochs_factor=0.01)
     beside = train_attention_model(work, params.model_copy(update={"threads": 0}))
     before = train_attention_model(work, params.model_copy(update={"threads": 1}))

@@ -36,7 +36,7 @@ from kuai_assets.ml.blend import MIN_GAIN, WeightChoice, align_validation, choos
 from kuai_assets.ml.metrics import roc_auc
 from kuai_assets.storage import WorkDir
 
-DEFAULT_CONTEXT_GROUPS = ("impression_context", "time_and_duration")
+DEFAULT_CONTEXT_GROUPS = ("impression_context", "time_and_duration", "session_context")
 
 
 class AttentionParams(BaseModel):
