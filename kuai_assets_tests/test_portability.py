@@ -107,6 +107,18 @@ def test_variables_become_typed_literals():
         to_spark_sql("select getvariable('nope') as x", {"folds": 5}, "v.sql")
 
 
+def test_a_window_function_in_arithmetic_reaches_spark_in_parentheses():
+    """Spark reads `sum(x) over w - x` as the window name `w-x` (INVALID_IDENTIFIER); the same
+    expression parenthesised means what DuckDB reads."""
+    sql = ("select sum(x) over w - x as a, -count(*) over w as b, (sum(x) over w) * 2 as c, "
+           "sum(x) over (partition by u order by t) + 1 as d from m window w as (partition by u order by t)")
+    spark = to_spark_sql(sql, {}, "w.sql")
+    assert spark.startswith(
+        "SELECT (SUM(x) OVER w) - x AS a, -(COUNT(*) OVER w) AS b, (SUM(x) OVER w) * 2 AS c, "
+        "(SUM(x) OVER (PARTITION BY u ORDER BY t NULLS LAST)) + 1 AS d FROM m WINDOW w AS "
+    )
+
+
 def test_a_join_hint_reaches_spark_as_a_hint_and_duckdb_as_a_comment(tmp_path):
     """sqlglot's DuckDB dialect drops hints; the check parses with one that keeps them."""
     import duckdb

@@ -3,7 +3,9 @@
 A SQL file is written in DuckDB's dialect (the default engine). `check_portable` refuses what
 sqlglot cannot carry to Spark with the same meaning, naming the file, the line and the
 construct; `to_spark_sql` substitutes the header variables as literals (Spark has no
-`getvariable`) and transpiles. Refused:
+`getvariable`), parenthesises a window function that is an operand of an operator (Spark reads
+`sum(x) over w - x` as the window name `w-x`, sqlglot writes it as it reads it) and transpiles.
+Refused:
 
 - a function sqlglot does not know (it would be passed through by name, meaning whatever, or
   nothing, on the other side);
@@ -253,7 +255,8 @@ def check_portable(sql: str, where: str) -> exp.Expression:
 
 
 def to_spark_sql(sql: str, variables: dict[str, float | int], where: str) -> str:
-    """The query in Spark's dialect, with each `getvariable('name')` replaced by its value."""
+    """The query in Spark's dialect, with each `getvariable('name')` replaced by its value and each
+    window function that is an operand of an operator in parentheses."""
     tree = check_portable(sql, where)
 
     def substitute(node: exp.Expression) -> exp.Expression:
@@ -271,6 +274,10 @@ def to_spark_sql(sql: str, variables: dict[str, float | int], where: str) -> str
             if isinstance(value, float):  # a DOUBLE, as DuckDB types a float variable (a bare 12.0 is a DECIMAL)
                 return exp.cast(exp.Literal.number(repr(value)), exp.DataType.build("double"))
             return exp.Literal.number(str(int(value)))
+        if isinstance(node, exp.Window) and isinstance(node.parent, (exp.Binary, exp.Unary)) and not isinstance(
+            node.parent, exp.Paren
+        ):
+            return exp.Paren(this=node.copy())
         return node
 
     return tree.transform(substitute).sql(dialect=WRITE, unsupported_level=ErrorLevel.RAISE)

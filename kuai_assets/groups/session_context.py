@@ -40,8 +40,8 @@ from kuai_assets.features.id_index import IdIndex
 from kuai_assets.features.spec import TableModel
 
 WINDOWS_MS = {"2min": 120_000, "10min": 600_000}  # either side of the row's time
-ROWS_PER_CHUNK = 200_000  # rows per chunk of whole timelines (a timeline longer is one chunk)
-TIME_BITS = 41  # a timeline's times, from the chunk's first, fit in 41 bits (70 years in ms)
+ROWS_PER_CHUNK = 200_000  # at most this many rows per chunk of whole timelines (a longer timeline is a chunk alone)
+TIME_BITS = 41  # times from the chunk's earliest fit in 41 bits (70 years in ms)
 MIN_SUM_LENGTH = 1e-9  # a window whose vectors sum to less is treated as empty
 COLUMNS = tuple(f"session_cosine_{name}" for name in WINDOWS_MS)
 
