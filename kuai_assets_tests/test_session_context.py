@@ -55,7 +55,38 @@ def test_a_window_holds_the_users_other_impressions_of_the_same_split(tmp_path):
     assert table.loc[12, "session_cosine_2min"] != table.loc[12, "session_cosine_2min"]  # NaN: nobody within 2 min
     assert table.loc[12, "session_cosine_10min"] == pytest.approx(unit3 @ np.array([1.0, 1.0]) / np.sqrt(2))
     assert table.loc[[13, 14, 15, 16, 17]].isna().all().all()
-    assert list(table.columns) == ["session_cosine_2min", "session_cosine_10min"]
+    assert list(table.columns) == [
+        "session_cosine_2min", "session_cosine_10min",
+        "session_cosine_before_2min", "session_cosine_before_10min",
+        "session_cosine_after_2min", "session_cosine_after_10min",
+    ]
+
+
+def test_before_and_after_windows_are_strict_and_one_sided(tmp_path):
+    pca = photos({1: [1.0, 0.0], 2: [0.0, 1.0], 3: [1.0, 1.0], 4: [-1.0, 0.0]})
+    raw = log([
+        (20, "train", 7, 1, 10 * MINUTE),
+        (21, "train", 7, 2, 10 * MINUTE),      # same time as row 20 (one screen): around it, not before or after
+        (22, "train", 7, 3, 11 * MINUTE),      # 1 min after rows 20 and 21
+        (23, "train", 7, 4, 8 * MINUTE),       # 2 min before rows 20 and 21: the edge of their 2-minute window
+        (24, "train", 7, 2, 20 * MINUTE),      # 10 min after rows 20 and 21 (the edge), 9 after row 22
+    ])
+    table = run(tmp_path, raw, pca)
+    unit3 = np.array([1.0, 1.0]) / np.sqrt(2)
+    e1, e2, e4 = np.array([1.0, 0.0]), np.array([0.0, 1.0]), np.array([-1.0, 0.0])
+
+    def cosine(photo, others):
+        return float(photo @ others / np.linalg.norm(others))
+
+    assert table.loc[20, "session_cosine_after_2min"] == pytest.approx(cosine(e1, unit3))
+    assert table.loc[20, "session_cosine_after_10min"] == pytest.approx(cosine(e1, unit3 + e2))
+    assert table.loc[20, "session_cosine_before_2min"] == pytest.approx(-1.0)  # row 23 alone, not row 21
+    assert table.loc[20, "session_cosine_2min"] == pytest.approx(cosine(e1, e2 + unit3 + e4))
+    assert np.isnan(table.loc[23, "session_cosine_before_10min"])  # nothing before
+    assert table.loc[23, "session_cosine_after_2min"] == pytest.approx(cosine(e4, e1 + e2))  # rows 20, 21 at the edge
+    assert np.isnan(table.loc[24, "session_cosine_after_10min"])  # nothing after
+    assert np.isnan(table.loc[24, "session_cosine_before_2min"])
+    assert table.loc[24, "session_cosine_before_10min"] == pytest.approx(cosine(e2, e1 + e2 + unit3))  # 20, 21 at the edge
 
 
 def test_chunks_of_whole_timelines_give_the_same_table(tmp_path, monkeypatch):
@@ -67,7 +98,7 @@ def test_chunks_of_whole_timelines_give_the_same_table(tmp_path, monkeypatch):
     monkeypatch.setattr(session_context, "ROWS_PER_CHUNK", 7)
     chunked = run(tmp_path, log(rows), pca)
     pd.testing.assert_frame_equal(whole, chunked)
-    assert whole.notna().all(axis=1).mean() > 0.9
+    assert (whole.notna().mean() > 0.6).all()  # every window holds something for most rows: the comparison is not of nulls
 
 
 def test_chunk_bounds_never_split_a_timeline():

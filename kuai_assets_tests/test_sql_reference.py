@@ -425,12 +425,17 @@ def reference_visual_similarity(read: Read) -> pd.DataFrame:
 
 # -- session_context --------------------------------------------------------------------------
 
-SESSION_WINDOWS_MS = {"2min": 120_000, "10min": 600_000}  # session_context: either side of the row
+SESSION_WINDOWS = {  # session_context: name -> (side, minutes)
+    "2min": ("around", 2), "10min": ("around", 10),
+    "before_2min": ("before", 2), "before_10min": ("before", 10),
+    "after_2min": ("after", 2), "after_10min": ("after", 10),
+}
 
 
 def reference_session_context(read: Read) -> pd.DataFrame:
     """Per row, the cosine between its photo's unit vector and the sum of the unit vectors of the
-    user's other impressions of the same split within each window of its time."""
+    user's other impressions of the same split in each window of its time: within the minutes
+    either side (the row left out), or strictly before, or strictly after."""
     raw, pca = read("raw_interactions"), read("pca_visual_features")
     components = [c for c in pca.columns if c.startswith("pc_")]
     vectors = pca.set_index("photo_id")[components].astype("float64")
@@ -438,11 +443,18 @@ def reference_session_context(read: Read) -> pd.DataFrame:
     parts = []
     for _, own in raw.groupby(["split", "user_id"]):
         time = own["time"].to_numpy()
+        later = time[None, :] - time[:, None]  # [row, other]: how much later the other is
         photo = vectors.loc[own["photo_id"]].to_numpy()
         part = pd.DataFrame({"row_id": own["row_id"].to_numpy()})
-        for name, window in SESSION_WINDOWS_MS.items():
-            near = np.abs(time[:, None] - time[None, :]) <= window
-            np.fill_diagonal(near, False)  # the row itself is left out
+        for name, (side, minutes) in SESSION_WINDOWS.items():
+            window = minutes * 60_000
+            if side == "around":
+                near = np.abs(later) <= window
+                np.fill_diagonal(near, False)  # the row itself is left out
+            elif side == "before":
+                near = (later >= -window) & (later < 0)
+            else:
+                near = (later > 0) & (later <= window)
             others = near.astype(float) @ photo
             length = np.linalg.norm(others, axis=1)
             cosine = (others * photo).sum(axis=1) / np.where(length > 0, length, np.nan)

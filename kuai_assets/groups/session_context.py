@@ -1,14 +1,17 @@
 """session_context: how the row's photo looks next to what the same user was shown in the minutes
-around it, read from the impression log (no labels).
+around it, before it and after it, read from the impression log (no labels).
 
 A feed that follows what the user is after right now fills those minutes with covers alike, so a
-photo like its neighbours is one the feed chose for the moment; a feed blind to the moment gives
-a cosine that says nothing, and the model learns to ignore it. Per row: the cosine between the
-photo's reduced visual vector and the sum of the unit vectors of the user's other impressions in
-the row's own log (train rows from the train log, test rows from the test log, which is given in
-full at prediction time) within 2 and 10 minutes either side of the row's time. The row itself
-is left out; a window with no other impression, a sum of zero or a photo whose vector is zero or
-missing gives a null.
+photo like its neighbours is one the feed chose for the moment; and a feed that reacts to a click
+shows, in the minutes after it, covers like the clicked one, so a photo like what came after it
+is one the user probably clicked. A feed blind to both gives cosines that say nothing, and the
+model learns to ignore them. Per row and window: the cosine between the photo's reduced visual
+vector and the sum of the unit vectors of the user's other impressions in the row's own log
+(train rows from the train log, test rows from the test log, which is given in full at
+prediction time). The windows (WINDOWS): 2 and 10 minutes either side of the row's time (the
+row itself left out; rows at the same time, one screen, included), and 2 and 10 minutes
+strictly before and strictly after it. A window with no other impression, a sum of zero or a
+photo whose vector is zero or missing gives a null.
 
 Its definition, what Spark runs, is dbt_like_sql/features/session_context.sql (window sums, one
 per component and window). This is the fast path DuckDB runs, with no loop over users or rows:
@@ -17,17 +20,18 @@ per component and window). This is the fast path DuckDB runs, with no loop over 
   (split, user) timelines of at most ROWS_PER_CHUNK rows (a longer timeline is a chunk alone);
 - in a chunk, each row's unit vector (float64) and their running sum P (a zero row first); rows
   are keyed (the timeline's number in the chunk << 41) | (time - the chunk's earliest time), so a
-  window's rows are one range [lo, hi) of the sorted keys (np.searchsorted of key -/+ the window),
-  clamped to the row's timeline, and their sum is P[hi] - P[lo] less the row's own vector;
+  window's rows are one range [lo, hi) of the sorted keys (np.searchsorted), clamped to the row's
+  timeline, and their sum is P[hi] - P[lo] (less the row's own vector when the window holds it);
 - the table is written in row_id order.
 
 Memory: per chunk about 2 KB a row at 64 components (the vectors, their running sum, one window's
 sums and a gathered copy), about 400 MB at the default chunk; plus the photos' unit vectors (8
-bytes a component) and some 60 bytes a row of the whole log for its ids and results.
+bytes a component) and some 100 bytes a row of the whole log for its ids and results.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -39,11 +43,32 @@ import pyarrow.parquet as pq
 from kuai_assets.features.id_index import IdIndex
 from kuai_assets.features.spec import TableModel
 
-WINDOWS_MS = {"2min": 120_000, "10min": 600_000}  # either side of the row's time
+
+@dataclass(frozen=True)
+class Window:
+    """The impressions of the row's timeline whose time t' satisfies, for the row's time t:
+    `around`: |t' - t| <= ms, the row itself left out; `before`: t - ms <= t' < t;
+    `after`: t < t' <= t + ms."""
+
+    name: str
+    side: str  # around | before | after
+    ms: int
+
+    @property
+    def column(self) -> str:
+        return f"session_cosine_{self.name}"
+
+
+MINUTE_MS = 60_000
+WINDOWS = (
+    Window("2min", "around", 2 * MINUTE_MS),
+    Window("10min", "around", 10 * MINUTE_MS),
+    *(Window(f"{side}_{minutes}min", side, minutes * MINUTE_MS) for side in ("before", "after") for minutes in (2, 10)),
+)
 ROWS_PER_CHUNK = 200_000  # at most this many rows per chunk of whole timelines (a longer timeline is a chunk alone)
 TIME_BITS = 41  # times from the chunk's earliest fit in 41 bits (70 years in ms)
 MIN_SUM_LENGTH = 1e-9  # a window whose vectors sum to less is treated as empty
-COLUMNS = tuple(f"session_cosine_{name}" for name in WINDOWS_MS)
+COLUMNS = tuple(w.column for w in WINDOWS)
 
 
 def unit_vectors(con: duckdb.DuckDBPyConnection) -> tuple[IdIndex, np.ndarray]:
@@ -83,17 +108,29 @@ def session_cosines(
     end = np.searchsorted(timeline, timeline, side="right")
     running = np.zeros((len(key) + 1, vectors.shape[1]))
     np.cumsum(vectors, axis=0, out=running[1:])
+    at_time_first = np.searchsorted(key, key, side="left")  # the first row at the row's time
+    at_time_end = np.searchsorted(key, key, side="right")  # after the last row at the row's time
     out = {}
-    for name, window in WINDOWS_MS.items():
-        lo = np.maximum(np.searchsorted(key, key - window, side="left"), first)
-        hi = np.minimum(np.searchsorted(key, key + window, side="right"), end)
+    for window in WINDOWS:
+        if window.side == "after":
+            lo = at_time_end
+        else:
+            lo = np.maximum(np.searchsorted(key, key - window.ms, side="left"), first)
+        if window.side == "before":
+            hi = at_time_first
+        else:
+            hi = np.minimum(np.searchsorted(key, key + window.ms, side="right"), end)
         others = running[hi]
         others -= running[lo]
-        others -= vectors
+        if window.side == "around":
+            others -= vectors
+            rows_in_window = hi - lo - 1
+        else:
+            rows_in_window = hi - lo
         length = np.linalg.norm(others, axis=1)
         dot = np.einsum("ij,ij->i", others, vectors)
-        keep = (hi - lo > 1) & (length > MIN_SUM_LENGTH) & present
-        out[f"session_cosine_{name}"] = np.where(keep, dot / np.where(keep, length, 1.0), np.nan)
+        keep = (rows_in_window > 0) & (length > MIN_SUM_LENGTH) & present
+        out[window.column] = np.where(keep, dot / np.where(keep, length, 1.0), np.nan)
     return out
 
 
