@@ -24,6 +24,7 @@ EXPECTED_GRAPH = {
     "photo_visual": ("features", ["pca_visual_features"]),
     "face_stats": ("features", ["raw_faces", "raw_interactions"]),
     "user_face_preference": ("features", ["label_history", "model_rows", "raw_faces"]),
+    "user_face_match": ("features", ["label_history", "model_rows", "raw_faces"]),
     "user_attribute_taste": ("features", ["label_history", "model_rows", "raw_text"]),
     "text_stats": ("features", ["raw_text"]),
     "word_click_rates": ("features", ["label_history", "model_rows", "raw_text"]),
@@ -41,7 +42,7 @@ EXPECTED_GRAPH = {
              "cluster_stats", "visual_similarity", "photo_visual", "face_stats", "user_face_preference",
              "text_stats", "word_click_rates", "user_word_affinity", "impression_context", "time_and_duration",
              "published_baseline", "impression_embedding", "visual_taste", "user_cluster_exposure",
-             "user_visual_group_affinity", "user_attribute_taste", "session_context"]
+             "user_visual_group_affinity", "user_attribute_taste", "session_context", "user_face_match"]
         ),
     ),
     "model": ("model", ["training_matrix"]),

@@ -219,6 +219,50 @@ def reference_user_face_preference(read: Read) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+# -- user_face_match --------------------------------------------------------------------------
+
+
+def photo_face_kinds(raw_faces: pd.DataFrame, photo_ids) -> pd.DataFrame:
+    """Per photo, the kind of face its cover shows by gender, age band and appearance ('none'
+    without a face), and the three at once."""
+    photos = raw_faces.groupby("photo_id").agg(
+        male_share=("gender", "mean"), age=("age", "mean"), appearance=("appearance", "max")
+    ).reindex(pd.Index(sorted(set(photo_ids)), name="photo_id"))
+    face = photos["male_share"].notna()
+    kinds = pd.DataFrame(index=photos.index)
+    kinds["gender"] = np.select(
+        [~face, photos["male_share"] == 0, photos["male_share"] == 1], ["none", "female", "male"], "both")
+    kinds["age"] = np.select([~face, photos["age"] < 20, photos["age"] < 30], ["none", "under_20", "20_30"], "over_30")
+    kinds["appearance"] = np.select([~face, photos["appearance"] >= ATTRACTIVE_APPEARANCE], ["none", "high"], "low")
+    kinds["kind"] = kinds["gender"] + "/" + kinds["age"] + "/" + kinds["appearance"]
+    return kinds
+
+
+def reference_user_face_match(read: Read) -> pd.DataFrame:
+    """Per row, the user's out-of-fold click rate on covers of the row's photo's face kind (each
+    dimension, and all at once), smoothed toward the user's own rate, and its lift over it."""
+    label_history, model_rows, raw_faces = read("label_history"), read("model_rows"), read("raw_faces")
+    kinds = photo_face_kinds(raw_faces, model_rows["photo_id"])
+    history = label_history.astype({"click": "int64"}).join(kinds, on="photo_id")
+    parts = []
+    for (setup, fold), rows in model_rows.groupby(["setup", "fold"]):
+        seen = history[(history["setup"] == setup) & (history["fold"] != fold)]
+        users = seen.groupby("user_id")["click"].agg(["sum", "size"])
+        prior = (users["sum"] + FACE_USER_PRIOR[0]) / (users["size"] + FACE_USER_PRIOR[1])
+        part = rows[["setup", "row_id"]].copy()
+        row_prior = rows["user_id"].map(prior)
+        for dimension in ["gender", "age", "appearance", "kind"]:
+            counts = seen.groupby(["user_id", dimension])["click"].agg(["sum", "size"])
+            key = pd.MultiIndex.from_arrays([rows["user_id"], rows["photo_id"].map(kinds[dimension])])
+            clicks = counts["sum"].reindex(key).fillna(0).to_numpy()
+            n = counts["size"].reindex(key).fillna(0).to_numpy()
+            rate = (clicks + FACE_RATE_WEIGHT * row_prior.to_numpy()) / (n + FACE_RATE_WEIGHT)
+            part[f"face_match_rate_{dimension}"] = rate
+            part[f"face_match_lift_{dimension}"] = rate - row_prior.to_numpy()
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
 # -- user_attribute_taste ---------------------------------------------------------------------
 
 
@@ -469,6 +513,7 @@ REFERENCES = {  # name: (reference, keys, absolute tolerance)
     "user_behaviour": (reference_user_behaviour, ["setup", "fold", "user_id"], ATOL),
     "cluster_stats": (reference_cluster_stats, ["setup", "fold", "k", "cluster"], ATOL),
     "user_face_preference": (reference_user_face_preference, ["setup", "fold", "user_id"], ATOL),
+    "user_face_match": (reference_user_face_match, ["setup", "row_id"], ATOL),
     "user_attribute_taste": (reference_user_attribute_taste, ["setup", "fold", "user_id"], ATOL),
     "word_click_rates": (reference_word_click_rates, ["setup", "fold", "photo_id"], ATOL),
     "face_stats": (reference_face_stats, ["photo_id"], ATOL),
@@ -542,6 +587,7 @@ ONE_ROW_CHANGES = {
     "user_behaviour": ("label_history", flip("click"), "user_click_rate"),
     "cluster_stats": ("label_history", flip("like", where=lambda read: lambda h: h["like"] == 0), "cluster_like_rate"),
     "user_face_preference": ("label_history", flip("click", where=has_face), "user_click_rate_with_face"),
+    "user_face_match": ("label_history", flip("click", where=has_face), "face_match_rate_gender"),
     "user_attribute_taste": ("label_history", add("duration_time", 500), "user_log_duration_click_slope"),
     "word_click_rates": ("label_history", flip("click", where=has_words), "word_click_rate_mean"),
     "face_stats": ("raw_faces", add("age", 7), "face_age_mean"),
