@@ -102,6 +102,8 @@ def test_quality_on_a_given_dataset_reads_its_oracle_from_its_ground_truth(tmp_p
         # its feeds need a catalogue of about 100 users' uploads (fewer are refused, in one line)
         ("session_intent_world", ["--users", "100", "--train-rows-per-user", "600", "--test-rows-per-user", "170",
                                   "--vector-dim", "8", "--seed", "4"]),
+        ("feed_world", ["--users", "100", "--train-rows-per-user", "300", "--test-rows-per-user", "75",
+                        "--vector-dim", "8", "--seed", "4"]),
     ],
 )
 def test_the_independent_worlds_are_read_as_released_data(tmp_path, generator, options):
