@@ -40,15 +40,18 @@ history as (
 ),
 
 -- one row per (setup, fold, user, dimension, kind)
-per_fold as (
+per_fold as (  -- (explicit groups: Spark's `group by all` does not group by a constant)
     select setup, fold, user_id, 'gender' as dimension, gender_kind as kind, count(*) as n, sum(click) as clicks
-    from history group by all
+    from history group by setup, fold, user_id, gender_kind
     union all
-    select setup, fold, user_id, 'age', age_kind, count(*), sum(click) from history group by all
+    select setup, fold, user_id, 'age', age_kind, count(*), sum(click)
+    from history group by setup, fold, user_id, age_kind
     union all
-    select setup, fold, user_id, 'appearance', appearance_kind, count(*), sum(click) from history group by all
+    select setup, fold, user_id, 'appearance', appearance_kind, count(*), sum(click)
+    from history group by setup, fold, user_id, appearance_kind
     union all
-    select setup, fold, user_id, 'all', all_kind, count(*), sum(click) from history group by all
+    select setup, fold, user_id, 'all', all_kind, count(*), sum(click)
+    from history group by setup, fold, user_id, all_kind
 ),
 
 out_of_fold as (
@@ -59,7 +62,7 @@ user_prior as (
     select setup, fold, user_id, (sum(clicks) + 2) / (sum(n) + 10) as prior
     from out_of_fold
     where dimension = 'gender'  -- every impression has exactly one gender kind
-    group by all
+    group by setup, fold, user_id
 ),
 
 row_kind as (
