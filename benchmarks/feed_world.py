@@ -5,8 +5,9 @@
 
 Writes a short-video impression log in the released layout of the 2018 Kuaishou User Interest
 Modeling Challenge (train/ and test/ with *_interaction.txt, *_face.txt, *_text.txt and
-final_visual_*.zip), plus ground_truth/test_ground_truth.txt (user_id, photo_id, click, p_click)
-and ground_truth/summary.json (the story's parameters, counts, the oracle AUC and the AUCs of the
+final_visual_*.zip), plus ground_truth/test_ground_truth.txt (user_id, photo_id, click, p_click),
+ground_truth/train_p_click.txt (user_id, photo_id, time, p_click of every train row, in the train
+file's order) and ground_truth/summary.json (the story's parameters, counts, the oracle AUC and the AUCs of the
 true model with each unobservable or mechanism-specific term removed). It is a measuring
 instrument: nothing here was tuned against the platform, only against the story's own oracle.
 
@@ -924,6 +925,10 @@ def write_world(w: World, out: Path, dim: int, seed: int) -> dict:
             df["playing_time"] = df.pop("playing_time")
         df["duration_time"] = ph.duration[p]
         write_tsv(out / name / f"{name}_interaction.txt", df)
+        if window == 1:   # the true click probability of every train row, line for line (to read a validation's rows)
+            write_tsv(out / "ground_truth" / "train_p_click.txt",
+                      pd.DataFrame({"user_id": df["user_id"], "photo_id": df["photo_id"], "time": df["time"],
+                                    "p_click": np.round(w.p_click[rows], 6)}))
         used = np.flatnonzero(np.bincount(p, minlength=len(ids)))
         (out / name / f"{name}_face.txt").write_text("".join(face_lines(ph, used, ids)))
         (out / name / f"{name}_text.txt").write_text("".join(text_lines(ph, used, ids)))

@@ -40,7 +40,7 @@ history as (
 ),
 
 -- one row per (setup, fold, user, dimension, kind)
-per_fold as (  -- (explicit groups: Spark's `group by all` does not group by a constant)
+per_fold as (  -- (explicit groups: with `group by all` in these CTEs Spark 4.3 raised MISSING_AGGREGATION on "setup")
     select setup, fold, user_id, 'gender' as dimension, gender_kind as kind, count(*) as n, sum(click) as clicks
     from history group by setup, fold, user_id, gender_kind
     union all
