@@ -10,11 +10,7 @@
 -- grain: setup, row_id
 -- continuous: face_match_rate_gender, face_match_lift_gender, face_match_rate_age, face_match_lift_age
 -- continuous: face_match_rate_appearance, face_match_lift_appearance, face_match_rate_kind, face_match_lift_kind
-with photo_faces as (
-    select photo_id, avg(gender) as male_share, avg(age) as age, max(appearance) as appearance
-    from raw_faces
-    group by photo_id
-),
+with {{ photo_faces() }}
 
 -- the kind of face every photo of model_rows shows, per dimension ('none' without faces)
 photo_kind as (
@@ -22,12 +18,9 @@ photo_kind as (
            gender_kind || '/' || age_kind || '/' || appearance_kind as all_kind
     from (
         select r.photo_id,
-               case when f.photo_id is null then 'none' when f.male_share = 0 then 'female'
-                    when f.male_share = 1 then 'male' else 'both' end as gender_kind,
-               case when f.photo_id is null then 'none' when f.age < 20 then 'under_20'
-                    when f.age < 30 then '20_30' else 'over_30' end as age_kind,
-               case when f.photo_id is null then 'none' when f.appearance >= 70 then 'high' else 'low' end
-                   as appearance_kind
+               coalesce(f.gender_kind, 'none') as gender_kind,
+               coalesce(f.age_kind, 'none') as age_kind,
+               coalesce(f.appearance_kind, 'none') as appearance_kind
         from (select distinct photo_id from model_rows) as r
         left join photo_faces as f using (photo_id)
     ) as k

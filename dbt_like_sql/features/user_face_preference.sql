@@ -7,24 +7,17 @@
 -- continuous: user_click_rate_female_face, user_click_rate_male_face
 -- continuous: user_click_rate_face_under_20, user_click_rate_face_20_30, user_click_rate_face_over_30
 -- continuous: user_click_rate_attractive_face
-with photo_faces as (
-    select photo_id,
-           avg(gender) as male_share,
-           avg(age) as age,
-           max(appearance) as appearance
-    from raw_faces
-    group by photo_id
-),
+with {{ photo_faces() }}
 
 history as (
     select h.setup, h.fold, h.user_id, h.click,
            f.photo_id is not null as has_face,
-           f.male_share = 0 as female_only,
-           f.male_share = 1 as male_only,
-           f.age < 20 as age_under_20,
-           f.age >= 20 and f.age < 30 as age_20_30,
-           f.age >= 30 as age_over_30,
-           f.appearance >= 70 as attractive
+           f.gender_kind = 'female' as female_only,
+           f.gender_kind = 'male' as male_only,
+           f.age_kind = 'under_20' as age_under_20,
+           f.age_kind = '20_30' as age_20_30,
+           f.age_kind = 'over_30' as age_over_30,
+           f.appearance_kind = 'high' as attractive
     from label_history as h
     left join photo_faces as f using (photo_id)
 ),
