@@ -15,7 +15,9 @@ Dagster graph of `kuai_assets.definitions.defs` in a child process with `dagster
 resources pointing at that dataset and at a fresh work dir OUT/work/<size>-<world>-seed<seed>.
 Each world runs in its own process, so one world failing or running out of memory leaves the others.
 
-Printed per world: the oracle AUC (true click probabilities), and for each model asset present in
+Printed per world: the oracle AUC (true click probabilities) on the test rows, and on the
+validation's scored rows where the dataset gives every train row's probability
+(`ground_truth/train_p_click.txt`, as `benchmarks/feed_world.py` writes it: "oracle valid"), and for each model asset present in
 the graph (`model`, the GBDT; `attention_model`; `blend`; and `baseline_model` for reference) its
 validation AUC (materialization metadata `valid_auc`), its test AUC (the `evaluation` asset's figure
 of that model, else its stored test predictions scored against the ground truth), the closure of
@@ -114,6 +116,43 @@ def score_predictions(truth: Path, predictions: Path) -> float:
     if len(joined["click"]) != total:
         raise ValueError(f"{predictions}: only {len(joined['click'])} of {total} ground-truth rows have a prediction")
     return roc_auc(joined["click"], joined["p_click"])
+
+
+def validation_oracle_auc(data: Path, work: Path) -> float | None:
+    """The true click probability's AUC on the validation's scored rows, when the dataset gives every
+    train row's probability (`ground_truth/train_p_click.txt`: user_id, photo_id, time, p_click, one
+    line per train row in the train file's order, as `benchmarks/feed_world.py` writes it); None
+    without that file or without the work dir's model_rows. Beside the test's oracle it tells how
+    much of validation - test is the rows' own difference rather than the model's misreading."""
+    import duckdb
+    import pandas as pd
+
+    from kuai_assets.ml.metrics import roc_auc
+    from kuai_assets.storage import sql_string
+
+    truth_file = data / "ground_truth" / "train_p_click.txt"
+    tables = work / "tables"
+    if not truth_file.is_file() or not (tables / "model_rows.parquet").is_file():
+        return None
+    truth = pd.read_csv(truth_file, sep="\t", header=None, names=["user_id", "photo_id", "time", "p_click"])
+    con = duckdb.connect()
+    try:
+        train = con.execute(
+            f"select r.row_id, r.user_id, r.photo_id, r.time, r.click, "
+            f"(m.row_id is not null) as scored "
+            f"from read_parquet({sql_string(tables / 'raw_interactions.parquet')}) r "
+            f"left join (select row_id from read_parquet({sql_string(tables / 'model_rows.parquet')}) "
+            f"where setup = 'validation' and role = 'scored') m using (row_id) "
+            f"where r.split = 'train' order by r.row_id"
+        ).fetchnumpy()
+    finally:
+        con.close()
+    same = len(truth) == len(train["row_id"]) and all(
+        (truth[c].to_numpy() == train[c]).all() for c in ("user_id", "photo_id", "time"))
+    if not same:
+        raise ValueError(f"{truth_file}: its lines are not the train rows in the train file's order")
+    scored = train["scored"].astype(bool)
+    return roc_auc(train["click"][scored], truth["p_click"].to_numpy()[scored])
 
 
 def run_world(data: Path, work: Path, without: list[str], drop_group: str | None = None,
@@ -256,7 +295,7 @@ def fmt(value, digits=4) -> str:
 
 def table_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
     present = [m for m in MODEL_ASSETS if any(m in r.get("models", {}) for r in results)]
-    header = ["world", "oracle AUC"]
+    header = ["world", "oracle AUC", "oracle valid"]
     for m in present:
         header += [f"{m} valid", f"{m} test", f"{m} closure", f"{m} valid-test"] + EXTRA_COLUMNS.get(m, [])
     header += ["generate s", "graph s", "status"]
@@ -271,7 +310,7 @@ def table_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
             passes.append(second)
     for r in passes:
         oracle = r["oracle_auc"]
-        row = [r["world"], fmt(oracle)]
+        row = [r["world"], fmt(oracle), fmt(r.get("validation_oracle_auc"))]
         for m in present:
             info = r.get("models", {}).get(m)
             extra = len(EXTRA_COLUMNS.get(m, []))
@@ -401,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
             record.update(json.loads(marked[-1][len(MARK):]))
         else:
             record.update(success=False, error=f"child exited {child.returncode}; see {log_file}")
+        record["validation_oracle_auc"] = validation_oracle_auc(data, work) if record.get("success") else None
         results.append(record)
         print(f"[quality] {world}: {'ok' if record.get('success') else 'FAILED'} in {record['wall_seconds']:.0f}s wall",
               flush=True)

@@ -157,3 +157,39 @@ def test_feed_world_gives_the_true_click_probability_of_every_train_row(tmp_path
     assert truth["p_click"].between(0, 1).all()
     # the clicks follow their probabilities: clicked rows have the higher true probability
     assert truth["p_click"][train[2] == 1].mean() > truth["p_click"][train[2] == 0].mean() + 0.05
+
+
+def test_quality_reads_the_oracle_on_the_validations_own_rows(tmp_path):
+    """With every train row's true probability beside the data, the oracle is also read on exactly the
+    validation's scored rows; without that file there is no such figure; a file out of the train
+    file's order is refused by name."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from benchmarks.quality import validation_oracle_auc
+    from kuai_assets.ml.metrics import roc_auc
+
+    data, work = tmp_path / "data", tmp_path / "work"
+    (data / "ground_truth").mkdir(parents=True)
+    (work / "tables").mkdir(parents=True)
+    n = 12
+    train = pd.DataFrame({"row_id": range(n), "split": "train", "user_id": [1, 2] * 6,
+                          "photo_id": range(100, 100 + n), "time": range(1000, 1000 + n),
+                          "click": [1, 0, 0, 1, 1, 0, 0, 0, 1, 1, 0, 1]})
+    test = pd.DataFrame({"row_id": [n], "split": "test", "user_id": [1], "photo_id": [999], "time": [5000], "click": [None]})
+    pq.write_table(pa.Table.from_pandas(pd.concat([train, test]), preserve_index=False),
+                   work / "tables" / "raw_interactions.parquet")
+    scored = [6, 7, 8, 9, 10, 11]
+    pq.write_table(pa.table({"setup": ["validation"] * n + ["submission"], "role": ["fit"] * 6 + ["scored"] * 6 + ["scored"],
+                             "row_id": list(range(n)) + [n]}), work / "tables" / "model_rows.parquet")
+    assert validation_oracle_auc(data, work) is None
+    p_click = [0.1, 0.9, 0.8, 0.2, 0.3, 0.7, 0.3, 0.9, 0.8, 0.2, 0.1, 0.7]  # the fit rows ranked backwards
+    truth = train[["user_id", "photo_id", "time"]].assign(p_click=p_click)
+    truth.to_csv(data / "ground_truth" / "train_p_click.txt", sep="\t", header=False, index=False)
+    expected = roc_auc(train["click"].to_numpy()[scored], pd.Series(p_click).to_numpy()[scored])
+    assert validation_oracle_auc(data, work) == pytest.approx(expected)
+    assert expected != pytest.approx(roc_auc(train["click"].to_numpy(), pd.Series(p_click).to_numpy()))
+    truth.iloc[::-1].to_csv(data / "ground_truth" / "train_p_click.txt", sep="\t", header=False, index=False)
+    with pytest.raises(ValueError, match="train_p_click.txt: its lines are not the train rows"):
+        validation_oracle_auc(data, work)
