@@ -64,6 +64,7 @@ Output under DIR:
     train/final_visual_train.zip  final_visual_train/<photo_id>: .npy of shape [1, D] float32 (stored)
     test/...                      the same for test (test_interaction.txt: user_id photo_id time duration_time)
     ground_truth/test_ground_truth.txt  user_id photo_id click p_click, one line per test row
+    ground_truth/train_p_click.txt  user_id photo_id time p_click, one line per train row, in its order
     ground_truth/summary.json     seed, sizes, train click rate, oracle AUC (also without the session's
                                   mood, and without the photo's own quality: what no learner can see)
 
@@ -724,6 +725,11 @@ def generate(
     write_table(
         out / "train" / "train_interaction.txt",
         [users.ids[r.user], train.ids[r.photo], click, like, follow, r.time, playing, train.duration[r.photo]],
+    )
+    # every train row's true probability, line for line with the train file (to read a validation's rows)
+    write_table(
+        out / "ground_truth" / "train_p_click.txt",
+        [users.ids[r.user], train.ids[r.photo], r.time, np.char.mod("%.6f", sigmoid(logit + intercept))],
     )
     r = test_log
     write_table(

@@ -17,19 +17,20 @@ Each world runs in its own process, so one world failing or running out of memor
 
 Printed per world: the oracle AUC (true click probabilities) on the test rows, and on the
 validation's scored rows where the dataset gives every train row's probability
-(`ground_truth/train_p_click.txt`, as `benchmarks/feed_world.py` writes it: "oracle valid"), and for each model asset present in
-the graph (`model`, the GBDT; `attention_model`; `blend`; and `baseline_model` for reference) its
-validation AUC (materialization metadata `valid_auc`), its test AUC (the `evaluation` asset's figure
-of that model, else its stored test predictions scored against the ground truth), the closure of
-the oracle gap (AUC - 0.5) / (oracle - 0.5) and validation - test; whether the attention network
-was refitted and the blend's GBDT weight; the wall time of generation and of the graph. Figures go to OUT/quality-<size>.json as well (with the model's gain by feature group
-and the feature_group_ablation table), and a Markdown table ends the output. Figures of worlds
+(`ground_truth/train_p_click.txt`, as the generators in `benchmarks/` write it: "oracle valid"), and
+for each model asset present in the graph (`model`, the GBDT; `attention_model`; `blend`; and
+`baseline_model` for reference) its validation AUC (materialization metadata `valid_auc`), its test
+AUC (the `evaluation` asset's figure of that model, else its stored test predictions scored against
+the ground truth), the closure of the oracle gap (AUC - 0.5) / (oracle - 0.5) and validation - test;
+whether the attention network was refitted and the blend's GBDT weight; the wall time of generation
+and of the graph. Figures go to OUT/quality-<size>.json as well (with the model's gain by feature
+group and the feature_group_ablation table), and a Markdown table ends the output. Figures of worlds
 measured earlier into the same OUT are kept and reprinted. With --drop-group NAME, `model` is then
-refitted without that feature group in the same work dir (blend, submission and evaluation
-follow; every table and the attention model are reused, the network refitted in the first pass
-whatever the blend chose): a second row per world, "<world> without NAME", shows what the group
-adds on validation and test in one run. --attention-config '{"batch_size": 2048}' sets
-attention_model's config (in both passes) for comparing its settings across worlds.
+refitted without that feature group in the same work dir (blend, submission and evaluation follow;
+every table and the attention model are reused, the network refitted in the first pass whatever the
+blend chose): a second row per world, "<world> without NAME", shows what the group adds on
+validation and test in one run. --attention-config '{"batch_size": 2048}' sets attention_model's
+config (in both passes) for comparing its settings across worlds.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def score_predictions(truth: Path, predictions: Path) -> float:
 def validation_oracle_auc(data: Path, work: Path) -> float | None:
     """The true click probability's AUC on the validation's scored rows, when the dataset gives every
     train row's probability (`ground_truth/train_p_click.txt`: user_id, photo_id, time, p_click, one
-    line per train row in the train file's order, as `benchmarks/feed_world.py` writes it); None
+    line per train row in the train file's order, as the generators in `benchmarks/` write it); None
     without that file or without the work dir's model_rows. Beside the test's oracle it tells how
     much of validation - test is the rows' own difference rather than the model's misreading."""
     import duckdb

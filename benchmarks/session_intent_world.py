@@ -59,6 +59,8 @@ Output, in DIR:
   test/ alike (test_interaction.txt: user_id, photo_id, time, duration_time): the released format;
 - ground_truth/test_ground_truth.txt: user_id, photo_id, click (drawn from p), p_click, one line per
   test row in the order of test_interaction.txt;
+- ground_truth/train_p_click.txt: user_id, photo_id, time, p_click of every train row, in the train
+  file's order;
 - ground_truth/summary.json: sizes, train click rate, the oracle AUC (of p_click on the test
   clicks) and oracle_auc_without_session_intent (the true logit without the intent term: the part
   no learner can know for a test row except through what its session showed).
@@ -776,11 +778,14 @@ def generate(out: Path, n_users: int, train_rows: int, test_rows: int, dim: int,
         write_vectors(folder / f"final_visual_{split}.zip", f"final_visual_{split}", np.random.default_rng([seed, 3, split == "test"]), visual, photos, creators, topics, shown, photo_id[shown])
         summary[f"{split}_rows"] = int(len(rows))
         summary[f"{split}_photos"] = int(len(shown))
+        truth = out / "ground_truth"
+        truth.mkdir(exist_ok=True)
         if split == "train":
             summary["click_rate_train"] = round(float(log.click[rows].mean()), 4)
+            # every train row's true probability, line for line with the train file (to read a validation's rows)
+            write_columns(truth / "train_p_click.txt", [u, p, log.time[rows], 1 / (1 + np.exp(-log.logit[rows]))],
+                          ["%d", "%d", "%d", "%.6f"])
         else:
-            truth = out / "ground_truth"
-            truth.mkdir()
             p_click = 1 / (1 + np.exp(-log.logit[rows]))
             write_columns(truth / "test_ground_truth.txt", [u, p, log.click[rows], p_click], ["%d", "%d", "%d", "%.6f"])
             summary["oracle_auc"] = round(auc(log.logit[rows], log.click[rows]), 4)
