@@ -67,6 +67,12 @@ REFUSED = [
         "spark.sql.shuffle.partitions, not part of a table model's definition)",
     ),
     (
+        "group by all beside a column named all",
+        "select user_id,\n       'all', count(*) as n\nfrom model_rows\ngroup by all",
+        "GROUP BY ALL beside an output column named all ('all'): Spark groups by that column alone "
+        "(MISSING_AGGREGATION), DuckDB by every non-aggregate; name the column otherwise or write the groups out",
+    ),
+    (
         "misplaced hint",
         "with h as (select * from label_history)\nselect r.user_id, h.click as x /*+ BROADCAST(h) */\n"
         "from model_rows as r\njoin h on h.row_id = r.row_id",
@@ -97,6 +103,8 @@ def test_the_catalog_refuses_a_non_portable_file_among_portable_ones(tmp_path):
 def test_window_order_and_portable_functions_pass():
     check_portable("select row_number() over (partition by user_id order by time) as n from model_rows", "ok.sql")
     check_portable("select max_by(photo_id, time), count(*) filter (where click = 1) from label_history", "ok.sql")
+    # a constant under GROUP BY ALL is portable as long as its output name is not `all`
+    check_portable("select user_id, 'all' as dimension, 'age', count(*) from model_rows group by all", "ok.sql")
 
 
 def test_variables_become_typed_literals():

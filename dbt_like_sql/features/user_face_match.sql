@@ -33,7 +33,7 @@ history as (
 ),
 
 -- one row per (setup, fold, user, dimension, kind)
-per_fold as (  -- (explicit groups: with `group by all` in these CTEs Spark 4.3 raised MISSING_AGGREGATION on "setup")
+per_fold as (  -- (explicit groups: beside the unnamed 'all' below, Spark reads `group by all` as grouping by it)
     select setup, fold, user_id, 'gender' as dimension, gender_kind as kind, count(*) as n, sum(click) as clicks
     from history group by setup, fold, user_id, gender_kind
     union all

@@ -12,6 +12,8 @@ Refused:
 - an ordered aggregate such as `list(x ORDER BY t)` (Spark's collect_list drops the order);
 - `hash()` (DuckDB's and Spark's hash functions give different values);
 - `PIVOT`, `COLUMNS(...)`, `* EXCLUDE/REPLACE` and list slices `x[a:b]` (no Spark equivalent);
+- `GROUP BY ALL` in a SELECT with an output column named `all` (an alias, a column, or an unaliased
+  literal `'all'`, which Spark names by its value): Spark then groups by that column alone;
 - a query hint Spark would ignore or that is not the SQL's to give (see below);
 - anything sqlglot's Spark generator itself reports as unsupported.
 
@@ -233,6 +235,13 @@ def _refusals(tree: exp.Expression, sql: str) -> list[tuple[exp.Expression, str]
             found.append((node, "* EXCLUDE/REPLACE: no Spark equivalent; list the columns"))
         elif isinstance(node, exp.Slice):
             found.append((node, "list slice [a:b]: DuckDB's 1-based inclusive slices have no faithful Spark translation"))
+        elif isinstance(node, exp.Group) and node.args.get("all") and isinstance(node.parent, exp.Select):
+            for projection in node.parent.expressions:
+                if projection.output_name.lower() == "all":
+                    found.append((projection, (
+                        f"GROUP BY ALL beside an output column named all ({projection.sql(dialect=READ)}): Spark "
+                        "groups by that column alone (MISSING_AGGREGATION), DuckDB by every non-aggregate; "
+                        "name the column otherwise or write the groups out")))
     return found
 
 
