@@ -7,8 +7,8 @@ Writes a short-video impression log in the released layout of the 2018 Kuaishou 
 Modeling Challenge (train/ and test/ with *_interaction.txt, *_face.txt, *_text.txt and
 final_visual_*.zip), plus ground_truth/test_ground_truth.txt (user_id, photo_id, click, p_click),
 ground_truth/train_p_click.txt (user_id, photo_id, time, p_click of every train row, in the train
-file's order) and ground_truth/summary.json (the story's parameters, counts, the oracle AUC and the AUCs of the
-true model with each unobservable or mechanism-specific term removed). It is a measuring
+file's order) and ground_truth/summary.json (the story's parameters, counts, the oracle AUC and
+the AUCs of the true model with each unobservable or mechanism-specific term removed). It is a measuring
 instrument: nothing here was tuned against the platform, only against the story's own oracle.
 
 The story, mechanism by mechanism, and why a real log has each:

@@ -94,18 +94,23 @@ def test_quality_on_a_given_dataset_reads_its_oracle_from_its_ground_truth(tmp_p
     assert summary["oracle_auc"] == pytest.approx(0.75)
 
 
-@pytest.mark.parametrize(
-    "generator, options",
-    [
-        ("independent_world", ["--users", "30", "--train-rows-per-user", "120", "--test-rows-per-user", "30",
-                               "--photos-per-user", "40", "--vector-dim", "8", "--seed", "4"]),
-        # its feeds need a catalogue of about 100 users' uploads (fewer are refused, in one line)
-        ("session_intent_world", ["--users", "100", "--train-rows-per-user", "600", "--test-rows-per-user", "170",
-                                  "--vector-dim", "8", "--seed", "4"]),
-        ("feed_world", ["--users", "100", "--train-rows-per-user", "300", "--test-rows-per-user", "75",
-                        "--vector-dim", "8", "--seed", "4"]),
-    ],
-)
+# the generators written apart from kuai_assets.synth (benchmarks/), each at a tiny size
+INDEPENDENT_WORLDS = [
+    ("independent_world", ["--users", "30", "--train-rows-per-user", "120", "--test-rows-per-user", "30",
+                           "--photos-per-user", "40", "--vector-dim", "8"]),
+    # its feeds need a catalogue of about 100 users' uploads (fewer are refused, in one line)
+    ("session_intent_world", ["--users", "100", "--train-rows-per-user", "600", "--test-rows-per-user", "170",
+                              "--vector-dim", "8"]),
+    ("feed_world", ["--users", "100", "--train-rows-per-user", "300", "--test-rows-per-user", "75",
+                    "--vector-dim", "8"]),
+]
+
+
+def independent_worlds(seed: int) -> list[tuple[str, list[str]]]:
+    return [(generator, [*options, "--seed", str(seed)]) for generator, options in INDEPENDENT_WORLDS]
+
+
+@pytest.mark.parametrize("generator, options", independent_worlds(4))
 def test_the_independent_worlds_are_read_as_released_data(tmp_path, generator, options):
     """Each generator written apart from kuai_assets.synth (benchmarks/) writes the released layout
     that the strict readers accept, and a ground truth for exactly the test rows; it refuses to write
@@ -137,17 +142,7 @@ def test_the_independent_worlds_are_read_as_released_data(tmp_path, generator, o
     assert world.main(["--out", str(data), *options]) == 2
 
 
-@pytest.mark.parametrize(
-    "generator, options",
-    [
-        ("independent_world", ["--users", "30", "--train-rows-per-user", "120", "--test-rows-per-user", "30",
-                               "--photos-per-user", "40", "--vector-dim", "8", "--seed", "5"]),
-        ("session_intent_world", ["--users", "100", "--train-rows-per-user", "600", "--test-rows-per-user", "170",
-                                  "--vector-dim", "8", "--seed", "5"]),
-        ("feed_world", ["--users", "100", "--train-rows-per-user", "300", "--test-rows-per-user", "75",
-                        "--vector-dim", "8", "--seed", "5"]),
-    ],
-)
+@pytest.mark.parametrize("generator, options", independent_worlds(5))
 def test_the_independent_worlds_give_the_true_click_probability_of_every_train_row(tmp_path, generator, options):
     """ground_truth/train_p_click.txt holds one line per train row, in the train file's order, with its
     keys and time, so a validation's scored rows can be read against their own oracle."""
