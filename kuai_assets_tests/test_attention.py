@@ -11,7 +11,7 @@ import torch
 
 from kuai_assets.ml.attention import AttentionParams, HistoryLeakError, build_history, check_histories
 from kuai_assets.ml.attention import history as history_module
-from kuai_assets.ml.attention.training import early_stopping_subset, train_attention_model
+from kuai_assets.ml.attention.training import EarlyStopping, early_stopping_subset, train_attention_model
 from kuai_assets.ml.blend import BlendError, choose_blend, choose_weight
 from kuai_assets.ml.metrics import roc_auc
 from kuai_assets.storage import WorkDir
@@ -165,6 +165,25 @@ def test_early_stopping_reads_a_sample_and_the_best_epoch_scores_every_validatio
     best = result.auc_by_epoch[result.best_epoch - 1]
     assert best == pytest.approx(roc_auc(result.validation.click[subset], result.validation.p_click[subset]), abs=1e-9)
     assert best != pytest.approx(result.valid_auc, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "min_improvement, best_epoch, epochs_run",
+    [(0.0005, 2, 4),  # +0.0002 at epoch 4 is noise: the best stays at 2, and 2 epochs later the epochs end
+     (0.0, 4, 6)],  # any rise counts: epoch 4 is the best, and the epochs run on to 6
+)
+def test_early_stopping_counts_only_a_rise_above_the_bar(min_improvement, best_epoch, epochs_run):
+    # the validation AUCs of the network's epochs on the loop's default-size dataset (benchmarks/loop.py)
+    aucs = [0.7001, 0.7007, 0.6987, 0.7009, 0.6980, 0.6955]
+    stopping = EarlyStopping(patience=2, min_improvement=min_improvement)
+    run = 0
+    for epoch, auc in enumerate(aucs, start=1):
+        run = epoch
+        stopping.record(epoch, auc)
+        if stopping.done(epoch):
+            break
+    assert (stopping.best_epoch, run) == (best_epoch, epochs_run)
+    assert stopping.best_auc == aucs[best_epoch - 1]
 
 
 def test_scoring_each_epoch_beside_the_next_decides_as_scoring_it_before(materialized):

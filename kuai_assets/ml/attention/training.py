@@ -45,6 +45,12 @@ class AttentionParams(BaseModel):
     history_length: int = Field(default=50, ge=1, description="Most recent fit rows a row attends over.")
     max_epochs: int = Field(default=6, ge=1, description="Most validation epochs.")
     patience: int = Field(default=2, ge=1, description="Stop after this many epochs without a better validation AUC.")
+    min_improvement: float = Field(
+        default=MIN_GAIN, ge=0,
+        description="An epoch is better than the best so far only when its validation AUC is higher by more than "
+        "this (the same bar as the blend's gain): smaller steps are the AUC's noise from epoch to epoch, so they "
+        "neither reset the patience nor move the best epoch.",
+    )
     early_stopping_rows: int = Field(
         default=100_000, ge=0,
         description="Validation scored rows (a seeded sample) whose AUC picks the best epoch; 0, or at least "
@@ -290,6 +296,29 @@ def refit_decision(params: AttentionParams, validation: Predictions,
     return False, f"not refitted: the validation blend does not use the network ({choice.decision})", choice
 
 
+@dataclass
+class EarlyStopping:
+    """The validation epochs' stopping rule. An epoch is the new best only when its AUC beats the
+    best so far by more than `min_improvement` (the first epoch is the first best); the epochs
+    stop once `patience` epochs have passed since the best."""
+
+    patience: int
+    min_improvement: float = 0.0
+    best_epoch: int = 0
+    best_auc: float = float("-inf")
+
+    def record(self, epoch: int, auc: float) -> bool:
+        """Note an epoch's validation AUC; True when it is the new best."""
+        better = self.best_epoch == 0 or auc > self.best_auc + self.min_improvement
+        if better:
+            self.best_epoch, self.best_auc = epoch, auc
+        return better
+
+    def done(self, epoch: int) -> bool:
+        """Whether the epochs end after `epoch`."""
+        return epoch - self.best_epoch >= self.patience
+
+
 def _validation_epochs(model, optimizer, data: SetupData, fit_prepared, fit: Targets, scored_prepared, scored: Targets,
                        subset: np.ndarray | None, params: AttentionParams, log_epoch, scorer) -> tuple[list[float], dict, np.ndarray]:
     """Epochs on the fit rows until early stopping: each epoch's network is scored on the
@@ -298,11 +327,13 @@ def _validation_epochs(model, optimizer, data: SetupData, fit_prepared, fit: Tar
     an epoch; BENCHMARKS.md has the figures). The decisions are those of scoring each epoch before
     training the next: the AUCs, the best epoch and the stop are the same; an epoch begun before
     the scoring that stops the validation came back is dropped unfinished.
-    Returns the AUCs by epoch, the best epoch's state and its predictions (on `subset`, or all)."""
+    An epoch is the best only when it beats the best before it by more than `min_improvement`.
+    Returns the AUCs by epoch, the best epoch, its state and its predictions (on `subset`, or all)."""
     from concurrent.futures import ThreadPoolExecutor
 
     aucs: list[float] = []
     best: dict = {}
+    stopping = EarlyStopping(params.patience, params.min_improvement)
     label = scored.click if subset is None else scored.click[subset]
 
     def settle(pending) -> bool:
@@ -311,9 +342,9 @@ def _validation_epochs(model, optimizer, data: SetupData, fit_prepared, fit: Tar
         prediction = future.result()
         aucs.append(roc_auc(label, prediction))
         log_epoch(epoch, loss, aucs[-1])
-        if len(aucs) == 1 or aucs[-1] > max(aucs[:-1]):
+        if stopping.record(epoch, aucs[-1]):
             best.update(state=state, prediction=prediction)
-        return epoch - (int(np.argmax(aucs)) + 1) >= params.patience
+        return stopping.done(epoch)
 
     overlap = params.threads == 0 and (os.cpu_count() or 1) > 1 and data.device.type == "cpu"
     threads = torch.get_num_threads()
@@ -348,7 +379,7 @@ def _validation_epochs(model, optimizer, data: SetupData, fit_prepared, fit: Tar
                 settle(pending)
     finally:
         torch.set_num_threads(threads)
-    return aucs, best["state"], best["prediction"]
+    return aucs, stopping.best_epoch, best["state"], best["prediction"]
 
 
 def model_users(work: WorkDir) -> np.ndarray:
@@ -402,7 +433,7 @@ def train_attention_model(work: WorkDir, params: AttentionParams, log=lambda mes
         optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay, fused=device.type == "cpu" or None)
         subset = early_stopping_subset(scored.click, params.early_stopping_rows, params.seed)
         stopping = "every" if subset is None else f"{len(subset):,} of the"
-        aucs, best_state, best_prediction = _validation_epochs(
+        aucs, best_epoch, best_state, best_prediction = _validation_epochs(
             model, optimizer, data, fit_prepared, fit, scored_prepared, scored, subset, params,
             lambda epoch, loss, auc: (
                 log(f"attention: epoch {epoch}, loss {loss:.4f}, validation AUC {auc:.4f} on "
@@ -411,7 +442,6 @@ def train_attention_model(work: WorkDir, params: AttentionParams, log=lambda mes
             ),
             scorer=copy.deepcopy(model),
         )
-        best_epoch = int(np.argmax(aucs)) + 1
         if subset is not None:  # the best epoch's network scores every validation row
             model.load_state_dict(best_state)
             best_prediction = predict(model, data, scored_prepared, scored)
