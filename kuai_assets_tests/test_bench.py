@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from kuai_assets import bench
@@ -199,3 +203,40 @@ def test_quality_reads_the_oracle_on_the_validations_own_rows(tmp_path):
     truth.iloc[::-1].to_csv(data / "ground_truth" / "train_p_click.txt", sep="\t", header=False, index=False)
     with pytest.raises(ValueError, match="train_p_click.txt: its lines are not the train rows"):
         validation_oracle_auc(data, work)
+
+
+def test_knn_visual_reads_no_label_of_the_rows_own_fold(materialized):
+    """The candidate's columns of a fit row of fold f never read a click of fold f: flipping every
+    fold-0 click leaves the fold-0 rows' columns as they were, and moves other rows' columns."""
+    from benchmarks.candidate_columns import KNN_NAMES, knn_visual, workspace_connection
+
+    tables = Path(materialized["work"]) / "tables"
+    con = workspace_connection(tables)
+    before = knn_visual(con).to_pandas().sort_values(["setup", "row_id"]).reset_index(drop=True)
+    con.sql("create or replace view label_history as select * replace "
+            "(case when fold = 0 then 1 - click else click end as click) "
+            f"from read_parquet('{tables / 'label_history.parquet'}')")
+    after = knn_visual(con).to_pandas().sort_values(["setup", "row_id"]).reset_index(drop=True)
+    folds = con.sql("select setup, row_id, fold from model_rows").to_df()
+    con.close()
+    fold = before.merge(folds, on=["setup", "row_id"])["fold"].to_numpy()
+    assert (fold == 0).any() and (fold != 0).any()
+    columns = list(KNN_NAMES)
+    same = np.isclose(before[columns], after[columns], equal_nan=True).all(axis=1)
+    assert same[fold == 0].all(), "a fold-0 row's columns read a fold-0 click"
+    assert not same[fold != 0].all(), "the flipped clicks moved no other row: the columns read no label"
+
+
+def test_candidate_columns_trains_the_model_with_and_without_the_candidate(materialized, tiny_data, tmp_path):
+    from benchmarks import candidate_columns
+
+    assert candidate_columns.main(["--work", str(materialized["work"]), "--data", str(tiny_data), "--out",
+                                   str(tmp_path)]) == 0
+    figures = json.loads((tmp_path / "candidate_knn_visual.json").read_text())
+    for variant in ("without", "with"):
+        assert 0.5 < figures[variant]["valid_auc"] < 1 and 0.5 < figures[variant]["test_auc"] < 1
+    matrix = pq.read_schema(tmp_path / "candidate_matrix.parquet")
+    assert set(candidate_columns.KNN_NAMES) <= set(matrix.names)
+    # the workspace's own training matrix is left as it was
+    assert not set(candidate_columns.KNN_NAMES) & set(pq.read_schema(Path(materialized["work"]) / "tables" /
+                                                                      "training_matrix.parquet").names)
