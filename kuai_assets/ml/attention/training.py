@@ -320,7 +320,7 @@ class EarlyStopping:
 
 
 def _validation_epochs(model, optimizer, data: SetupData, fit_prepared, fit: Targets, scored_prepared, scored: Targets,
-                       subset: np.ndarray | None, params: AttentionParams, log_epoch, scorer) -> tuple[list[float], dict, np.ndarray]:
+                       subset: np.ndarray | None, params: AttentionParams, log_epoch, scorer) -> tuple[list[float], int, dict, np.ndarray]:
     """Epochs on the fit rows until early stopping: each epoch's network is scored on the
     validation rows on a second thread while the next epoch trains (torch on one thread each: two
     threads do little for these small tensors, and the training, not the scoring beside it, bounds
