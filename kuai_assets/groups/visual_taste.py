@@ -14,9 +14,13 @@ detail and y its click, and both centred on each user's own means over those row
 - S_u = sum (r - mean_u r)(r - mean_u r)^T and s_u = sum (r - mean_u r)(y - mean_u y), per user;
 - the pooled direction w_g = (sum_u S_u + GLOBAL_PRIOR_ROWS * v * I)^-1 sum_u s_u, where v is the
   mean per-axis variance of the pooled centred detail, trace(sum_u S_u) / (axes * rows);
-- the user's direction w_u = (S_u + PRIOR_ROWS * v * I)^-1 (s_u + PRIOR_ROWS * v * w_g): a ridge
-  regression of click on detail shrunk toward the pooled direction, as if the user had
-  PRIOR_ROWS more rows following it (a user without rows gets w_g).
+- the user's direction w_u = (S_u + lambda_u I)^-1 (s_u + lambda_u w_g), lambda_u = p_u (1 - p_u) / tau^2:
+  the posterior mean of a ridge regression of click on detail under w_u ~ N(w_g, tau^2 I), with
+  p_u the user's smoothed click rate (clicks + 1) / (rows + 2) over those rows (the click's noise).
+  The strength is not fixed but estimated from the data (empirical Bayes), per setup and fold:
+  tau^2 is how far the users' per-axis regressions s_uj / S_u,jj spread around w_g beyond their own
+  noise, the mean of (s_uj / S_u,jj - w_gj)^2 - p_u (1 - p_u) / S_u,jj weighted by S_u,jj / p_u (1 - p_u)
+  (at least 1e-12: no spread gives every user w_g). A user without rows gets w_g.
 
 Columns, for the row's photo with detail r:
 - visual_taste_score: r . w_u;
@@ -46,7 +50,6 @@ from kuai_assets.features.fold_statistics import (
 from kuai_assets.features.id_index import IdIndex
 from kuai_assets.features.spec import TableModel
 
-PRIOR_ROWS = 100.0  # pseudo-rows pulling a user's direction toward the pooled one
 GLOBAL_PRIOR_ROWS = 1.0  # the pooled direction's own ridge (it has every user's rows)
 ROW_CHUNK = 1_000_000  # rows scored, or photos converted to float64, at once (x axes x 8 bytes)
 AXES_PER_PRODUCT = 8  # columns of the details converted to float64 at once for the sparse products
