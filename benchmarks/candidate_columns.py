@@ -41,19 +41,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kuai_assets.features.matrix import FEATURES_KEY, MATRIX, Feature, read_features
+from kuai_assets.groups.visual_similarity import _pca_matrix as unit_pca_vectors
 from kuai_assets.storage import sql_string
 
 KNN_NAMES = ("knn_click_top", "knn_noclick_top", "knn_rate", "knn_weighted_rate")
 KNN_TOP_BY_LABEL, KNN_NEIGHBOURS, KNN_TEMPERATURE = 5, 20, 0.1
-
-
-def unit_vectors(con: duckdb.DuckDBPyConnection) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted photo_id, unit-length reduced vector per photo) from pca_visual_features."""
-    table = con.sql("select * exclude (split) from pca_visual_features order by photo_id").to_arrow_table()
-    names = sorted(c for c in table.column_names if c.startswith("pc_"))
-    vectors = np.column_stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float32) for c in names])
-    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    return table.column("photo_id").to_numpy(), vectors
 
 
 def _mean_of_top(similarity: np.ndarray, k: int) -> np.ndarray:
@@ -72,7 +64,7 @@ def knn_visual(con: duckdb.DuckDBPyConnection) -> pa.Table:
     """The knn_visual columns (module docstring) for every row of model_rows: setup, row_id, then
     KNN_NAMES. Reads model_rows, label_history and pca_visual_features; a fit row of fold f reads
     only label_history rows of its setup outside fold f, a scored row (fold -1) all of its setup's."""
-    photo_ids, vectors = unit_vectors(con)
+    photo_ids, vectors = unit_pca_vectors(con)  # sorted by photo_id
     pieces = []
     for (setup,) in con.sql("select distinct setup from model_rows order by setup").fetchall():
         rows = con.execute("select row_id, user_id, photo_id, fold from model_rows where setup = ? order by user_id, row_id",
@@ -135,14 +127,12 @@ def candidate_matrix(matrix: Path, columns: pa.Table, group: str, names: tuple[s
     con = duckdb.connect()
     try:
         con.register("candidate", columns)
-        con.sql(f"copy (select m.*, {', '.join(f'c.{n}' for n in names)} from read_parquet({sql_string(matrix)}) m "
-                f"left join candidate c using (setup, row_id) order by m.setup, m.role, m.row_id) "
-                f"to {sql_string(out)} (format parquet, compression zstd)")
+        table = con.sql(f"select m.*, {', '.join(f'c.{n}' for n in names)} from read_parquet({sql_string(matrix)}) m "
+                        f"left join candidate c using (setup, row_id) order by m.setup, m.role, m.row_id").to_arrow_table()
     finally:
         con.close()
     features = read_features(matrix) + [
         Feature(name=n, group=group, kind="continuous", source=n, uses_labels=True) for n in names]
-    table = pq.read_table(out)
     metadata = dict(pq.read_schema(matrix).metadata or {})
     metadata[FEATURES_KEY] = json.dumps([f.__dict__ for f in features]).encode()
     pq.write_table(table.replace_schema_metadata(metadata), out, compression="zstd")

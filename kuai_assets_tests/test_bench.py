@@ -175,7 +175,6 @@ def test_quality_reads_the_oracle_on_the_validations_own_rows(tmp_path):
     file's order is refused by name."""
     import pandas as pd
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from benchmarks.quality import validation_oracle_auc
     from kuai_assets.ml.metrics import roc_auc
