@@ -1,6 +1,7 @@
 """Try candidate columns out of graph: the model as `model` trains it, with and without them.
 
     python -m benchmarks.candidate_columns --work W --data D --candidate knn_visual
+    python -m benchmarks.candidate_columns --work W --data D --candidate visual_taste_full_prior --replace visual_taste
 
 W is a workspace whose graph has run through `training_matrix` (`kuai run`, or
 `bench quality --without ...`), D its dataset with `ground_truth/test_ground_truth.txt`. The
@@ -10,7 +11,9 @@ training matrix as one more group (`<W>/bench/candidate_matrix.parquet`, or unde
 tables are never modified), and LightGBM is trained exactly as `model` trains it
 (kuai_assets.ml.gbdt.train_gbdt: the default groups and parameters, validation, refit, test
 scores) on the default groups, then on the default groups and the candidate. Both are scored on
-the test rows. The figures print and go to `<W>/bench/candidate_<name>.json`.
+the test rows. With `--replace GROUP` the second model trains on the default groups without GROUP
+and with the candidate instead: a variant of an existing group measured in its place. The figures
+print and go to `<W>/bench/candidate_<name>.json`.
 
 A candidate that gains on validation and test, across worlds and the independent stories, is
 worth a feature group (kuai_assets/groups/, with its reference test and the leak probe); one that
@@ -24,6 +27,13 @@ Candidates:
   nearest unclicked photos; knn_rate, the click share of the 20 nearest; knn_weighted_rate, the
   same weighted by exp(cosine / 0.1). A user's tastes as points rather than one centroid
   (visual_similarity) or one linear direction (visual_taste).
+- visual_taste_full_prior: visual_taste (kuai_assets/groups/visual_taste.py) with each user's
+  direction shrunk toward the pooled one under a full between-user covariance T, w_u ~ N(w_g, T),
+  instead of tau^2 I: T estimated per setup and slot by EM (VT_EM_ITERATIONS steps from the group's
+  own tau^2 I), so that the axes along which users really differ keep their own strength and the
+  others are pooled. The same three columns, the score from the new directions (global and margin
+  are visual_taste's). Meant with `--replace visual_taste`. Holds every user's per-fold second
+  moments (users x folds x axes^2 float64: 80 MB at 500 users and 64 axes, 330 MB at 2,000).
 """
 
 from __future__ import annotations
@@ -105,10 +115,110 @@ def knn_visual(con: duckdb.DuckDBPyConnection) -> pa.Table:
     return pa.concat_tables(pieces)
 
 
+VT_FULL_NAMES = ("visual_taste_full_score", "visual_taste_full_global", "visual_taste_full_margin")
+VT_EM_ITERATIONS = 50
+
+
+def full_prior_directions(raw_sxx: np.ndarray, n: np.ndarray, sx: np.ndarray, sy: np.ndarray, s_user: np.ndarray,
+                          w_global: np.ndarray, tau2: float, iterations: int = VT_EM_ITERATIONS) -> tuple[np.ndarray, np.ndarray]:
+    """One slot: each user's direction under w_u ~ N(w_g, T) with T fitted by EM.
+
+    raw_sxx (users, axes, axes) the uncentred second moments of the user's details in the slot, n,
+    sx, sy their rows, detail sums and clicks, s_user (users, axes) the centred cross moments,
+    w_global the pooled direction, tau2 visual_taste's isotropic strength (T's starting point).
+    Each user's click noise is p (1 - p) at the smoothed rate (clicks + 1) / (rows + 2), as in
+    visual_taste. EM: the posterior of w_u given T has precision S_u / noise + T^-1; T is then the
+    mean over users with rows of (m_u - w_g)(m_u - w_g)^T + the posterior covariance.
+    Returns (directions (users, axes); users without rows get w_g, T's eigenvalues, largest first).
+    """
+    axes = raw_sxx.shape[1]
+    safe = np.maximum(n, 1.0)
+    mean_x = sx / safe[:, None]
+    centred = raw_sxx - n[:, None, None] * np.einsum("ui,uj->uij", mean_x, mean_x)
+    rate = (sy + 1.0) / (n + 2.0)
+    noise = rate * (1.0 - rate)
+    has = n > 0
+    eye = np.eye(axes)
+    covariance = tau2 * eye
+
+    def posterior(covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        precision_prior = np.linalg.inv(covariance + 1e-12 * eye)
+        system = centred + noise[:, None, None] * precision_prior[None]
+        inverse = np.linalg.inv(system)
+        right = s_user + noise[:, None] * (precision_prior @ w_global)[None]
+        return np.einsum("uij,uj->ui", inverse, right), noise[:, None, None] * inverse
+
+    for _ in range(iterations):
+        mean, spread = posterior(covariance)
+        away = mean[has] - w_global
+        covariance = (away.T @ away + spread[has].sum(axis=0)) / max(has.sum(), 1)
+    mean, _ = posterior(covariance)
+    mean[~has] = w_global
+    return mean, np.linalg.eigvalsh(covariance)[::-1]
+
+
+def visual_taste_full_prior(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """The visual_taste_full_prior columns (module docstring) for every row of model_rows."""
+    from kuai_assets.features.fold_statistics import fetch, setups
+    from kuai_assets.features.id_index import IdIndex
+    from kuai_assets.groups.visual_taste import photo_detail, user_directions
+
+    index, detail = photo_detail(con)
+    axes = detail.shape[1]
+    pieces = []
+    for setup, folds in setups(con):
+        n_folds = max(max(folds) + 1, 1)
+        history = fetch(con, "select fold, user_id, photo_id, click from label_history where setup = ?", [setup])
+        rows = fetch(con, "select row_id, fold, user_id, photo_id from model_rows where setup = ?", [setup])
+        users = IdIndex(np.unique(np.concatenate([history["user_id"], rows["user_id"]])))
+        n_users = len(users.sorted_ids)
+        user = users.positions(history["user_id"], "label_history: unknown user_id(s)")
+        photo = index.positions(history["photo_id"], "label_history: photo_id(s) with no reduced visual vector")
+        fold = history["fold"].astype(np.int64)
+        click = history["click"].astype(np.float64)
+        _, w_global, margin, between = user_directions(user, fold, click, photo, detail, n_users, n_folds)
+        # per (user, fold): rows, clicks, detail sums, click-weighted sums, uncentred second moments
+        key = user.astype(np.int64) * n_folds + fold
+        order = np.argsort(key, kind="stable")
+        bounds = np.searchsorted(key[order], np.arange(n_users * n_folds + 1))
+        count = np.diff(bounds).astype(np.float64).reshape(n_users, n_folds)
+        clicks = np.bincount(key, weights=click, minlength=n_users * n_folds).reshape(n_users, n_folds)
+        sums = np.zeros((n_users * n_folds, axes))
+        hits = np.zeros((n_users * n_folds, axes))
+        second = np.zeros((n_users * n_folds, axes, axes))
+        for cell in np.flatnonzero(np.diff(bounds)):
+            at = order[bounds[cell]: bounds[cell + 1]]
+            part = detail[photo[at]].astype(np.float64)
+            sums[cell], hits[cell], second[cell] = part.sum(axis=0), click[at] @ part, part.T @ part
+        sums, hits = sums.reshape(n_users, n_folds, axes), hits.reshape(n_users, n_folds, axes)
+        second = second.reshape(n_users, n_folds, axes, axes)
+        w_user = np.empty((n_users, n_folds + 1, axes))
+        for slot in range(n_folds + 1):
+            keep = np.arange(n_folds) != slot  # slot n_folds keeps every fold
+            n, sy = count[:, keep].sum(axis=1), clicks[:, keep].sum(axis=1)
+            sx, sxy = sums[:, keep].sum(axis=1), hits[:, keep].sum(axis=1)
+            s_user = sxy - sx * (sy / np.maximum(n, 1.0))[:, None]
+            w_user[:, slot], _ = full_prior_directions(second[:, keep].sum(axis=1), n, sx, sy, s_user,
+                                                       w_global[slot], float(between[slot]))
+        row_photo = index.positions(rows["photo_id"], "model_rows: photo_id(s) with no reduced visual vector")
+        row_user = users.positions(rows["user_id"], "model_rows: unknown user_id(s)")
+        slot = np.where(rows["fold"] < 0, n_folds, rows["fold"]).astype(np.int64)
+        r = detail[row_photo].astype(np.float64)
+        pieces.append(pa.table({
+            "setup": pa.array([setup] * len(slot), pa.string()),
+            "row_id": pa.array(rows["row_id"], pa.int64()),
+            VT_FULL_NAMES[0]: np.einsum("nd,nd->n", r, w_user[row_user, slot]).astype(np.float32),
+            VT_FULL_NAMES[1]: np.einsum("nd,nd->n", r, w_global[slot]).astype(np.float32),
+            VT_FULL_NAMES[2]: np.einsum("nd,nd->n", r, margin[row_user, slot]).astype(np.float32),
+        }))
+    return pa.concat_tables(pieces)
+
+
 CANDIDATES: dict[str, tuple[Callable[[duckdb.DuckDBPyConnection], pa.Table], tuple[str, ...]]] = {
     "knn_visual": (knn_visual, KNN_NAMES),
+    "visual_taste_full_prior": (visual_taste_full_prior, VT_FULL_NAMES),
 }
-INPUTS = ("model_rows", "label_history", "pca_visual_features")
+INPUTS = ("model_rows", "label_history", "pca_visual_features", "video_clusters")
 
 
 def workspace_connection(tables: Path) -> duckdb.DuckDBPyConnection:
@@ -157,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, required=True, help="a workspace materialized through training_matrix")
     parser.add_argument("--data", type=Path, required=True, help="its dataset, with ground_truth/test_ground_truth.txt")
     parser.add_argument("--candidate", choices=sorted(CANDIDATES), default="knn_visual")
+    parser.add_argument("--replace", default=None, metavar="GROUP",
+                        help="train the second model without this default group (the candidate in its place)")
     parser.add_argument("--out", type=Path, default=None, help="scratch folder (default <work>/bench)")
     args = parser.parse_args(argv)
     from kuai_assets.defs.model import default_feature_groups
@@ -164,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     truth = args.data / "ground_truth" / "test_ground_truth.txt"
     if not truth.is_file():
         raise SystemExit(f"candidate_columns: {truth} is missing: the test rows cannot be scored")
+    if args.replace is not None and args.replace not in default_feature_groups():
+        raise SystemExit(f"candidate_columns: --replace {args.replace}: not a default feature group "
+                         f"({', '.join(default_feature_groups())})")
     tables, scratch = args.work / "tables", args.out or args.work / "bench"
     scratch.mkdir(parents=True, exist_ok=True)
     compute, names = CANDIDATES[args.candidate]
@@ -178,12 +293,16 @@ def main(argv: list[str] | None = None) -> int:
     candidate_matrix(tables / f"{MATRIX}.parquet", columns, args.candidate, names, matrix)
     present = {f.group for f in read_features(matrix)}
     groups = [g for g in default_feature_groups() if g in present]
+    if args.replace is not None and args.replace not in groups:
+        raise SystemExit(f"candidate_columns: --replace {args.replace}: the workspace's training matrix has no such group")
     without = train_and_score(matrix, groups, truth, scratch / "predictions.parquet")
     print(f"[candidate_columns] without: {without}", flush=True)
-    with_candidate = train_and_score(matrix, groups + [args.candidate], truth, scratch / "predictions.parquet")
-    print(f"[candidate_columns] with {args.candidate}: {with_candidate}", flush=True)
-    figures = {"work": str(args.work), "candidate": args.candidate, "seconds": seconds, "without": without,
-               "with": with_candidate}
+    second = [g for g in groups if g != args.replace] + [args.candidate]
+    with_candidate = train_and_score(matrix, second, truth, scratch / "predictions.parquet")
+    label = f"{args.candidate} in place of {args.replace}" if args.replace else f"with {args.candidate}"
+    print(f"[candidate_columns] {label}: {with_candidate}", flush=True)
+    figures = {"work": str(args.work), "candidate": args.candidate, "replaced": args.replace, "seconds": seconds,
+               "without": {**without, "groups": groups}, "with": {**with_candidate, "groups": second}}
     (scratch / f"candidate_{args.candidate}.json").write_text(json.dumps(figures, indent=2))
     print(f"| {args.work.name} | {without['valid_auc']:.4f} / {without['test_auc']:.4f} | "
           f"{with_candidate['valid_auc']:.4f} / {with_candidate['test_auc']:.4f} | "

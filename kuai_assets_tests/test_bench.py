@@ -204,26 +204,56 @@ def test_quality_reads_the_oracle_on_the_validations_own_rows(tmp_path):
         validation_oracle_auc(data, work)
 
 
-def test_knn_visual_reads_no_label_of_the_rows_own_fold(materialized):
+@pytest.mark.parametrize("candidate", ["knn_visual", "visual_taste_full_prior"])
+def test_candidate_reads_no_label_of_the_rows_own_fold(materialized, candidate):
     """The candidate's columns of a fit row of fold f never read a click of fold f: flipping every
     fold-0 click leaves the fold-0 rows' columns as they were, and moves other rows' columns."""
-    from benchmarks.candidate_columns import KNN_NAMES, knn_visual, workspace_connection
+    from benchmarks.candidate_columns import CANDIDATES, workspace_connection
 
+    compute, names = CANDIDATES[candidate]
     tables = Path(materialized["work"]) / "tables"
     con = workspace_connection(tables)
-    before = knn_visual(con).to_pandas().sort_values(["setup", "row_id"]).reset_index(drop=True)
+    before = compute(con).to_pandas().sort_values(["setup", "row_id"]).reset_index(drop=True)
     con.sql("create or replace view label_history as select * replace "
             "(case when fold = 0 then 1 - click else click end as click) "
             f"from read_parquet('{tables / 'label_history.parquet'}')")
-    after = knn_visual(con).to_pandas().sort_values(["setup", "row_id"]).reset_index(drop=True)
+    after = compute(con).to_pandas().sort_values(["setup", "row_id"]).reset_index(drop=True)
     folds = con.sql("select setup, row_id, fold from model_rows").to_df()
     con.close()
     fold = before.merge(folds, on=["setup", "row_id"])["fold"].to_numpy()
     assert (fold == 0).any() and (fold != 0).any()
-    columns = list(KNN_NAMES)
-    same = np.isclose(before[columns], after[columns], equal_nan=True).all(axis=1)
+    columns = list(names)
+    same = np.isclose(before[columns], after[columns], rtol=1e-5, atol=1e-7, equal_nan=True).all(axis=1)
     assert same[fold == 0].all(), "a fold-0 row's columns read a fold-0 click"
     assert not same[fold != 0].all(), "the flipped clicks moved no other row: the columns read no label"
+
+
+def test_full_prior_finds_the_axis_along_which_users_differ():
+    """Users' directions that differ from the pooled one along one axis only: EM's covariance puts
+    nearly all its variance there, and its directions recover each user's better than its
+    isotropic start does (the same posterior with no EM step)."""
+    from benchmarks.candidate_columns import full_prior_directions
+
+    rng = np.random.default_rng(0)
+    users, axes, rows = 400, 6, 60
+    w_global = np.array([0.3, -0.2, 0.1, 0.0, 0.05, 0.0])
+    truth = w_global + rng.normal(0.0, 0.4, users)[:, None] * np.eye(axes)[0]
+    x = rng.normal(0.0, 1.0, (users, rows, axes))
+    y = np.einsum("urd,ud->ur", x, truth) + rng.normal(0.0, 0.5, (users, rows))  # noise 0.25 = p (1 - p) at 0.5
+    n = np.full(users, float(rows))
+    sy = n / 2  # the smoothed rate (sy + 1) / (n + 2) = 0.5: the function's noise is 0.25
+    centred_x, centred_y = x - x.mean(axis=1, keepdims=True), y - y.mean(axis=1, keepdims=True)
+    raw, sx = np.einsum("uri,urj->uij", x, x), x.sum(axis=1)
+    s_user = np.einsum("urd,ur->ud", centred_x, centred_y)
+    fitted, eigenvalues = full_prior_directions(raw, n, sx, sy, s_user, w_global, tau2=0.01)
+    start, _ = full_prior_directions(raw, n, sx, sy, s_user, w_global, tau2=0.01, iterations=0)
+    assert eigenvalues[0] > 10 * eigenvalues[1]
+    assert eigenvalues[0] == pytest.approx(0.16, rel=0.3)
+
+    def error(w: np.ndarray) -> float:
+        return float(np.mean((w - truth) ** 2))
+
+    assert error(fitted) < 0.5 * error(start)
 
 
 def test_candidate_columns_trains_the_model_with_and_without_the_candidate(materialized, tiny_data, tmp_path):
@@ -239,3 +269,21 @@ def test_candidate_columns_trains_the_model_with_and_without_the_candidate(mater
     # the workspace's own training matrix is left as it was
     assert not set(candidate_columns.KNN_NAMES) & set(pq.read_schema(Path(materialized["work"]) / "tables" /
                                                                       "training_matrix.parquet").names)
+
+
+def test_candidate_columns_replaces_a_group_with_its_variant(materialized, tiny_data, tmp_path):
+    from benchmarks import candidate_columns
+
+    with pytest.raises(SystemExit, match="--replace visual_tast: not a default feature group"):
+        candidate_columns.main(["--work", str(materialized["work"]), "--data", str(tiny_data), "--out", str(tmp_path),
+                                "--candidate", "visual_taste_full_prior", "--replace", "visual_tast"])
+    assert candidate_columns.main(["--work", str(materialized["work"]), "--data", str(tiny_data), "--out",
+                                   str(tmp_path), "--candidate", "visual_taste_full_prior",
+                                   "--replace", "visual_taste"]) == 0
+    figures = json.loads((tmp_path / "candidate_visual_taste_full_prior.json").read_text())
+    assert figures["replaced"] == "visual_taste"
+    assert "visual_taste" in figures["without"]["groups"]
+    assert figures["with"]["groups"] == [g for g in figures["without"]["groups"] if g != "visual_taste"] + [
+        "visual_taste_full_prior"]
+    for variant in ("without", "with"):
+        assert 0.5 < figures[variant]["valid_auc"] < 1 and 0.5 < figures[variant]["test_auc"] < 1
