@@ -97,28 +97,6 @@ def given_dataset(root: Path) -> tuple[Path, dict, float]:
     return root, {"oracle_auc": roc_auc(rows["click"], rows["p_click"])}, 0.0
 
 
-def score_predictions(truth: Path, predictions: Path) -> float:
-    """AUC of a stored predictions table (user_id, photo_id, p_click) on the ground-truth rows."""
-    import duckdb
-
-    from kuai_assets.formats.released import read_ground_truth
-    from kuai_assets.ml.metrics import roc_auc
-    from kuai_assets.storage import sql_string
-
-    con = duckdb.connect()
-    try:
-        total = read_ground_truth(con, truth)
-        joined = con.execute(
-            f"select g.click, p.p_click from ground_truth g join read_parquet({sql_string(predictions)}) p "
-            "using (user_id, photo_id)"
-        ).fetchnumpy()
-    finally:
-        con.close()
-    if len(joined["click"]) != total:
-        raise ValueError(f"{predictions}: only {len(joined['click'])} of {total} ground-truth rows have a prediction")
-    return roc_auc(joined["click"], joined["p_click"])
-
-
 def validation_oracle_auc(data: Path, work: Path) -> float | None:
     """The true click probability's AUC on the validation's scored rows, when the dataset gives every
     train row's probability (`ground_truth/train_p_click.txt`: user_id, photo_id, time, p_click, one
@@ -213,6 +191,7 @@ def model_figures(metadata: dict[str, dict], keys: set, truth: Path, work: Path)
     """Per model asset of the graph: whether it materialized, its validation and test AUC (the test
     AUC from `evaluation`'s per-model figures, else scored from the store's test predictions), and
     for the attention model whether it was refitted, for the blend its GBDT weight."""
+    from kuai_assets.ml.evaluation import score_predictions
     from kuai_assets.storage import WorkDir
 
     evaluation = metadata.get("evaluation", {})
@@ -229,7 +208,7 @@ def model_figures(metadata: dict[str, dict], keys: set, truth: Path, work: Path)
             if test_auc is None:
                 predictions = WorkDir(work).store_path(name) / "test_predictions.parquet"
                 if predictions.exists():
-                    test_auc = score_predictions(truth, predictions)
+                    test_auc = score_predictions(truth, predictions=predictions).auc
             info["test_auc"] = test_auc
             if name == "attention_model":
                 info["refitted"] = metadata[name].get("refitted", True)

@@ -92,3 +92,23 @@ def test_the_paired_error_is_zero_for_one_score_twice_and_refuses_a_lone_class_r
     assert paired_auc_difference(label, score, 2 * score + 1) == (0.0, 0.0)  # same order: same AUC, no error
     with pytest.raises(ValueError, match="two clicked and two unclicked"):
         paired_auc_difference(np.array([1, 0, 0, 0]), np.arange(4.0), np.arange(4.0))
+
+
+def test_scoring_the_test_rows_refuses_predictions_that_miss_a_row_naming_the_file(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kuai_assets.features.spec import CatalogError
+    from kuai_assets.ml.evaluation import score_predictions
+
+    truth = tmp_path / "test_ground_truth.txt"
+    truth.write_text("1\t10\t1\t0.9\n1\t11\t0\t0.2\n2\t12\t0\t0.4\n2\t13\t1\t0.3\n")
+    predictions = tmp_path / "predictions.parquet"
+    pq.write_table(pa.table({"user_id": [1, 1, 2, 2], "photo_id": [10, 11, 12, 13], "p_click": [0.8, 0.1, 0.7, 0.6]}),
+                   predictions)
+    score = score_predictions(truth, predictions=predictions)
+    assert (score.auc, score.oracle_auc) == (0.75, 0.75)
+    submission = tmp_path / "submission.txt"
+    submission.write_text("1\t10\t0.8\n1\t11\t0.1\n2\t12\t0.7\n")
+    with pytest.raises(CatalogError, match=f"{submission}: only 3 of 4 ground-truth rows have a prediction"):
+        score_predictions(truth, submission_file=submission)

@@ -48,5 +48,6 @@ def score_predictions(ground_truth: Path, submission_file: Path | None = None, p
     finally:
         con.close()
     if len(joined["click"]) != total:
-        raise CatalogError(f"only {len(joined['click'])} of {total} ground-truth rows have a prediction")
+        scored = submission_file if submission_file is not None else predictions
+        raise CatalogError(f"{scored}: only {len(joined['click'])} of {total} ground-truth rows have a prediction")
     return TestScore(roc_auc(joined["click"], joined["score"]), roc_auc(joined["click"], joined["oracle"]), total)
