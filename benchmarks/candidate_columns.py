@@ -34,6 +34,17 @@ Candidates:
   others are pooled. The same three columns, the score from the new directions (global and margin
   are visual_taste's). Meant with `--replace visual_taste`. Holds every user's per-fold second
   moments (users x folds x axes^2 float64: 80 MB at 500 users and 64 axes, 330 MB at 2,000).
+- visual_neighbour_rate: how everyone responded to the photos that look most like the row's photo
+  (a cover's look is shared by its author's other works, and so, often, is their appeal). Among
+  the photos with fit rows the row may see (other folds; folds are by photo, so a fit row never
+  sees its own photo, as a test row never does), its NEIGHBOURS nearest by cosine of the unit
+  reduced vector: neighbour_click_rate, their clicks over impressions shrunk toward the
+  population's rate (50 pseudo-impressions); neighbour_click_lift, their clicks less what their
+  viewers' own click rates predict (each viewer's rate over the same rows, shrunk toward the
+  population with 10 pseudo-impressions), over impressions + 50; neighbour_weighted_rate, their
+  smoothed rates (5 pseudo-impressions) weighted by exp(cosine / 0.1); neighbour_similarity, their
+  mean cosine (how crowded the photo's part of the space is). A photo-level, label-aware
+  counterpart of the clusters' rates (cluster_stats) without a cluster's borders.
 """
 
 from __future__ import annotations
@@ -214,9 +225,97 @@ def visual_taste_full_prior(con: duckdb.DuckDBPyConnection) -> pa.Table:
     return pa.concat_tables(pieces)
 
 
+NEIGHBOUR_NAMES = ("neighbour_click_rate", "neighbour_click_lift", "neighbour_weighted_rate", "neighbour_similarity")
+NEIGHBOURS, NEIGHBOURS_SEARCHED, NEIGHBOUR_TEMPERATURE = 20, 40, 0.1
+QUERY_CHUNK = 4096  # query photos whose similarities to every candidate photo are held at once
+
+
+def nearest_photos(queries: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of `queries` (unit vectors), the positions in `base` of its k most similar rows by
+    cosine, most similar first, and those cosines (brute force, a chunk of queries at a time)."""
+    k = min(k, len(base))
+    positions = np.empty((len(queries), k), np.int64)
+    cosines = np.empty((len(queries), k), np.float32)
+    for start in range(0, len(queries), QUERY_CHUNK):
+        similarity = queries[start: start + QUERY_CHUNK] @ base.T
+        top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+        values = np.take_along_axis(similarity, top, axis=1)
+        order = np.argsort(-values, axis=1, kind="stable")
+        positions[start: start + QUERY_CHUNK] = np.take_along_axis(top, order, axis=1)
+        cosines[start: start + QUERY_CHUNK] = np.take_along_axis(values, order, axis=1)
+    return positions, cosines
+
+
+def visual_neighbour_rate(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """The visual_neighbour_rate columns (module docstring) for every row of model_rows."""
+    from kuai_assets.features.fold_statistics import fetch, setups
+    from kuai_assets.features.id_index import IdIndex
+
+    photo_ids, vectors = unit_pca_vectors(con)
+    index = IdIndex(photo_ids)
+    pieces = []
+    for setup, folds in setups(con):
+        n_folds = max(max(folds) + 1, 1)
+        history = fetch(con, "select fold, user_id, photo_id, click from label_history where setup = ?", [setup])
+        rows = fetch(con, "select row_id, fold, user_id, photo_id from model_rows where setup = ?", [setup])
+        users = IdIndex(np.unique(np.concatenate([history["user_id"], rows["user_id"]])))
+        n_users = len(users.sorted_ids)
+        user = users.positions(history["user_id"], "label_history: unknown user_id(s)")
+        fold = history["fold"].astype(np.int64)
+        click = history["click"].astype(np.float64)
+        # the photos with fit rows (each in one fold: folds are by photo), their impressions and clicks
+        base_ids, base_of_row = np.unique(history["photo_id"], return_inverse=True)
+        base_fold = np.zeros(len(base_ids), np.int64)
+        base_fold[base_of_row] = fold
+        shown = np.bincount(base_of_row, minlength=len(base_ids)).astype(np.float64)
+        clicks = np.bincount(base_of_row, weights=click, minlength=len(base_ids))
+        base_vectors = vectors[index.positions(base_ids, "label_history: photo_id(s) with no reduced visual vector")]
+        query_ids, query_of_row = np.unique(rows["photo_id"], return_inverse=True)
+        query_vectors = vectors[index.positions(query_ids, "model_rows: photo_id(s) with no reduced visual vector")]
+        neighbour, cosine = nearest_photos(query_vectors, base_vectors, NEIGHBOURS_SEARCHED)
+        # per user and fold: impressions and clicks, for each slot's viewer rates
+        key = user * n_folds + fold
+        user_shown = np.bincount(key, minlength=n_users * n_folds).reshape(n_users, n_folds).astype(np.float64)
+        user_clicks = np.bincount(key, weights=click, minlength=n_users * n_folds).reshape(n_users, n_folds)
+        row_slot = np.where(rows["fold"] < 0, n_folds, rows["fold"]).astype(np.int64)
+        columns = {name: np.full(len(row_slot), np.nan, np.float32) for name in NEIGHBOUR_NAMES}
+        for slot in range(n_folds + 1):
+            at = np.flatnonzero(row_slot == slot)
+            if not len(at):
+                continue
+            keep_fold = np.arange(n_folds) != slot
+            population = clicks[base_fold != slot].sum() / max(shown[base_fold != slot].sum(), 1.0)
+            viewer_rate = (user_clicks[:, keep_fold].sum(1) + 10 * population) / (user_shown[:, keep_fold].sum(1) + 10)
+            seen = fold != slot
+            expected = np.bincount(base_of_row[seen], weights=viewer_rate[user[seen]], minlength=len(base_ids))
+            queries = np.unique(query_of_row[at])
+            near, near_cosine = neighbour[queries], cosine[queries]
+            visible = base_fold[near] != slot
+            kept = visible & (np.cumsum(visible, axis=1) <= NEIGHBOURS)
+            impressions = (shown[near] * kept).sum(1)
+            hits = (clicks[near] * kept).sum(1)
+            lift = ((clicks[near] - expected[near]) * kept).sum(1)
+            weight = np.exp(near_cosine.astype(np.float64) / NEIGHBOUR_TEMPERATURE) * kept
+            smoothed = (clicks[near] + 5 * population) / (shown[near] + 5)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                values = {
+                    "neighbour_click_rate": (hits + 50 * population) / (impressions + 50),
+                    "neighbour_click_lift": lift / (impressions + 50),
+                    "neighbour_weighted_rate": np.where(kept.any(1), (weight * smoothed).sum(1) / weight.sum(1), np.nan),
+                    "neighbour_similarity": np.where(kept.any(1), (near_cosine * kept).sum(1) / kept.sum(1), np.nan),
+                }
+            where = np.searchsorted(queries, query_of_row[at])
+            for name in NEIGHBOUR_NAMES:
+                columns[name][at] = values[name][where]
+        pieces.append(pa.table({"setup": pa.array([setup] * len(row_slot), pa.string()),
+                                "row_id": pa.array(rows["row_id"], pa.int64()), **columns}))
+    return pa.concat_tables(pieces)
+
+
 CANDIDATES: dict[str, tuple[Callable[[duckdb.DuckDBPyConnection], pa.Table], tuple[str, ...]]] = {
     "knn_visual": (knn_visual, KNN_NAMES),
     "visual_taste_full_prior": (visual_taste_full_prior, VT_FULL_NAMES),
+    "visual_neighbour_rate": (visual_neighbour_rate, NEIGHBOUR_NAMES),
 }
 INPUTS = ("model_rows", "label_history", "pca_visual_features", "video_clusters")
 

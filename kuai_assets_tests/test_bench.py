@@ -204,7 +204,7 @@ def test_quality_reads_the_oracle_on_the_validations_own_rows(tmp_path):
         validation_oracle_auc(data, work)
 
 
-@pytest.mark.parametrize("candidate", ["knn_visual", "visual_taste_full_prior"])
+@pytest.mark.parametrize("candidate", ["knn_visual", "visual_taste_full_prior", "visual_neighbour_rate"])
 def test_candidate_reads_no_label_of_the_rows_own_fold(materialized, candidate):
     """The candidate's columns of a fit row of fold f never read a click of fold f: flipping every
     fold-0 click leaves the fold-0 rows' columns as they were, and moves other rows' columns."""
@@ -226,6 +226,25 @@ def test_candidate_reads_no_label_of_the_rows_own_fold(materialized, candidate):
     same = np.isclose(before[columns], after[columns], rtol=1e-5, atol=1e-7, equal_nan=True).all(axis=1)
     assert same[fold == 0].all(), "a fold-0 row's columns read a fold-0 click"
     assert not same[fold != 0].all(), "the flipped clicks moved no other row: the columns read no label"
+
+
+def test_nearest_photos_are_the_most_similar_in_order(monkeypatch):
+    """Chunked brute force (chunks smaller than the queries) against a full sort of every cosine."""
+    from benchmarks import candidate_columns
+
+    monkeypatch.setattr(candidate_columns, "QUERY_CHUNK", 7)
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(50, 8)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    queries = base[[4, 9, 30]] + 0.05 * rng.normal(size=(3, 8)).astype(np.float32)
+    queries = np.vstack([queries, rng.normal(size=(17, 8)).astype(np.float32)])
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    positions, cosines = candidate_columns.nearest_photos(queries, base, 5)
+    expected = np.argsort(-(queries @ base.T), axis=1, kind="stable")[:, :5]
+    assert (positions == expected).all()
+    assert np.allclose(cosines, np.take_along_axis(queries @ base.T, expected, axis=1))
+    assert positions[:3, 0].tolist() == [4, 9, 30]
+    assert candidate_columns.nearest_photos(queries, base[:3], 5)[0].shape == (20, 3)  # fewer than k: all of them
 
 
 def test_full_prior_finds_the_axis_along_which_users_differ():
