@@ -30,12 +30,14 @@ VARIANTS: dict[str, dict] = {
     "defaults": {},
     "learning_rate 0.05": {"learning_rate": 0.05},
     "num_leaves 31": {"num_leaves": 31},
+    "num_leaves 15": {"num_leaves": 15},
     "num_leaves 127": {"num_leaves": 127},
     "min_data_in_leaf 50": {"min_data_in_leaf": 50},
     "min_data_in_leaf 1000": {"min_data_in_leaf": 1000},
     "feature_fraction 0.4": {"feature_fraction": 0.4},
     "every row (negative_sample_rate 1)": {"negative_sample_rate": 1.0},
     "max_bin 255": {"max_bin": 255},
+    "num_leaves 31, learning_rate 0.05": {"num_leaves": 31, "learning_rate": 0.05},
 }
 
 
