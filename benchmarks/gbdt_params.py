@@ -37,7 +37,7 @@ VARIANTS: dict[str, dict] = {
     "feature_fraction 0.4": {"feature_fraction": 0.4},
     "every row (negative_sample_rate 1)": {"negative_sample_rate": 1.0},
     "max_bin 255": {"max_bin": 255},
-    "num_leaves 31, learning_rate 0.05": {"num_leaves": 31, "learning_rate": 0.05},
+    "num_leaves 31 + learning_rate 0.05": {"num_leaves": 31, "learning_rate": 0.05},
 }
 
 
