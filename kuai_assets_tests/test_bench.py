@@ -306,3 +306,32 @@ def test_candidate_columns_replaces_a_group_with_its_variant(materialized, tiny_
         "visual_taste_full_prior"]
     for variant in ("without", "with"):
         assert 0.5 < figures[variant]["valid_auc"] < 1 and 0.5 < figures[variant]["test_auc"] < 1
+
+
+def test_gbdt_params_summary_gives_each_variants_changes_against_the_defaults():
+    from benchmarks.gbdt_params import summary_rows
+
+    figures = {
+        "a": {"defaults": {"valid_auc": 0.70, "test_auc": 0.71, "seconds": 10.0},
+              "num_leaves 31": {"valid_auc": 0.72, "test_auc": 0.72, "seconds": 20.0}},
+        "b": {"defaults": {"valid_auc": 0.80, "test_auc": 0.80, "seconds": 10.0},
+              "num_leaves 31": {"valid_auc": 0.80, "test_auc": 0.79, "seconds": 10.0}},
+    }
+    header, rule, row = summary_rows(figures)
+    assert header == "| variant | a | b | mean valid / test | both up | seconds vs defaults |"
+    assert rule.count("---") == 6
+    assert row == "| num_leaves 31 | +0.0200 / +0.0100 | +0.0000 / -0.0100 | +0.0100 / +0.0000 | 1 of 2 | 1.50x |"
+
+
+def test_gbdt_params_trains_the_defaults_and_a_variant(materialized, tiny_data, tmp_path, capsys):
+    from benchmarks import gbdt_params
+
+    with pytest.raises(SystemExit, match=r"unknown variant\(s\) \['leaves 31'\]"):
+        gbdt_params.main(["--work", str(materialized["work"]), "--data", str(tiny_data), "--variants", "leaves 31"])
+    assert gbdt_params.main(["--work", str(materialized["work"]), "--data", str(tiny_data),
+                             "--variants", "num_leaves 15", "--out", str(tmp_path)]) == 0
+    figures = json.loads((tmp_path / "gbdt_params.json").read_text())
+    runs = figures[Path(materialized["work"]).name]
+    assert list(runs) == ["defaults", "num_leaves 15"]
+    assert all(0.5 < run["valid_auc"] < 1 and 0.5 < run["test_auc"] < 1 for run in runs.values())
+    assert "| num_leaves 15 |" in capsys.readouterr().out
