@@ -28,10 +28,12 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 VARIANTS: dict[str, dict] = {
     "defaults": {},
-    "learning_rate 0.05": {"learning_rate": 0.05},
-    "num_leaves 31": {"num_leaves": 31},
+    "num_leaves 7": {"num_leaves": 7},
     "num_leaves 15": {"num_leaves": 15},
+    "num_leaves 31": {"num_leaves": 31},
+    "num_leaves 63": {"num_leaves": 63},
     "num_leaves 127": {"num_leaves": 127},
+    "learning_rate 0.05": {"learning_rate": 0.05},
     "min_data_in_leaf 50": {"min_data_in_leaf": 50},
     "min_data_in_leaf 1000": {"min_data_in_leaf": 1000},
     "feature_fraction 0.4": {"feature_fraction": 0.4},
@@ -105,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [v for v in chosen if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"gbdt_params: unknown variant(s) {unknown}; choose from: {', '.join(VARIANTS)}")
+    from kuai_assets.ml.gbdt import GbdtTraining
+
+    same = [v for v in chosen[1:] if GbdtTraining(**VARIANTS[v]) == GbdtTraining()]
+    if same:
+        print(f"[gbdt_params] the defaults already are {', '.join(same)}: not run twice", flush=True)
+    chosen = [v for v in chosen if v not in same]
     for work, data in zip(works, datas):
         matrix, truth = work / "tables" / "training_matrix.parquet", data / "ground_truth" / "test_ground_truth.txt"
         for path in (matrix, truth):

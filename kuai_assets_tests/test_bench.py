@@ -329,9 +329,11 @@ def test_gbdt_params_trains_the_defaults_and_a_variant(materialized, tiny_data, 
     with pytest.raises(SystemExit, match=r"unknown variant\(s\) \['leaves 31'\]"):
         gbdt_params.main(["--work", str(materialized["work"]), "--data", str(tiny_data), "--variants", "leaves 31"])
     assert gbdt_params.main(["--work", str(materialized["work"]), "--data", str(tiny_data),
-                             "--variants", "num_leaves 15", "--out", str(tmp_path)]) == 0
+                             "--variants", "num_leaves 7,num_leaves 15", "--out", str(tmp_path)]) == 0
     figures = json.loads((tmp_path / "gbdt_params.json").read_text())
     runs = figures[Path(materialized["work"]).name]
-    assert list(runs) == ["defaults", "num_leaves 15"]
+    assert list(runs) == ["defaults", "num_leaves 7"]  # 15 leaves are the defaults: not trained twice
     assert all(0.5 < run["valid_auc"] < 1 and 0.5 < run["test_auc"] < 1 for run in runs.values())
-    assert "| num_leaves 15 |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "the defaults already are num_leaves 15: not run twice" in out
+    assert "| num_leaves 7 |" in out and "| num_leaves 15 |" not in out
