@@ -53,14 +53,17 @@ import argparse
 import json
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kuai_assets.features.fold_statistics import fetch, setups
+from kuai_assets.features.id_index import IdIndex
 from kuai_assets.features.matrix import FEATURES_KEY, MATRIX, Feature, read_features
 from kuai_assets.groups.visual_similarity import _pca_matrix as unit_pca_vectors
 from kuai_assets.storage import sql_string
@@ -126,6 +129,31 @@ def knn_visual(con: duckdb.DuckDBPyConnection) -> pa.Table:
     return pa.concat_tables(pieces)
 
 
+@dataclass
+class SetupRows:
+    """One setup's fit rows (label_history) and rows to compute (model_rows), with dense user codes."""
+
+    setup: str
+    n_folds: int
+    history: dict[str, np.ndarray]  # fold, user_id, photo_id, click
+    rows: dict[str, np.ndarray]  # row_id, fold, user_id, photo_id
+    users: IdIndex  # every user of either
+    user: np.ndarray  # the fit rows' user codes
+    fold: np.ndarray  # the fit rows' folds (int64)
+    click: np.ndarray  # the fit rows' clicks (float64)
+
+
+def each_setup(con: duckdb.DuckDBPyConnection) -> Iterator[SetupRows]:
+    """Every setup of model_rows, one after the other (only one setup's rows held at a time)."""
+    for setup, folds in setups(con):
+        history = fetch(con, "select fold, user_id, photo_id, click from label_history where setup = ?", [setup])
+        rows = fetch(con, "select row_id, fold, user_id, photo_id from model_rows where setup = ?", [setup])
+        users = IdIndex(np.unique(np.concatenate([history["user_id"], rows["user_id"]])))
+        yield SetupRows(setup, max(max(folds) + 1, 1), history, rows, users,
+                        users.positions(history["user_id"], "label_history: unknown user_id(s)"),
+                        history["fold"].astype(np.int64), history["click"].astype(np.float64))
+
+
 VT_FULL_NAMES = ("visual_taste_full_score", "visual_taste_full_global", "visual_taste_full_margin")
 VT_EM_ITERATIONS = 50
 
@@ -170,23 +198,15 @@ def full_prior_directions(raw_sxx: np.ndarray, n: np.ndarray, sx: np.ndarray, sy
 
 def visual_taste_full_prior(con: duckdb.DuckDBPyConnection) -> pa.Table:
     """The visual_taste_full_prior columns (module docstring) for every row of model_rows."""
-    from kuai_assets.features.fold_statistics import fetch, setups
-    from kuai_assets.features.id_index import IdIndex
     from kuai_assets.groups.visual_taste import photo_detail, user_directions
 
     index, detail = photo_detail(con)
     axes = detail.shape[1]
     pieces = []
-    for setup, folds in setups(con):
-        n_folds = max(max(folds) + 1, 1)
-        history = fetch(con, "select fold, user_id, photo_id, click from label_history where setup = ?", [setup])
-        rows = fetch(con, "select row_id, fold, user_id, photo_id from model_rows where setup = ?", [setup])
-        users = IdIndex(np.unique(np.concatenate([history["user_id"], rows["user_id"]])))
-        n_users = len(users.sorted_ids)
-        user = users.positions(history["user_id"], "label_history: unknown user_id(s)")
-        photo = index.positions(history["photo_id"], "label_history: photo_id(s) with no reduced visual vector")
-        fold = history["fold"].astype(np.int64)
-        click = history["click"].astype(np.float64)
+    for part in each_setup(con):
+        setup, n_folds, rows, users = part.setup, part.n_folds, part.rows, part.users
+        user, fold, click, n_users = part.user, part.fold, part.click, len(part.users.sorted_ids)
+        photo = index.positions(part.history["photo_id"], "label_history: photo_id(s) with no reduced visual vector")
         _, w_global, margin, between = user_directions(user, fold, click, photo, detail, n_users, n_folds)
         # per (user, fold): rows, clicks, detail sums, click-weighted sums, uncentred second moments
         key = user.astype(np.int64) * n_folds + fold
@@ -248,21 +268,12 @@ def nearest_photos(queries: np.ndarray, base: np.ndarray, k: int) -> tuple[np.nd
 
 def visual_neighbour_rate(con: duckdb.DuckDBPyConnection) -> pa.Table:
     """The visual_neighbour_rate columns (module docstring) for every row of model_rows."""
-    from kuai_assets.features.fold_statistics import fetch, setups
-    from kuai_assets.features.id_index import IdIndex
-
     photo_ids, vectors = unit_pca_vectors(con)
     index = IdIndex(photo_ids)
     pieces = []
-    for setup, folds in setups(con):
-        n_folds = max(max(folds) + 1, 1)
-        history = fetch(con, "select fold, user_id, photo_id, click from label_history where setup = ?", [setup])
-        rows = fetch(con, "select row_id, fold, user_id, photo_id from model_rows where setup = ?", [setup])
-        users = IdIndex(np.unique(np.concatenate([history["user_id"], rows["user_id"]])))
-        n_users = len(users.sorted_ids)
-        user = users.positions(history["user_id"], "label_history: unknown user_id(s)")
-        fold = history["fold"].astype(np.int64)
-        click = history["click"].astype(np.float64)
+    for part in each_setup(con):
+        setup, n_folds, history, rows = part.setup, part.n_folds, part.history, part.rows
+        user, fold, click, n_users = part.user, part.fold, part.click, len(part.users.sorted_ids)
         # the photos with fit rows (each in one fold: folds are by photo), their impressions and clicks
         base_ids, base_of_row = np.unique(history["photo_id"], return_inverse=True)
         base_fold = np.zeros(len(base_ids), np.int64)
