@@ -22,7 +22,7 @@ class LightGbmParams(BaseModel):
     """LightGBM's parameters, with defaults sized for a 2-core machine (the demo model trains in a
     few minutes). BENCHMARKS.md, "LightGBM's parameters across worlds" (`benchmarks/gbdt_params.py`),
     has each default against one-change variants on ten datasets from four generators: 15 leaves
-    gained on nine of them; a lower rate gains as much at 1.7x the time; every row adds little."""
+    gained on nine of them (7 lost); a lower rate gains as much at 1.7x the time; every row adds little."""
 
     learning_rate: float = Field(default=0.1, description="LightGBM shrinkage per round.")
     num_leaves: int = Field(default=15, description="Leaves per tree.")
