@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     figures: dict[str, dict[str, dict]] = {}
     for work, data in zip(works, datas):
-        name = work.name
+        name = work.name if [w.name for w in works].count(work.name) == 1 else str(work)  # e.g. two `work` folders
         figures[name] = {}
         for variant in chosen:
             run = run_variant(work / "tables" / "training_matrix.parquet", data / "ground_truth" / "test_ground_truth.txt",
