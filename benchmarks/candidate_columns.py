@@ -219,8 +219,9 @@ def visual_taste_full_prior(con: duckdb.DuckDBPyConnection) -> pa.Table:
         second = np.zeros((n_users * n_folds, axes, axes))
         for cell in np.flatnonzero(np.diff(bounds)):
             at = order[bounds[cell]: bounds[cell + 1]]
-            part = detail[photo[at]].astype(np.float64)
-            sums[cell], hits[cell], second[cell] = part.sum(axis=0), click[at] @ part, part.T @ part
+            cell_detail = detail[photo[at]].astype(np.float64)
+            sums[cell], hits[cell] = cell_detail.sum(axis=0), click[at] @ cell_detail
+            second[cell] = cell_detail.T @ cell_detail
         sums, hits = sums.reshape(n_users, n_folds, axes), hits.reshape(n_users, n_folds, axes)
         second = second.reshape(n_users, n_folds, axes, axes)
         w_user = np.empty((n_users, n_folds + 1, axes))
@@ -358,12 +359,21 @@ def candidate_matrix(matrix: Path, columns: pa.Table, group: str, names: tuple[s
     pq.write_table(table.replace_schema_metadata(metadata), out, compression="zstd")
 
 
-def train_and_score(matrix: Path, groups: list[str], truth: Path, scratch: Path) -> dict:
-    """LightGBM as `model` trains it on `groups`; its validation and test AUC."""
+def default_groups_of(matrix: Path) -> list[str]:
+    """The default feature groups (in their order) that the training matrix holds."""
+    from kuai_assets.defs.model import default_feature_groups
+
+    present = {f.group for f in read_features(matrix)}
+    return [g for g in default_feature_groups() if g in present]
+
+
+def train_and_score(matrix: Path, groups: list[str], truth: Path, scratch: Path, training=None) -> dict:
+    """LightGBM as `model` trains it on `groups` (with `training`, a GbdtTraining; default: the
+    model's defaults); its validation and test AUC. The test predictions go to `scratch`."""
     from kuai_assets.ml.evaluation import score_predictions
     from kuai_assets.ml.gbdt import GbdtTraining, train_gbdt
 
-    result = train_gbdt(matrix, groups, GbdtTraining())
+    result = train_gbdt(matrix, groups, training if training is not None else GbdtTraining())
     pq.write_table(pa.table({"user_id": result.test.user_id, "photo_id": result.test.photo_id,
                              "p_click": result.test_prediction}), scratch)
     score = score_predictions(truth, predictions=scratch)
@@ -401,8 +411,7 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     matrix = scratch / "candidate_matrix.parquet"
     candidate_matrix(tables / f"{MATRIX}.parquet", columns, args.candidate, names, matrix)
-    present = {f.group for f in read_features(matrix)}
-    groups = [g for g in default_feature_groups() if g in present]
+    groups = default_groups_of(matrix)
     if args.replace is not None and args.replace not in groups:
         raise SystemExit(f"candidate_columns: --replace {args.replace}: the workspace's training matrix has no such group")
     without = train_and_score(matrix, groups, truth, scratch / "predictions.parquet")

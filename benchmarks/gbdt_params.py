@@ -43,27 +43,15 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def run_variant(matrix: Path, truth: Path, overrides: dict, scratch: Path) -> dict:
-    """The model as `model` trains it with `overrides`; its validation and test AUC and seconds."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def run_variant(matrix: Path, groups: list[str], truth: Path, overrides: dict, scratch: Path) -> dict:
+    """The model as `model` trains it on `groups` with `overrides` (candidate_columns.train_and_score);
+    its validation and test AUC, and the seconds of training and scoring."""
+    from benchmarks.candidate_columns import train_and_score
+    from kuai_assets.ml.gbdt import GbdtTraining
 
-    from kuai_assets.defs.model import default_feature_groups
-    from kuai_assets.features.matrix import read_features
-    from kuai_assets.ml.evaluation import score_predictions
-    from kuai_assets.ml.gbdt import GbdtTraining, train_gbdt
-
-    present = {f.group for f in read_features(matrix)}
-    groups = [g for g in default_feature_groups() if g in present]
     started = time.time()
-    result = train_gbdt(matrix, groups, GbdtTraining(**overrides))
-    seconds = time.time() - started
-    predictions = scratch / "predictions.parquet"
-    pq.write_table(pa.table({"user_id": result.test.user_id, "photo_id": result.test.photo_id,
-                             "p_click": result.test_prediction}), predictions)
-    score = score_predictions(truth, predictions=predictions)
-    return {"valid_auc": round(result.validation.auc, 4), "test_auc": round(score.auc, 4),
-            "best_iteration": result.validation.best_iteration, "seconds": round(seconds, 1)}
+    run = train_and_score(matrix, groups, truth, scratch / "predictions.parquet", GbdtTraining(**overrides))
+    return {**run, "seconds": round(time.time() - started, 1)}
 
 
 def summary_rows(figures: dict[str, dict[str, dict]]) -> list[str]:
@@ -107,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [v for v in chosen if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"gbdt_params: unknown variant(s) {unknown}; choose from: {', '.join(VARIANTS)}")
+    from benchmarks.candidate_columns import default_groups_of
     from kuai_assets.ml.gbdt import GbdtTraining
 
     same = [v for v in chosen[1:] if GbdtTraining(**VARIANTS[v]) == GbdtTraining()]
@@ -123,9 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     for work, data in zip(works, datas):
         name = work.name if [w.name for w in works].count(work.name) == 1 else str(work)  # e.g. two `work` folders
         figures[name] = {}
+        matrix = work / "tables" / "training_matrix.parquet"
+        groups = default_groups_of(matrix)
         for variant in chosen:
-            run = run_variant(work / "tables" / "training_matrix.parquet", data / "ground_truth" / "test_ground_truth.txt",
-                              VARIANTS[variant], args.out)
+            run = run_variant(matrix, groups, data / "ground_truth" / "test_ground_truth.txt", VARIANTS[variant], args.out)
             figures[name][variant] = run
             print(f"[gbdt_params] {name} | {variant}: {run}", flush=True)
             (args.out / "gbdt_params.json").write_text(json.dumps(figures, indent=2))
