@@ -45,6 +45,14 @@ Candidates:
   smoothed rates (5 pseudo-impressions) weighted by exp(cosine / 0.1); neighbour_similarity, their
   mean cosine (how crowded the photo's part of the space is). A photo-level, label-aware
   counterpart of the clusters' rates (cluster_stats) without a cluster's borders.
+- user_cluster_factors: each user's excess clicks per cluster (clicks less impressions x the
+  user's own rate, shrunk toward the population's with 10 pseudo-impressions), as a user x cluster
+  matrix at every k of video_clusters, denoised by a truncated SVD at Gavish and Donoho's hard
+  threshold: clusters that the same users like pool each other's evidence, whatever they look
+  like (collaborative, where user_visual_group_affinity pools clusters that look alike). Two
+  columns per k: the denoised cell of the row's user and cluster on the z scale (excess over
+  sqrt(impressions + 5)) and on the rate scale (excess over impressions + 5). The matrix of a slot
+  holds the fit rows it may see (other folds; a scored row: all of its setup's).
 """
 
 from __future__ import annotations
@@ -324,10 +332,77 @@ def visual_neighbour_rate(con: duckdb.DuckDBPyConnection) -> pa.Table:
     return pa.concat_tables(pieces)
 
 
-CANDIDATES: dict[str, tuple[Callable[[duckdb.DuckDBPyConnection], pa.Table], tuple[str, ...]]] = {
+FACTOR_NAMES = ("cluster_factor_z_k{k}", "cluster_factor_rate_k{k}")
+FACTOR_USER_PRIOR, FACTOR_CELL_PRIOR = 10.0, 5.0
+
+
+def hard_threshold_rank(singular: np.ndarray, shape: tuple[int, int]) -> int:
+    """How many singular values stand above the noise: Gavish and Donoho's (2014) optimal hard
+    threshold for a matrix of unknown noise level, omega(beta) times the median singular value."""
+    if not len(singular):
+        return 0
+    beta = min(shape) / max(shape)
+    omega = 0.56 * beta ** 3 - 0.95 * beta ** 2 + 1.82 * beta + 1.43
+    return int((singular > omega * np.median(singular)).sum())
+
+
+def low_rank(matrix: np.ndarray) -> tuple[np.ndarray, int]:
+    """The matrix's truncated SVD at the hard-threshold rank, and that rank."""
+    u, singular, vt = np.linalg.svd(matrix, full_matrices=False)
+    rank = hard_threshold_rank(singular, matrix.shape)
+    return (u[:, :rank] * singular[:rank]) @ vt[:rank], rank
+
+
+def user_cluster_factors(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """The user_cluster_factors columns (module docstring) for every row of model_rows."""
+    clusters = fetch(con, "select k, photo_id, cluster from video_clusters order by k, photo_id")
+    ks = [int(k) for k in np.unique(clusters["k"])]
+    names = tuple(n.format(k=k) for k in ks for n in FACTOR_NAMES)
+    pieces = []
+    for part in each_setup(con):
+        rows, n_folds, n_users = part.rows, part.n_folds, len(part.users.sorted_ids)
+        row_user = part.users.positions(rows["user_id"], "model_rows: unknown user_id(s)")
+        row_slot = np.where(rows["fold"] < 0, n_folds, rows["fold"]).astype(np.int64)
+        columns = {}
+        for k in ks:
+            at_k = clusters["k"] == k
+            index = IdIndex(clusters["photo_id"][at_k])
+            cluster_of = clusters["cluster"][at_k].astype(np.int64)
+            n_clusters = int(cluster_of.max()) + 1
+            seen_cluster = cluster_of[index.positions(part.history["photo_id"], f"label_history: photo_id(s) with no k={k} cluster")]
+            row_cluster = cluster_of[index.positions(rows["photo_id"], f"model_rows: photo_id(s) with no k={k} cluster")]
+            cell = part.user.astype(np.int64) * n_clusters + seen_cluster
+            z_column = np.full(len(row_slot), np.nan, np.float32)
+            rate_column = np.full(len(row_slot), np.nan, np.float32)
+            for slot in range(n_folds + 1):
+                at = np.flatnonzero(row_slot == slot)
+                if not len(at):
+                    continue
+                visible = part.fold != slot
+                shown = np.bincount(cell[visible], minlength=n_users * n_clusters).reshape(n_users, n_clusters)
+                clicks = np.bincount(cell[visible], weights=part.click[visible],
+                                     minlength=n_users * n_clusters).reshape(n_users, n_clusters)
+                population = clicks.sum() / max(shown.sum(), 1.0)
+                user_rate = (clicks.sum(1) + FACTOR_USER_PRIOR * population) / (shown.sum(1) + FACTOR_USER_PRIOR)
+                excess = clicks - shown * user_rate[:, None]
+                z_hat, _ = low_rank(excess / np.sqrt(shown + FACTOR_CELL_PRIOR))
+                rate_hat, _ = low_rank(excess / (shown + FACTOR_CELL_PRIOR))
+                z_column[at] = z_hat[row_user[at], row_cluster[at]]
+                rate_column[at] = rate_hat[row_user[at], row_cluster[at]]
+            columns[FACTOR_NAMES[0].format(k=k)] = z_column
+            columns[FACTOR_NAMES[1].format(k=k)] = rate_column
+        pieces.append(pa.table({"setup": pa.array([part.setup] * len(row_slot), pa.string()),
+                                "row_id": pa.array(rows["row_id"], pa.int64()),
+                                **{name: columns[name] for name in names}}))
+    return pa.concat_tables(pieces)
+
+
+# each candidate's function and its column names (None: the columns it returns, which depend on the data)
+CANDIDATES: dict[str, tuple[Callable[[duckdb.DuckDBPyConnection], pa.Table], tuple[str, ...] | None]] = {
     "knn_visual": (knn_visual, KNN_NAMES),
     "visual_taste_full_prior": (visual_taste_full_prior, VT_FULL_NAMES),
     "visual_neighbour_rate": (visual_neighbour_rate, NEIGHBOUR_NAMES),
+    "user_cluster_factors": (user_cluster_factors, None),
 }
 INPUTS = ("model_rows", "label_history", "pca_visual_features", "video_clusters")
 
@@ -406,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     con = workspace_connection(tables)
     columns = compute(con)
     con.close()
+    names = names or tuple(c for c in columns.column_names if c not in ("setup", "row_id"))
     seconds = round(time.time() - started, 1)
     print(f"[candidate_columns] {args.candidate}: {len(names)} columns for {columns.num_rows:,} rows in {seconds} s",
           flush=True)

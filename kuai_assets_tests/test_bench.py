@@ -204,7 +204,8 @@ def test_quality_reads_the_oracle_on_the_validations_own_rows(tmp_path):
         validation_oracle_auc(data, work)
 
 
-@pytest.mark.parametrize("candidate", ["knn_visual", "visual_taste_full_prior", "visual_neighbour_rate"])
+@pytest.mark.parametrize("candidate", ["knn_visual", "visual_taste_full_prior", "visual_neighbour_rate",
+                                       "user_cluster_factors"])
 def test_candidate_reads_no_label_of_the_rows_own_fold(materialized, candidate):
     """The candidate's columns of a fit row of fold f never read a click of fold f: flipping every
     fold-0 click leaves the fold-0 rows' columns as they were, and moves other rows' columns."""
@@ -222,7 +223,8 @@ def test_candidate_reads_no_label_of_the_rows_own_fold(materialized, candidate):
     con.close()
     fold = before.merge(folds, on=["setup", "row_id"])["fold"].to_numpy()
     assert (fold == 0).any() and (fold != 0).any()
-    columns = list(names)
+    columns = list(names) if names else [c for c in before.columns if c not in ("setup", "row_id")]
+    assert columns
     same = np.isclose(before[columns], after[columns], rtol=1e-5, atol=1e-7, equal_nan=True).all(axis=1)
     assert same[fold == 0].all(), "a fold-0 row's columns read a fold-0 click"
     assert not same[fold != 0].all(), "the flipped clicks moved no other row: the columns read no label"
@@ -245,6 +247,21 @@ def test_nearest_photos_are_the_most_similar_in_order(monkeypatch):
     assert np.allclose(cosines, np.take_along_axis(queries @ base.T, expected, axis=1))
     assert positions[:3, 0].tolist() == [4, 9, 30]
     assert candidate_columns.nearest_photos(queries, base[:3], 5)[0].shape == (20, 3)  # fewer than k: all of them
+
+
+def test_hard_threshold_keeps_the_signal_rank_and_low_rank_denoises():
+    """A rank-3 matrix under white noise: the threshold keeps 3 singular values (a pure-noise matrix
+    keeps none of note), and the truncated SVD is nearer the signal than the noisy matrix is."""
+    from benchmarks.candidate_columns import hard_threshold_rank, low_rank
+
+    rng = np.random.default_rng(1)
+    signal = rng.normal(size=(300, 3)) @ rng.normal(size=(3, 80)) * 0.5
+    noisy = signal + rng.normal(size=signal.shape)
+    assert hard_threshold_rank(np.linalg.svd(noisy, compute_uv=False), noisy.shape) == 3
+    assert hard_threshold_rank(np.linalg.svd(rng.normal(size=(300, 80)), compute_uv=False), (300, 80)) <= 1
+    estimate, rank = low_rank(noisy)
+    assert rank == 3
+    assert np.linalg.norm(estimate - signal) < 0.5 * np.linalg.norm(noisy - signal)
 
 
 def test_full_prior_finds_the_axis_along_which_users_differ():
