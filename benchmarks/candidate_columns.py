@@ -53,6 +53,22 @@ Candidates:
   columns per k: the denoised cell of the row's user and cluster on the z scale (excess over
   sqrt(impressions + 5)) and on the rate scale (excess over impressions + 5). The matrix of a slot
   holds the fit rows it may see (other folds; a scored row: all of its setup's).
+- within_cluster_tastes: each user's taste in what a cover shows beyond its content, measured
+  within the user's clusters so that it is not the user's taste in the content itself (faces,
+  words and durations differ by kind of content: a user who likes a cooking cluster whose covers
+  carry words is not thereby fond of words). For every attribute a released file gives (has_face,
+  the faces' male share and best appearance on covers with faces, has_text, ln(1 + duration),
+  and the photo's ln(impressions) over every log, train and test, label-free), the user's slope
+  of click on the attribute inside each user x cluster cell at the coarsest k (a fixed-effects
+  regression: click and attribute centred on the cell's means), pooled over the user's cells and
+  shrunk toward the population's slope by WITHIN_PRIOR rows' worth of the population's
+  within-cell variance. Columns: each slope (within_slope_<a>), and within_taste_score, the sum
+  over attributes of (user's slope - population's slope) x (row's attribute - its mean): the
+  user's personal tilt for this photo. Slots as user_cluster_factors' (other folds; a scored row:
+  every fit row of its setup). Variants: within_cluster_tastes_of_covers without the impressions
+  attribute (the five the cover files give: what became the feature group
+  user_taste_within_clusters, whose SQL gives the same columns), within_taste_score (the score
+  alone) and within_fine_cluster_tastes (cells at the finest k).
 """
 
 from __future__ import annotations
@@ -397,14 +413,122 @@ def user_cluster_factors(con: duckdb.DuckDBPyConnection) -> pa.Table:
     return pa.concat_tables(pieces)
 
 
+WITHIN_ATTRIBUTES = ("has_face", "male_share", "appearance", "has_text", "log_duration", "log_impressions")
+WITHIN_PRIOR = 30.0
+
+
+def photo_attributes(con: duckdb.DuckDBPyConnection) -> dict[str, np.ndarray]:
+    """Per photo of any log (sorted photo_id): each WITHIN_ATTRIBUTES value and whether it is
+    defined (male_share and appearance only on covers with faces). Label-free."""
+    table = fetch(con, """
+        with shown as (
+            select photo_id, count(*) as impressions, max(duration_time) as duration_time
+            from raw_interactions group by photo_id
+        ),
+        faces as (
+            select photo_id, avg(gender) as male_share, max(appearance) as appearance
+            from raw_faces group by photo_id
+        ),
+        words as (select photo_id, max(n_words) as n_words from raw_text group by photo_id)
+        select s.photo_id, s.impressions, s.duration_time, f.photo_id is not null as has_face,
+               coalesce(f.male_share, 0) as male_share, coalesce(f.appearance, 0) as appearance,
+               coalesce(w.n_words, 0) as n_words
+        from shown as s left join faces as f using (photo_id) left join words as w using (photo_id)
+        order by s.photo_id""")
+    face = table["has_face"].astype(bool)
+    values = {
+        "has_face": face.astype(np.float64),
+        "male_share": table["male_share"].astype(np.float64),
+        "appearance": table["appearance"].astype(np.float64),
+        "has_text": (table["n_words"] > 0).astype(np.float64),
+        "log_duration": np.log1p(table["duration_time"].astype(np.float64)),
+        "log_impressions": np.log(table["impressions"].astype(np.float64)),
+    }
+    defined = {a: (face if a in ("male_share", "appearance") else np.ones(len(face), bool)) for a in WITHIN_ATTRIBUTES}
+    return {"photo_id": table["photo_id"], **values, **{f"{a}_defined": defined[a] for a in WITHIN_ATTRIBUTES}}
+
+
+def within_cell_moments(cell: np.ndarray, owner: np.ndarray, n_owners: int, x: np.ndarray, y: np.ndarray,
+                        weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per owner, the within-cell cross and square sums, sum over its cells of sum (x - mean_cell x)
+    (y - mean_cell y) and sum (x - mean_cell x)^2, over the rows of weight 1 (cell: dense codes,
+    owner: each cell's owner)."""
+    n_cells = len(owner)
+    n = np.bincount(cell, weights=weight, minlength=n_cells)
+    sx = np.bincount(cell, weights=weight * x, minlength=n_cells)
+    sy = np.bincount(cell, weights=weight * y, minlength=n_cells)
+    sxy = np.bincount(cell, weights=weight * x * y, minlength=n_cells)
+    sxx = np.bincount(cell, weights=weight * x * x, minlength=n_cells)
+    safe = np.maximum(n, 1.0)
+    cxy = sxy - sx * sy / safe
+    cxx = np.maximum(sxx - sx * sx / safe, 0.0)
+    return (np.bincount(owner, weights=cxy, minlength=n_owners), np.bincount(owner, weights=cxx, minlength=n_owners))
+
+
+def within_cluster_tastes(con: duckdb.DuckDBPyConnection, level: str = "min",
+                          attributes_used: tuple[str, ...] = WITHIN_ATTRIBUTES) -> pa.Table:
+    """The within_cluster_tastes columns (module docstring) for every row of model_rows; cells at
+    the coarsest k (level "min") or the finest ("max"), over `attributes_used`."""
+    attributes = photo_attributes(con)
+    photos = IdIndex(attributes["photo_id"])
+    clusters = fetch(con, "select photo_id, cluster from video_clusters "
+                          f"where k = (select {level}(k) from video_clusters) order by photo_id")
+    cluster_index = IdIndex(clusters["photo_id"])
+    cluster_of = clusters["cluster"].astype(np.int64)
+    n_clusters = int(cluster_of.max()) + 1
+    names = tuple(f"within_slope_{a}" for a in attributes_used) + ("within_taste_score",)
+    pieces = []
+    for part in each_setup(con):
+        rows, n_folds, n_users = part.rows, part.n_folds, len(part.users.sorted_ids)
+        row_user = part.users.positions(rows["user_id"], "model_rows: unknown user_id(s)")
+        row_slot = np.where(rows["fold"] < 0, n_folds, rows["fold"]).astype(np.int64)
+        seen_photo = photos.positions(part.history["photo_id"], "label_history: photo_id(s) not in raw_interactions")
+        row_photo = photos.positions(rows["photo_id"], "model_rows: photo_id(s) not in raw_interactions")
+        seen_cluster = cluster_of[cluster_index.positions(part.history["photo_id"], "label_history: photo_id(s) with no cluster")]
+        cells, cell = np.unique(part.user.astype(np.int64) * n_clusters + seen_cluster, return_inverse=True)
+        owner = cells // n_clusters
+        columns = {name: np.full(len(row_slot), np.nan, np.float32) for name in names}
+        columns["within_taste_score"][:] = 0.0
+        for slot in range(n_folds + 1):
+            at = np.flatnonzero(row_slot == slot)
+            if not len(at):
+                continue
+            visible = (part.fold != slot).astype(np.float64)
+            for a in attributes_used:
+                x_all = attributes[a]
+                on = attributes[f"{a}_defined"]
+                weight = visible * on[seen_photo]
+                x = x_all[seen_photo]
+                cxy, cxx = within_cell_moments(cell, owner, n_users, x, part.click, weight)
+                total_xx = cxx.sum()
+                if total_xx <= 0:
+                    continue
+                population_slope = cxy.sum() / total_xx
+                prior = WITHIN_PRIOR * total_xx / max(weight.sum(), 1.0)  # rows' worth of the within variance
+                slope = (cxy + prior * population_slope) / (cxx + prior)
+                columns[f"within_slope_{a}"][at] = slope[row_user[at]]
+                mean = float((x * weight).sum() / max(weight.sum(), 1.0))
+                tilt = (slope[row_user[at]] - population_slope) * (x_all[row_photo[at]] - mean)
+                columns["within_taste_score"][at] += np.where(on[row_photo[at]], tilt, 0.0).astype(np.float32)
+        pieces.append(pa.table({"setup": pa.array([part.setup] * len(row_slot), pa.string()),
+                                "row_id": pa.array(rows["row_id"], pa.int64()),
+                                **{name: columns[name] for name in names}}))
+    return pa.concat_tables(pieces)
+
+
 # each candidate's function and its column names (None: the columns it returns, which depend on the data)
 CANDIDATES: dict[str, tuple[Callable[[duckdb.DuckDBPyConnection], pa.Table], tuple[str, ...] | None]] = {
     "knn_visual": (knn_visual, KNN_NAMES),
     "visual_taste_full_prior": (visual_taste_full_prior, VT_FULL_NAMES),
     "visual_neighbour_rate": (visual_neighbour_rate, NEIGHBOUR_NAMES),
     "user_cluster_factors": (user_cluster_factors, None),
+    "within_cluster_tastes": (within_cluster_tastes, None),
+    "within_fine_cluster_tastes": (lambda con: within_cluster_tastes(con, "max"), None),
+    "within_taste_score": (within_cluster_tastes, ("within_taste_score",)),
+    "within_cluster_tastes_of_covers": (lambda con: within_cluster_tastes(con, "min", WITHIN_ATTRIBUTES[:-1]), None),
 }
-INPUTS = ("model_rows", "label_history", "pca_visual_features", "video_clusters")
+INPUTS = ("model_rows", "label_history", "pca_visual_features", "video_clusters", "raw_interactions", "raw_faces",
+          "raw_text")
 
 
 def workspace_connection(tables: Path) -> duckdb.DuckDBPyConnection:

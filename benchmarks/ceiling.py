@@ -414,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clusters", help="a workspace's video_clusters.parquet: print how its clusters match the true topics")
     parser.add_argument("--only", choices=["gbdt", "map", "clusters"],
                         help="fit only the LightGBM variants, or only the MAP logistic, or only match --clusters")
+    parser.add_argument("--each-taste", action="store_true",
+                        help="also fit the true-subtopic learner plus each per-user attribute taste alone, and the "
+                             "ceiling without each one: which taste carries the step to the ceiling")
     args = parser.parse_args(argv)
     started = time.time()
     story = rebuild(args.world, args.size, args.seed)
@@ -436,12 +439,18 @@ def main(argv: list[str] | None = None) -> int:
         "+ true subtopic": ["user_rate", *CONTEXT, *PHOTO, *TOPIC, *SUBTOPIC],
         "+ per-user attribute tastes (ceiling)": [*USER_TASTES, *CONTEXT, *PHOTO, *TOPIC, *SUBTOPIC, *detail],
     }
+    if args.each_taste:
+        below = variants["+ true subtopic"]
+        for taste in USER_TASTES[1:]:
+            variants[f"+ true subtopic + {taste}"] = [*below, taste]
+            variants[f"ceiling without {taste}"] = [
+                c for c in variants["+ per-user attribute tastes (ceiling)"] if c != taste]
     results = {}
     for name, columns in (variants.items() if args.only != "map" else []):
         r = fit_and_score(rows, columns, args.seed)
         r["closure"] = (r["test_auc"] - 0.5) / (story.oracle_auc - 0.5)
         results[name] = r
-        print(f"[ceiling] {name:42s} valid {r['valid_auc']:.4f}  test {r['test_auc']:.4f}  "
+        print(f"[ceiling] {name:58s} valid {r['valid_auc']:.4f}  test {r['test_auc']:.4f}  "
               f"closure {r['closure']:.3f}  ({r['rounds']} rounds)", flush=True)
     if args.only != "gbdt":
         r = map_logistic(rows, story_detail(story, rows), get_size(args.size).n_topics, args.seed)

@@ -205,7 +205,7 @@ def test_quality_reads_the_oracle_on_the_validations_own_rows(tmp_path):
 
 
 @pytest.mark.parametrize("candidate", ["knn_visual", "visual_taste_full_prior", "visual_neighbour_rate",
-                                       "user_cluster_factors"])
+                                       "user_cluster_factors", "within_cluster_tastes"])
 def test_candidate_reads_no_label_of_the_rows_own_fold(materialized, candidate):
     """The candidate's columns of a fit row of fold f never read a click of fold f: flipping every
     fold-0 click leaves the fold-0 rows' columns as they were, and moves other rows' columns."""

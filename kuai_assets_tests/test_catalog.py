@@ -141,7 +141,7 @@ def test_shared_sql_is_written_once_as_macros(tmp_path):
     from kuai_assets.features.catalog import _load_sql_models, sql_root
 
     callers = {"user_behaviour", "cluster_stats", "user_face_preference", "user_attribute_taste", "word_click_rates",
-               "user_face_match"}
+               "user_face_match", "user_taste_within_clusters"}
     catalog = load_catalog()
     for name in callers:
         assert "{{" not in catalog[name].sql and "f.fold <> p.fold" in catalog[name].sql, name

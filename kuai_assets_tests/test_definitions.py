@@ -26,6 +26,8 @@ EXPECTED_GRAPH = {
     "user_face_preference": ("features", ["label_history", "model_rows", "raw_faces"]),
     "user_face_match": ("features", ["label_history", "model_rows", "raw_faces"]),
     "user_attribute_taste": ("features", ["label_history", "model_rows", "raw_text"]),
+    "user_taste_within_clusters": (
+        "features", ["label_history", "model_rows", "raw_faces", "raw_interactions", "raw_text", "video_clusters"]),
     "text_stats": ("features", ["raw_text"]),
     "word_click_rates": ("features", ["label_history", "model_rows", "raw_text"]),
     "user_word_affinity": ("features", ["label_history", "model_rows", "raw_text"]),
@@ -42,7 +44,8 @@ EXPECTED_GRAPH = {
              "cluster_stats", "visual_similarity", "photo_visual", "face_stats", "user_face_preference",
              "text_stats", "word_click_rates", "user_word_affinity", "impression_context", "time_and_duration",
              "published_baseline", "impression_embedding", "visual_taste", "user_cluster_exposure",
-             "user_visual_group_affinity", "user_attribute_taste", "session_context", "user_face_match"]
+             "user_visual_group_affinity", "user_attribute_taste", "session_context", "user_face_match",
+             "user_taste_within_clusters"]
         ),
     ),
     "model": ("model", ["training_matrix"]),

@@ -45,6 +45,7 @@ ATTRACTIVE_APPEARANCE = 70  # the highest appearance score on the cover, at leas
 TEXT_RATE_WEIGHT = 10  # user_attribute_taste: pseudo-impressions at the user's own rate
 TEXT_USER_PRIOR = (2, 10)  # the user's own rate: (clicks + 2) / (impressions + 10)
 DURATION_SLOPE_PSEUDO = 30  # ... impressions' worth of the population's log-duration variance
+WITHIN_SLOPE_PSEUDO = 30  # user_taste_within_clusters: rows' worth of the population's within-cell variance
 WORD_RATE_WEIGHT = 30  # word_click_rates
 RARE_WORD_PHOTOS = 5  # text_stats: a word on fewer covers than this is rare
 PHOTO_VISUAL_COMPONENTS = 16
@@ -294,6 +295,65 @@ def reference_user_attribute_taste(read: Read) -> pd.DataFrame:
     return pd.DataFrame(parts)
 
 
+# -- user_taste_within_clusters ---------------------------------------------------------------
+
+WITHIN_ATTRIBUTES = ["has_face", "has_text", "log_duration", "male_share", "appearance"]
+FACE_ONLY = {"male_share", "appearance"}
+
+
+def photo_cover_attributes(read: Read) -> pd.DataFrame:
+    """Per photo_id of raw_faces or raw_text: has_face, has_text, and on covers with faces the
+    faces' mean gender (male_share) and the best face's appearance (NaN without faces)."""
+    raw_faces, raw_text = read("raw_faces"), read("raw_text")
+    faces = raw_faces.groupby("photo_id").agg(male_share=("gender", "mean"), appearance=("appearance", "max"))
+    photos = pd.DataFrame(index=pd.Index(sorted(set(raw_faces["photo_id"]) | set(raw_text["photo_id"])), name="photo_id"))
+    photos["has_face"] = photos.index.isin(faces.index).astype(float)
+    photos["has_text"] = photos.index.isin(raw_text.loc[raw_text["words"].map(len) > 0, "photo_id"]).astype(float)
+    return photos.join(faces.astype(float))
+
+
+def reference_user_taste_within_clusters(read: Read) -> pd.DataFrame:
+    """Per row: the user's slopes of click on each cover attribute inside their (user, coarse
+    cluster) cells, each cell centred on its own means, pooled over the user's cells and shrunk
+    toward the population's pooled slope; and the summed personal tilt for the row's photo."""
+    label_history, model_rows, raw_interactions = read("label_history"), read("model_rows"), read("raw_interactions")
+    clusters = read("video_clusters")
+    coarse = clusters[clusters["k"] == clusters["k"].min()].set_index("photo_id")["cluster"]
+    photos = photo_cover_attributes(read)
+    history = label_history.astype({"click": "float64"})
+    history["cluster"] = history["photo_id"].map(coarse).fillna(-1)
+    history = history.join(photos, on="photo_id")
+    history[["has_face", "has_text"]] = history[["has_face", "has_text"]].fillna(0.0)
+    history["log_duration"] = np.log1p(history["duration_time"].astype(float))
+    rows = model_rows.merge(raw_interactions[["row_id", "duration_time"]], on="row_id").join(photos, on="photo_id")
+    rows[["has_face", "has_text"]] = rows[["has_face", "has_text"]].fillna(0.0)
+    rows["log_duration"] = np.log1p(rows["duration_time"].astype(float))
+    parts = []
+    for setup, fold, seen in out_of_fold_histories(history, model_rows):
+        part = rows[(rows["setup"] == setup) & (rows["fold"] == fold)]
+        out = part[["setup", "row_id"]].copy()
+        score = np.zeros(len(part))
+        for attribute in WITHIN_ATTRIBUTES:
+            on = seen[seen["has_face"] == 1] if attribute in FACE_ONLY else seen
+            cell = on.groupby(["user_id", "cluster"])
+            dx = on[attribute] - cell[attribute].transform("mean")
+            dy = on["click"] - cell["click"].transform("mean")
+            cross = (dx * dy).groupby(on["user_id"]).sum()
+            square = (dx * dx).groupby(on["user_id"]).sum()
+            if square.sum() == 0:
+                out[f"within_cluster_slope_{attribute}"] = np.nan
+                continue
+            pooled = cross.sum() / square.sum()
+            weight = WITHIN_SLOPE_PSEUDO * square.sum() / len(on)
+            slope = (part["user_id"].map(cross).fillna(0) + weight * pooled) / (part["user_id"].map(square).fillna(0) + weight)
+            out[f"within_cluster_slope_{attribute}"] = slope.to_numpy()
+            tilt = (slope - pooled) * (part[attribute] - on[attribute].mean())
+            score += tilt.fillna(0).to_numpy()  # NaN: a face attribute of a cover without faces
+        out["within_cluster_taste_score"] = score
+        parts.append(out)
+    return pd.concat(parts, ignore_index=True)
+
+
 # -- word_click_rates -------------------------------------------------------------------------
 
 
@@ -515,6 +575,7 @@ REFERENCES = {  # name: (reference, keys, absolute tolerance)
     "user_face_preference": (reference_user_face_preference, ["setup", "fold", "user_id"], ATOL),
     "user_face_match": (reference_user_face_match, ["setup", "row_id"], ATOL),
     "user_attribute_taste": (reference_user_attribute_taste, ["setup", "fold", "user_id"], ATOL),
+    "user_taste_within_clusters": (reference_user_taste_within_clusters, ["setup", "row_id"], ATOL),
     "word_click_rates": (reference_word_click_rates, ["setup", "fold", "photo_id"], ATOL),
     "face_stats": (reference_face_stats, ["photo_id"], ATOL),
     "text_stats": (reference_text_stats, ["photo_id"], ATOL),
@@ -589,6 +650,7 @@ ONE_ROW_CHANGES = {
     "user_face_preference": ("label_history", flip("click", where=has_face), "user_click_rate_with_face"),
     "user_face_match": ("label_history", flip("click", where=has_face), "face_match_rate_gender"),
     "user_attribute_taste": ("label_history", add("duration_time", 500), "user_log_duration_click_slope"),
+    "user_taste_within_clusters": ("label_history", flip("click", where=has_face), "within_cluster_slope_has_face"),
     "word_click_rates": ("label_history", flip("click", where=has_words), "word_click_rate_mean"),
     "face_stats": ("raw_faces", add("age", 7), "face_age_mean"),
     "text_stats": ("raw_text", new_first_word, "word_frequency_min"),
@@ -627,6 +689,7 @@ def test_reference_can_fail(tables, name):
         ("user_attribute_taste", "TEXT_RATE_WEIGHT", 11),
         ("user_attribute_taste", "TEXT_USER_PRIOR", (2, 11)),
         ("user_attribute_taste", "DURATION_SLOPE_PSEUDO", 31),
+        ("user_taste_within_clusters", "WITHIN_SLOPE_PSEUDO", 31),
         ("word_click_rates", "WORD_RATE_WEIGHT", 31),
         ("text_stats", "RARE_WORD_PHOTOS", 4),
     ],
@@ -642,7 +705,7 @@ def test_reference_constants_are_pinned(tables, monkeypatch, name, constant, val
 # -- the edge cases the tiny data lacks --------------------------------------------------------
 
 LABEL_GROUPS = ["user_behaviour", "cluster_stats", "user_face_preference", "user_attribute_taste", "word_click_rates",
-                "visual_similarity"]
+                "visual_similarity", "user_taste_within_clusters"]
 
 
 def test_label_statistics_match_reference_for_users_without_history_or_clicks(materialized, tmp_path, tables):
