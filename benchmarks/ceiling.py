@@ -1,6 +1,6 @@
 """What a learner that knew the generator's true topic structure reaches from the same data.
 
-    python -m benchmarks.ceiling [--world click_blind_timeline] [--size small] [--seed 7] [--folds 5]
+    python -m benchmarks.ceiling [--world click_blind_timeline] [--size small] [--seed 7] [--folds 5] [--each-taste]
 
 The generator's latent story is rebuilt in memory with the same seed and code path as
 `python -m kuai_assets.synth` (`kuai_assets.synth.generate._generate_into`, without writing a
