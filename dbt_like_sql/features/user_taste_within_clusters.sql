@@ -10,11 +10,12 @@
 -- score). Per user: within_cluster_slope_<attribute> = (S_xy + w b) / (S_xx + w), where S_xy and
 -- S_xx are the user's within-cell cross and square sums, b the population's pooled within-cell
 -- slope S_xy / S_xx over every user, and w 30 rows' worth of the population's within-cell
--- variance (30 S_xx / rows). A user without rows takes b; an attribute without within-cell
+-- variance (30 S_xx / rows; the face attributes: rows with faces, and their means and cells over
+-- those rows alone). A user without rows takes b; an attribute without within-cell
 -- variance anywhere has no slope. within_cluster_taste_score sums, over the attributes the row's
 -- photo has, (the user's slope - b) x (the row's attribute - its population mean): the user's
--- own tilt for this photo beyond what the population's slope gives every user. A photo without
--- a coarse cluster is a cell of its own. Label statistics, out of fold.
+-- own tilt for this photo beyond what the population's slope gives every user. A user's photos
+-- without a coarse cluster form one cell of their own. Label statistics, out of fold.
 --
 -- grain: setup, row_id
 -- continuous: within_cluster_slope_has_face, within_cluster_slope_has_text
