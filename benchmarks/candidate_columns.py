@@ -68,7 +68,8 @@ Candidates:
   every fit row of its setup). Variants: within_cluster_tastes_of_covers without the impressions
   attribute (the five the cover files give: what became the feature group
   user_taste_within_clusters, whose SQL gives the same columns), within_taste_score (the score
-  alone) and within_fine_cluster_tastes (cells at the finest k).
+  alone) and within_fine_cluster_tastes (cells at the finest k). On a workspace whose graph
+  already holds that group, compare a variant in its place: `--replace user_taste_within_clusters`.
 """
 
 from __future__ import annotations

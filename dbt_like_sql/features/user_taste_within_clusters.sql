@@ -38,12 +38,14 @@ history as (
     left join raw_text as t using (photo_id)
 ),
 
--- one row per (setup, fold, user, cluster): the sums each within-cell moment needs
+-- one row per (setup, fold, user, cluster): the sums each within-cell moment needs (a 0/1
+-- attribute is its own square: n_face is the sum and the square sum of has_face, sxy_has_face the
+-- clicks on covers with faces, and sx_has_text the sum and the square sum of has_text)
 per_fold as (
     select setup, fold, user_id, cluster,
-           count(*) as n, sum(y) as sy, sum(has_face) as n_face, sum(y * has_face) as sy_face,
-           sum(has_face) as sx_has_face, sum(has_face * y) as sxy_has_face, sum(has_face) as sxx_has_face,
-           sum(has_text) as sx_has_text, sum(has_text * y) as sxy_has_text, sum(has_text) as sxx_has_text,
+           count(*) as n, sum(y) as sy,
+           sum(has_face) as n_face, sum(has_face * y) as sxy_has_face,
+           sum(has_text) as sx_has_text, sum(has_text * y) as sxy_has_text,
            sum(log_duration) as sx_log_duration, sum(log_duration * y) as sxy_log_duration,
            sum(log_duration * log_duration) as sxx_log_duration,
            sum(male_share) as sx_male_share, sum(male_share * y) as sxy_male_share,
@@ -56,8 +58,7 @@ per_fold as (
 
 out_of_fold as (
     {{ out_of_fold('per_fold', ['user_id', 'cluster'],
-                   ['n', 'sy', 'n_face', 'sy_face',
-                    'sx_has_face', 'sxy_has_face', 'sxx_has_face', 'sx_has_text', 'sxy_has_text', 'sxx_has_text',
+                   ['n', 'sy', 'n_face', 'sxy_has_face', 'sx_has_text', 'sxy_has_text',
                     'sx_log_duration', 'sxy_log_duration', 'sxx_log_duration',
                     'sx_male_share', 'sxy_male_share', 'sxx_male_share',
                     'sx_appearance', 'sxy_appearance', 'sxx_appearance']) }}
@@ -65,17 +66,17 @@ out_of_fold as (
 
 -- each cell's centred moments (the face attributes over the cell's covers with faces)
 cells as (
-    select setup, fold, user_id, n, n_face, sx_has_face, sx_has_text, sx_log_duration, sx_male_share, sx_appearance,
-           sxy_has_face - sx_has_face * sy / n as cxy_has_face,
-           greatest(sxx_has_face - sx_has_face * sx_has_face / n, 0) as cxx_has_face,
+    select setup, fold, user_id, n, n_face, sx_has_text, sx_log_duration, sx_male_share, sx_appearance,
+           sxy_has_face - n_face * sy / n as cxy_has_face,
+           greatest(n_face - n_face * n_face / n, 0) as cxx_has_face,
            sxy_has_text - sx_has_text * sy / n as cxy_has_text,
-           greatest(sxx_has_text - sx_has_text * sx_has_text / n, 0) as cxx_has_text,
+           greatest(sx_has_text - sx_has_text * sx_has_text / n, 0) as cxx_has_text,
            sxy_log_duration - sx_log_duration * sy / n as cxy_log_duration,
            greatest(sxx_log_duration - sx_log_duration * sx_log_duration / n, 0) as cxx_log_duration,
-           case when n_face > 0 then sxy_male_share - sx_male_share * sy_face / n_face else 0 end as cxy_male_share,
+           case when n_face > 0 then sxy_male_share - sx_male_share * sxy_has_face / n_face else 0 end as cxy_male_share,
            case when n_face > 0 then greatest(sxx_male_share - sx_male_share * sx_male_share / n_face, 0) else 0 end
                as cxx_male_share,
-           case when n_face > 0 then sxy_appearance - sx_appearance * sy_face / n_face else 0 end as cxy_appearance,
+           case when n_face > 0 then sxy_appearance - sx_appearance * sxy_has_face / n_face else 0 end as cxy_appearance,
            case when n_face > 0 then greatest(sxx_appearance - sx_appearance * sx_appearance / n_face, 0) else 0 end
                as cxx_appearance
     from out_of_fold
@@ -96,7 +97,7 @@ users as (
 population as (
     select setup, fold,
            sum(cxy_has_face) / nullif(sum(cxx_has_face), 0) as b_has_face,
-           30 * sum(cxx_has_face) / sum(n) as w_has_face, sum(sx_has_face) / sum(n) as mean_has_face,
+           30 * sum(cxx_has_face) / sum(n) as w_has_face, sum(n_face) / sum(n) as mean_has_face,
            sum(cxy_has_text) / nullif(sum(cxx_has_text), 0) as b_has_text,
            30 * sum(cxx_has_text) / sum(n) as w_has_text, sum(sx_has_text) / sum(n) as mean_has_text,
            sum(cxy_log_duration) / nullif(sum(cxx_log_duration), 0) as b_log_duration,
