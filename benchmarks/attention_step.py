@@ -3,16 +3,21 @@
 On a workspace whose graph is materialized up to the attention model's inputs (e.g. the one
 `python -m benchmarks.loop` leaves in <out>/work, or any `kuai run --work W`), it builds the
 validation setup's histories and fit targets as `attention_model` does, then times `--steps`
-gradient steps of `--batch-size` targets (after 5 warm-up steps) with torch on `--threads`
-threads, and prints the milliseconds per step, the share of it spent building the batch, and the
-operators that took the most time (torch's profiler, 10 more steps). Compare two commits by
-running it on each in one session: the machines here are shared, so read ratios.
+gradient steps of `--batch-size` targets (after 5 warm-up steps), in one run: as one pass with
+torch on one thread and on `--threads` threads, and cut into `--shards` shards on threads of their own (torch on
+`--threads` / shards threads each: what `attention_model` does on the CPU, `step_shards`). It
+prints the milliseconds per step of each, their ratio, the share spent building the batch, and
+with `--profile` the operators that took the most time (torch's profiler, 10 more one-pass
+steps). Compare two commits by running it on each in one session: the machines here are shared,
+so read ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, required=True, help="a materialized workspace")
     parser.add_argument("--batch-size", type=int, default=training.AttentionParams().batch_size)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the validation epochs train on one)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads in all (default: every core)")
+    parser.add_argument("--shards", type=int, default=training.AttentionParams().step_shards,
+                        help="shards of a step, each on a thread of its own")
     parser.add_argument("--profile", action="store_true", help="also print torch's operator table")
     args = parser.parse_args(argv)
 
@@ -46,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     model = training._new_model(shape, photos, fit, params, torch.device("cpu"))
     optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate, fused=True)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    batches = training.epoch_batches(fit.user_id, fit.time, (args.steps + 15) * args.batch_size, args.batch_size,
+    batches = training.epoch_batches(fit.user_id, fit.time, (2 * args.steps + 25) * args.batch_size, args.batch_size,
                                      np.random.default_rng(1))
 
     def step(rows):
@@ -56,25 +63,44 @@ def main(argv: list[str] | None = None) -> int:
         loss.backward()
         optimizer.step()
 
+    pool = ThreadPoolExecutor(args.shards)
+
+    def sharded_step(rows):
+        optimizer.zero_grad(set_to_none=True)
+        training.step_gradient(model, data, prepared, fit, rows,
+                               [torch.Generator().manual_seed(shard) for shard in range(args.shards)], pool)
+        optimizer.step()
+
+    def per_step(fn, chosen, threads) -> float:
+        torch.set_num_threads(threads)
+        for rows in batches[:5]:
+            fn(rows)
+        started = time.perf_counter()
+        for rows in chosen:
+            fn(rows)
+        return (time.perf_counter() - started) / len(chosen)
+
     model.train()
-    for rows in batches[:5]:
-        step(rows)
     timed = batches[5 : 5 + args.steps]
-    started = time.perf_counter()
-    for rows in timed:
-        step(rows)
-    per_step = (time.perf_counter() - started) / len(timed)
+    one_thread = per_step(step, timed, 1)
+    one_pass = per_step(step, timed, args.threads)
+    sharded = per_step(sharded_step, batches[5 + args.steps : 5 + 2 * args.steps], max(1, args.threads // args.shards))
+    torch.set_num_threads(args.threads)
     started = time.perf_counter()
     for rows in timed:
         data.batch(prepared, rows)
     building = (time.perf_counter() - started) / len(timed)
-    print(f"{args.batch_size} targets per step, torch on {args.threads} thread(s): {per_step * 1000:.1f} ms per step "
-          f"({building * 1000:.1f} ms of it building the batch), {len(fit):,} fit rows")
+    print(f"{args.batch_size} targets per step, {len(fit):,} fit rows; {building * 1000:.1f} ms of a step builds the batch")
+    print(f"one pass, torch on 1 thread: {one_thread * 1000:.1f} ms per step")
+    print(f"one pass, torch on {args.threads} thread(s): {one_pass * 1000:.1f} ms per step")
+    print(f"{args.shards} shards on threads of their own, torch on {max(1, args.threads // args.shards)} thread(s) "
+          f"each: {sharded * 1000:.1f} ms per step ({one_thread / sharded:.2f}x the one pass on 1 thread, "
+          f"{one_pass / sharded:.2f}x on {args.threads})")
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for rows in batches[5 + args.steps : 15 + args.steps]:
+            for rows in batches[5 + 2 * args.steps : 15 + 2 * args.steps]:
                 step(rows)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     return 0

@@ -194,7 +194,7 @@ def test_scoring_each_epoch_beside_the_next_decides_as_scoring_it_before(materia
     work = WorkDir(materialized["work"])
     # a learning rate high enough that the validation AUC stops rising within the epochs (without the
     # taste factors and the session's context, which keep it rising for longer on this data)
-    params = AttentionParams(max_epochs=8, patience=1, fit_targets_per_epoch=4_000, learning_rate=0.05, taste_dim=0,
+    params = AttentionParams(max_epochs=16, patience=1, fit_targets_per_epoch=4_000, learning_rate=0.05, taste_dim=0,
                              context_groups=["impression_context", "time_and_duration"],
                              history_length=LENGTH, leak_check_targets=1_000, refit="always", refit_epochs_factor=0.01)
     beside = train_attention_model(work, params.model_copy(update={"threads": 0}))
@@ -203,6 +203,73 @@ def test_scoring_each_epoch_beside_the_next_decides_as_scoring_it_before(materia
     assert len(before.auc_by_epoch) < params.max_epochs, "early stopping ended the epochs (the case that matters)"
     assert beside.best_epoch == before.best_epoch and beside.valid_auc == before.valid_auc
     assert np.array_equal(beside.validation.p_click, before.validation.p_click)
+
+
+def test_a_step_cut_into_shards_has_the_gradient_of_one_pass(materialized):
+    """step_shards splits a step's targets over threads; the summed shard gradients are the
+    gradient of the step's mean loss in one pass (to float rounding), the same bits whichever
+    thread ends first, and their dropout masks come from the generators given, not from torch's
+    global one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kuai_assets.ml.attention import training
+    from kuai_assets.ml.attention.inputs import context_features, load_photos, load_targets
+
+    work = WorkDir(materialized["work"])
+    params = AttentionParams(history_length=LENGTH, dropout=0.0)
+    photos = load_photos(work, params.words_per_photo, params.word_buckets)
+    features = context_features(work, list(params.context_groups))
+    fit = load_targets(work, "validation", "fit", features)
+    data = training.SetupData(photos, build_history(work, "validation", LENGTH), training.model_users(work),
+                              torch.device("cpu"))
+    prepared = data.prepare(fit)
+    model = training._new_model(training._shape(params, photos, len(data.users), len(features)), photos, fit,
+                                params, torch.device("cpu"))
+    model.train()
+    rows = np.sort(np.random.default_rng(3).choice(len(fit), size=301, replace=False))
+
+    def gradient(shards, pool=None):
+        model.zero_grad(set_to_none=True)
+        generators = [torch.Generator().manual_seed(shard) for shard in range(shards)]
+        loss = training.step_gradient(model, data, prepared, fit, rows, generators, pool)
+        return loss, {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    one_loss, one = gradient(1)
+    with ThreadPoolExecutor(3) as pool:
+        shard_loss, shards = gradient(3, pool)
+        _, again = gradient(3, pool)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        model(data.batch(prepared, rows)), torch.from_numpy(fit.click[rows])).item()
+    assert one_loss == pytest.approx(expected, rel=1e-5) and shard_loss == pytest.approx(expected, rel=1e-5)
+    assert one.keys() == shards.keys() == again.keys() and len(one) > 10
+    for name in one:
+        assert torch.allclose(one[name], shards[name], rtol=1e-4, atol=1e-7), name
+        assert torch.equal(shards[name], again[name]), f"{name}: the shards' sum depends on the threads' timing"
+
+    # dropout on: the generator decides the masks; torch's global generator is not drawn from
+    with_dropout = training._new_model(training._shape(params.model_copy(update={"dropout": 0.5}), photos,
+                                                      len(data.users), len(features)), photos, fit, params,
+                                       torch.device("cpu")).train()
+    batch = data.batch(prepared, rows)
+    state = torch.get_rng_state()
+    a = with_dropout(batch, torch.Generator().manual_seed(5))
+    b = with_dropout(batch, torch.Generator().manual_seed(5))
+    c = with_dropout(batch, torch.Generator().manual_seed(6))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_sharded_epochs_repeat_exactly(materialized):
+    """Two runs with the step cut into two shards on two threads give the same numbers, bit for bit
+    (the shards' gradients add in either order to the same sum; their dropout is seeded per shard)."""
+    work = WorkDir(materialized["work"])
+    params = AttentionParams(max_epochs=2, patience=5, fit_targets_per_epoch=3_000, history_length=LENGTH,
+                             leak_check_targets=500, refit="always", refit_epochs_factor=0.01, threads=1)
+    first = train_attention_model(work, params.model_copy(update={"step_shards": 2}))
+    again = train_attention_model(work, params.model_copy(update={"step_shards": 2}))
+    assert first.auc_by_epoch == again.auc_by_epoch
+    assert np.array_equal(first.validation.p_click, again.validation.p_click)
+    assert np.array_equal(first.test.p_click, again.test.p_click)
 
 
 def test_the_network_is_refitted_only_when_the_validation_blend_uses_it(materialized):
@@ -310,7 +377,7 @@ def test_the_taste_term_adds_the_users_factors_dotted_with_the_candidates_projec
     }
     captured = {}
     model.item.register_forward_hook(lambda module, inputs, output: captured.update(query=output[:targets]))
-    model.head.register_forward_hook(lambda module, inputs, output: captured.update(head=output.squeeze(-1)))
+    model.head[-1].register_forward_hook(lambda module, inputs, output: captured.update(head=output.squeeze(-1)))
     logit = model(batch)
     taste = (model.taste.weight[batch["user"]] * model.taste_item(captured["query"])).sum(-1)
     assert torch.allclose(logit, captured["head"] + taste, atol=1e-5)

@@ -167,11 +167,13 @@ class AttentionClickModel(nn.Module):
             nn.init.normal_(self.taste.weight, std=0.01)
             self.taste_item = nn.Linear(shape.item_dim, shape.taste_dim, bias=False)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
         """`batch`: the candidates' content (dense, clusters, words: one row per target), the
         distinct history items' content and click (history_dense, history_clusters,
         history_words, history_click: one row per item), history_index (targets, length) into
-        those items, mask (targets, length) of real items, user and context per target."""
+        those items, mask (targets, length) of real items, user and context per target.
+        `generator` draws the training's dropout masks (torch's global generator when None): a
+        generator of its own per thread keeps concurrent shards of one step deterministic."""
         targets = len(batch["dense"])
         encoded = self.item(*(torch.cat([batch[name], batch[f"history_{name}"]]) for name in ("dense", "clusters", "words")))
         query, items = encoded[:targets], encoded[targets:] + lookup(self.click.weight, batch["history_click"])  # one pass for both
@@ -188,10 +190,21 @@ class AttentionClickModel(nn.Module):
         earlier = torch.cat([torch.log1p(earlier_rows) / 10, (earlier_clicks + 2) / (earlier_rows + 10)], -1)
         features = torch.cat([query, pooled, mean, size, click_rate, earlier, lookup(self.user.weight, batch["user"]),
                               self.context(batch["context"])], -1)
-        logit = self.head(features).squeeze(-1)
+        logit = self._head(features, generator).squeeze(-1)
         if self.shape.taste_dim:
             logit = logit + (lookup(self.taste.weight, batch["user"]) * self.taste_item(query)).sum(-1)
         return logit
+
+    def _head(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """The click tower, its dropout drawn from `generator` (inverted dropout, as nn.Dropout)."""
+        for layer in self.head:
+            if isinstance(layer, nn.Dropout):
+                if self.training and layer.p > 0:
+                    keep = torch.empty_like(x).bernoulli_(1 - layer.p, generator=generator)
+                    x = x * keep / (1 - layer.p)
+            else:
+                x = layer(x)
+        return x
 
 
 # -- one float matrix in, probabilities out (for MLflow) ------------------------------------------

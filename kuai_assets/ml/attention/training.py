@@ -6,8 +6,11 @@ of the validation scored rows (cold-start photos after the cut; a seeded sample 
 every validation scored row (the blend's input and the reported validation AUC); then a fresh
 network is fitted on the `submission` setup's fit rows for round(best_epoch * factor) epochs and
 scores the test rows. An epoch is a seeded sample of `fit_targets_per_epoch` fit rows. Seeded
-and deterministic on CPU. With `threads: 0` on two cores or more, each validation epoch's scoring
-runs on a second thread while the next epoch trains (`_validation_epochs`), with the same outcome.
+and deterministic on CPU. Each gradient step is cut into `step_shards` shards computed on threads
+of their own and summed in a fixed order (`step_gradient`): the outcome depends on the shard
+count, not on the threads' timing nor the machine's cores. With `threads: 0` on two cores or more,
+each validation epoch's scoring runs on a thread of its own while the next epoch trains
+(`_validation_epochs`), with the same outcome.
 
 With `refit: when_blended` (the default) the refit runs only when the blend will use the network:
 its weight is chosen first, on the validation rows alone, against the GBDT's validation
@@ -100,7 +103,14 @@ class AttentionParams(BaseModel):
         description="Torch CPU threads; 0 uses every core (in the validation epochs: one thread trains while a second "
         "scores the previous epoch).",
     )
-    seed: int = Field(default=7, description="Seed of the weights and of the per-epoch samples.")
+    step_shards: int = Field(
+        default=2, ge=1,
+        description="On the CPU, each gradient step's targets are split into this many shards, whose gradients "
+        "are computed on threads of their own (torch on cores / shards threads each) and summed before the step: "
+        "the same gradient as one pass, faster on two cores or more, since one step's small tensors keep one core "
+        "busy, not two. The outcome depends on this number, not on the machine's cores. 1 = one pass.",
+    )
+    seed: int = Field(default=7, description="Seed of the weights, of the per-epoch samples and of the dropout.")
     leak_check_targets: int = Field(
         default=20_000, ge=1, description="Rows per (setup, role) whose history the leak check proves."
     )
@@ -228,24 +238,77 @@ def epoch_batches(user: np.ndarray, time: np.ndarray, size: int, batch_size: int
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def _shard_gradient(model, parameters: list[torch.Tensor], data: SetupData, prepared, fit: Targets, rows: np.ndarray,
+                    total: int, generator: torch.Generator) -> tuple[float, tuple[torch.Tensor | None, ...]]:
+    """One shard of a step: its share of the step's mean loss (the sum of its targets' losses /
+    the step's `total` targets) and that share's gradient for each of `parameters` (None where
+    the shard does not reach one)."""
+    batch = data.batch(prepared, rows)
+    target = torch.from_numpy(fit.click[rows]).to(data.device)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch, generator), target, reduction="sum") / total
+    return float(loss.detach()), torch.autograd.grad(loss, parameters, allow_unused=True)
+
+
+def step_gradient(model, data: SetupData, prepared, fit: Targets, rows: np.ndarray, generators: list[torch.Generator],
+                  pool=None) -> float:
+    """Set the gradient of every parameter of `model` to that of the mean loss of targets `rows`,
+    computed in len(generators) shards (each drawing its dropout from its generator; on `pool`'s
+    threads when given) and summed in shard order, so that the result does not depend on which
+    thread finishes first. Returns the mean loss."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    pieces = np.array_split(rows, len(generators))
+    jobs = [(piece, generator) for piece, generator in zip(pieces, generators) if len(piece)]
+    if pool is None or len(jobs) == 1:
+        results = [_shard_gradient(model, parameters, data, prepared, fit, piece, len(rows), g) for piece, g in jobs]
+    else:
+        futures = [pool.submit(_shard_gradient, model, parameters, data, prepared, fit, piece, len(rows), g)
+                   for piece, g in jobs]
+        results = [future.result() for future in futures]
+    for i, parameter in enumerate(parameters):
+        parts = [grads[i] for _, grads in results if grads[i] is not None]
+        gradient = parts[0] if parts else None
+        for part in parts[1:]:
+            gradient = gradient + part
+        parameter.grad = gradient
+    return sum(loss for loss, _ in results)
+
+
+def shard_generators(params: AttentionParams, epoch: int, step: int, shards: int, device) -> list[torch.Generator]:
+    """The dropout generators of a step's shards, seeded by (seed, epoch, step, shard)."""
+    return [torch.Generator(device=device).manual_seed(
+        int(np.random.SeedSequence([params.seed, epoch, step, shard]).generate_state(1)[0])) for shard in range(shards)]
+
+
 def _train_epoch(model, optimizer, data: SetupData, prepared, fit: Targets, params: AttentionParams, epoch: int,
                  abort=lambda: False) -> float | None:
-    """One epoch; its mean loss, or None when `abort()` (asked before each step) said to stop."""
+    """One epoch; its mean loss, or None when `abort()` (asked before each step) said to stop.
+
+    Each step's targets are cut into `params.step_shards` shards (on the CPU; one on a GPU), each
+    shard's gradient computed on a thread of its own, then summed in shard order before the
+    optimizer's step (`step_gradient`); each shard draws its dropout from a generator seeded by
+    (seed, epoch, step, shard). So an epoch's numbers depend on the shard count, never on the
+    threads' timing nor on the machine's cores."""
+    from concurrent.futures import ThreadPoolExecutor
+
     rng = np.random.default_rng([params.seed, epoch])
-    loss_fn = torch.nn.BCEWithLogitsLoss()
+    shards = params.step_shards if data.device.type == "cpu" else 1
     model.train()
     total, batches = 0.0, 0
-    for rows in epoch_batches(fit.user_id, fit.time, params.fit_targets_per_epoch, params.batch_size, rng):
-        if abort():
-            return None
-        batch = data.batch(prepared, rows)
-        target = torch.from_numpy(fit.click[rows]).to(data.device)
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(batch), target)
-        loss.backward()
-        optimizer.step()
-        total += float(loss.detach())
-        batches += 1
+    threads = torch.get_num_threads()
+    if shards > 1:  # the cores are shared among the shards' threads
+        torch.set_num_threads(max(1, threads // shards))
+    try:
+        with ThreadPoolExecutor(shards, thread_name_prefix="attention-shard") as pool:
+            for step, rows in enumerate(epoch_batches(fit.user_id, fit.time, params.fit_targets_per_epoch,
+                                                      params.batch_size, rng)):
+                if abort():
+                    return None
+                generators = shard_generators(params, epoch, step, shards, data.device)
+                total += step_gradient(model, data, prepared, fit, rows, generators, pool)
+                optimizer.step()
+                batches += 1
+    finally:
+        torch.set_num_threads(threads)
     return total / max(batches, 1)
 
 
@@ -322,9 +385,10 @@ class EarlyStopping:
 def _validation_epochs(model, optimizer, data: SetupData, fit_prepared, fit: Targets, scored_prepared, scored: Targets,
                        subset: np.ndarray | None, params: AttentionParams, log_epoch, scorer) -> tuple[list[float], int, dict, np.ndarray]:
     """Epochs on the fit rows until early stopping: each epoch's network is scored on the
-    validation rows on a second thread while the next epoch trains (torch on one thread each: two
-    threads do little for these small tensors, and the training, not the scoring beside it, bounds
-    an epoch; BENCHMARKS.md has the figures). The decisions are those of scoring each epoch before
+    validation rows on a thread of its own while the next epoch trains (torch on one thread each:
+    a step's small tensors keep one core busy, not two, so the training splits each step into
+    `step_shards` shards on threads of their own instead, and the scoring runs beside them;
+    BENCHMARKS.md has the figures). The decisions are those of scoring each epoch before
     training the next: the AUCs, the best epoch and the stop are the same; an epoch begun before
     the scoring that stops the validation came back is dropped unfinished.
     An epoch is the best only when it beats the best before it by more than `min_improvement`.
