@@ -8,7 +8,7 @@ network is fitted on the `submission` setup's fit rows for round(best_epoch * fa
 scores the test rows. An epoch is a seeded sample of `fit_targets_per_epoch` fit rows. Seeded
 and deterministic on CPU. Each gradient step is cut into `step_shards` shards computed on threads
 of their own and summed in a fixed order (`step_gradient`): the outcome depends on the shard
-count, not on the threads' timing nor the machine's cores. With `threads: 0` on two cores or more,
+count, not on which thread finishes first. With `threads: 0` on two cores or more,
 each validation epoch's scoring runs on a thread of its own while the next epoch trains
 (`_validation_epochs`), with the same outcome.
 
@@ -108,7 +108,7 @@ class AttentionParams(BaseModel):
         description="On the CPU, each gradient step's targets are split into this many shards, whose gradients "
         "are computed on threads of their own (torch on cores / shards threads each) and summed before the step: "
         "the same gradient as one pass, faster on two cores or more, since one step's small tensors keep one core "
-        "busy, not two. The outcome depends on this number, not on the machine's cores. 1 = one pass.",
+        "busy, not two. The outcome depends on this number, not on which thread finishes first. 1 = one pass.",
     )
     seed: int = Field(default=7, description="Seed of the weights, of the per-epoch samples and of the dropout.")
     leak_check_targets: int = Field(
@@ -286,8 +286,8 @@ def _train_epoch(model, optimizer, data: SetupData, prepared, fit: Targets, para
     Each step's targets are cut into `params.step_shards` shards (on the CPU; one on a GPU), each
     shard's gradient computed on a thread of its own, then summed in shard order before the
     optimizer's step (`step_gradient`); each shard draws its dropout from a generator seeded by
-    (seed, epoch, step, shard). So an epoch's numbers depend on the shard count, never on the
-    threads' timing nor on the machine's cores."""
+    (seed, epoch, step, shard). So an epoch's numbers depend on the shard count, never on which
+    thread finishes first."""
     from concurrent.futures import ThreadPoolExecutor
 
     rng = np.random.default_rng([params.seed, epoch])
