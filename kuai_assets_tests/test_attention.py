@@ -260,16 +260,19 @@ def test_a_step_cut_into_shards_has_the_gradient_of_one_pass(materialized):
 
 
 def test_sharded_epochs_repeat_exactly(materialized):
-    """Two runs with the step cut into two shards on two threads give the same numbers, bit for bit
-    (the shards' gradients add in either order to the same sum; their dropout is seeded per shard)."""
+    """Runs with the step cut into two shards give the same numbers, bit for bit, whether the shards
+    run on two threads (twice) or one after the other on one (`threads: 1`): the shards' gradients
+    are summed in shard order and their dropout is seeded per shard."""
     work = WorkDir(materialized["work"])
     params = AttentionParams(max_epochs=2, patience=5, fit_targets_per_epoch=3_000, history_length=LENGTH,
-                             leak_check_targets=500, refit="always", refit_epochs_factor=0.01, threads=1)
-    first = train_attention_model(work, params.model_copy(update={"step_shards": 2}))
-    again = train_attention_model(work, params.model_copy(update={"step_shards": 2}))
-    assert first.auc_by_epoch == again.auc_by_epoch
-    assert np.array_equal(first.validation.p_click, again.validation.p_click)
-    assert np.array_equal(first.test.p_click, again.test.p_click)
+                             leak_check_targets=500, refit="always", refit_epochs_factor=0.01, step_shards=2)
+    first = train_attention_model(work, params.model_copy(update={"threads": 2}))
+    again = train_attention_model(work, params.model_copy(update={"threads": 2}))
+    one_thread = train_attention_model(work, params.model_copy(update={"threads": 1}))
+    for other in (again, one_thread):
+        assert first.auc_by_epoch == other.auc_by_epoch
+        assert np.array_equal(first.validation.p_click, other.validation.p_click)
+        assert np.array_equal(first.test.p_click, other.test.p_click)
 
 
 def test_the_network_is_refitted_only_when_the_validation_blend_uses_it(materialized):

@@ -106,9 +106,10 @@ class AttentionParams(BaseModel):
     step_shards: int = Field(
         default=2, ge=1,
         description="On the CPU, each gradient step's targets are split into this many shards, whose gradients "
-        "are computed on threads of their own (torch on cores / shards threads each) and summed before the step: "
-        "the same gradient as one pass, faster on two cores or more, since one step's small tensors keep one core "
-        "busy, not two. The outcome depends on this number, not on which thread finishes first. 1 = one pass.",
+        "are computed on threads of their own (at most `threads`; torch on threads / shards each) and summed in "
+        "shard order before the step: the same gradient as one pass, faster on two cores or more, since one step's "
+        "small tensors keep one core busy, not two. The outcome depends on this number, not on the threads. "
+        "1 = one pass.",
     )
     seed: int = Field(default=7, description="Seed of the weights, of the per-epoch samples and of the dropout.")
     leak_check_targets: int = Field(
@@ -287,27 +288,32 @@ def _train_epoch(model, optimizer, data: SetupData, prepared, fit: Targets, para
     shard's gradient computed on a thread of its own, then summed in shard order before the
     optimizer's step (`step_gradient`); each shard draws its dropout from a generator seeded by
     (seed, epoch, step, shard). So an epoch's numbers depend on the shard count, never on which
-    thread finishes first."""
+    thread finishes first. The shards run on min(step_shards, threads) threads (`threads` 0: the
+    cores), one after the other with `threads: 1`, to the same numbers."""
     from concurrent.futures import ThreadPoolExecutor
 
     rng = np.random.default_rng([params.seed, epoch])
     shards = params.step_shards if data.device.type == "cpu" else 1
+    budget = params.threads or os.cpu_count() or 1  # the threads this training may use
+    workers = min(shards, budget)  # with one thread, the shards run one after the other: the same numbers
     model.train()
     total, batches = 0.0, 0
     threads = torch.get_num_threads()
-    if shards > 1:  # the cores are shared among the shards' threads
-        torch.set_num_threads(max(1, threads // shards))
+    if workers > 1:  # the cores are shared among the shards' threads
+        torch.set_num_threads(max(1, budget // workers))
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="attention-shard") if workers > 1 else None
     try:
-        with ThreadPoolExecutor(shards, thread_name_prefix="attention-shard") as pool:
-            for step, rows in enumerate(epoch_batches(fit.user_id, fit.time, params.fit_targets_per_epoch,
-                                                      params.batch_size, rng)):
-                if abort():
-                    return None
-                generators = shard_generators(params, epoch, step, shards, data.device)
-                total += step_gradient(model, data, prepared, fit, rows, generators, pool)
-                optimizer.step()
-                batches += 1
+        for step, rows in enumerate(epoch_batches(fit.user_id, fit.time, params.fit_targets_per_epoch,
+                                                  params.batch_size, rng)):
+            if abort():
+                return None
+            generators = shard_generators(params, epoch, step, shards, data.device)
+            total += step_gradient(model, data, prepared, fit, rows, generators, pool)
+            optimizer.step()
+            batches += 1
     finally:
+        if pool is not None:
+            pool.shutdown()
         torch.set_num_threads(threads)
     return total / max(batches, 1)
 
