@@ -20,9 +20,8 @@ from kuai_assets.defs.model import LIGHTGBM_TAGS
 from kuai_assets.defs.resources import TrackingResource, WorkspaceResource
 from kuai_assets.features.matrix import MATRIX, read_features
 from kuai_assets.ml import blend as blend_logic
-from kuai_assets.ml.attention import AttentionParams, HistoryLeakError, train_attention_model
-from kuai_assets.ml.attention import history, inputs, network, training
-from kuai_assets.ml.attention.training import params_dict
+from kuai_assets.ml.attention.history import HistoryLeakError
+from kuai_assets.ml.attention.params import AttentionParams, params_dict
 from kuai_assets.ml.blend import MIN_GAIN, MIN_GAIN_Z, BlendError, auc_by_weight_png, choose_blend
 from kuai_assets.ml.gbdt import file_digest, select_features
 from kuai_assets.ml.tracking import PENDING, TEST_AUC_STATUS, MatrixSlice, log_datasets
@@ -82,7 +81,10 @@ def blend_datasets(work: WorkDir, rows: int) -> list[MatrixSlice]:
 
 
 @versioned_asset(
-    logic=(history, inputs, network, training, blend_logic),  # the package, and the blend rule deciding the refit
+    # the package (by name: its sources are read, not imported, so torch loads only when it trains),
+    # and the blend rule deciding the refit
+    logic=(*(f"kuai_assets.ml.attention.{name}" for name in ("history", "inputs", "network", "params", "training")),
+           blend_logic),
     group_name=GROUP,
     kinds={"pytorch", "mlflow"},
     deps=[dg.AssetKey("training_matrix"), dg.AssetKey("model")] + [dg.AssetKey(name) for name in (
@@ -137,6 +139,8 @@ def attention_model(
 
         with tracker.failed_on_error(run_id):
             try:
+                from kuai_assets.ml.attention.training import train_attention_model  # torch, here only
+
                 result = train_attention_model(work, config, context.log.info, gbdt_validation, on_epoch=epoch_to_mlflow)
             except (HistoryLeakError, ValueError) as exc:
                 raise _failure(ATTENTION, exc) from None

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import inspect
 import time
 import types
+from pathlib import Path
 from typing import Any, Callable
 
 import dagster as dg
@@ -89,16 +91,28 @@ def source_version(fn: Callable[..., Any]) -> str:
     return hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
 
 
-def modules_version(*modules: types.ModuleType) -> str:
+def module_source(module: types.ModuleType | str) -> str:
+    """A module's whole source; a dotted name is read from its file without importing the module
+    (only its parent packages), for logic whose imports are heavy."""
+    if isinstance(module, str):
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.origin:
+            raise TypeError(f"no module named {module!r}")
+        return Path(spec.origin).read_text()
+    return inspect.getsource(module)
+
+
+def modules_version(*modules: types.ModuleType | str) -> str:
     """A short hash of whole modules' sources (for a step whose logic spans several modules)."""
-    return hashlib.sha256("\n".join(inspect.getsource(m) for m in modules).encode()).hexdigest()[:12]
+    return hashlib.sha256("\n".join(module_source(m) for m in modules).encode()).hexdigest()[:12]
 
 
 def versioned_asset(
-    *, logic: tuple[types.ModuleType, ...] = (), **kwargs
+    *, logic: tuple[types.ModuleType | str, ...] = (), **kwargs
 ) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
     """`dg.asset` with the code version derived from the function's source, and from the whole
-    `logic` modules where the logic it runs spans more modules than its names reach."""
+    `logic` modules (module objects, or dotted names read without importing them) where the logic
+    it runs spans more modules than its names reach."""
 
     def decorate(fn: Callable[..., Any]) -> dg.AssetsDefinition:
         version = source_version(fn)

@@ -8,7 +8,6 @@ error when a slice holds one class, and a ROC curve thinned to a plottable numbe
 from __future__ import annotations
 
 import numpy as np
-from sklearn import metrics
 
 
 def roc_auc(label: np.ndarray, score: np.ndarray) -> float:
@@ -34,6 +33,8 @@ def roc_auc(label: np.ndarray, score: np.ndarray) -> float:
 
 def roc_curve(label: np.ndarray, score: np.ndarray, points: int = 200) -> tuple[np.ndarray, np.ndarray]:
     """False and true positive rates at up to `points` thresholds (for plotting), from (0, 0) to (1, 1)."""
+    from sklearn import metrics  # here, not at import: scikit-learn takes a second to import
+
     fpr, tpr, _ = metrics.roc_curve(np.asarray(label).astype(bool), np.asarray(score, dtype=np.float64))
     keep = np.unique(np.linspace(0, len(fpr) - 1, points).astype(np.int64))
     return fpr[keep], tpr[keep]
@@ -45,6 +46,8 @@ def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"two labellings of the same items are needed, got shapes {a.shape} and {b.shape}")
+    from sklearn import metrics
+
     return float(metrics.adjusted_rand_score(a, b))
 
 
@@ -55,6 +58,8 @@ def matched_share(a: np.ndarray, b: np.ndarray) -> float:
         raise ValueError(f"two labellings of the same items are needed, got shapes {a.shape} and {b.shape}")
     if len(a) == 0:
         return 1.0
+    from sklearn import metrics
+
     table = metrics.cluster.contingency_matrix(a, b, sparse=True)
     return float(table.max(axis=1).sum() / len(a))
 
