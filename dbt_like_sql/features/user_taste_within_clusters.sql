@@ -125,7 +125,20 @@ slopes as (
            (coalesce(u.cxy_male_share, 0) + p.w_male_share * p.b_male_share)
                / (coalesce(u.cxx_male_share, 0) + p.w_male_share) as slope_male_share,
            (coalesce(u.cxy_appearance, 0) + p.w_appearance * p.b_appearance)
-               / (coalesce(u.cxx_appearance, 0) + p.w_appearance) as slope_appearance
+               / (coalesce(u.cxx_appearance, 0) + p.w_appearance) as slope_appearance,
+           -- slope - b, in the form that is exactly 0 for a user without within-cell variance (the
+           -- difference of the two would leave the rounding of b, which varies with the order in
+           -- which the parallel sums add up)
+           (coalesce(u.cxy_has_face, 0) - coalesce(u.cxx_has_face, 0) * p.b_has_face)
+               / (coalesce(u.cxx_has_face, 0) + p.w_has_face) as tilt_has_face,
+           (coalesce(u.cxy_has_text, 0) - coalesce(u.cxx_has_text, 0) * p.b_has_text)
+               / (coalesce(u.cxx_has_text, 0) + p.w_has_text) as tilt_has_text,
+           (coalesce(u.cxy_log_duration, 0) - coalesce(u.cxx_log_duration, 0) * p.b_log_duration)
+               / (coalesce(u.cxx_log_duration, 0) + p.w_log_duration) as tilt_log_duration,
+           (coalesce(u.cxy_male_share, 0) - coalesce(u.cxx_male_share, 0) * p.b_male_share)
+               / (coalesce(u.cxx_male_share, 0) + p.w_male_share) as tilt_male_share,
+           (coalesce(u.cxy_appearance, 0) - coalesce(u.cxx_appearance, 0) * p.b_appearance)
+               / (coalesce(u.cxx_appearance, 0) + p.w_appearance) as tilt_appearance
     from (select distinct setup, fold, user_id from model_rows) as r
     join population as p using (setup, fold)
     left join users as u on u.setup = r.setup and u.fold = r.fold and u.user_id = r.user_id
@@ -135,8 +148,8 @@ slopes as (
 scored as (
     select r.setup, r.row_id,
            s.slope_has_face, s.slope_has_text, s.slope_log_duration, s.slope_male_share, s.slope_appearance,
-           s.b_has_face, s.mean_has_face, s.b_has_text, s.mean_has_text, s.b_log_duration, s.mean_log_duration,
-           s.b_male_share, s.mean_male_share, s.b_appearance, s.mean_appearance,
+           s.tilt_has_face, s.tilt_has_text, s.tilt_log_duration, s.tilt_male_share, s.tilt_appearance,
+           s.mean_has_face, s.mean_has_text, s.mean_log_duration, s.mean_male_share, s.mean_appearance,
            case when f.photo_id is null then 0.0 else 1.0 end as has_face,
            case when coalesce(t.n_words, 0) > 0 then 1.0 else 0.0 end as has_text,
            ln(1 + i.duration_time) as log_duration,
@@ -154,10 +167,10 @@ select setup, row_id,
        slope_log_duration::float as within_cluster_slope_log_duration,
        slope_male_share::float as within_cluster_slope_male_share,
        slope_appearance::float as within_cluster_slope_appearance,
-       (coalesce((slope_has_face - b_has_face) * (has_face - mean_has_face), 0)
-        + coalesce((slope_has_text - b_has_text) * (has_text - mean_has_text), 0)
-        + coalesce((slope_log_duration - b_log_duration) * (log_duration - mean_log_duration), 0)
-        + coalesce((slope_male_share - b_male_share) * (male_share - mean_male_share), 0)
-        + coalesce((slope_appearance - b_appearance) * (appearance - mean_appearance), 0))::float
+       (coalesce(tilt_has_face * (has_face - mean_has_face), 0)
+        + coalesce(tilt_has_text * (has_text - mean_has_text), 0)
+        + coalesce(tilt_log_duration * (log_duration - mean_log_duration), 0)
+        + coalesce(tilt_male_share * (male_share - mean_male_share), 0)
+        + coalesce(tilt_appearance * (appearance - mean_appearance), 0))::float
            as within_cluster_taste_score
 from scored
