@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def sharded_step(rows):
         optimizer.zero_grad(set_to_none=True)
-        training.step_gradient(model, data, prepared, fit, rows,
-                               [torch.Generator().manual_seed(shard) for shard in range(args.shards)], pool)
+        generators = training.shard_generators(params, 1, 0, args.shards, torch.device("cpu"))
+        training.step_gradient(model, data, prepared, fit, rows, generators, pool)
         optimizer.step()
 
     def per_step(fn, chosen, threads) -> float:

@@ -70,8 +70,8 @@ class AttentionParams(BaseModel):
     device: Literal["cpu", "cuda", "auto"] = Field(default="cpu", description="cpu, cuda, or auto (cuda when present).")
     threads: int = Field(
         default=0, ge=0,
-        description="Torch CPU threads; 0 uses every core (in the validation epochs: one thread trains while a second "
-        "scores the previous epoch).",
+        description="Torch CPU threads; 0 uses every core. They are shared among the step's shards (step_shards) "
+        "while it trains; in the validation epochs each epoch is scored on one more thread while the next trains.",
     )
     step_shards: int = Field(
         default=2, ge=1,

@@ -33,7 +33,7 @@ import torch
 from kuai_assets.ml.attention.history import HistoryCheck, SetupHistory, build_history, check_histories
 from kuai_assets.ml.attention.inputs import PhotoTable, Targets, context_features, load_photos, load_targets
 from kuai_assets.ml.attention.network import AttentionClickModel, NetworkShape, PackedClickModel, pack
-from kuai_assets.ml.attention.params import DEFAULT_CONTEXT_GROUPS, AttentionParams, params_dict  # noqa: F401
+from kuai_assets.ml.attention.params import AttentionParams
 from kuai_assets.ml.blend import WeightChoice, align_validation, choose_weight
 from kuai_assets.ml.metrics import roc_auc
 from kuai_assets.storage import WorkDir
