@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -168,49 +167,56 @@ def check_tracking(workspace: settings.Workspace, say=print) -> None:
         raise UsageError(str(exc)) from None
 
 
+# a whole run writes 1.1x (default size) to 1.7x (demo) the dataset's bytes into the work dir
+# (BENCHMARKS.md, "Disk"); twice covers that and the pieces the training matrix is built from
+RUN_WRITES_PER_DATASET_BYTE = 2.0
+
+
+def tree_bytes(root: Path) -> int:
+    """Bytes of the files under `root` (symbolic links not followed; 0 when absent)."""
+    total = 0
+    for folder, _, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def check_free_space(workspace: settings.Workspace, say=print) -> bool:
+    """Say how much the disk of the work dir has free against what a whole run may write there
+    (RUN_WRITES_PER_DATASET_BYTE x the dataset, less the outputs the workspace already holds, which
+    the run replaces); a warning when it may not fit. A disk that fills anyway fails the step that
+    found it with one line, and nothing already materialized is lost (clear_failures)."""
+    from kuai_assets.storage import free_bytes, size_text
+
+    work = workspace.work_dir
+    dataset = tree_bytes(workspace.data_dir)
+    held = tree_bytes(work / "tables") + tree_bytes(work / "stores")
+    needed = max(0, int(RUN_WRITES_PER_DATASET_BYTE * dataset) - held)
+    free = free_bytes(work)
+    say(
+        f"[kuai] checking free space at {work}: {size_text(free)} free; a whole run may write up to {size_text(needed)} "
+        f"({RUN_WRITES_PER_DATASET_BYTE:g}x the dataset's {size_text(dataset)}, less the {size_text(held)} of outputs it replaces)"
+    )
+    if free >= needed:
+        return True
+    say(
+        f"[kuai] warning: the run may fill the disk of {work} before it ends: free space there, or choose "
+        "--work on a larger disk (a step that finds the disk full fails, and what was materialized before stays)"
+    )
+    return False
+
+
 # -- kuai run --------------------------------------------------------------------------------------
 
 
-class _QuietCascade(logging.Filter):
-    """Dagster logs "Dependencies for step X failed ... Not executing." at ERROR for every step
-    downstream of a failure; the failure itself says everything. Demoted to DEBUG; then the
-    threshold applies."""
-
-    def __init__(self, threshold: int):
-        super().__init__()
-        self.threshold = threshold
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "Dependencies for step" in message and "Not executing." in message:
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        return record.levelno >= self.threshold
-
-
-def _kuai_console_logger():
-    import dagster as dg
-
-    @dg.logger(
-        config_schema={"log_level": dg.Field(str, default_value="INFO", description="The logger's threshold.")},
-        description="The console of `kuai run`: Dagster's format; the skipped-step cascade at DEBUG.",
-    )
-    def kuai_console(init_context) -> logging.Logger:
-        threshold = logging.getLevelName(init_context.logger_config["log_level"].upper())
-        logger = logging.Logger("dagster", logging.DEBUG)
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
-        handler.addFilter(_QuietCascade(threshold if isinstance(threshold, int) else logging.INFO))
-        logger.addHandler(handler)
-        return logger
-
-    return kuai_console
-
-
 def run_job():
-    """The `everything` job with `kuai run`'s console logger (importable: the steps reconstruct it)."""
+    """The `everything` job (importable by name: the steps reconstruct it)."""
     from kuai_assets.definitions import everything_job
 
-    return everything_job().with_logger_defs({"console": _kuai_console_logger()})
+    return everything_job()
 
 
 def failure_causes(instance, run_id: str) -> list[str]:
@@ -301,6 +307,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"[kuai] workspace: {workspace.work_dir} (settings in {workspace.work_dir / settings.ENV_SCRIPT})", flush=True)
     check_tracking(workspace, lambda line: print(line, flush=True))
     check_dataset(workspace, lambda line: print(line, flush=True))
+    check_free_space(workspace, lambda line: print(line, flush=True))
 
     import dagster as dg
 

@@ -2,13 +2,14 @@
 
 Every asset, check and job is found in the modules of `kuai_assets/defs/` by Dagster's own
 autoloader (`load_defs`); this module adds what is chosen per deployment: the resources (from the
-workspace's settings) and the executor.
+workspace's settings), the executor and the console every run prints to (kuai_assets/console.py).
 """
 
 import dagster as dg
 
 import kuai_assets.defs
 from kuai_assets import settings
+from kuai_assets.console import console_logger
 from kuai_assets.defs.resources import default_resources
 
 # KUAI_EXECUTOR=multiprocess: steps in parallel processes, forked from a server that has imported
@@ -41,7 +42,7 @@ EXECUTOR = chosen_executor()
 
 defs = dg.Definitions.merge(
     dg.load_defs(defs_root=kuai_assets.defs),
-    dg.Definitions(resources=default_resources(), executor=EXECUTOR),
+    dg.Definitions(resources=default_resources(), executor=EXECUTOR, loggers={"console": console_logger}),
 )
 
 

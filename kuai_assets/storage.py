@@ -33,6 +33,7 @@ Three details make that hold under kills and concurrent runs:
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import re
@@ -79,6 +80,49 @@ class MissingUpstreamError(RuntimeError):
             f"Materialize it and everything above it first: "
             f"`dagster asset materialize --select '*{name}'` (or `kuai run` for the whole graph)."
         )
+
+
+# what a library says when a write finds the disk full (DuckDB's IO errors carry no errno)
+DISK_FULL_TEXT = "no space left on device"
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """Whether `exc`, or an exception it was raised from, says the disk is full: ENOSPC from the
+    operating system (Python's and pyarrow's OSError) or the same words in another library's
+    error (DuckDB's IOException)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        if DISK_FULL_TEXT in str(exc).lower():
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def free_bytes(path: Path | str) -> int:
+    """Bytes free to this user on the file system that holds `path` (or its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def size_text(n_bytes: float) -> str:
+    """Bytes for a person: `3.0 MiB`, `1.2 GiB`."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes / 2**20:.1f} MiB"
+
+
+def disk_full_message(root: Path | str) -> str:
+    """One line for a step that found the disk full while writing under `root`."""
+    return (
+        f"the disk is full (no space left on device) while writing under {root}; {size_text(free_bytes(root))} free there "
+        "now. Nothing already materialized was changed: free space on that disk, or point KUAI_WORK_DIR at a larger one"
+    )
 
 
 def check_identifier(name: str, what: str = "name") -> str:

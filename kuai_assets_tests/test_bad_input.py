@@ -11,6 +11,8 @@ the table of these cases.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import shutil
 import zipfile
@@ -660,3 +662,61 @@ def test_a_step_failing_after_it_wrote_leaves_the_previous_table(damaged, good_w
     assert table(work / "tables", "raw_interactions", "select count(*) from {t}")[0][0] == len(lines(damaged / TRAIN_I)) + len(
         lines(damaged / TEST_I)
     )
+
+
+
+DISK_FULL = (
+    r"the disk is full \(no space left on device\) while writing under {work}; \d+\.\d [MGT]iB free there now\. "
+    r"Nothing already materialized was changed: free space on that disk, or point KUAI_WORK_DIR at a larger one"
+)
+
+
+def test_a_disk_that_fills_up_fails_the_step_in_one_line_and_keeps_the_previous_table(pristine, good_work, tmp_path, monkeypatch):
+    """raw_interactions' COPY half-writes its file, then DuckDB raises what it raises on a full
+    disk (its class and words, which carry no errno). One line, no traceback; the previous table
+    stays published and no temporary is left. (/dev/full cannot stand in for a full disk: on some
+    virtual machines its writes succeed.)"""
+    from kuai_assets.defs import raw
+
+    work = tmp_path / "work"
+    shutil.copytree(good_work, work, symlinks=True)
+    before = outputs(work)
+
+    def fill_the_disk(con, root, out):
+        out.write_bytes(b"PAR1 half a parquet file")
+        raise duckdb.IOException(
+            f'IO Error: Async write failed for range [offset=0, size=27]: {{"exception_type":"IO","exception_message":'
+            f'"Could not write file \\"{out}\\": No space left on device","errno":"28"}}'
+        )
+
+    monkeypatch.setattr(raw, "read_interactions", fill_the_disk)
+    result = dg.materialize([raw.raw_interactions], resources=make_resources(pristine, work), raise_on_error=False)
+
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    assert failure.step_failure_data.error.cls_name == "Failure"
+    description = failure.step_failure_data.user_failure_data.description
+    assert re.fullmatch("raw_interactions: " + DISK_FULL.format(work=re.escape(str(work.absolute()))), description), description
+    assert outputs(work) == before
+
+
+def test_pyarrows_and_the_systems_disk_full_errors_are_one_line_and_other_errors_pass_through(tmp_path):
+    from kuai_assets.defs.metadata import clear_failures
+    from kuai_assets.storage import disk_full
+
+    with pytest.raises(dg.Failure) as caught:
+        with clear_failures("some_table", tmp_path):  # pyarrow's words on a full disk
+            raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
+    assert re.fullmatch("some_table: " + DISK_FULL.format(work=re.escape(str(tmp_path))), caught.value.description)
+
+    with pytest.raises(dg.Failure, match="^some_store: the disk is full"):
+        with clear_failures("some_store", tmp_path):
+            try:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            except OSError as exc:  # raised again as another library's error
+                raise RuntimeError("could not save the model") from exc
+
+    assert not disk_full(OSError(errno.EACCES, os.strerror(errno.EACCES)))
+    with pytest.raises(ZeroDivisionError):
+        with clear_failures("some_table", tmp_path):
+            1 / 0

@@ -196,3 +196,31 @@ def test_a_failed_run_ends_with_its_cause_and_no_cascade(tmp_path):
     ), tail
     assert "see the error above" not in result.stderr
     assert "Not executing" not in result.stderr
+    # the step's failure is logged with its message, not with the stack of Dagster's frames
+    assert "STEP_FAILURE" in result.stderr and "Stack Trace" not in result.stderr, result.stderr
+
+
+def test_free_space_is_checked_against_what_a_run_may_write(tmp_path, monkeypatch):
+    """`kuai run` says the free space of the work dir's disk against twice the dataset, less the
+    outputs the workspace holds; it warns when that may not fit."""
+    from kuai_assets import cli, storage
+
+    data, work = tmp_path / "data", tmp_path / "work"
+    (data / "train").mkdir(parents=True)
+    (data / "train" / "train_interaction.txt").write_bytes(b"x" * 3 * 2**20)
+    (work / "tables").mkdir(parents=True)
+    (work / "tables" / "raw_interactions.parquet").write_bytes(b"x" * 2**20)
+    workspace = settings.resolve_workspace(work, data)
+    said: list[str] = []
+
+    monkeypatch.setattr(storage, "free_bytes", lambda path: 2**30)
+    assert cli.check_free_space(workspace, said.append)
+    assert said == [
+        f"[kuai] checking free space at {work}: 1.0 GiB free; a whole run may write up to 5.0 MiB "
+        "(2x the dataset's 3.0 MiB, less the 1.0 MiB of outputs it replaces)"
+    ]
+
+    said.clear()
+    monkeypatch.setattr(storage, "free_bytes", lambda path: 5 * 2**20 - 1)  # 2 x 3 MiB - 1 MiB is 5 MiB
+    assert not cli.check_free_space(workspace, said.append)
+    assert said[1].startswith(f"[kuai] warning: the run may fill the disk of {work} before it ends: "), said

@@ -110,7 +110,7 @@ def attention_model(
     """
     import torch
 
-    with clear_failures(ATTENTION):
+    with clear_failures(ATTENTION, workspace.work_dir):
         work = workspace.work()
         tracker = tracking.tracker()
         tracker.check()
@@ -278,7 +278,7 @@ def blend(context: dg.AssetExecutionContext, workspace: WorkspaceResource, track
     Publishes test_predictions.parquet (row_id, user_id, photo_id, p_click) and the blended
     validation_predictions.parquet; its MLflow run holds the weight and the three validation AUCs.
     """
-    with clear_failures(BLEND):
+    with clear_failures(BLEND, workspace.work_dir):
         work = workspace.work()
         tracker = tracking.tracker()
         tracker.check()

@@ -151,7 +151,7 @@ def table_asset(
         def body(context: dg.AssetExecutionContext, **given) -> dg.MaterializeResult:
             work = given["workspace"].work()
             started = time.time()
-            with clear_failures(name):
+            with clear_failures(name, work.root):
                 con = work.connect(upstream)
                 try:
                     with work.writing_table(name) as out:

@@ -57,7 +57,7 @@ def table_model_asset(model: TableModel) -> dg.AssetsDefinition:
     def _asset(
         context: dg.AssetExecutionContext, workspace: WorkspaceResource, engine: EngineResource
     ) -> dg.MaterializeResult:
-        with clear_failures(model.name):
+        with clear_failures(model.name, workspace.work_dir):
             chosen = engine.engine()
             work = workspace.work()
             result = materialize_table_model(model, work, dict(context.op_config or {}), context.log.info, chosen)

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from kuai_assets.features.catalog import CatalogError
 from kuai_assets.formats.released import DataFormatError
 from kuai_assets.ml.tracking import TrackingError
-from kuai_assets.storage import MissingUpstreamError
+from kuai_assets.storage import MissingUpstreamError, disk_full, disk_full_message
 from kuai_assets.visual.settings import VisualSettingsError
 
 
@@ -60,9 +60,14 @@ def image(png: bytes, alt: str) -> dg.MetadataValue:
 
 
 @contextmanager
-def clear_failures(step: str) -> Iterator[None]:
-    """Turn the platform's own errors into a Dagster Failure with a message a person can act on."""
+def clear_failures(step: str, work_dir: Path | str) -> Iterator[None]:
+    """Turn the platform's own errors, and a disk that filled up while the step wrote under
+    `work_dir` (whichever library noticed), into a Dagster Failure with one line a person can act on."""
     try:
         yield
     except (DataFormatError, MissingUpstreamError, CatalogError, TrackingError, VisualSettingsError) as exc:
         raise dg.Failure(description=f"{step}: {exc}", allow_retries=False) from None
+    except Exception as exc:
+        if not disk_full(exc):
+            raise
+        raise dg.Failure(description=f"{step}: {disk_full_message(work_dir)}", allow_retries=False) from None

@@ -74,7 +74,7 @@ def training_matrix(
     grain join once per k through the photo's cluster, suffixed `_k<k>`. The feature columns, their
     group and kind travel in the Parquet metadata; the models choose groups from there.
     """
-    with clear_failures("training_matrix"):
+    with clear_failures("training_matrix", workspace.work_dir):
         work = workspace.work()
         groups = feature_groups(load_catalog())
         result = build_training_matrix(work, groups, context.log.info, config.max_fit_rows_per_setup or None)
@@ -124,7 +124,7 @@ def fit_record_publish(
 ) -> dg.MaterializeResult:
     """Train (ml.gbdt), record in MLflow, then publish the model store (only once recorded)."""
     work, tracker = workspace.work(), tracking.tracker()
-    with clear_failures(store_name):
+    with clear_failures(store_name, workspace.work_dir):
         tracker.check()  # an unwritable MLflow store fails here, not after the training
         matrix = work.require_table(MATRIX)
         tags = {
@@ -234,7 +234,7 @@ def submission(
     Six decimals per row; checks the keys are exactly those of test_interaction.txt. Records the
     source beside the file (submission_source.json) for `evaluation`.
     """
-    with clear_failures("submission"):
+    with clear_failures("submission", workspace.work_dir):
         if config.source not in SUBMISSION_SOURCES:
             raise CatalogError(f"submission source {config.source!r} is not one of {', '.join(SUBMISSION_SOURCES)}")
         work = workspace.work()
@@ -299,7 +299,7 @@ def evaluation(
     "pending" when the model was recorded) becomes "scored" ("no ground truth" without one).
     Eager: with the daemon running (`kuai ui`), it follows a retrain of any model it scores.
     """
-    with clear_failures("evaluation"):
+    with clear_failures("evaluation", workspace.work_dir):
         work = workspace.work()
         truth = workspace.ground_truth_path()
         tracker = tracking.tracker()
@@ -392,7 +392,7 @@ def feature_group_ablation(
 
     from kuai_assets.ml import plots
 
-    with clear_failures("feature_group_ablation"):
+    with clear_failures("feature_group_ablation", workspace.work_dir):
         work, tracker = workspace.work(), tracking.tracker()
         matrix = work.require_table(MATRIX)
         groups = list(config.feature_groups)

@@ -148,7 +148,7 @@ def visual_stage(context: dg.AssetExecutionContext, config: VisualConfig, worksp
     work = workspace.work()
     started = time.time()
     names = [key.to_user_string() for key in (EMBEDDINGS, PCA, CLUSTERS) if key in selected]
-    with clear_failures(", ".join(names)), ExitStack() as outputs:
+    with clear_failures(", ".join(names), workspace.work_dir), ExitStack() as outputs:
         stage = VisualStage(config.settings(), context.log.info)
         store_out = pca_out = clusters_out = None
         if EMBEDDINGS in selected:

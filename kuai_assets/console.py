@@ -1,0 +1,55 @@
+"""The console every run prints to, whether `kuai run`, `dagster asset materialize` or a launch
+from the UI started it: Dagster's format, with two kinds of noise kept out.
+
+- Dagster logs "Dependencies for step X failed ... Not executing." at ERROR for every step
+  downstream of a failure; the failure itself says everything. Those lines are demoted to DEBUG,
+  then the threshold applies.
+- A step or run failure whose error is a `dagster.Failure` (the platform raises one with the whole
+  story in its description: the file, the line, what to do) is printed without the stack of
+  Dagster's own frames that follows it. Any other error keeps its stack.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import dagster as dg
+
+# how Dagster's failure events print a Failure, and where the stack that follows it begins
+FAILURE_PREFIX = "dagster._core.definitions.events.Failure: "
+STACK_TRACE = "\n\nStack Trace:\n"
+FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
+
+
+class QuietFailures(logging.Filter):
+    """The module docstring's two rules, then the threshold."""
+
+    def __init__(self, threshold: int):
+        super().__init__()
+        self.threshold = threshold
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "Dependencies for step" in message and "Not executing." in message:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        elif FAILURE_PREFIX in message and STACK_TRACE in message:
+            record.msg, record.args = message.split(STACK_TRACE)[0].rstrip(), ()
+        return record.levelno >= self.threshold
+
+
+@dg.logger(
+    config_schema={"log_level": dg.Field(str, default_value="INFO", description="The logger's threshold.")},
+    description="The console: Dagster's format; the skipped-step cascade at DEBUG; a Failure without Dagster's stack.",
+)
+def console_logger(init_context) -> logging.Logger:
+    level = init_context.logger_config["log_level"].upper()
+    threshold = logging.getLevelName(level)
+    if not isinstance(threshold, int):
+        raise ValueError(f"log_level {level!r} is not a logging level (DEBUG, INFO, WARNING, ERROR, CRITICAL)")
+    logger = logging.Logger("dagster", logging.DEBUG)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.addFilter(QuietFailures(threshold))
+    logger.addHandler(handler)
+    return logger
