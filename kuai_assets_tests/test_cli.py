@@ -224,3 +224,31 @@ def test_free_space_is_checked_against_what_a_run_may_write(tmp_path, monkeypatc
     monkeypatch.setattr(storage, "free_bytes", lambda path: 5 * 2**20 - 1)  # 2 x 3 MiB - 1 MiB is 5 MiB
     assert not cli.check_free_space(workspace, said.append)
     assert said[1].startswith(f"[kuai] warning: the run may fill the disk of {work} before it ends: "), said
+
+
+def test_the_console_drops_dagsters_stack_after_a_failure_only():
+    """A platform Failure prints its message alone; any other error keeps the stack that says
+    where it came from; the skipped-step cascade falls under the threshold."""
+    import logging
+
+    from kuai_assets.console import QuietFailures
+
+    quiet = QuietFailures(logging.INFO)
+
+    def record(message: str, level: int = logging.ERROR) -> logging.LogRecord:
+        return logging.LogRecord("dagster", level, __file__, 1, message, None, None)
+
+    failure = record(
+        'STEP_FAILURE - Execution of step "raw_text" failed.\n\n'
+        "dagster._core.definitions.events.Failure: raw_text: train_text.txt, line 3: not an integer\n\n"
+        "Stack Trace:\n  File \"execute_plan.py\", line 243\n"
+    )
+    assert quiet.filter(failure)
+    assert failure.getMessage() == (
+        'STEP_FAILURE - Execution of step "raw_text" failed.\n\n'
+        "dagster._core.definitions.events.Failure: raw_text: train_text.txt, line 3: not an integer"
+    )
+    bug = record('STEP_FAILURE - Execution of step "model" failed.\n\nKeyError: \'x\'\n\nStack Trace:\n  File "gbdt.py"\n')
+    assert quiet.filter(bug) and bug.getMessage().endswith('Stack Trace:\n  File "gbdt.py"\n')
+    cascade = record('Dependencies for step model failed: [\'training_matrix\']. Not executing.')
+    assert not quiet.filter(cascade) and cascade.levelname == "DEBUG"
