@@ -8,7 +8,10 @@ torch on one thread and on `--threads` threads, and cut into `--shards` shards o
 `--threads` / shards threads each: what `attention_model` does on the CPU, `step_shards`). It
 prints the milliseconds per step of each, their ratio, the share spent building the batch, and
 with `--profile` the operators that took the most time (torch's profiler, 10 more one-pass
-steps). Compare two commits by running it on each in one session: the machines here are shared,
+steps). Then it times the scoring (`training.predict`, forward only) of the validation's scored
+rows in batches of each of `--scoring-batches` rows, on one thread (as each epoch is scored
+beside the training) and on `--threads` (as the test is scored), and checks that every batch size
+gives the same probabilities. Compare two commits by running it on each in one session: the machines here are shared,
 so read ratios.
 """
 
@@ -38,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=training.AttentionParams().step_shards,
                         help="shards of a step, each on a thread of its own")
     parser.add_argument("--profile", action="store_true", help="also print torch's operator table")
+    parser.add_argument("--scoring-batches", default="4096,1024,512",
+                        help="comma list of batch sizes for the scoring (default 4096,1024,512)")
     args = parser.parse_args(argv)
 
     params = training.AttentionParams(batch_size=args.batch_size)
@@ -103,6 +108,22 @@ def main(argv: list[str] | None = None) -> int:
             for rows in batches[5 + 2 * args.steps : 15 + 2 * args.steps]:
                 step(rows)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+    scored = load_targets(work, "validation", "scored", features)
+    scored_prepared = data.prepare(scored)
+    model.eval()
+    first = None
+    for threads in sorted({1, args.threads}):
+        torch.set_num_threads(threads)
+        for size in [int(b) for b in args.scoring_batches.split(",")]:
+            training.predict(model, data, scored_prepared, scored, batch_size=size, subset=np.arange(min(len(scored), 4 * size)))
+            started = time.perf_counter()
+            prediction = training.predict(model, data, scored_prepared, scored, batch_size=size)
+            seconds = time.perf_counter() - started
+            first = prediction if first is None else first
+            print(f"scoring {len(scored):,} rows in batches of {size}, torch on {threads} thread(s): {seconds:.2f} s "
+                  f"({seconds / len(scored) * 1e6:.1f} us a row; largest difference from the first: "
+                  f"{np.abs(prediction - first).max():.1e})")
     return 0
 
 

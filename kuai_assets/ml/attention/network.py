@@ -51,16 +51,22 @@ class NetworkShape:
 
 
 def _standardiser(values: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per column: whether to take log1p (non-negative and heavy-tailed), then mean and std."""
-    values = np.asarray(values, dtype=np.float64)
-    finite = np.where(np.isfinite(values), values, np.nan)
-    low = np.nanmin(finite, axis=0) if len(values) else np.zeros(values.shape[1])
-    high = np.nanmax(finite, axis=0) if len(values) else np.zeros(values.shape[1])
-    log = np.nan_to_num(low, nan=-1) >= 0
-    log &= np.nan_to_num(high, nan=0) > 100  # only columns spanning orders of magnitude
-    transformed = np.where(log[None, :], np.log1p(np.maximum(finite, 0)), finite)
-    mean = np.nan_to_num(np.nanmean(transformed, axis=0)) if len(values) else np.zeros(values.shape[1])
-    std = np.nan_to_num(np.nanstd(transformed, axis=0)) if len(values) else np.ones(values.shape[1])
+    """Per column: whether to take log1p (non-negative and heavy-tailed), then mean and std of its
+    finite values (in float64). One column at a time: a float64 copy of a column, never of the
+    whole matrix (hundreds of MB at the real sizes)."""
+    values = np.asarray(values)
+    n_columns = values.shape[1]
+    log = np.zeros(n_columns, dtype=bool)
+    mean, std = np.zeros(n_columns), np.ones(n_columns)
+    for j in range(n_columns):
+        column = values[:, j].astype(np.float64)
+        column = column[np.isfinite(column)]
+        if not len(column):
+            continue
+        log[j] = column.min() >= 0 and column.max() > 100  # only columns spanning orders of magnitude
+        if log[j]:
+            column = np.log1p(column)
+        mean[j], std[j] = column.mean(), column.std()
     std = np.where(std > 1e-6, std, 1.0)
     return (torch.tensor(log, dtype=torch.bool), torch.tensor(mean, dtype=torch.float32),
             torch.tensor(std, dtype=torch.float32))
@@ -100,9 +106,12 @@ class ItemEncoder(nn.Module):
 
     def __init__(self, shape: NetworkShape, photo_dense: np.ndarray):
         super().__init__()
-        values = np.asarray(photo_dense, dtype=np.float64)
-        std = values.std(axis=0) if len(values) else np.ones(values.shape[1])
-        self.register_buffer("dense_mean", torch.tensor(values.mean(axis=0) if len(values) else std * 0, dtype=torch.float32))
+        values = np.asarray(photo_dense)
+        mean, std = np.zeros(values.shape[1]), np.ones(values.shape[1])
+        for j in range(values.shape[1] if len(values) else 0):  # a float64 copy of one column at a time
+            column = values[:, j].astype(np.float64)
+            mean[j], std[j] = column.mean(), column.std()
+        self.register_buffer("dense_mean", torch.tensor(mean, dtype=torch.float32))
         self.register_buffer("dense_std", torch.tensor(np.where(std > 1e-6, std, 1.0), dtype=torch.float32))
         self.clusters = nn.ModuleList(nn.Embedding(k + 1, shape.cluster_dim) for k in shape.cluster_ks)
         self.words = nn.Embedding(shape.word_buckets + 1, shape.word_dim, padding_idx=0)

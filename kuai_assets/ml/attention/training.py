@@ -239,12 +239,21 @@ def _train_epoch(model, optimizer, data: SetupData, prepared, fit: Targets, para
     return total / max(batches, 1)
 
 
+# rows per scoring batch: on the CPU a batch of 1,024 targets keeps the attention's temporaries
+# in cache and scores twice as fast as 4,096, with the same probabilities
+# (benchmarks/attention_step.py); a GPU keeps the larger batch
+SCORING_BATCH_ROWS = {"cpu": 1024}
+SCORING_BATCH_ROWS_ELSEWHERE = 4096
+
+
 @torch.no_grad()
 def predict(model: AttentionClickModel, data: SetupData, prepared: dict[str, np.ndarray], targets: Targets,
-            batch_size: int = 4096, subset: np.ndarray | None = None) -> np.ndarray:
+            batch_size: int | None = None, subset: np.ndarray | None = None) -> np.ndarray:
     """Click probabilities of every target (or of the targets `subset`, in its order), scored in
-    (user, time) order so that a batch's histories overlap."""
+    (user, time) order so that a batch's histories overlap, `batch_size` targets at a time
+    (default SCORING_BATCH_ROWS for the device)."""
     model.eval()
+    batch_size = batch_size or SCORING_BATCH_ROWS.get(data.device.type, SCORING_BATCH_ROWS_ELSEWHERE)
     subset = np.arange(len(targets)) if subset is None else np.asarray(subset)
     order = np.lexsort((targets.time[subset], targets.user_id[subset]))
     out = np.empty(len(subset), dtype=np.float64)
