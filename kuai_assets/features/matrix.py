@@ -84,7 +84,10 @@ def build_training_matrix(
             f"from model_rows as r join raw_interactions as i on i.row_id = r.row_id {where} {order}) "
             f"to {sql_string(base)} (format parquet)"
         )
-        con.execute(f"create view chosen_rows as select * from read_parquet({sql_string(base)})")
+        # each piece is written in the order of rows.parquet: by its row number in that file, one
+        # integer to sort on rather than (setup, role, row_id) again (a quarter of the joins' time)
+        con.execute(f"create view chosen_rows as select * from read_parquet({sql_string(base)}, file_row_number = true)")
+        in_base_order = "order by r.file_row_number"
         n_rows = con.execute("select count(*) from chosen_rows").fetchone()[0]
         pieces = [base]
         features: list[Feature] = []
@@ -120,7 +123,7 @@ def build_training_matrix(
                 raise CatalogError(f"feature column(s) {repeated} are declared by more than one group")
             piece = pieces_dir / f"{name}.parquet"
             con.execute(
-                f"copy (select {', '.join(select)} from chosen_rows as r {' '.join(joins)} {order}) "
+                f"copy (select {', '.join(select)} from chosen_rows as r {' '.join(joins)} {in_base_order}) "
                 f"to {sql_string(piece)} (format parquet)"
             )
             pieces.append(piece)
