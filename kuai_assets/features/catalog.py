@@ -38,6 +38,7 @@ import importlib
 import json
 import os
 import pkgutil
+import threading
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -118,31 +119,32 @@ def _parse_variable(value: str, where: str) -> Variable:
     return Variable(name, number, description.strip())
 
 
-# the DuckDB that parses every SQL model while the catalog loads (`_one_parser`); none otherwise
-_parser: duckdb.DuckDBPyConnection | None = None
+# the DuckDB that parses every SQL model while the catalog loads (`_one_parser`), per thread (a
+# DuckDB connection is not to be used by two threads at once); none otherwise
+_parsing = threading.local()
 
 
 @contextmanager
-def _one_parser() -> Iterator[None]:
-    """One in-memory DuckDB parses every query within (opening one costs about 10 ms, a parse
-    1-2 ms); closed on leaving: no DuckDB instance may outlive the load (the executor forks from
-    this process)."""
-    global _parser
-    if _parser is not None:
-        yield
+def _one_parser() -> Iterator[duckdb.DuckDBPyConnection]:
+    """One in-memory DuckDB parses every query within, in this thread (opening one costs about
+    10 ms, a parse 1-2 ms); closed on leaving: no DuckDB instance may outlive the load (the
+    executor forks from this process)."""
+    current = getattr(_parsing, "connection", None)
+    if current is not None:
+        yield current
         return
-    _parser = duckdb.connect()
+    _parsing.connection = duckdb.connect()
     try:
-        yield
+        yield _parsing.connection
     finally:
-        _parser.close()
-        _parser = None
+        _parsing.connection.close()
+        _parsing.connection = None
 
 
 @lru_cache(maxsize=256)
 def _serialized(sql: str) -> str:
-    with _one_parser():
-        return _parser.execute("select json_serialize_sql(?)", [sql]).fetchall()[0][0]
+    with _one_parser() as parser:
+        return parser.execute("select json_serialize_sql(?)", [sql]).fetchall()[0][0]
 
 
 def _parse_tree(sql: str, where: str) -> dict:
