@@ -167,16 +167,24 @@ def check_tracking(workspace: settings.Workspace, say=print) -> None:
         raise UsageError(str(exc)) from None
 
 
-# a whole run writes 1.1x (default size) to 1.7x (demo) the dataset's bytes into the work dir
-# (BENCHMARKS.md, "Disk"); twice covers that and the pieces the training matrix is built from
-RUN_WRITES_PER_DATASET_BYTE = 2.0
+# What a whole run writes into the work dir, from the dataset's released files (BENCHMARKS.md,
+# "Disk"): the vector store keeps every vector at 16 bits, half the zips' bytes; the tables grow
+# with the interactions, about 21-24 bytes for each byte of the text files at the tiny, default and demo
+# sizes; half as much again for what lives beside them while a step runs (a table's new version
+# beside the old, the training matrix's pieces, DuckDB's spill).
+STORE_BYTES_PER_VECTOR_BYTE = 0.5
+TABLE_BYTES_PER_TEXT_BYTE = 22
+TRANSIENT_SHARE = 0.5
 
 
-def tree_bytes(root: Path) -> int:
-    """Bytes of the files under `root` (symbolic links not followed; 0 when absent)."""
+def tree_bytes(root: Path, suffix: str | None = None, other_than: str | None = None) -> int:
+    """Bytes of the files under `root` (those ending in `suffix`, or not ending in `other_than`;
+    symbolic links not followed; 0 when absent)."""
     total = 0
     for folder, _, files in os.walk(root):
         for name in files:
+            if (suffix and not name.endswith(suffix)) or (other_than and name.endswith(other_than)):
+                continue
             try:
                 total += os.lstat(os.path.join(folder, name)).st_size
             except OSError:
@@ -184,21 +192,31 @@ def tree_bytes(root: Path) -> int:
     return total
 
 
+def run_writes(data_dir: Path) -> tuple[int, int, int]:
+    """(bytes a whole run may write into a fresh work dir, the dataset's vector bytes, its text
+    bytes), from train/ and test/ of the released layout."""
+    vectors = sum(tree_bytes(data_dir / split, suffix=".zip") for split in ("train", "test"))
+    text = sum(tree_bytes(data_dir / split, other_than=".zip") for split in ("train", "test"))
+    outputs = STORE_BYTES_PER_VECTOR_BYTE * vectors + TABLE_BYTES_PER_TEXT_BYTE * text
+    return int((1 + TRANSIENT_SHARE) * outputs), vectors, text
+
+
 def check_free_space(workspace: settings.Workspace, say=print) -> bool:
     """Say how much the disk of the work dir has free against what a whole run may write there
-    (RUN_WRITES_PER_DATASET_BYTE x the dataset, less the outputs the workspace already holds, which
-    the run replaces); a warning when it may not fit. A disk that fills anyway fails the step that
-    found it with one line, and nothing already materialized is lost (clear_failures)."""
+    (`run_writes`, less the outputs the workspace already holds, which the run replaces); a warning
+    when it may not fit. A disk that fills anyway fails the step that found it with one line, and
+    nothing already materialized is lost (clear_failures)."""
     from kuai_assets.storage import free_bytes, size_text
 
     work = workspace.work_dir
-    dataset = tree_bytes(workspace.data_dir)
+    writes, vectors, text = run_writes(workspace.data_dir)
     held = tree_bytes(work / "tables") + tree_bytes(work / "stores")
-    needed = max(0, int(RUN_WRITES_PER_DATASET_BYTE * dataset) - held)
+    needed = max(0, writes - held)
     free = free_bytes(work)
     say(
         f"[kuai] checking free space at {work}: {size_text(free)} free; a whole run may write up to {size_text(needed)} "
-        f"({RUN_WRITES_PER_DATASET_BYTE:g}x the dataset's {size_text(dataset)}, less the {size_text(held)} of outputs it replaces)"
+        f"(for the dataset's {size_text(vectors)} of vectors and {size_text(text)} of text files, less the "
+        f"{size_text(held)} of outputs it replaces)"
     )
     if free >= needed:
         return True

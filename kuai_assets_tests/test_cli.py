@@ -201,27 +201,34 @@ def test_a_failed_run_ends_with_its_cause_and_no_cascade(tmp_path):
 
 
 def test_free_space_is_checked_against_what_a_run_may_write(tmp_path, monkeypatch):
-    """`kuai run` says the free space of the work dir's disk against twice the dataset, less the
-    outputs the workspace holds; it warns when that may not fit."""
+    """`kuai run` says the free space of the work dir's disk against what a whole run may write:
+    half the vectors' bytes for the store, 22x the text files' for the tables, half as much again
+    while steps run, less the outputs the workspace holds; it warns when that may not fit."""
     from kuai_assets import cli, storage
 
     data, work = tmp_path / "data", tmp_path / "work"
     (data / "train").mkdir(parents=True)
-    (data / "train" / "train_interaction.txt").write_bytes(b"x" * 3 * 2**20)
+    (data / "test").mkdir()
+    (data / "train" / "train_interaction.txt").write_bytes(b"x" * 2**20)
+    (data / "test" / "final_visual_test.zip").write_bytes(b"x" * 4 * 2**20)
+    (data / "ground_truth").mkdir()
+    (data / "ground_truth" / "test_ground_truth.txt").write_bytes(b"x" * 2**20)  # not read into the tables
     (work / "tables").mkdir(parents=True)
-    (work / "tables" / "raw_interactions.parquet").write_bytes(b"x" * 2**20)
+    (work / "tables" / "raw_interactions.parquet").write_bytes(b"x" * 3 * 2**20)
     workspace = settings.resolve_workspace(work, data)
+    # 1.5 x (0.5 x 4 MiB + 22 x 1 MiB) = 36 MiB, less the 3 MiB held
+    assert cli.run_writes(data) == (36 * 2**20, 4 * 2**20, 2**20)
     said: list[str] = []
 
     monkeypatch.setattr(storage, "free_bytes", lambda path: 2**30)
     assert cli.check_free_space(workspace, said.append)
     assert said == [
-        f"[kuai] checking free space at {work}: 1.0 GiB free; a whole run may write up to 5.0 MiB "
-        "(2x the dataset's 3.0 MiB, less the 1.0 MiB of outputs it replaces)"
+        f"[kuai] checking free space at {work}: 1.0 GiB free; a whole run may write up to 33.0 MiB "
+        "(for the dataset's 4.0 MiB of vectors and 1.0 MiB of text files, less the 3.0 MiB of outputs it replaces)"
     ]
 
     said.clear()
-    monkeypatch.setattr(storage, "free_bytes", lambda path: 5 * 2**20 - 1)  # 2 x 3 MiB - 1 MiB is 5 MiB
+    monkeypatch.setattr(storage, "free_bytes", lambda path: 33 * 2**20 - 1)
     assert not cli.check_free_space(workspace, said.append)
     assert said[1].startswith(f"[kuai] warning: the run may fill the disk of {work} before it ends: "), said
 
