@@ -1,5 +1,9 @@
-"""The console every run prints to, whether `kuai run`, `dagster asset materialize` or a launch
-from the UI started it: Dagster's format, with two kinds of noise kept out.
+"""The console a run prints to: Dagster's format, with two kinds of noise kept out.
+
+It is every job's `console` logger (kuai_assets/definitions.py). Dagster starts a job's loggers
+only when the run config names them: `kuai run` always does (its `--log-level`); a run started
+without (`dagster asset materialize`, the UI's Materialize) prints through Dagster's own console,
+unless its config says `loggers: {console: {config: {log_level: INFO}}}`.
 
 - Dagster logs "Dependencies for step X failed ... Not executing." at ERROR for every step
   downstream of a failure; the failure itself says everything. Those lines are demoted to DEBUG,

@@ -2,7 +2,7 @@
 
 Every asset, check and job is found in the modules of `kuai_assets/defs/` by Dagster's own
 autoloader (`load_defs`); this module adds what is chosen per deployment: the resources (from the
-workspace's settings), the executor and the console every run prints to (kuai_assets/console.py).
+workspace's settings), the executor and the console logger (kuai_assets/console.py).
 """
 
 import dagster as dg
