@@ -177,14 +177,13 @@ TABLE_BYTES_PER_TEXT_BYTE = 22
 TRANSIENT_SHARE = 0.5
 
 
-def tree_bytes(root: Path, suffix: str | None = None, other_than: str | None = None) -> int:
-    """Bytes of the files under `root` (those ending in `suffix`, or not ending in `other_than`;
-    symbolic links not followed; 0 when absent)."""
+def tree_bytes(root: Path) -> int:
+    """Bytes of the files under `root` (a file's own size; symbolic links not followed; 0 when absent)."""
+    if root.is_file():
+        return root.stat().st_size
     total = 0
     for folder, _, files in os.walk(root):
         for name in files:
-            if (suffix and not name.endswith(suffix)) or (other_than and name.endswith(other_than)):
-                continue
             try:
                 total += os.lstat(os.path.join(folder, name)).st_size
             except OSError:
@@ -194,9 +193,18 @@ def tree_bytes(root: Path, suffix: str | None = None, other_than: str | None = N
 
 def run_writes(data_dir: Path) -> tuple[int, int, int]:
     """(bytes a whole run may write into a fresh work dir, the dataset's vector bytes, its text
-    bytes), from train/ and test/ of the released layout."""
-    vectors = sum(tree_bytes(data_dir / split, suffix=".zip") for split in ("train", "test"))
-    text = sum(tree_bytes(data_dir / split, other_than=".zip") for split in ("train", "test"))
+    bytes), from the files of the released layout each split has: its visual vectors (a zip or
+    the unzipped folder) and its interaction, face and cover-text files."""
+    from kuai_assets.formats import layout
+
+    vectors = text = 0
+    for split in layout.SPLITS:
+        for path in (layout.interaction_file(data_dir, split), layout.face_file(data_dir, split), layout.text_file(data_dir, split)):
+            text += tree_bytes(path)
+        try:
+            vectors += tree_bytes(layout.find_visual_source(data_dir, split).path)
+        except FileNotFoundError:
+            pass  # the layout check names it
     outputs = STORE_BYTES_PER_VECTOR_BYTE * vectors + TABLE_BYTES_PER_TEXT_BYTE * text
     return int((1 + TRANSIENT_SHARE) * outputs), vectors, text
 

@@ -111,7 +111,7 @@ def free_bytes(path: Path | str) -> int:
 
 def size_text(n_bytes: float) -> str:
     """Bytes for a person: `3.0 MiB`, `1.2 GiB`."""
-    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30)):
         if n_bytes >= scale:
             return f"{n_bytes / scale:.1f} {unit}"
     return f"{n_bytes / 2**20:.1f} MiB"

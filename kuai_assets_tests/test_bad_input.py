@@ -664,7 +664,6 @@ def test_a_step_failing_after_it_wrote_leaves_the_previous_table(damaged, good_w
     )
 
 
-
 DISK_FULL = (
     r"the disk is full \(no space left on device\) while writing under {work}; \d+\.\d [MGT]iB free there now\. "
     r"Nothing already materialized was changed: free space on that disk, or point KUAI_WORK_DIR at a larger one"

@@ -9,6 +9,7 @@ PYTHONPATH) in a clean environment, as from a fresh shell.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -218,6 +219,14 @@ def test_free_space_is_checked_against_what_a_run_may_write(tmp_path, monkeypatc
     workspace = settings.resolve_workspace(work, data)
     # 1.5 x (0.5 x 4 MiB + 22 x 1 MiB) = 36 MiB, less the 3 MiB held
     assert cli.run_writes(data) == (36 * 2**20, 4 * 2**20, 2**20)
+    # the vectors as the unzipped folder of per-photo .npy files count as vectors all the same
+    unzipped = tmp_path / "unzipped"
+    shutil.copytree(data, unzipped)
+    (unzipped / "test" / "final_visual_test.zip").unlink()
+    (unzipped / "test" / "final_visual_test").mkdir()
+    for photo in range(4):
+        (unzipped / "test" / "final_visual_test" / f"{photo}.npy").write_bytes(b"x" * 2**20)
+    assert cli.run_writes(unzipped) == (36 * 2**20, 4 * 2**20, 2**20)
     said: list[str] = []
 
     monkeypatch.setattr(storage, "free_bytes", lambda path: 2**30)
