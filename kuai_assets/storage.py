@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 import re
 import shutil
@@ -123,6 +124,15 @@ def disk_full_message(root: Path | str) -> str:
         f"the disk is full (no space left on device) while writing under {root}; {size_text(free_bytes(root))} free there "
         "now. Nothing already materialized was changed: free space on that disk, or point KUAI_WORK_DIR at a larger one"
     )
+
+
+def file_digest(path: Path | str) -> str:
+    """The file's content digest (BLAKE2b, 128 bits, hex), read 16 MiB at a time."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def check_identifier(name: str, what: str = "name") -> str:

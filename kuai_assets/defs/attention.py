@@ -23,9 +23,9 @@ from kuai_assets.ml import blend as blend_logic
 from kuai_assets.ml.attention.history import HistoryLeakError
 from kuai_assets.ml.attention.params import AttentionParams, params_dict
 from kuai_assets.ml.blend import MIN_GAIN, MIN_GAIN_Z, BlendError, auc_by_weight_png, choose_blend
-from kuai_assets.ml.gbdt import file_digest, select_features
+from kuai_assets.ml.gbdt import select_features
 from kuai_assets.ml.tracking import PENDING, TEST_AUC_STATUS, MatrixSlice, log_datasets
-from kuai_assets.storage import WorkDir
+from kuai_assets.storage import WorkDir, file_digest
 
 GROUP = "model"
 ATTENTION, BLEND = "attention_model", "blend"

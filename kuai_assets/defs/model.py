@@ -72,7 +72,9 @@ def training_matrix(
     One row per (setup, row): setup 'validation' (fit rows before the cut, scored cold-start rows
     after it) and setup 'submission' (all train rows, scored test rows). Groups at (k, cluster)
     grain join once per k through the photo's cluster, suffixed `_k<k>`. The feature columns, their
-    group and kind travel in the Parquet metadata; the models choose groups from there.
+    group and kind travel in the Parquet metadata; the models choose groups from there. A group
+    whose table, grain, columns and rows are unchanged since the previous matrix is copied from it,
+    not joined again (`groups_kept`): after an edit of one group, only that group is joined.
     """
     with clear_failures("training_matrix", workspace.work_dir):
         work = workspace.work()
@@ -93,6 +95,7 @@ def training_matrix(
             "features": dg.MetadataValue.int(len(features)),
             "cluster_ks": dg.MetadataValue.json(result["ks"]),
             "fit_rows_before_sampling": dg.MetadataValue.json(result["fit_rows_before_sampling"]),
+            "groups_kept": dg.MetadataValue.json(result["reused_groups"]),
             "seconds": dg.MetadataValue.float(result["seconds"]),
         }
     )

@@ -9,9 +9,12 @@ the model and the ablation read them from the matrix itself.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,10 +23,19 @@ import pyarrow.parquet as pq
 
 from kuai_assets.features.catalog import CLUSTER_KEYS, CatalogError, TableModel
 from kuai_assets.features.fold_statistics import BackgroundParquetWriter
-from kuai_assets.storage import WorkDir, check_identifier, remove_stale_temporaries, sql_string, temporary_sibling
+from kuai_assets.storage import (
+    WorkDir,
+    check_identifier,
+    file_digest,
+    remove_stale_temporaries,
+    sql_string,
+    temporary_sibling,
+)
 
 MATRIX = "training_matrix"
 FEATURES_KEY = b"kuai_features"
+PIECES_KEY = b"kuai_piece_keys"  # group -> piece_keys(...): what its columns were made of
+PIECE_FORMAT = 1  # raise when the way a group is joined changes: no piece of an older matrix is kept
 ID_COLUMNS = ("setup", "role", "row_id", "user_id", "photo_id", "fold", "click")
 
 
@@ -41,7 +53,7 @@ class Feature:
 def build_training_matrix(
     work: WorkDir, groups: list[TableModel], log=lambda m: None, max_fit_rows_per_setup: int | None = None
 ) -> dict:
-    """Join model_rows to every group; keep every scored row and at most `max_fit_rows_per_setup`
+    """Join model_rows to every feature group; keep every scored row and at most `max_fit_rows_per_setup`
     fit rows of each setup (a uniform sample by hash of row_id; None keeps all).
 
     Built in stages so that memory stays bounded at any size: the chosen rows are written once,
@@ -49,6 +61,12 @@ def build_training_matrix(
     same order (one hash join at a time, not one per group at once, which at 24 million
     interactions needed 8 GB of memory and 28 GB of spill and still failed); then the pieces are
     stitched side by side, checking row by row that they line up.
+
+    A group whose piece key (`piece_keys`: the content of its table, of model_rows and, at
+    cluster grain, of video_clusters; its grain and declared columns) is the one the previous
+    matrix recorded, over the same chosen rows in the same order, is not joined again: its
+    columns are copied from the previous matrix, which holds exactly what the join would give.
+    After an edit of one feature group only that group is joined; the result is byte-identical.
     """
     started = time.time()
     tables = ["model_rows", "raw_interactions"] + [g.name for g in groups]
@@ -89,48 +107,33 @@ def build_training_matrix(
         con.execute(f"create view chosen_rows as select * from read_parquet({sql_string(base)}, file_row_number = true)")
         in_base_order = "order by r.file_row_number"
         n_rows = con.execute("select count(*) from chosen_rows").fetchone()[0]
-        pieces = [base]
-        features: list[Feature] = []
-        for index, group in enumerate(groups):
-            declared = group.check_columns(pq.read_schema(work.require_table(group.name)).names)
-            name = check_identifier(group.name, "feature group")
-            select, joins = ["r.row_id as __row_id"], []
-            if set(CLUSTER_KEYS) <= set(group.grain):
-                row_keys = [k for k in group.grain if k not in CLUSTER_KEYS]
-                for k in ks:
-                    c_alias, g_alias = f"c{index}_{k}", f"g{index}_{k}"
-                    joins.append(
-                        f"left join video_clusters as {c_alias} on {c_alias}.photo_id = r.photo_id and {c_alias}.k = {k}"
-                    )
-                    on = [f"{g_alias}.k = {k}", f"{g_alias}.cluster = {c_alias}.cluster"]
-                    on += [f"{g_alias}.{check_identifier(key)} = r.{key}" for key in row_keys]
-                    joins.append(f"left join {name} as {g_alias} on {' and '.join(on)}")
-                    for column, kind in declared:
-                        features.append(
-                            Feature(f"{column}_k{k}", group.name, kind, column, k, group.uses_labels, group.uses_scored_window_log)
-                        )
-                        select.append(_typed(f"{g_alias}.{check_identifier(column)}", kind, f"{column}_k{k}"))
-            else:
-                alias = f"g{index}"
-                on = [f"{alias}.{check_identifier(key)} = r.{key}" for key in group.grain]
-                joins.append(f"left join {name} as {alias} on {' and '.join(on)}")
-                for column, kind in declared:
-                    features.append(Feature(column, group.name, kind, column, None, group.uses_labels, group.uses_scored_window_log))
-                    select.append(_typed(f"{alias}.{check_identifier(column)}", kind, column))
-            names = [f.name for f in features]
-            repeated = sorted({n for n in names if names.count(n) > 1})
-            if repeated:
-                raise CatalogError(f"feature column(s) {repeated} are declared by more than one group")
-            piece = pieces_dir / f"{name}.parquet"
+        plans = [_plan(work, group, index, ks) for index, group in enumerate(groups)]
+        features = [f for plan in plans for f in plan.features]
+        names = [f.name for f in features]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise CatalogError(f"feature column(s) {repeated} are declared by more than one group")
+        keys = piece_keys(work, plans, ks)
+        previous, previous_keys = _previous_matrix(work.table_path(MATRIX), base, pieces_dir)
+        pieces, reused = [_Piece(base, None, "row_id")], []
+        for index, plan in enumerate(plans):
+            if previous is not None and previous_keys.get(plan.group) == keys[plan.group]:
+                pieces.append(_Piece(previous, [f.name for f in plan.features], "row_id"))
+                reused.append(plan.group)
+                log(f"training_matrix: kept {plan.group}'s columns of the previous matrix, its table and rows "
+                    f"unchanged ({index + 1} of {len(groups)})")
+                continue
+            piece = pieces_dir / f"{plan.group}.parquet"
             con.execute(
-                f"copy (select {', '.join(select)} from chosen_rows as r {' '.join(joins)} {in_base_order}) "
+                f"copy (select {', '.join(plan.select)} from chosen_rows as r {' '.join(plan.joins)} {in_base_order}) "
                 f"to {sql_string(piece)} (format parquet)"
             )
-            pieces.append(piece)
-            log(f"training_matrix: joined {group.name} ({index + 1} of {len(groups)})")
-        metadata = json.dumps([asdict(f) for f in features])
+            pieces.append(_Piece(piece, None, "__row_id"))
+            log(f"training_matrix: joined {plan.group} ({index + 1} of {len(groups)})")
+        metadata = {FEATURES_KEY: json.dumps([asdict(f) for f in features]).encode(),
+                    PIECES_KEY: json.dumps(keys, sort_keys=True).encode()}
         with work.writing_table(MATRIX) as tmp:
-            _stitch(pieces, n_rows, tmp, {FEATURES_KEY: metadata.encode()})
+            _stitch(pieces, n_rows, tmp, metadata)
             counts = con.execute(
                 f"select setup, role, count(*), avg(click) from read_parquet({sql_string(tmp)}) group by all order by all"
             ).fetchall()
@@ -142,50 +145,152 @@ def build_training_matrix(
         "counts": counts,
         "fit_rows_before_sampling": fit_rows,
         "ks": ks,
+        "reused_groups": reused,
         "seconds": round(time.time() - started, 2),
     }
 
 
-def _stitch(pieces: list[Path], n_rows: int, out: Path, metadata: dict, batch_rows: int = 131_072) -> None:
+@dataclass
+class _GroupPlan:
+    """How one group joins the chosen rows: its features, select list and joins."""
+
+    group: str
+    grain: list[str]
+    at_cluster_grain: bool
+    features: list[Feature]
+    select: list[str]
+    joins: list[str]
+
+
+def _plan(work: WorkDir, group: TableModel, index: int, ks: list[int]) -> _GroupPlan:
+    declared = group.check_columns(pq.read_schema(work.require_table(group.name)).names)
+    name = check_identifier(group.name, "feature group")
+    features: list[Feature] = []
+    select, joins = ["r.row_id as __row_id"], []
+    at_cluster_grain = set(CLUSTER_KEYS) <= set(group.grain)
+    if at_cluster_grain:
+        row_keys = [k for k in group.grain if k not in CLUSTER_KEYS]
+        for k in ks:
+            c_alias, g_alias = f"c{index}_{k}", f"g{index}_{k}"
+            joins.append(f"left join video_clusters as {c_alias} on {c_alias}.photo_id = r.photo_id and {c_alias}.k = {k}")
+            on = [f"{g_alias}.k = {k}", f"{g_alias}.cluster = {c_alias}.cluster"]
+            on += [f"{g_alias}.{check_identifier(key)} = r.{key}" for key in row_keys]
+            joins.append(f"left join {name} as {g_alias} on {' and '.join(on)}")
+            for column, kind in declared:
+                features.append(
+                    Feature(f"{column}_k{k}", group.name, kind, column, k, group.uses_labels, group.uses_scored_window_log)
+                )
+                select.append(_typed(f"{g_alias}.{check_identifier(column)}", kind, f"{column}_k{k}"))
+    else:
+        alias = f"g{index}"
+        on = [f"{alias}.{check_identifier(key)} = r.{key}" for key in group.grain]
+        joins.append(f"left join {name} as {alias} on {' and '.join(on)}")
+        for column, kind in declared:
+            features.append(Feature(column, group.name, kind, column, None, group.uses_labels, group.uses_scored_window_log))
+            select.append(_typed(f"{alias}.{check_identifier(column)}", kind, column))
+    return _GroupPlan(group.name, list(group.grain), at_cluster_grain, features, select, joins)
+
+
+def piece_keys(work: WorkDir, plans: list[_GroupPlan], ks: list[int]) -> dict[str, str]:
+    """Each group's piece key: a digest of what its columns in the matrix are made of besides
+    which rows are chosen (the content of its table, of model_rows, of video_clusters at cluster
+    grain; its grain and declared features; the join's format). Equal keys over the same chosen
+    rows (which `_previous_matrix` compares), equal columns."""
+    tables = ["model_rows", *(p.group for p in plans)] + (["video_clusters"] if any(p.at_cluster_grain for p in plans) else [])
+    with ThreadPoolExecutor(2) as pool:  # hashing releases the GIL
+        digests = dict(zip(tables, pool.map(lambda t: file_digest(work.require_table(t)), tables)))
+    keys = {}
+    for plan in plans:
+        made_of = {
+            "format": PIECE_FORMAT,
+            "model_rows": digests["model_rows"],
+            "table": digests[plan.group],
+            "grain": plan.grain,
+            "features": [asdict(f) for f in plan.features],
+            "video_clusters": digests["video_clusters"] if plan.at_cluster_grain else None,
+            "ks": ks if plan.at_cluster_grain else None,
+        }
+        keys[plan.group] = hashlib.blake2b(json.dumps(made_of, sort_keys=True).encode(), digest_size=16).hexdigest()
+    return keys
+
+
+def _previous_matrix(path: Path, base: Path, scratch: Path) -> tuple[Path | None, dict[str, str]]:
+    """The previous matrix, hard-linked into `scratch` (so that a run replacing it meanwhile does
+    not change what is read), and its piece keys, if it records them and holds exactly the rows of
+    `base` in the same order; else (None, {})."""
+    try:
+        pinned = scratch / "previous_matrix.parquet"
+        os.link(path, pinned)
+        metadata = pq.read_schema(pinned).metadata or {}
+        if PIECES_KEY not in metadata:
+            return None, {}
+        keys = json.loads(metadata[PIECES_KEY])
+        columns = ["setup", "role", "row_id"]
+        if not pq.read_table(pinned, columns=columns).equals(pq.read_table(base, columns=columns)):
+            return None, {}
+    # absent, unreadable, or no hard links on this filesystem: every group is joined again
+    except (OSError, ValueError, pa.ArrowException):
+        return None, {}
+    return pinned, keys
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """A file whose rows line up with the chosen rows: `columns` of it (None: all but `row_id`)
+    go into the matrix; its `row_id` column is checked against the chosen rows' row_id."""
+
+    path: Path
+    columns: list[str] | None
+    row_id: str
+
+
+def _stitch(pieces: list[_Piece], n_rows: int, out: Path, metadata: dict, batch_rows: int = 131_072) -> None:
     """Write the columns of `pieces` (same rows, same order) side by side into one Parquet file.
 
-    Every piece after the first carries `__row_id`, checked against the first piece's row_id.
+    The first piece (the chosen rows) gives all its columns; every other file's row ids are
+    checked against the first piece's row_id, batch by batch. Pieces of one file (the groups
+    kept from the previous matrix) are read in one pass.
     """
-    files = [pq.ParquetFile(p) for p in pieces]
-    for path, f in zip(pieces, files):
+    paths = list(dict.fromkeys(p.path for p in pieces))
+    files = {path: pq.ParquetFile(path) for path in paths}
+    for path, f in files.items():
         if f.metadata.num_rows != n_rows:
             raise CatalogError(
                 f"{path.stem}: {f.metadata.num_rows:,} rows joined to {n_rows:,} model rows; its grain is not unique"
             )
-    fields = list(files[0].schema_arrow)
-    for f in files[1:]:
-        fields += [field for field in f.schema_arrow if field.name != "__row_id"]
+    row_id_of = {p.path: p.row_id for p in pieces}
+    # the output's columns in order, each as (file, column)
+    layout = [(pieces[0].path, c) for c in files[pieces[0].path].schema_arrow.names]
+    for p in pieces[1:]:
+        names = p.columns if p.columns is not None else [c for c in files[p.path].schema_arrow.names if c != p.row_id]
+        layout += [(p.path, c) for c in names]
+    fields = [files[path].schema_arrow.field(c) for path, c in layout]
     schema = pa.schema(fields, metadata=metadata)
-    streams = [f.iter_batches(batch_size=batch_rows) for f in files]
-    pending: list = [None] * len(files)
+    read = {path: list(dict.fromkeys(([] if path == paths[0] else [row_id_of[path]]) + [c for q, c in layout if q == path]))
+            for path in paths}
+    streams = {path: files[path].iter_batches(batch_size=batch_rows, columns=read[path]) for path in paths}
+    pending: dict = dict.fromkeys(paths)
     # dictionary pages only for the keys and integer columns: on float features they rarely pay
     # and cost most of the writer's time
     dictionary = [f.name for f in fields if not pa.types.is_floating(f.type)]
     # the next batches are read and lined up while the writer thread encodes the last ones
     with BackgroundParquetWriter(out, schema, compression="zstd", use_dictionary=dictionary) as writer:
         while True:
-            for i, stream in enumerate(streams):
-                if pending[i] is None or len(pending[i]) == 0:
-                    pending[i] = next(stream, None)
-            if all(p is None for p in pending):
+            for path in paths:
+                if pending[path] is None or len(pending[path]) == 0:
+                    pending[path] = next(streams[path], None)
+            if all(b is None for b in pending.values()):
                 break
-            if any(p is None for p in pending):
+            if any(b is None for b in pending.values()):
                 raise CatalogError("training_matrix pieces ended at different rows")
-            n = min(len(p) for p in pending)
-            parts = [p.slice(0, n) for p in pending]
-            pending = [p.slice(n) for p in pending]
-            row_id = parts[0].column("row_id")
-            columns = list(parts[0].columns)
-            for part in parts[1:]:
-                if not part.column("__row_id").equals(row_id):
+            n = min(len(b) for b in pending.values())
+            parts = {path: b.slice(0, n) for path, b in pending.items()}
+            pending = {path: b.slice(n) for path, b in pending.items()}
+            row_id = parts[paths[0]].column("row_id")
+            for path in paths[1:]:
+                if not parts[path].column(row_id_of[path]).equals(row_id):
                     raise CatalogError("training_matrix pieces are not in the same row order")
-                columns += [part.column(j) for j, name in enumerate(part.schema.names) if name != "__row_id"]
-            writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+            writer.write_table(pa.Table.from_arrays([parts[path].column(c) for path, c in layout], schema=schema))
 
 
 def _typed(expression: str, kind: str, alias: str) -> str:

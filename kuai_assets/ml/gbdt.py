@@ -13,7 +13,6 @@ p_click) and run.json.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import time
@@ -40,7 +39,7 @@ from kuai_assets.ml.training import (
     train_final,
     train_validation,
 )
-from kuai_assets.storage import WorkDir
+from kuai_assets.storage import WorkDir, file_digest
 
 
 class GbdtTraining(LightGbmParams):
@@ -79,14 +78,6 @@ def select_features(all_features: list[Feature], groups: list[str]) -> list[Feat
     if not groups:
         raise CatalogError("at least one feature group must be enabled")
     return [f for f in all_features if f.group in groups]
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
