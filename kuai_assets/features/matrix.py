@@ -225,6 +225,8 @@ def _previous_matrix(path: Path, base: Path, scratch: Path) -> tuple[Path | None
         if PIECES_KEY not in metadata:
             return None, {}
         keys = json.loads(metadata[PIECES_KEY])
+        if not isinstance(keys, dict):
+            return None, {}
         columns = ["setup", "role", "row_id"]
         if not pq.read_table(pinned, columns=columns).equals(pq.read_table(base, columns=columns)):
             return None, {}
