@@ -17,6 +17,8 @@ import pytest
 
 from kuai_assets.defs import checks
 from kuai_assets.defs.resources import WorkspaceResource
+from kuai_assets.features.catalog import SOURCE_TABLES
+from kuai_assets.features.leakage import VERDICTS_FILE, plan_probe, read_verdicts, record_verdicts
 from kuai_assets.storage import WorkDir
 from kuai_assets_tests.conftest import make_resources
 from kuai_assets_tests.handmade import write_dataset
@@ -250,9 +252,87 @@ def test_label_statistics_check_can_fail(materialized, tmp_path, monkeypatch):
     result = checks.label_statistics_out_of_fold(workspace=workspace(materialized["work"], materialized["data"]))
     assert not result.passed
     assert "leaky_click_rate" in result.description and "a leak" in result.description
-    assert "leaky_user_rate" in values(result)["groups_probed"]
-    assert "time_and_duration" in values(result)["groups_probed"]  # every group is probed
+    metadata = values(result)
+    assert "leaky_user_rate" in metadata["groups_probed"]
+    # every group is probed, or was proven before on the same code and data
+    every_group = {g.name for g in checks.probed_groups()}
+    assert set(metadata["groups_probed"]) | set(metadata["groups_proven_before"]) == every_group
+    assert "leaky_user_rate" not in read_verdicts(WorkDir(materialized["work"])), "a failed probe was kept as passed"
     assert not list(materialized["work"].glob(".leak_probe-*")), "the probe's scratch space was left behind"
+
+
+def probe_workspace(materialized, tmp_path) -> Path:
+    """A work dir holding only the tables the leak probe samples from (links to the tiny graph's)."""
+    work = WorkDir(tmp_path / "work")
+    work.tables.mkdir(parents=True)
+    for name in SOURCE_TABLES:
+        work.table_path(name).hardlink_to(WorkDir(materialized["work"]).table_path(name))
+    return work.root
+
+
+def edited_sql(tmp_path, monkeypatch, path: str, old: str, new: str) -> None:
+    """Point KUAI_SQL_DIR at a copy of the SQL models with one line of `path` changed."""
+    import shutil
+
+    from kuai_assets.features.catalog import sql_root
+
+    sql = tmp_path / "sql"
+    shutil.copytree(sql_root(), sql)
+    text = (sql / path).read_text()
+    assert old in text
+    (sql / path).write_text(text.replace(old, new))
+    monkeypatch.setenv("KUAI_SQL_DIR", str(sql))
+
+
+def test_label_statistics_check_probes_again_only_what_changed(materialized, tmp_path, monkeypatch):
+    """The first probe covers every group; then a group is probed again only when its code changed,
+    with a label-using witness when it uses no labels itself, so the shuffles are still seen to move
+    features."""
+    work = probe_workspace(materialized, tmp_path)
+    every_group = [g.name for g in checks.probed_groups()]
+
+    first = checks.label_statistics_out_of_fold(workspace=workspace(work, materialized["data"]))
+    assert first.passed, first.description
+    assert values(first)["groups_probed"] == every_group and values(first)["groups_proven_before"] == []
+    assert sorted(read_verdicts(WorkDir(work))) == sorted(every_group)
+
+    again = checks.label_statistics_out_of_fold(workspace=workspace(work, materialized["data"]))
+    assert again.passed, again.description
+    assert values(again)["groups_probed"] == [] and values(again)["scenarios"] == []
+    assert values(again)["groups_proven_before"] == every_group
+
+    edited_sql(tmp_path, monkeypatch, "features/time_and_duration.sql",
+               "greatest(u.user_duration_mean, 1)", "greatest(u.user_duration_mean, 2)")
+    edited = checks.label_statistics_out_of_fold(workspace=workspace(work, materialized["data"]))
+    assert edited.passed, edited.description
+    metadata = values(edited)
+    assert metadata["groups_probed"] == ["time_and_duration", "user_behaviour"]
+    assert metadata["witness_group"] == "user_behaviour"
+    assert sorted(metadata["groups_proven_before"]) == sorted(set(every_group) - {"time_and_duration", "user_behaviour"})
+    assert all(s["rows_checked"] > 0 and s["changed_values_elsewhere"] > 0 for s in metadata["scenarios"])
+    assert values(checks.label_statistics_out_of_fold(workspace=workspace(work, materialized["data"])))["groups_probed"] == []
+
+
+@pytest.mark.parametrize("change", ["label_history", "source_table", "unreadable_verdicts", "other_users"])
+def test_every_group_is_probed_again_when_what_they_share_changed(materialized, tmp_path, monkeypatch, change):
+    work = WorkDir(probe_workspace(materialized, tmp_path))
+    groups = checks.probed_groups()
+    record_verdicts(work, plan_probe(work, groups, users=checks.LEAK_PROBE_USERS).keys)
+    assert plan_probe(work, groups, users=checks.LEAK_PROBE_USERS).probe == []
+    if change == "label_history":  # an intermediate model every label statistic reads
+        edited_sql(tmp_path, monkeypatch, "intermediate/label_history.sql", "\nselect", "\nselect distinct")
+        groups = checks.probed_groups()
+    elif change == "source_table":  # the same rows in another file: the content digest moves
+        path = work.table_path("raw_text")
+        table = pq.read_table(path)
+        path.unlink()
+        pq.write_table(table, path, row_group_size=max(1, table.num_rows // 3))
+    elif change == "unreadable_verdicts":
+        (work.root / VERDICTS_FILE).write_text("{not json")
+    else:  # another sample of users
+        assert plan_probe(work, groups, users=checks.LEAK_PROBE_USERS + 1).probe == groups
+        return
+    assert plan_probe(work, groups, users=checks.LEAK_PROBE_USERS).probe == groups
 
 
 # -- submission --------------------------------------------------------------------------------------

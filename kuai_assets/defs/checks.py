@@ -15,7 +15,7 @@ import numpy as np
 
 from kuai_assets.defs.resources import TrackingResource, WorkspaceResource
 from kuai_assets.features.catalog import TableModel, feature_groups, load_catalog
-from kuai_assets.features.leakage import probe_label_leakage
+from kuai_assets.features.leakage import VERDICTS_FILE, plan_probe, probe_label_leakage, record_verdicts
 from kuai_assets.features.matrix import MATRIX
 from kuai_assets.formats import layout
 from kuai_assets.formats.released import DataFormatError
@@ -261,21 +261,31 @@ def probed_groups() -> list[TableModel]:
     blocking=True,
     description=f"Label statistics never see the labels of the rows they describe: on {LEAK_PROBE_USERS} "
     "users, shuffling the labels of the validation rows (and of one fold) must not move those rows' "
-    "features, and must move others' (kuai_assets/features/leakage.py).",
+    "features, and must move others' (kuai_assets/features/leakage.py). A group is probed again only "
+    f"when its code, the code of what it reads, the probe's or the data changed since its last passing "
+    f"probe (the verdicts are kept in the work dir's {VERDICTS_FILE}; delete it to probe every group).",
 )
 def label_statistics_out_of_fold(workspace: WorkspaceResource) -> dg.AssetCheckResult:
     work = workspace.work()
     groups = probed_groups()
     started = time.time()
-    work.root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=work.root, prefix=".leak_probe-") as scratch:
-        results = probe_label_leakage(work, Path(scratch) / "probe", groups=groups, users=LEAK_PROBE_USERS)
+    plan = plan_probe(work, groups, users=LEAK_PROBE_USERS)
+    results = []
+    if plan.probe:
+        work.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=work.root, prefix=".leak_probe-") as scratch:
+            results = probe_label_leakage(work, Path(scratch) / "probe", groups=plan.probe, users=LEAK_PROBE_USERS)
     failing = [
         r for r in results if r.rows_checked == 0 or r.max_change_protected > LEAK_TOLERANCE or r.changed_elsewhere == 0
     ]
+    passed = bool(results or not plan.probe) and not failing
+    if passed:
+        record_verdicts(work, plan.keys)
     return dg.AssetCheckResult(
-        passed=bool(results) and not failing,
-        description=None
+        passed=passed,
+        description=f"probed {len(plan.probe)} group(s)"
+        + (f" (with {plan.witness}, to see the shuffles move features)" if plan.witness else "")
+        + f"; {len(plan.proven)} proven before on the same code and data"
         if not failing
         else "; ".join(
             f"{r.scenario}: "
@@ -288,7 +298,9 @@ def label_statistics_out_of_fold(workspace: WorkspaceResource) -> dg.AssetCheckR
         ),
         metadata={
             "users_sampled": LEAK_PROBE_USERS,
-            "groups_probed": dg.MetadataValue.json([g.name for g in groups]),
+            "groups_probed": dg.MetadataValue.json([g.name for g in plan.probe]),
+            "groups_proven_before": dg.MetadataValue.json(plan.proven),
+            "witness_group": plan.witness or "",
             "scenarios": dg.MetadataValue.json(
                 [
                     {

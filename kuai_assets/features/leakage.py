@@ -6,24 +6,37 @@ one fold's rows shuffled among themselves. A row's features may not move when on
 its own kind of row moved: validation rows must not see validation labels, fold-f rows must not see
 fold-f labels. The same run also checks that the shuffles did move other rows' features, so the
 probe can fail.
+
+A group's probe is a function of its code, of the code of what it reads (model_rows,
+label_history, and any other table model), of the probe's own machinery and of the tables the
+sample is drawn from. `plan_probe` digests those into a key per group; a group whose key has a
+passing verdict (`read_verdicts`, kept in the work dir by `record_verdicts`) need not be probed
+again. After one SQL file is edited, only that group is probed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import numpy as np
 
-from kuai_assets.features.catalog import TableModel, load_catalog
+from kuai_assets.features.catalog import SOURCE_TABLES, TableModel, load_catalog
 from kuai_assets.features.matrix import MATRIX, build_training_matrix
 from kuai_assets.features.runner import materialize_table_model
-from kuai_assets.storage import WorkDir, sql_string
+from kuai_assets.storage import WorkDir, atomic_file, file_digest, sql_string
 
 LABELS = ("click", '"like"', "follow", "playing_time")
 PROBED_FOLD = 0
+# bump when what a passing verdict means changes in a way the sources below do not show
+PROBE_FORMAT = 1
+VERDICTS_FILE = "leak_probe.json"
+_PACKAGE = Path(__file__).resolve().parent.parent  # kuai_assets
 
 
 @dataclass
@@ -93,6 +106,103 @@ def _materialize(work: WorkDir, models: list[TableModel], variables: dict[str, d
         materialize_table_model(model, work, variables.get(model.name))
 
 
+def probe_models(groups: list[TableModel], catalog: dict[str, TableModel]) -> list[TableModel]:
+    """What the probe materializes for `groups`: model_rows and label_history, then every table
+    model the groups read (transitively) and the groups themselves, each after what it reads."""
+    ordered: dict[str, TableModel] = {}
+
+    def visit(model: TableModel) -> None:
+        if model.name in ordered:
+            return
+        for name in model.upstream:
+            if name in catalog and name != model.name:
+                visit(catalog[name])
+        ordered[model.name] = model
+
+    for model in (catalog["model_rows"], catalog["label_history"], *groups):
+        visit(model)
+    return list(ordered.values())
+
+
+def _machinery_digest(users: int, seed: int) -> hashlib.blake2b:
+    """The probe's settings and the source of what computes and compares the tables: every module
+    of kuai_assets.features, the storage layer and the engines (read by path, not imported)."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(json.dumps([PROBE_FORMAT, users, seed, duckdb.__version__]).encode())
+    sources = [
+        *sorted((_PACKAGE / "features").glob("*.py")), _PACKAGE / "storage.py", *sorted((_PACKAGE / "engines").glob("*.py"))
+    ]
+    for path in sources:
+        digest.update(f"{path.relative_to(_PACKAGE)}\0".encode())
+        digest.update(path.read_bytes())
+    return digest
+
+
+@dataclass(frozen=True)
+class ProbePlan:
+    keys: dict[str, str]  # every group's probe key
+    proven: list[str]  # groups whose key has a passing verdict: not probed again
+    probe: list[TableModel]  # the groups to probe: the others, plus `witness` when needed
+    witness: str | None  # a label-using group added so the shuffles can be seen to move features
+
+
+def plan_probe(
+    source: WorkDir, groups: list[TableModel], users: int, seed: int = 0, variables: dict[str, dict] | None = None
+) -> ProbePlan:
+    """Which of `groups` must be probed: those whose key has no passing verdict in `source`.
+
+    A group's key digests the probe's machinery (`_machinery_digest`), the content of the tables
+    the sample is drawn from, and the name, code version and variables of every table model the
+    group's probe materializes (`probe_models`). When none of the groups to probe uses labels,
+    the cheapest label-using group joins them as the witness: the probe passes only when the
+    shuffles moved some feature, which a label-free group alone never shows."""
+    catalog = load_catalog()
+    variables = variables or {}
+    tables = [t for t in SOURCE_TABLES if source.has_table(t)]
+    with ThreadPoolExecutor(2) as pool:  # hashing releases the GIL
+        digests = dict(zip(tables, pool.map(lambda t: file_digest(source.table_path(t)), tables)))
+    machinery = _machinery_digest(users, seed)
+    keys = {}
+    for group in groups:
+        digest = machinery.copy()
+        models = [(m.name, m.code_version, variables.get(m.name)) for m in probe_models([group], catalog)]
+        digest.update(json.dumps({"tables": digests, "models": models}, sort_keys=True, default=str).encode())
+        keys[group.name] = digest.hexdigest()
+    verdicts = read_verdicts(source)
+    proven = [g.name for g in groups if verdicts.get(g.name) == keys[g.name]]
+    probe = [g for g in groups if g.name not in proven]
+    witness = None
+    if probe and not any(g.uses_labels for g in probe):
+        labelled = [g for g in groups if g.uses_labels] or [
+            g for g in catalog.values() if g.is_feature_group and g.uses_labels
+        ]
+        if labelled:
+            chosen = min(labelled, key=lambda g: (len(probe_models([g], catalog)), len(g.upstream), g.name))
+            probe, witness = [*probe, chosen], chosen.name
+            proven = [name for name in proven if name != witness]
+    return ProbePlan(keys, proven, probe, witness)
+
+
+def read_verdicts(work: WorkDir) -> dict[str, str]:
+    """The probe keys of the groups whose last probe in this work dir passed (none when the file
+    is missing or unreadable: then every group is probed)."""
+    try:
+        stored = json.loads((work.root / VERDICTS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    groups = stored.get("groups") if isinstance(stored, dict) and stored.get("format") == PROBE_FORMAT else None
+    if not isinstance(groups, dict):
+        return {}
+    return {name: key for name, key in groups.items() if isinstance(name, str) and isinstance(key, str)}
+
+
+def record_verdicts(work: WorkDir, keys: dict[str, str]) -> None:
+    """Keep `keys` as the passing verdicts (replacing the previous ones, atomically)."""
+    work.root.mkdir(parents=True, exist_ok=True)
+    with atomic_file(work.root / VERDICTS_FILE) as tmp:
+        tmp.write_text(json.dumps({"format": PROBE_FORMAT, "groups": dict(sorted(keys.items()))}, indent=1) + "\n")
+
+
 def probe_label_leakage(
     source: WorkDir,
     scratch_root: Path,
@@ -104,7 +214,7 @@ def probe_label_leakage(
     """Run both shuffles on a sample of `users`; return one result per scenario."""
     catalog = load_catalog()
     groups = groups or [g for g in catalog.values() if g.is_feature_group]
-    models = [catalog["model_rows"], catalog["label_history"], *groups]
+    models = probe_models(groups, catalog)
     variables = variables or {}
     scenarios = {
         "validation rows' labels shuffled": (
