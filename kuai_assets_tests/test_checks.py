@@ -311,6 +311,9 @@ def test_label_statistics_check_probes_again_only_what_changed(materialized, tmp
     assert sorted(metadata["groups_proven_before"]) == sorted(set(every_group) - {"time_and_duration", "user_behaviour"})
     assert all(s["rows_checked"] > 0 and s["changed_values_elsewhere"] > 0 for s in metadata["scenarios"])
     assert values(checks.label_statistics_out_of_fold(workspace=workspace(work, materialized["data"])))["groups_probed"] == []
+    monkeypatch.delenv("KUAI_SQL_DIR")  # the edit undone: it had passed in its first version too
+    undone = checks.label_statistics_out_of_fold(workspace=workspace(work, materialized["data"]))
+    assert undone.passed and values(undone)["groups_probed"] == [] and values(undone)["verdicts_kept"]
 
 
 @pytest.mark.parametrize("change", ["label_history", "source_table", "unreadable_verdicts", "other_users"])

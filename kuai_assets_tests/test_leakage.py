@@ -67,3 +67,17 @@ def test_a_group_cannot_read_labels_from_the_log(materialized, tmp_path):
     with pytest.raises(CatalogError, match=r"own_click.sql: .*raw_interactions.* has no label column .*click.*label_history"):
         materialize_table_model(model, work)
     assert not work.table_path("own_click").exists()
+
+
+def test_verdicts_keep_each_groups_last_passing_keys(tmp_path):
+    from kuai_assets.features.leakage import KEPT_VERDICTS, read_verdicts, record_verdicts
+
+    work = WorkDir(tmp_path / "work")
+    assert read_verdicts(work) == {}
+    for i in range(KEPT_VERDICTS + 2):
+        record_verdicts(work, {"a": f"k{i}", "b": "same"})
+    verdicts = read_verdicts(work)
+    assert verdicts["a"] == [f"k{i}" for i in reversed(range(2, KEPT_VERDICTS + 2))]  # newest first, capped
+    assert verdicts["b"] == ["same"]
+    record_verdicts(work, {"b": "other"})  # a group no longer probed is dropped
+    assert read_verdicts(work) == {"b": ["other", "same"]}

@@ -279,8 +279,13 @@ def label_statistics_out_of_fold(workspace: WorkspaceResource) -> dg.AssetCheckR
         r for r in results if r.rows_checked == 0 or r.max_change_protected > LEAK_TOLERANCE or r.changed_elsewhere == 0
     ]
     passed = bool(results or not plan.probe) and not failing
+    verdicts_kept = False
     if passed:
-        record_verdicts(work, plan.keys)
+        try:  # the verdicts only spare later probes: a work dir that cannot keep them is probed in full
+            record_verdicts(work, plan.keys)
+            verdicts_kept = True
+        except OSError:
+            pass
     return dg.AssetCheckResult(
         passed=passed,
         description=f"probed {len(plan.probe)} group(s)"
@@ -301,6 +306,7 @@ def label_statistics_out_of_fold(workspace: WorkspaceResource) -> dg.AssetCheckR
             "groups_probed": dg.MetadataValue.json([g.name for g in plan.probe]),
             "groups_proven_before": dg.MetadataValue.json(plan.proven),
             "witness_group": plan.witness or "",
+            "verdicts_kept": verdicts_kept,
             "scenarios": dg.MetadataValue.json(
                 [
                     {

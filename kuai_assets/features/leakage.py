@@ -11,7 +11,8 @@ A group's probe is a function of its code, of the code of what it reads (model_r
 label_history, and any other table model), of the probe's own machinery and of the tables the
 sample is drawn from. `plan_probe` digests those into a key per group; a group whose key has a
 passing verdict (`read_verdicts`, kept in the work dir by `record_verdicts`) need not be probed
-again. After one SQL file is edited, only that group is probed.
+again. After one SQL file is edited, only that group is probed, and after it is changed back,
+none.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ PROBED_FOLD = 0
 # bump when what a passing verdict means changes in a way the sources below do not show
 PROBE_FORMAT = 1
 VERDICTS_FILE = "leak_probe.json"
+KEPT_VERDICTS = 8  # passing keys kept per group
 _PACKAGE = Path(__file__).resolve().parent.parent  # kuai_assets
 
 
@@ -169,7 +171,7 @@ def plan_probe(
         digest.update(json.dumps({"tables": digests, "models": models}, sort_keys=True, default=str).encode())
         keys[group.name] = digest.hexdigest()
     verdicts = read_verdicts(source)
-    proven = [g.name for g in groups if verdicts.get(g.name) == keys[g.name]]
+    proven = [g.name for g in groups if keys[g.name] in verdicts.get(g.name, [])]
     probe = [g for g in groups if g.name not in proven]
     witness = None
     if probe and not any(g.uses_labels for g in probe):
@@ -183,9 +185,9 @@ def plan_probe(
     return ProbePlan(keys, proven, probe, witness)
 
 
-def read_verdicts(work: WorkDir) -> dict[str, str]:
-    """The probe keys of the groups whose last probe in this work dir passed (none when the file
-    is missing or unreadable: then every group is probed)."""
+def read_verdicts(work: WorkDir) -> dict[str, list[str]]:
+    """Per group, the probe keys with which it last passed in this work dir, newest first (none
+    when the file is missing or unreadable: then every group is probed)."""
     try:
         stored = json.loads((work.root / VERDICTS_FILE).read_text())
     except (OSError, ValueError):
@@ -193,14 +195,22 @@ def read_verdicts(work: WorkDir) -> dict[str, str]:
     groups = stored.get("groups") if isinstance(stored, dict) and stored.get("format") == PROBE_FORMAT else None
     if not isinstance(groups, dict):
         return {}
-    return {name: key for name, key in groups.items() if isinstance(name, str) and isinstance(key, str)}
+    return {
+        name: [key for key in keys if isinstance(key, str)]
+        for name, keys in groups.items()
+        if isinstance(name, str) and isinstance(keys, list)
+    }
 
 
 def record_verdicts(work: WorkDir, keys: dict[str, str]) -> None:
-    """Keep `keys` as the passing verdicts (replacing the previous ones, atomically)."""
+    """Add `keys` (group -> the key it just passed with) to the passing verdicts, atomically. A
+    group keeps its last `KEPT_VERDICTS` keys, so switching a file back to an earlier version
+    that passed is not probed again; groups absent from `keys` are dropped."""
+    previous = read_verdicts(work)
+    groups = {name: list(dict.fromkeys([key, *previous.get(name, [])]))[:KEPT_VERDICTS] for name, key in sorted(keys.items())}
     work.root.mkdir(parents=True, exist_ok=True)
     with atomic_file(work.root / VERDICTS_FILE) as tmp:
-        tmp.write_text(json.dumps({"format": PROBE_FORMAT, "groups": dict(sorted(keys.items()))}, indent=1) + "\n")
+        tmp.write_text(json.dumps({"format": PROBE_FORMAT, "groups": groups}, indent=1) + "\n")
 
 
 def probe_label_leakage(
