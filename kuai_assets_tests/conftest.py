@@ -81,11 +81,16 @@ def make_resources(data_dir: Path, work_dir: Path) -> dict:
 
 
 # Spark in the tests: a JVM that starts fast (the C1 compiler only) and few shuffle partitions (the
-# tables are tiny)
+# tables are tiny). C1 alone shrinks the JVM's default code cache from 240 MB to 48 MB, which the
+# session's generated query classes can fill ("CodeCache is full", then a dead JVM and every later
+# Spark and MLflow call refused); the code cache is reserved at the default size again.
 TEST_SPARK = Engine(
     "spark",
     "local[2]",
-    (("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1"), ("spark.sql.shuffle.partitions", "2")),
+    (
+        ("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m"),
+        ("spark.sql.shuffle.partitions", "2"),
+    ),
 )
 
 
