@@ -70,7 +70,7 @@ def build_training_matrix(
     """
     started = time.time()
     tables = ["model_rows", "raw_interactions"] + [g.name for g in groups]
-    needs_clusters = any(set(CLUSTER_KEYS) <= set(g.grain) for g in groups)
+    needs_clusters = any(at_cluster_grain(g) for g in groups)
     if needs_clusters:
         tables.append("video_clusters")
     remove_stale_temporaries(work.duckdb_tmp)
@@ -162,13 +162,19 @@ class _GroupPlan:
     joins: list[str]
 
 
+def at_cluster_grain(group: TableModel) -> bool:
+    """Whether the group's rows are per cluster (its grain holds k and cluster): it joins the
+    chosen rows through each row's photo's cluster at every k of video_clusters."""
+    return set(CLUSTER_KEYS) <= set(group.grain)
+
+
 def _plan(work: WorkDir, group: TableModel, index: int, ks: list[int]) -> _GroupPlan:
     declared = group.check_columns(pq.read_schema(work.require_table(group.name)).names)
     name = check_identifier(group.name, "feature group")
     features: list[Feature] = []
     select, joins = ["r.row_id as __row_id"], []
-    at_cluster_grain = set(CLUSTER_KEYS) <= set(group.grain)
-    if at_cluster_grain:
+    cluster_grain = at_cluster_grain(group)
+    if cluster_grain:
         row_keys = [k for k in group.grain if k not in CLUSTER_KEYS]
         for k in ks:
             c_alias, g_alias = f"c{index}_{k}", f"g{index}_{k}"
@@ -188,7 +194,7 @@ def _plan(work: WorkDir, group: TableModel, index: int, ks: list[int]) -> _Group
         for column, kind in declared:
             features.append(Feature(column, group.name, kind, column, None, group.uses_labels, group.uses_scored_window_log))
             select.append(_typed(f"{alias}.{check_identifier(column)}", kind, column))
-    return _GroupPlan(group.name, list(group.grain), at_cluster_grain, features, select, joins)
+    return _GroupPlan(group.name, list(group.grain), cluster_grain, features, select, joins)
 
 
 def piece_keys(work: WorkDir, plans: list[_GroupPlan], ks: list[int]) -> dict[str, str]:
