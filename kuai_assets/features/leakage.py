@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import numpy as np
 from kuai_assets.features.catalog import SOURCE_TABLES, TableModel, load_catalog
 from kuai_assets.features.matrix import MATRIX, build_training_matrix
 from kuai_assets.features.runner import materialize_table_model
-from kuai_assets.storage import WorkDir, atomic_file, file_digest, sql_string
+from kuai_assets.storage import WorkDir, atomic_file, file_digests, sql_string
 
 LABELS = ("click", '"like"', "follow", "playing_time")
 PROBED_FOLD = 0
@@ -161,8 +160,7 @@ def plan_probe(
     catalog = load_catalog()
     variables = variables or {}
     tables = [t for t in SOURCE_TABLES if source.has_table(t)]
-    with ThreadPoolExecutor(2) as pool:  # hashing releases the GIL
-        digests = dict(zip(tables, pool.map(lambda t: file_digest(source.table_path(t)), tables)))
+    digests = file_digests({t: source.table_path(t) for t in tables})
     machinery = _machinery_digest(users, seed)
     keys = {}
     for group in groups:

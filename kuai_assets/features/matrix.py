@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from kuai_assets.features.fold_statistics import BackgroundParquetWriter
 from kuai_assets.storage import (
     WorkDir,
     check_identifier,
-    file_digest,
+    file_digests,
     remove_stale_temporaries,
     sql_string,
     temporary_sibling,
@@ -156,13 +155,16 @@ class _GroupPlan:
 
     group: str
     grain: list[str]
-    at_cluster_grain: bool
     features: list[Feature]
     select: list[str]
     joins: list[str]
 
+    @property
+    def at_cluster_grain(self) -> bool:
+        return at_cluster_grain(self)
 
-def at_cluster_grain(group: TableModel) -> bool:
+
+def at_cluster_grain(group: TableModel | _GroupPlan) -> bool:
     """Whether the group's rows are per cluster (its grain holds k and cluster): it joins the
     chosen rows through each row's photo's cluster at every k of video_clusters."""
     return set(CLUSTER_KEYS) <= set(group.grain)
@@ -173,8 +175,7 @@ def _plan(work: WorkDir, group: TableModel, index: int, ks: list[int]) -> _Group
     name = check_identifier(group.name, "feature group")
     features: list[Feature] = []
     select, joins = ["r.row_id as __row_id"], []
-    cluster_grain = at_cluster_grain(group)
-    if cluster_grain:
+    if at_cluster_grain(group):
         row_keys = [k for k in group.grain if k not in CLUSTER_KEYS]
         for k in ks:
             c_alias, g_alias = f"c{index}_{k}", f"g{index}_{k}"
@@ -194,7 +195,7 @@ def _plan(work: WorkDir, group: TableModel, index: int, ks: list[int]) -> _Group
         for column, kind in declared:
             features.append(Feature(column, group.name, kind, column, None, group.uses_labels, group.uses_scored_window_log))
             select.append(_typed(f"{alias}.{check_identifier(column)}", kind, column))
-    return _GroupPlan(group.name, list(group.grain), cluster_grain, features, select, joins)
+    return _GroupPlan(group.name, list(group.grain), features, select, joins)
 
 
 def piece_keys(work: WorkDir, plans: list[_GroupPlan], ks: list[int]) -> dict[str, str]:
@@ -203,8 +204,7 @@ def piece_keys(work: WorkDir, plans: list[_GroupPlan], ks: list[int]) -> dict[st
     grain; its grain and declared features; the join's format). Equal keys over the same chosen
     rows (which `_previous_matrix` compares), equal columns."""
     tables = ["model_rows", *(p.group for p in plans)] + (["video_clusters"] if any(p.at_cluster_grain for p in plans) else [])
-    with ThreadPoolExecutor(2) as pool:  # hashing releases the GIL
-        digests = dict(zip(tables, pool.map(lambda t: file_digest(work.require_table(t)), tables)))
+    digests = file_digests({t: work.require_table(t) for t in tables})
     keys = {}
     for plan in plans:
         made_of = {
