@@ -46,7 +46,7 @@ def test_a_rebuild_over_the_same_tables_joins_nothing_and_writes_the_same_bytes(
     work = _copy_tables(source, tmp_path / "w")
     logged: list[str] = []
     result = build_training_matrix(work, groups, logged.append)
-    assert result["reused_groups"] == [g.name for g in groups]
+    assert result["kept_groups"] == [g.name for g in groups]
     assert not [m for m in logged if "joined" in m]
     assert work.table_path(MATRIX).read_bytes() == (source / "tables" / f"{MATRIX}.parquet").read_bytes()
 
@@ -62,13 +62,13 @@ def test_after_one_group_changes_only_it_is_joined_and_the_matrix_is_what_a_full
     _rewrite(incremental, edited, f"select * replace ({feature.source} * 2 + 1 as {feature.source}) from {{t}}")
     logged: list[str] = []
     result = build_training_matrix(incremental, groups, logged.append)
-    assert result["reused_groups"] == [g.name for g in groups if g.name != edited]
+    assert result["kept_groups"] == [g.name for g in groups if g.name != edited]
     assert [m for m in logged if "joined" in m] == [
         f"training_matrix: joined {edited} ({[g.name for g in groups].index(edited) + 1} of {len(groups)})"
     ]
 
     full = _copy_tables(incremental.root, tmp_path / "full", with_matrix=False)
-    assert build_training_matrix(full, groups)["reused_groups"] == []
+    assert build_training_matrix(full, groups)["kept_groups"] == []
     assert incremental.table_path(MATRIX).read_bytes() == full.table_path(MATRIX).read_bytes()
     after = pq.read_table(incremental.table_path(MATRIX), columns=[feature.name]).column(0).to_numpy(zero_copy_only=False)
     assert (after != before).any()  # the edit reached the matrix
@@ -79,15 +79,15 @@ def test_other_rows_or_an_unreadable_previous_matrix_mean_every_group_is_joined(
     # a row sample: other rows than the previous matrix holds
     sampled = _copy_tables(source, tmp_path / "sampled")
     fit_rows = pq.read_table(sampled.table_path("model_rows"), columns=["role"]).column(0).to_pylist().count("fit")
-    assert build_training_matrix(sampled, groups, max_fit_rows_per_setup=fit_rows // 4)["reused_groups"] == []
+    assert build_training_matrix(sampled, groups, max_fit_rows_per_setup=fit_rows // 4)["kept_groups"] == []
     # model_rows rewritten with one user's rows moved to another user: the same row ids, other join keys
     moved = _copy_tables(source, tmp_path / "moved")
     _rewrite(moved, "model_rows", "select * replace (case when user_id = (select min(user_id) from {t}) "
                                   "then user_id + 1 else user_id end as user_id) from {t}")
-    assert build_training_matrix(moved, groups)["reused_groups"] == []
+    assert build_training_matrix(moved, groups)["kept_groups"] == []
     # a previous matrix cut short: not readable as Parquet
     broken = _copy_tables(source, tmp_path / "broken")
     data = broken.table_path(MATRIX).read_bytes()
     broken.table_path(MATRIX).write_bytes(data[: len(data) // 2])
-    assert build_training_matrix(broken, groups)["reused_groups"] == []
+    assert build_training_matrix(broken, groups)["kept_groups"] == []
     assert broken.table_path(MATRIX).read_bytes() == data

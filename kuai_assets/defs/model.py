@@ -95,7 +95,7 @@ def training_matrix(
             "features": dg.MetadataValue.int(len(features)),
             "cluster_ks": dg.MetadataValue.json(result["ks"]),
             "fit_rows_before_sampling": dg.MetadataValue.json(result["fit_rows_before_sampling"]),
-            "groups_kept": dg.MetadataValue.json(result["reused_groups"]),
+            "groups_kept": dg.MetadataValue.json(result["kept_groups"]),
             "seconds": dg.MetadataValue.float(result["seconds"]),
         }
     )

@@ -114,11 +114,11 @@ def build_training_matrix(
             raise CatalogError(f"feature column(s) {repeated} are declared by more than one group")
         keys = piece_keys(work, plans, ks)
         previous, previous_keys = _previous_matrix(work.table_path(MATRIX), base, pieces_dir)
-        pieces, reused = [_Piece(base, None, "row_id")], []
+        pieces, kept = [_Piece(base, None, "row_id")], []
         for index, plan in enumerate(plans):
             if previous is not None and previous_keys.get(plan.group) == keys[plan.group]:
                 pieces.append(_Piece(previous, [f.name for f in plan.features], "row_id"))
-                reused.append(plan.group)
+                kept.append(plan.group)
                 log(f"training_matrix: kept {plan.group}'s columns of the previous matrix, its table and rows "
                     f"unchanged ({index + 1} of {len(groups)})")
                 continue
@@ -144,7 +144,7 @@ def build_training_matrix(
         "counts": counts,
         "fit_rows_before_sampling": fit_rows,
         "ks": ks,
-        "reused_groups": reused,
+        "kept_groups": kept,
         "seconds": round(time.time() - started, 2),
     }
 
