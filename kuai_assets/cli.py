@@ -396,37 +396,37 @@ def print_summary(instance, workspace: settings.Workspace, elapsed: float, run_i
     else:
         submitted = evaluation.get("submitted") or latest_metadata(instance, "submission").get("source", "model")
     submitted_valid_auc = evaluation.get("valid_auc", latest_metadata(instance, submitted).get("valid_auc", float("nan")))
-    lines = [
-        "",
-        f"[kuai] done in {elapsed / 60:.1f} min (Dagster run {run_id})",
-        f"  validation AUC (cold-start photos, last hours of train): {submitted_valid_auc:.4f} ({submitted})",
-    ]
+    figures = [("validation AUC (cold-start photos, last hours of train)", f"{submitted_valid_auc:.4f} ({submitted})")]
     if "test_auc" in evaluation:
         for store, label in (("model", "GBDT"), ("attention_model", "attention network"), ("blend", "blend")):
             if store == "attention_model" and not refitted(work, store):
                 label += " (not refitted)"
             if f"{store}_test_auc" in evaluation:
-                lines.append(f"  test AUC, {label + ':':<47} {evaluation[f'{store}_test_auc']:.4f}")
-        lines += [
-            f"  evaluation AUC (submission vs ground truth):            {evaluation['test_auc']:.4f}",
-            f"  oracle AUC (true click probabilities):                  {evaluation['oracle_auc']:.4f}",
-            f"  oracle-gap closure (AUC-0.5)/(oracle-0.5):              {evaluation['oracle_gap_closure']:.3f}",
-            f"  baseline (published top-10 recipe) test AUC:            {evaluation['baseline_test_auc']:.4f}",
+                figures.append((f"test AUC, {label}", f"{evaluation[f'{store}_test_auc']:.4f}"))
+        figures += [
+            ("evaluation AUC (submission vs ground truth)", f"{evaluation['test_auc']:.4f}"),
+            ("oracle AUC (true click probabilities)", f"{evaluation['oracle_auc']:.4f}"),
+            ("oracle-gap closure (AUC-0.5)/(oracle-0.5)", f"{evaluation['oracle_gap_closure']:.3f}"),
+            ("baseline (published top-10 recipe) test AUC", f"{evaluation['baseline_test_auc']:.4f}"),
         ]
-    elif not evaluation:
+    width = max(len(label) for label, _ in figures) + 1  # the figures in one column
+    lines = ["", f"[kuai] done in {elapsed / 60:.1f} min (Dagster run {run_id})"]
+    lines += [f"  {label + ':':<{width}} {value}" for label, value in figures]
+    if not evaluation:
         lines.append("  test AUC: pending (the model was trained after the last `evaluation`; "
                      "dagster asset materialize --select evaluation)")
-    else:
+    elif "test_auc" not in evaluation:
         lines.append("  no ground truth for this dataset: submit the file to score it")
     lines += [
         f"  submission: {work / 'submission.txt'}",
         f"  MLflow run: {model.get('mlflow_run', model.get('mlflow_run_id', '?'))}",
         "In a fresh shell, the same workspace:",
         f"  source {work / settings.ENV_SCRIPT}",
-        "  dagster asset materialize --select model   # retrain",
-        "  kuai ui                                     # Dagster UI at http://127.0.0.1:3000",
-        f"  kuai mlflow-ui                              # MLflow UI at {workspace.mlflow_ui_url}",
     ]
+    commands = [("dagster asset materialize --select model", "retrain"),
+                ("kuai ui", "Dagster UI at http://127.0.0.1:3000"),
+                ("kuai mlflow-ui", f"MLflow UI at {workspace.mlflow_ui_url}")]
+    lines += [f"  {command:<{len(commands[0][0])}}   # {comment}" for command, comment in commands]
     print("\n".join(lines), flush=True)
 
 

@@ -161,10 +161,29 @@ def test_kuai_run_says_the_test_auc_is_pending_when_evaluation_is_older_than_the
         instance.report_runless_asset_event(dg.AssetMaterialization("model", metadata={"valid_auc": 0.72}))
         print_summary(instance, workspace, 60.0, "run")
         retrained = capsys.readouterr().out
-    assert "evaluation AUC (submission vs ground truth):            0.7100" in scored
+    assert summary_figures(scored) == {
+        "validation AUC (cold-start photos, last hours of train)": "0.7000 (model)",
+        "evaluation AUC (submission vs ground truth)": "0.7100",
+        "oracle AUC (true click probabilities)": "0.8000",
+        "oracle-gap closure (AUC-0.5)/(oracle-0.5)": "0.700",
+        "baseline (published top-10 recipe) test AUC": "0.6900",
+    }
     assert "pending" not in scored
+    commands = [line for line in scored.splitlines() if "  # " in line]
+    assert [line.split("#")[0].strip() for line in commands] == [
+        "dagster asset materialize --select model", "kuai ui", "kuai mlflow-ui"]
+    assert len({line.index("#") for line in commands}) == 1, scored
     assert "test AUC: pending" in retrained and "0.7100" not in retrained
-    assert "validation AUC (cold-start photos, last hours of train): 0.7200 (model)" in retrained
+    assert summary_figures(retrained) == {"validation AUC (cold-start photos, last hours of train)": "0.7200 (model)"}
+
+
+def summary_figures(out: str) -> dict[str, str]:
+    """The `label: figure` rows of kuai run's summary; asserts the figures start in one column."""
+    rows = [line for line in out.splitlines() if line.startswith("  ") and ("AUC" in line or "closure" in line)
+            and ": " in line and not line.startswith("  test AUC: pending")]
+    columns = {len(line) - len(line.split(":", 1)[1].lstrip()) for line in rows}
+    assert len(columns) == 1, f"the figures are not in one column:\n{out}"
+    return {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip() for line in rows}
 
 
 def test_without_ground_truth_kuai_run_gives_the_validation_auc_of_what_was_submitted(tmp_path, capsys):
@@ -183,5 +202,5 @@ def test_without_ground_truth_kuai_run_gives_the_validation_auc_of_what_was_subm
             "evaluation", metadata={"ground_truth": "none (real data: submit the file to score it)"}))
         print_summary(instance, workspace, 60.0, "run")
     out = capsys.readouterr().out
-    assert "validation AUC (cold-start photos, last hours of train): 0.7300 (blend)" in out, out
+    assert summary_figures(out) == {"validation AUC (cold-start photos, last hours of train)": "0.7300 (blend)"}
     assert "no ground truth for this dataset" in out
