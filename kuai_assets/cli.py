@@ -489,15 +489,14 @@ def _exec(argv: list[str]) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from kuai_assets.synth.__main__ import main as synth_main
+    from kuai_assets.synth.__main__ import write_dataset
     from kuai_assets.synth.sizes import SIZES
 
     if args.size not in SIZES:
         raise UsageError(f"unknown size {args.size!r} (--size): choose one of {', '.join(SIZES)}")
     if args.out.exists():
         raise UsageError(f"{args.out} already exists: `kuai generate` writes a new folder (remove it or choose another --out)")
-    argv = ["--size", args.size, "--seed", str(args.seed), "--out", str(args.out)]
-    return synth_main(argv + args.rest)
+    return write_dataset(args)
 
 
 def cmd_env(args: argparse.Namespace) -> int:
@@ -534,6 +533,8 @@ def _workspace_options(parser: argparse.ArgumentParser, data: bool = True) -> No
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from kuai_assets.synth import __main__ as synth_cli
+
     common = {"formatter_class": argparse.RawDescriptionHelpFormatter, "epilog": settings.environment_help()}
     parser = _Parser(prog="kuai", description=__doc__, **common)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -568,11 +569,11 @@ def build_parser() -> argparse.ArgumentParser:
     mlflow_ui.add_argument("--host", default="127.0.0.1")
     mlflow_ui.add_argument("--port", type=int, default=settings.DEFAULT_MLFLOW_UI_PORT)
     mlflow_ui.set_defaults(func=cmd_mlflow_ui)
-    gen = sub.add_parser("generate", help="write a synthetic dataset (same as python -m kuai_assets.synth)", **common)
-    gen.add_argument("--size", default="demo")
-    gen.add_argument("--seed", type=int, default=7)
-    gen.add_argument("--out", type=Path, required=True)
-    gen.add_argument("rest", nargs=argparse.REMAINDER)
+    gen = sub.add_parser(
+        "generate", help="write a synthetic dataset (same as python -m kuai_assets.synth)",
+        description=synth_cli.DESCRIPTION, epilog=synth_cli.worlds_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    synth_cli.add_arguments(gen, size_choices=False)
     gen.set_defaults(func=cmd_generate)
     env = sub.add_parser("env", help="record and print the workspace's settings (<work>/env.sh)", **common)
     _workspace_options(env)

@@ -104,6 +104,26 @@ def test_generate_into_an_existing_folder_is_one_line(tmp_path):
     assert line == f"kuai: {tmp_path} already exists: `kuai generate` writes a new folder (remove it or choose another --out)"
 
 
+def test_generate_takes_the_generators_options_and_lists_its_worlds(tmp_path):
+    import json
+
+    from kuai_assets.synth.world import WORLDS
+
+    help_text = kuai("generate", "--help").stdout
+    for option in ("--world", "--seed", "--vector-dim", "--visual-format", "--zip-compression", "--visual-prefix"):
+        assert option in help_text
+    for world in WORLDS.values():
+        assert f"  {world.name}: {world.summary}" in help_text
+    made = kuai("generate", "--size", "tiny", "--world", "click_blind_timeline", "--seed", "3", "--vector-dim", "16",
+                "--out", str(tmp_path / "data"))
+    assert made.returncode == 0, made.stderr
+    summary = json.loads(made.stdout)
+    assert (summary["size"], summary["world"], summary["seed"]) == ("tiny", "click_blind_timeline", 3)
+    assert (tmp_path / "data" / "train" / "train_interaction.txt").is_file()
+    line = one_line_error(kuai("generate", "--world", "nope", "--out", str(tmp_path / "x")))
+    assert line.startswith("kuai: generate: argument --world: invalid choice: 'nope'")
+
+
 def test_generate_unknown_size_is_one_line(tmp_path):
     line = one_line_error(kuai("generate", "--size", "huge", "--out", str(tmp_path / "x")))
     assert line == f"kuai: unknown size 'huge' (--size): choose one of {', '.join(SIZES)}"
