@@ -527,8 +527,10 @@ def _workspace_options(parser: argparse.ArgumentParser, data: bool = True) -> No
     parser.add_argument("--work", type=Path, help="the workspace (work dir); KUAI_WORK_DIR; default .kuai/ in the repo")
     if data:
         parser.add_argument("--data", type=Path, help="the dataset in the released layout; KUAI_DATA_DIR")
+        from kuai_assets.synth.sizes import SIZES
+
         parser.add_argument(
-            "--size", help="size of the synthetic default dataset, <work>/data/<size>: tiny, demo, ...; KUAI_SYNTH_SIZE"
+            "--size", help=f"size of the synthetic default dataset, <work>/data/<size>: {', '.join(SIZES)}; KUAI_SYNTH_SIZE"
         )
 
 
@@ -547,7 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
         **common,
     )
     _workspace_options(run)
-    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                     help="the run log's level on the console (default INFO)")
     run.add_argument(
         "--config-json",
         metavar="JSON",
@@ -557,8 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     ui = sub.add_parser("ui", help="serve the Dagster UI (and its daemon) on 127.0.0.1:3000", **common)
     _workspace_options(ui)
-    ui.add_argument("--host", default="127.0.0.1")
-    ui.add_argument("--port", type=int, default=3000)
+    ui.add_argument("--host", default="127.0.0.1", help="the address to serve on (default 127.0.0.1: this machine only)")
+    ui.add_argument("--port", type=int, default=3000, help="the port (default 3000)")
     ui.set_defaults(func=cmd_ui)
     mlflow_ui = sub.add_parser(
         "mlflow-ui",
@@ -566,8 +569,10 @@ def build_parser() -> argparse.ArgumentParser:
         **common,
     )
     _workspace_options(mlflow_ui, data=False)
-    mlflow_ui.add_argument("--host", default="127.0.0.1")
-    mlflow_ui.add_argument("--port", type=int, default=settings.DEFAULT_MLFLOW_UI_PORT)
+    mlflow_ui.add_argument("--host", default="127.0.0.1", help="the address to serve on (default 127.0.0.1: this machine only)")
+    mlflow_ui.add_argument("--port", type=int, default=settings.DEFAULT_MLFLOW_UI_PORT,
+                           help=f"the port (default {settings.DEFAULT_MLFLOW_UI_PORT}); recorded in the workspace's .env "
+                           "as KUAI_MLFLOW_UI_URL, so the Dagster links point here")
     mlflow_ui.set_defaults(func=cmd_mlflow_ui)
     gen = sub.add_parser(
         "generate", help="write a synthetic dataset (same as python -m kuai_assets.synth)",
