@@ -1,6 +1,7 @@
 """`kuai`: the platform's front door.
 
     kuai run          check the dataset and the MLflow store, materialize every asset, print the AUCs
+                      (--unsynced: only what is out of date, kuai_assets/unsynced.py)
     kuai ui           the Dagster UI (webserver and daemon) on 127.0.0.1:3000
     kuai mlflow-ui    the MLflow UI on 127.0.0.1:5000
     kuai generate     write a synthetic dataset in the released layout
@@ -337,10 +338,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     import dagster as dg
 
-    print(f"[kuai] data: {workspace.data_dir}\n[kuai] materializing every asset ...", flush=True)
+    print(f"[kuai] data: {workspace.data_dir}", flush=True)
     started = time.time()
     with dg.DagsterInstance.get() as instance:
-        result = dg.execute_job(dg.reconstructable(run_job), instance=instance, run_config=run_config)
+        selection = unsynced_selection(instance, workspace, run_config) if args.unsynced else None
+        if selection == []:
+            print_summary(instance, workspace, time.time() - started, None)
+            return 0
+        print(f"[kuai] materializing {'every asset' if selection is None else f'{len(selection)} assets'} ...", flush=True)
+        result = dg.execute_job(dg.reconstructable(run_job), instance=instance, run_config=run_config,
+                                asset_selection=selection)
         elapsed = time.time() - started
         if not result.success:
             causes = failure_causes(instance, result.run_id) or ["(no step failed; see `kuai ui`)"]
@@ -353,6 +360,24 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 1
         print_summary(instance, workspace, elapsed, result.run_id)
     return 0
+
+
+def unsynced_selection(instance, workspace: settings.Workspace, run_config: dict) -> list:
+    """`kuai run --unsynced`: the assets that are out of date (kuai_assets.unsynced), printed with
+    their reasons; the steps given settings in the run config count as out of date, so that the
+    settings take effect."""
+    import dagster as dg
+
+    from kuai_assets import unsynced
+    from kuai_assets.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    given = run_config.get("ops") or {}
+    forced = {dg.AssetKey(op): "settings given (--config-json)" for op in given if graph.has(dg.AssetKey(op))}
+    reasons = unsynced.out_of_date(instance, graph, workspace.data_dir, forced)
+    total = sum(1 for key in graph.toposorted_asset_keys if graph.get(key).is_materializable)
+    print("\n".join(f"[kuai] {line}" for line in unsynced.describe(reasons, total)), flush=True)
+    return list(reasons)
 
 
 def latest_metadata(instance, asset: str) -> dict:
@@ -384,7 +409,9 @@ def refitted(work: Path, store: str) -> bool:
         return True
 
 
-def print_summary(instance, workspace: settings.Workspace, elapsed: float, run_id: str) -> None:
+def print_summary(instance, workspace: settings.Workspace, elapsed: float, run_id: str | None) -> None:
+    """What `kuai run` prints at the end: the AUCs of the latest materializations and where to look
+    next. `run_id` None: nothing ran (`--unsynced` found everything up to date)."""
     work = workspace.work_dir
     model = latest_metadata(instance, "model")
     pending = is_test_auc_pending(instance)
@@ -410,7 +437,8 @@ def print_summary(instance, workspace: settings.Workspace, elapsed: float, run_i
             ("baseline (published top-10 recipe) test AUC", f"{evaluation['baseline_test_auc']:.4f}"),
         ]
     width = max(len(label) for label, _ in figures) + 1  # the figures in one column
-    lines = ["", f"[kuai] done in {elapsed / 60:.1f} min (Dagster run {run_id})"]
+    header = f"[kuai] done in {elapsed / 60:.1f} min (Dagster run {run_id})" if run_id else "[kuai] the latest results:"
+    lines = ["", header]
     lines += [f"  {label + ':':<{width}} {value}" for label, value in figures]
     if not evaluation:
         lines.append("  test AUC: pending (the model was trained after the last `evaluation`; "
@@ -543,14 +571,21 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="check the dataset and the MLflow store, materialize every asset, print the AUCs",
-        description="Check the dataset's layout and the MLflow store, then materialize every asset and print "
-        "the AUCs. Options are recorded in the workspace (<work>/env.sh, <work>/.env) for the next "
-        "command. Three-minute trial: kuai run --size tiny --work /tmp/kuai-tiny",
+        description="Check the dataset's layout and the MLflow store, then materialize every asset (with "
+        "--unsynced: only what is out of date) and print the AUCs. Options are recorded in the workspace "
+        "(<work>/env.sh, <work>/.env) for the next command. Three-minute trial: kuai run --size tiny --work /tmp/kuai-tiny",
         **common,
     )
     _workspace_options(run)
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                      help="the run log's level on the console (default INFO)")
+    run.add_argument(
+        "--unsynced", action="store_true",
+        help="materialize only what is out of date: assets never materialized, whose code (a SQL file, a group's "
+        "module) changed (what the UI marks unsynced), whose dataset files changed, or whose upstream was "
+        "materialized since (a retrain from the dagster CLI), and everything downstream of them; steps given "
+        "--config-json settings run too",
+    )
     run.add_argument(
         "--config-json",
         metavar="JSON",

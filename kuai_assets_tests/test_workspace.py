@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -110,6 +111,26 @@ def test_kuai_run_then_the_dagster_cli_in_a_fresh_shell_share_one_workspace(face
     # kuai run's model became the first champion (the check ran in the `everything` job)
     champion = client.get_model_version_by_alias("kuai_click_model", "champion")
     assert str(champion.version) == "1"
+
+    # `kuai run --unsynced`: after the two retrains from the CLI, what `model` feeds is behind; the
+    # network is given settings, so it runs with them; nothing upstream of the model runs again
+    small = json.dumps({"ops": {"attention_model": {"config": SMALLEST_ATTENTION}}})
+    again = subprocess.run([str(KUAI), "run", "--work", str(work), "--unsynced", "--config-json", small],
+                           env=clean_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-5000:]
+    assert re.search(r"\[kuai\] 4 of \d+ assets to materialize:\n\[kuai\]   settings given \(--config-json\): "
+                     r"attention_model\n\[kuai\]   and 3 downstream of them\n", again.stdout), again.stdout
+    assert "evaluation AUC" in again.stdout
+    idle = subprocess.run([str(KUAI), "run", "--work", str(work), "--unsynced"],
+                          env=clean_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=tmp_path)
+    assert idle.returncode == 0, idle.stdout[-3000:] + idle.stderr[-5000:]
+    assert re.search(r"\[kuai\] every one of \d+ assets is up to date: nothing to materialize", idle.stdout), idle.stdout
+    assert "[kuai] the latest results:" in idle.stdout
+    with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(work / "dagster_home"))) as instance:
+        runs = instance.get_runs()
+        assert len(runs) == 4, runs  # the idle one started no run
+        assert runs[0].status == dg.DagsterRunStatus.SUCCESS
+        assert runs[0].asset_selection == {dg.AssetKey(k) for k in ("attention_model", "blend", "submission", "evaluation")}
 
     # nothing was written to the repo's default workspace
     after = sorted(p.name for p in repo_work.iterdir()) if repo_work.is_dir() else None

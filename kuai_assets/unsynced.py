@@ -1,0 +1,87 @@
+"""Which assets a run must materialize again to bring the workspace up to date (`kuai run --unsynced`).
+
+An asset is out of date, with the first reason found, when:
+- it was never materialized (or its last materialization failed before any was recorded);
+- its code changed: its code version (derived from its source or its SQL file, defs/factory.py)
+  is not the one its latest materialization recorded (what the Dagster UI marks unsynced);
+- for `dataset`, the released files changed: their fingerprint is not its recorded data version;
+- an upstream asset was materialized after the materialization it was computed from (its
+  `dagster/input_event_pointer/<upstream>` tag, as Dagster records it): for example `model`
+  retrained from the dagster CLI with other settings leaves blend, submission and evaluation
+  behind; Dagster's own staleness does not see that, because settings are not versioned;
+- it is downstream of an out-of-date asset, which will change.
+
+Only the instance's records are read: nothing runs, nothing is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+CODE_VERSION_TAG = "dagster/code_version"
+DATA_VERSION_TAG = "dagster/data_version"
+INPUT_POINTER_TAG = "dagster/input_event_pointer/"
+
+
+def out_of_date(
+    instance: dg.DagsterInstance, asset_graph, data_dir: Path | None, forced: dict[dg.AssetKey, str] | None = None
+) -> dict[dg.AssetKey, str]:
+    """Every materializable asset of `asset_graph` that is out of date, in topological order, with
+    its reason (see the module docstring). `data_dir` is the dataset the `dataset` asset reads
+    (None: not fingerprinted, so `dataset` is out of date). `forced` adds assets with a reason of
+    the caller's (for example: given new settings), and everything downstream of them."""
+    from kuai_assets.formats.layout import fingerprint
+
+    forced = forced or {}
+    keys = [key for key in asset_graph.toposorted_asset_keys if asset_graph.get(key).is_materializable]
+    latest = {
+        record.asset_entry.asset_key: record.asset_entry.last_materialization_record
+        for record in instance.get_asset_records(keys)
+    }
+    reasons: dict[dg.AssetKey, str] = {}
+    for key in keys:
+        node, record = asset_graph.get(key), latest.get(key)
+        if key in forced:
+            reasons[key] = forced[key]
+            continue
+        if record is None:
+            reasons[key] = "never materialized"
+            continue
+        tags = record.event_log_entry.asset_materialization.tags or {}
+        if node.code_version is not None and tags.get(CODE_VERSION_TAG) != node.code_version:
+            reasons[key] = "code changed"
+            continue
+        if key == dg.AssetKey("dataset"):
+            if data_dir is None or fingerprint(data_dir).digest != tags.get(DATA_VERSION_TAG):
+                reasons[key] = f"files changed in {data_dir}"
+                continue
+        for parent in sorted(node.parent_keys):
+            if parent in reasons:
+                reasons[key] = f"downstream of {parent.to_user_string()}"
+                break
+            pointer, parent_record = tags.get(INPUT_POINTER_TAG + parent.to_user_string()), latest.get(parent)
+            if parent_record is not None and (pointer is None or int(pointer) < parent_record.storage_id):
+                reasons[key] = f"newer upstream {parent.to_user_string()}"
+                break
+    return reasons
+
+
+def describe(reasons: dict[dg.AssetKey, str], total: int, most_named: int = 6) -> list[str]:
+    """The plan in a few lines: the assets out of date for a reason of their own, grouped by reason
+    (at most `most_named` named per reason), then the count of those downstream of them."""
+    if not reasons:
+        return [f"every one of {total} assets is up to date: nothing to materialize"]
+    by_reason: dict[str, list[str]] = {}
+    for key, why in reasons.items():
+        if not why.startswith("downstream of "):
+            by_reason.setdefault(why, []).append(key.to_user_string())
+    lines = [f"{len(reasons)} of {total} assets to materialize:"]
+    for why, names in by_reason.items():
+        more = f" and {len(names) - most_named} more" if len(names) > most_named else ""
+        lines.append(f"  {why}: {', '.join(names[:most_named])}{more}")
+    downstream = len(reasons) - sum(len(names) for names in by_reason.values())
+    if downstream:
+        lines.append(f"  and {downstream} downstream of them")
+    return lines
