@@ -383,7 +383,14 @@ class AblationConfig(GbdtConfig):
     early_stopping_rounds: int = Field(default=15, description="Early stopping patience per variant.")
 
 
-@versioned_asset(group_name=GROUP, kinds={"lightgbm", "mlflow"}, deps=[training_matrix], op_tags=LIGHTGBM_TAGS)
+@versioned_asset(
+    group_name=GROUP,
+    kinds={"lightgbm", "mlflow"},
+    deps=[training_matrix],
+    # an analysis: after every step that leads to the submission and its evaluation, when they are
+    # in the same run (every step of the same run is ready for it, and it is the longest)
+    op_tags={**LIGHTGBM_TAGS, "dagster/priority": "-1"},
+)
 def feature_group_ablation(
     context: dg.AssetExecutionContext, config: AblationConfig, workspace: WorkspaceResource, tracking: TrackingResource
 ) -> dg.MaterializeResult:
