@@ -5,6 +5,8 @@ An asset is out of date, with the first reason found, when:
 - its code changed: its code version (derived from its source or its SQL file, defs/factory.py)
   is not the one its latest materialization recorded (what the Dagster UI marks unsynced);
 - for `dataset`, the released files changed: their fingerprint is not its recorded data version;
+- one of its blocking checks did not pass the last time it ran (failed, or raised): run again, the
+  check runs again and still blocks what follows, where a run of the downstream alone would skip it;
 - an upstream asset was materialized after the materialization it was computed from (its
   `dagster/input_event_pointer/<upstream>` tag, as Dagster records it): for example `model`
   retrained from the dagster CLI with other settings leaves blend, submission and evaluation
@@ -40,6 +42,7 @@ def out_of_date(
         record.asset_entry.asset_key: record.asset_entry.last_materialization_record
         for record in instance.get_asset_records(keys)
     }
+    unpassed = blocking_checks_not_passed(instance, asset_graph)
     reasons: dict[dg.AssetKey, str] = {}
     for key in keys:
         node, record = asset_graph.get(key), latest.get(key)
@@ -57,6 +60,9 @@ def out_of_date(
             if data_dir is None or fingerprint(data_dir).digest != tags.get(DATA_VERSION_TAG):
                 reasons[key] = f"files changed in {data_dir}"
                 continue
+        if unpassed.get(key):
+            reasons[key] = f"blocking check did not pass: {', '.join(unpassed[key])}"
+            continue
         for parent in sorted(node.parent_keys):
             if parent in reasons:
                 reasons[key] = f"downstream of {parent.to_user_string()}"
@@ -66,6 +72,21 @@ def out_of_date(
                 reasons[key] = f"newer upstream {parent.to_user_string()}"
                 break
     return reasons
+
+
+def blocking_checks_not_passed(instance: dg.DagsterInstance, asset_graph) -> dict[dg.AssetKey, list[str]]:
+    """Asset -> the names of its blocking checks whose latest execution did not succeed (it failed,
+    or its step raised and left it planned). Checks that never ran are not counted."""
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+    blocking = [key for key in asset_graph.asset_check_keys if asset_graph.get_check_spec(key).blocking]
+    summaries = instance.event_log_storage.get_asset_check_summary_records(blocking)
+    out: dict[dg.AssetKey, list[str]] = {}
+    for key in blocking:
+        latest = summaries[key].last_check_execution_record if key in summaries else None
+        if latest is not None and latest.status != AssetCheckExecutionRecordStatus.SUCCEEDED:
+            out.setdefault(key.asset_key, []).append(key.name)
+    return out
 
 
 def describe(reasons: dict[dg.AssetKey, str], total: int, most_named: int = 6) -> list[str]:

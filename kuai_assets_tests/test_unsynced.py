@@ -112,3 +112,27 @@ def test_the_plan_groups_reasons_and_names_a_few():
     reasons = {dg.AssetKey(f"a{i}"): "never materialized" for i in range(9)}
     assert describe(reasons, 9, most_named=3) == ["9 of 9 assets to materialize:",
                                                   "  never materialized: a0, a1, a2 and 6 more"]
+
+
+def test_an_asset_whose_blocking_check_did_not_pass_runs_again_with_its_check(data, tmp_path):
+    """Running only what follows a table whose blocking check failed would skip the check: the
+    table is out of date until its check passes."""
+    flag = tmp_path / "table_is_bad"
+    dataset, table, model, report = graph_of(data)
+
+    @dg.asset_check(asset=table, blocking=True)
+    def table_is_good() -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(passed=not flag.exists())
+
+    assets = [dataset, table, model, report, table_is_good]
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert dg.materialize(assets, instance=instance).success
+        flag.write_text("")  # the table is made again and its check fails: model and report stay as they were
+        assert not dg.materialize(assets, instance=instance, raise_on_error=False).success
+        assert plan(instance, assets, data) == {
+            "table": "blocking check did not pass: table_is_good", "model": "downstream of table",
+            "report": "downstream of model",
+        }
+        flag.unlink()
+        assert dg.materialize(assets, instance=instance).success
+        assert plan(instance, assets, data) == {}
