@@ -452,6 +452,7 @@ def print_summary(instance, workspace: settings.Workspace, elapsed: float, run_i
         f"  source {work / settings.ENV_SCRIPT}",
     ]
     commands = [("dagster asset materialize --select model", "retrain"),
+                ("kuai run --unsynced", "again, only what is out of date"),
                 ("kuai ui", "Dagster UI at http://127.0.0.1:3000"),
                 ("kuai mlflow-ui", f"MLflow UI at {workspace.mlflow_ui_url}")]
     lines += [f"  {command:<{len(commands[0][0])}}   # {comment}" for command, comment in commands]

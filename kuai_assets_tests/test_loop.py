@@ -171,7 +171,7 @@ def test_kuai_run_says_the_test_auc_is_pending_when_evaluation_is_older_than_the
     assert "pending" not in scored
     commands = [line for line in scored.splitlines() if "  # " in line]
     assert [line.split("#")[0].strip() for line in commands] == [
-        "dagster asset materialize --select model", "kuai ui", "kuai mlflow-ui"]
+        "dagster asset materialize --select model", "kuai run --unsynced", "kuai ui", "kuai mlflow-ui"]
     assert len({line.index("#") for line in commands}) == 1, scored
     assert "test AUC: pending" in retrained and "0.7100" not in retrained
     assert summary_figures(retrained) == {"validation AUC (cold-start photos, last hours of train)": "0.7200 (model)"}
