@@ -366,14 +366,12 @@ def unsynced_selection(instance, workspace: settings.Workspace, run_config: dict
     """`kuai run --unsynced`: the assets that are out of date (kuai_assets.unsynced), printed with
     their reasons; the steps given settings in the run config count as out of date, so that the
     settings take effect."""
-    import dagster as dg
-
     from kuai_assets import unsynced
     from kuai_assets.definitions import defs
 
     graph = defs.resolve_asset_graph()
     given = run_config.get("ops") or {}
-    forced = {dg.AssetKey(op): "settings given (--config-json)" for op in given if graph.has(dg.AssetKey(op))}
+    forced = {key: "settings given (--config-json)" for key in unsynced.assets_of_steps(graph, given)}
     reasons = unsynced.out_of_date(instance, graph, workspace.data_dir, forced)
     total = sum(1 for key in graph.toposorted_asset_keys if graph.get(key).is_materializable)
     print("\n".join(f"[kuai] {line}" for line in unsynced.describe(reasons, total)), flush=True)

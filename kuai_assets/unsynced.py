@@ -74,6 +74,14 @@ def out_of_date(
     return reasons
 
 
+def assets_of_steps(asset_graph, step_names) -> list[dg.AssetKey]:
+    """The assets that the named steps (ops, as the run config's `ops` names them) materialize: a
+    multi-asset step such as `visual_stage` makes several."""
+    names = set(step_names)
+    return [key for assets_def in asset_graph.assets_defs if assets_def.is_executable and assets_def.keys
+            and assets_def.node_def.name in names for key in sorted(assets_def.keys)]
+
+
 def blocking_checks_not_passed(instance: dg.DagsterInstance, asset_graph) -> dict[dg.AssetKey, list[str]]:
     """Asset -> the names of its blocking checks whose latest execution did not succeed (it failed,
     or its step raised and left it planned). Checks that never ran are not counted."""

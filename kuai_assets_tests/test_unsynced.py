@@ -136,3 +136,13 @@ def test_an_asset_whose_blocking_check_did_not_pass_runs_again_with_its_check(da
         flag.unlink()
         assert dg.materialize(assets, instance=instance).success
         assert plan(instance, assets, data) == {}
+
+
+def test_the_steps_named_in_a_run_config_are_the_assets_they_make():
+    from kuai_assets.definitions import defs
+    from kuai_assets.unsynced import assets_of_steps
+
+    graph = defs.resolve_asset_graph()
+    assert assets_of_steps(graph, ["model"]) == [dg.AssetKey("model")]
+    assert assets_of_steps(graph, ["visual_stage", "no_such_step"]) == [
+        dg.AssetKey("pca_visual_features"), dg.AssetKey("video_clusters"), dg.AssetKey("video_embeddings")]
