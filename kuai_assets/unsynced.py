@@ -1,7 +1,7 @@
 """Which assets a run must materialize again to bring the workspace up to date (`kuai run --unsynced`).
 
 An asset is out of date, with the first reason found, when:
-- it was never materialized (or its last materialization failed before any was recorded);
+- it was never materialized;
 - its code changed: its code version (derived from its source or its SQL file, defs/factory.py)
   is not the one its latest materialization recorded (what the Dagster UI marks unsynced);
 - for `dataset`, the released files changed: their fingerprint is not its recorded data version;
@@ -9,11 +9,12 @@ An asset is out of date, with the first reason found, when:
   check runs again and still blocks what follows, where a run of the downstream alone would skip it;
 - an upstream asset was materialized after the materialization it was computed from (its
   `dagster/input_event_pointer/<upstream>` tag, as Dagster records it): for example `model`
-  retrained from the dagster CLI with other settings leaves blend, submission and evaluation
-  behind; Dagster's own staleness does not see that, because settings are not versioned;
+  retrained from the dagster CLI with other settings leaves the network, the blend, the submission
+  and the evaluation behind; Dagster's own staleness does not see that, as settings have no version;
 - it is downstream of an out-of-date asset, which will change.
 
-Only the instance's records are read: nothing runs, nothing is written.
+Only the instance's records are read: nothing runs, nothing is written. The tags and the check
+records are read with Dagster's own names for them (internal modules: dagster is pinned to 1.13).
 """
 
 from __future__ import annotations
@@ -21,19 +22,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
-
-CODE_VERSION_TAG = "dagster/code_version"
-DATA_VERSION_TAG = "dagster/data_version"
-INPUT_POINTER_TAG = "dagster/input_event_pointer/"
+from dagster._core.definitions.data_version import CODE_VERSION_TAG, DATA_VERSION_TAG, get_input_event_pointer_tag
 
 
 def out_of_date(
-    instance: dg.DagsterInstance, asset_graph, data_dir: Path | None, forced: dict[dg.AssetKey, str] | None = None
+    instance: dg.DagsterInstance, asset_graph, data_dir: Path, forced: dict[dg.AssetKey, str] | None = None
 ) -> dict[dg.AssetKey, str]:
     """Every materializable asset of `asset_graph` that is out of date, in topological order, with
-    its reason (see the module docstring). `data_dir` is the dataset the `dataset` asset reads
-    (None: not fingerprinted, so `dataset` is out of date). `forced` adds assets with a reason of
-    the caller's (for example: given new settings), and everything downstream of them."""
+    its reason (see the module docstring). `data_dir` is the dataset the `dataset` asset reads; it
+    must exist (`kuai run` checks it, or generates the synthetic default, first). `forced` adds
+    assets with a reason of the caller's (for example: given new settings), and everything
+    downstream of them."""
     from kuai_assets.formats.layout import fingerprint
 
     forced = forced or {}
@@ -57,7 +56,7 @@ def out_of_date(
             reasons[key] = "code changed"
             continue
         if key == dg.AssetKey("dataset"):
-            if data_dir is None or fingerprint(data_dir).digest != tags.get(DATA_VERSION_TAG):
+            if fingerprint(data_dir).digest != tags.get(DATA_VERSION_TAG):
                 reasons[key] = f"files changed in {data_dir}"
                 continue
         if unpassed.get(key):
@@ -67,7 +66,7 @@ def out_of_date(
             if parent in reasons:
                 reasons[key] = f"downstream of {parent.to_user_string()}"
                 break
-            pointer, parent_record = tags.get(INPUT_POINTER_TAG + parent.to_user_string()), latest.get(parent)
+            pointer, parent_record = tags.get(get_input_event_pointer_tag(parent)), latest.get(parent)
             if parent_record is not None and (pointer is None or int(pointer) < parent_record.storage_id):
                 reasons[key] = f"newer upstream {parent.to_user_string()}"
                 break
