@@ -387,8 +387,8 @@ class AblationConfig(GbdtConfig):
     group_name=GROUP,
     kinds={"lightgbm", "mlflow"},
     deps=[training_matrix],
-    # an analysis: after every step that leads to the submission and its evaluation, when they are
-    # in the same run (every step of the same run is ready for it, and it is the longest)
+    # an analysis, and the longest step: in a run that also makes the submission and its
+    # evaluation, it runs after them
     op_tags={**LIGHTGBM_TAGS, "dagster/priority": "-1"},
 )
 def feature_group_ablation(
