@@ -581,9 +581,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--unsynced", action="store_true",
         help="materialize only what is out of date: assets never materialized, whose code (a SQL file, a group's "
-        "module) changed (what the UI marks unsynced), whose dataset files changed, or whose upstream was "
-        "materialized since (a retrain from the dagster CLI), and everything downstream of them; steps given "
-        "--config-json settings run too",
+        "module) changed (what the UI marks unsynced), whose dataset files changed, whose blocking check did not "
+        "pass last time, or whose upstream was materialized since (a retrain from the dagster CLI), and everything "
+        "downstream of them; steps given --config-json settings run too",
     )
     run.add_argument(
         "--config-json",
