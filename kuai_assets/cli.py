@@ -263,7 +263,10 @@ def failure_causes(instance, run_id: str) -> list[str]:
             continue
         if event.event_type == dg.DagsterEventType.STEP_FAILURE:
             data = event.step_failure_data
-            text = (data.user_failure_data.description if data.user_failure_data else None) or _innermost(data.error)
+            if _innermost_class(data.error) == "DagsterExecutionInterruptedError":
+                text = "interrupted (Ctrl-C, or a signal to the run's process)"
+            else:
+                text = (data.user_failure_data.description if data.user_failure_data else None) or _innermost(data.error)
         else:
             text = _innermost(event.engine_event_data.error)
         key = event.step_key or "run"
@@ -285,6 +288,14 @@ def _innermost(error) -> str:
             message = re.sub(rf"^[\w.]*\b{re.escape(error.cls_name or '')}: ", "", error.message.strip())
         error = error.cause
     return message.split("\n\nStack Trace:")[0]
+
+
+def _innermost_class(error) -> str:
+    """The class name of the innermost cause of a serializable error."""
+    name = ""
+    while error is not None:
+        name, error = error.cls_name or name, error.cause
+    return name
 
 
 def _one_line(text: str) -> str:
@@ -353,7 +364,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             causes = failure_causes(instance, result.run_id) or ["(no step failed; see `kuai ui`)"]
             print(
                 f"[kuai] the run failed after {elapsed:.0f}s (Dagster run {result.run_id}):\n"
-                + "\n".join(f"  {cause}" for cause in causes),
+                + "\n".join(f"  {cause}" for cause in causes)
+                + "\n[kuai] once that is dealt with, `kuai run --unsynced` goes on from here: only what did not "
+                "finish, and what follows it",
                 file=sys.stderr,
                 flush=True,
             )

@@ -41,7 +41,7 @@ def out_of_date(
         record.asset_entry.asset_key: record.asset_entry.last_materialization_record
         for record in instance.get_asset_records(keys)
     }
-    unpassed = blocking_checks_not_passed(instance, asset_graph)
+    unpassed = blocking_checks_not_passed(instance, asset_graph, latest)
     reasons: dict[dg.AssetKey, str] = {}
     for key in keys:
         node, record = asset_graph.get(key), latest.get(key)
@@ -81,18 +81,31 @@ def assets_of_steps(asset_graph, step_names) -> list[dg.AssetKey]:
             and assets_def.node_def.name in names for key in sorted(assets_def.keys)]
 
 
-def blocking_checks_not_passed(instance: dg.DagsterInstance, asset_graph) -> dict[dg.AssetKey, list[str]]:
-    """Asset -> the names of its blocking checks whose latest execution did not succeed (it failed,
-    or its step raised and left it planned). Checks that never ran are not counted."""
-    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+def blocking_checks_not_passed(
+    instance: dg.DagsterInstance, asset_graph, latest_materializations: dict
+) -> dict[dg.AssetKey, list[str]]:
+    """Asset -> the names of its blocking checks that did not pass on its latest materialization:
+    the check failed, or it never finished in the run that made the asset (its step raised). A check
+    left planned by a run that stopped before making the asset counts as its last finished
+    execution says; checks that never ran are not counted. `latest_materializations`: asset ->
+    its latest materialization record."""
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus as Status
 
     blocking = [key for key in asset_graph.asset_check_keys if asset_graph.get_check_spec(key).blocking]
     summaries = instance.event_log_storage.get_asset_check_summary_records(blocking)
     out: dict[dg.AssetKey, list[str]] = {}
     for key in blocking:
-        latest = summaries[key].last_check_execution_record if key in summaries else None
-        if latest is not None and latest.status != AssetCheckExecutionRecordStatus.SUCCEEDED:
-            out.setdefault(key.asset_key, []).append(key.name)
+        summary = summaries.get(key)
+        latest = summary.last_check_execution_record if summary else None
+        if latest is None or latest.status == Status.SUCCEEDED:
+            continue
+        if latest.status == Status.PLANNED:
+            made = latest_materializations.get(key.asset_key)
+            if made is None or made.run_id != latest.run_id:  # the run stopped before making the asset
+                finished = summary.last_completed_check_execution_record
+                if finished is None or finished.status == Status.SUCCEEDED:
+                    continue
+        out.setdefault(key.asset_key, []).append(key.name)
     return out
 
 

@@ -209,8 +209,9 @@ def test_a_failed_run_ends_with_its_cause_and_no_cascade(tmp_path):
 
     result = kuai("run", "--data", str(data), "--work", str(tmp_path / "w"), "--log-level", "WARNING", timeout=600)
     assert result.returncode == 1, result.stdout + result.stderr
-    tail = result.stderr.strip().splitlines()[-2:]
+    tail = result.stderr.strip().splitlines()[-3:]
     assert tail[0].startswith("[kuai] the run failed after ") and "(Dagster run " in tail[0], tail
+    assert tail[2].startswith("[kuai] once that is dealt with, `kuai run --unsynced` goes on from here"), tail
     assert tail[1] == (
         f"  raw_interactions: {path}, line 3: column 'user_id' must be an integer, got 'u{rows[2][1:].split()[0]}'; "
         f"the line reads {rows[2][:120]!r}"

@@ -146,3 +146,37 @@ def test_the_steps_named_in_a_run_config_are_the_assets_they_make():
     assert assets_of_steps(graph, ["model"]) == [dg.AssetKey("model")]
     assert assets_of_steps(graph, ["visual_stage", "no_such_step"]) == [
         dg.AssetKey("pca_visual_features"), dg.AssetKey("video_clusters"), dg.AssetKey("video_embeddings")]
+
+
+def test_a_check_that_raised_blocks_but_one_a_stopped_run_never_reached_does_not(data, tmp_path):
+    """A run plans every check when it starts. A check whose step raised after its asset was made
+    did not pass; a check left planned because the run stopped before the asset (Ctrl-C, a failed
+    upstream) says nothing new: its last finished execution counts."""
+    raising, stopping = tmp_path / "check_raises", tmp_path / "dataset_fails"
+    _, table, model, report = graph_of(data)
+
+    @dg.asset(code_version="1", name="dataset")
+    def dataset() -> dg.MaterializeResult:
+        if stopping.exists():
+            raise RuntimeError("stopped")
+        return dg.MaterializeResult(data_version=dg.DataVersion(fingerprint(data).digest))
+
+    @dg.asset_check(asset=table, blocking=True)
+    def table_is_good() -> dg.AssetCheckResult:
+        if raising.exists():
+            raise RuntimeError("the check itself broke")
+        return dg.AssetCheckResult(passed=True)
+
+    assets = [dataset, table, model, report, table_is_good]
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert dg.materialize(assets, instance=instance).success
+        stopping.write_text("")
+        assert not dg.materialize(assets, instance=instance, raise_on_error=False).success
+        assert plan(instance, assets, data) == {}  # nothing was made, nothing changed
+        stopping.unlink()
+        raising.write_text("")
+        assert not dg.materialize(assets, instance=instance, raise_on_error=False).success
+        assert plan(instance, assets, data) == {
+            "table": "blocking check did not pass: table_is_good", "model": "downstream of table",
+            "report": "downstream of model",
+        }

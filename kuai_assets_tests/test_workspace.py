@@ -315,6 +315,18 @@ def failure_causes(assets, resources) -> list[str]:
         return failure_causes(instance, result.run_id)
 
 
+def test_an_interrupted_step_says_so():
+    """Ctrl-C in `kuai run` (Dagster raises DagsterExecutionInterruptedError in the step): the cause
+    is the interruption in words, not the exception's class name."""
+    from dagster._core.errors import DagsterExecutionInterruptedError
+
+    @dg.asset
+    def interrupted() -> None:
+        raise DagsterExecutionInterruptedError()
+
+    assert failure_causes([interrupted], {}) == ["interrupted: interrupted (Ctrl-C, or a signal to the run's process)"]
+
+
 def test_a_step_does_not_start_on_an_unreachable_mlflow_store(tmp_path):
     started = time.monotonic()
     causes = failure_causes(
