@@ -5,8 +5,9 @@ An asset is out of date, with the first reason found, when:
 - its code changed: its code version (derived from its source or its SQL file, defs/factory.py)
   is not the one its latest materialization recorded (what the Dagster UI marks unsynced);
 - for `dataset`, the released files changed: their fingerprint is not its recorded data version;
-- one of its blocking checks did not pass the last time it ran (failed, or raised): run again, the
-  check runs again and still blocks what follows, where a run of the downstream alone would skip it;
+- one of its blocking checks did not pass on its latest materialization (failed, or raised; not a
+  check that a stopped run never reached): run again, the check runs again and still blocks what
+  follows, where a run of the downstream alone would skip it;
 - an upstream asset was materialized after the materialization it was computed from (its
   `dagster/input_event_pointer/<upstream>` tag, as Dagster records it): for example `model`
   retrained from the dagster CLI with other settings leaves the network, the blend, the submission
