@@ -159,10 +159,6 @@ class _GroupPlan:
     select: list[str]
     joins: list[str]
 
-    @property
-    def at_cluster_grain(self) -> bool:
-        return at_cluster_grain(self)
-
 
 def at_cluster_grain(group: TableModel | _GroupPlan) -> bool:
     """Whether the group's rows are per cluster (its grain holds k and cluster): it joins the
@@ -203,7 +199,7 @@ def piece_keys(work: WorkDir, plans: list[_GroupPlan], ks: list[int]) -> dict[st
     which rows are chosen (the content of its table, of model_rows, of video_clusters at cluster
     grain; its grain and declared features; the join's format). Equal keys over the same chosen
     rows (which `_previous_matrix` compares), equal columns."""
-    tables = ["model_rows", *(p.group for p in plans)] + (["video_clusters"] if any(p.at_cluster_grain for p in plans) else [])
+    tables = ["model_rows", *(p.group for p in plans)] + (["video_clusters"] if any(at_cluster_grain(p) for p in plans) else [])
     digests = file_digests({t: work.require_table(t) for t in tables})
     keys = {}
     for plan in plans:
@@ -213,8 +209,8 @@ def piece_keys(work: WorkDir, plans: list[_GroupPlan], ks: list[int]) -> dict[st
             "table": digests[plan.group],
             "grain": plan.grain,
             "features": [asdict(f) for f in plan.features],
-            "video_clusters": digests["video_clusters"] if plan.at_cluster_grain else None,
-            "ks": ks if plan.at_cluster_grain else None,
+            "video_clusters": digests["video_clusters"] if at_cluster_grain(plan) else None,
+            "ks": ks if at_cluster_grain(plan) else None,
         }
         keys[plan.group] = hashlib.blake2b(json.dumps(made_of, sort_keys=True).encode(), digest_size=16).hexdigest()
     return keys
