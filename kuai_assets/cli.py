@@ -386,8 +386,8 @@ def unsynced_selection(instance, workspace: settings.Workspace, run_config: dict
     given = run_config.get("ops") or {}
     forced = {key: "settings given (--config-json)" for key in unsynced.assets_of_steps(graph, given)}
     reasons = unsynced.out_of_date(instance, graph, workspace.data_dir, forced)
-    total = sum(1 for key in graph.toposorted_asset_keys if graph.get(key).is_materializable)
-    print("\n".join(f"[kuai] {line}" for line in unsynced.describe(reasons, total)), flush=True)
+    print("\n".join(f"[kuai] {line}" for line in unsynced.describe(reasons, len(unsynced.materializable(graph)))),
+          flush=True)
     return list(reasons)
 
 

@@ -37,7 +37,7 @@ def out_of_date(
     from kuai_assets.formats.layout import fingerprint
 
     forced = forced or {}
-    keys = [key for key in asset_graph.toposorted_asset_keys if asset_graph.get(key).is_materializable]
+    keys = materializable(asset_graph)
     latest = {
         record.asset_entry.asset_key: record.asset_entry.last_materialization_record
         for record in instance.get_asset_records(keys)
@@ -72,6 +72,11 @@ def out_of_date(
                 reasons[key] = f"newer upstream {parent.to_user_string()}"
                 break
     return reasons
+
+
+def materializable(asset_graph) -> list[dg.AssetKey]:
+    """The graph's materializable assets, in topological order."""
+    return [key for key in asset_graph.toposorted_asset_keys if asset_graph.get(key).is_materializable]
 
 
 def assets_of_steps(asset_graph, step_names) -> list[dg.AssetKey]:
