@@ -112,7 +112,9 @@ def load_rows(
     )
 
 
-def _dataset(rows: Rows, features: list[Feature], reference=None):
+def lightgbm_dataset(rows: Rows, features: list[Feature], reference=None):
+    """The rows as a LightGBM Dataset (named columns, discrete features categorical), binned when
+    first trained on, or with the bins of `reference`."""
     import lightgbm as lgb
 
     categorical = [f.name for f in features if f.kind == "discrete"]
@@ -145,15 +147,41 @@ def train_validation(
     fit: Rows, scored: Rows, features: list[Feature], params: LightGbmParams, log=lambda m: None, name: str = "model"
 ) -> Validation:
     """Fit on the early rows, early-stop on the AUC of the cold-start photos after the cut."""
-    import lightgbm as lgb
-
     if fit.y is None or scored.y is None:
         raise ValueError("validation needs labelled fit and scored rows")
     if len(np.unique(scored.y)) < 2:
         raise ValueError("the validation rows hold only one class; widen the validation window")
     started = time.time()
-    train_set = _dataset(fit, features)
-    valid_set = _dataset(scored, features, reference=train_set)
+    train_set = lightgbm_dataset(fit, features)
+    valid_set = lightgbm_dataset(scored, features, reference=train_set)
+    return early_stopped(train_set, valid_set, fit, scored, params, log=log, name=name, started=started)
+
+
+def early_stopped(
+    train_set,
+    valid_set,
+    fit: Rows,
+    scored: Rows,
+    params: LightGbmParams,
+    only_features: list[int] | None = None,
+    log=lambda m: None,
+    name: str = "model",
+    started: float | None = None,
+) -> Validation:
+    """Boost on `train_set`, early-stopped on the AUC of `valid_set` (LightGBM Datasets of `fit` and
+    `scored`, which may already be constructed and are then reused as they are).
+
+    `only_features` (column indices) restricts every split to those columns: one interaction
+    constraint holding all of them, so that LightGBM allows no other column at any node (its
+    column sampler allows at a node only the union of the constraints that hold the branch's
+    features). The Datasets are binned once for many such fits; a split on another column raises.
+    """
+    import lightgbm as lgb
+
+    started = time.time() if started is None else started
+    lightgbm_params = params.lightgbm()
+    if only_features is not None and len(only_features) < scored.x.shape[1]:
+        lightgbm_params["interaction_constraints"] = [list(only_features)]
     history: dict = {}
     every = max(1, params.max_rounds // 20)
 
@@ -162,7 +190,7 @@ def train_validation(
             log(f"{name}: iteration {env.iteration}, validation AUC {env.evaluation_result_list[0][2]:.4f}")
 
     booster = lgb.train(
-        params.lightgbm(),
+        lightgbm_params,
         train_set,
         num_boost_round=params.max_rounds,
         valid_sets=[valid_set],
@@ -173,6 +201,14 @@ def train_validation(
             report,
         ],
     )
+    if only_features is not None:
+        allowed = set(only_features)
+        foreign = [i for i in np.flatnonzero(booster.feature_importance("split")) if i not in allowed]
+        if foreign:
+            raise RuntimeError(
+                f"{name}: LightGBM split on columns outside the {len(allowed)} allowed "
+                f"({[booster.feature_name()[i] for i in foreign[:5]]}): the interaction constraint did not hold"
+            )
     prediction = booster.predict(scored.x, num_iteration=booster.best_iteration)
     return Validation(
         booster=booster,
@@ -193,7 +229,7 @@ def train_final(fit: Rows, features: list[Feature], params: LightGbmParams, roun
     """Refit on the training rows for a fixed number of rounds (found by validation)."""
     import lightgbm as lgb
 
-    return lgb.train(params.lightgbm(), _dataset(fit, features), num_boost_round=max(1, rounds))
+    return lgb.train(params.lightgbm(), lightgbm_dataset(fit, features), num_boost_round=max(1, rounds))
 
 
 def importance_by_feature(booster) -> dict[str, float]:
