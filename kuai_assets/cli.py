@@ -38,6 +38,11 @@ telemetry:
 # every Dagster event is still recorded whatever this level
 python_logs:
   python_log_level: INFO
+# one run in progress at a time: runs launched from the UI wait in the queue while another run of
+# this workspace (the UI's, `kuai run`'s, the dagster CLI's) writes its tables
+concurrency:
+  runs:
+    max_concurrent_runs: 1
 """
 WRITTEN_BY_KUAI = "# written by `kuai`"
 
@@ -350,15 +355,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     import dagster as dg
 
     print(f"[kuai] data: {workspace.data_dir}", flush=True)
+    from kuai_assets import runs_in_progress
+
     started = time.time()
     with dg.DagsterInstance.get() as instance:
+        runs_in_progress.end_abandoned(instance, lambda line: print(line, flush=True))
+        refusal = runs_in_progress.refusal(instance)
+        if refusal:
+            raise UsageError(refusal)
         selection = unsynced_selection(instance, workspace, run_config) if args.unsynced else None
         if selection == []:
             print_summary(instance, workspace, time.time() - started, None)
             return 0
         print(f"[kuai] materializing {'every asset' if selection is None else f'{len(selection)} assets'} ...", flush=True)
         result = dg.execute_job(dg.reconstructable(run_job), instance=instance, run_config=run_config,
-                                asset_selection=selection)
+                                asset_selection=selection, tags=runs_in_progress.own_tags())
         elapsed = time.time() - started
         if not result.success:
             causes = failure_causes(instance, result.run_id) or ["(no step failed; see `kuai ui`)"]
@@ -477,8 +488,20 @@ def cmd_ui(args: argparse.Namespace) -> int:
     workspace = workspace_from(args)
     refuse_a_missing_dataset(workspace)
     prepare_environment(workspace)
+    end_abandoned_runs()
     os.chdir(workspace.work_dir)
     return _exec(ui_argv(args))
+
+
+def end_abandoned_runs() -> None:
+    """Mark failed the runs of the workspace's instance whose `kuai run` was killed
+    (kuai_assets.runs_in_progress): they would hold the UI's run queue for ever."""
+    import dagster as dg
+
+    from kuai_assets import runs_in_progress
+
+    with dg.DagsterInstance.get() as instance:
+        runs_in_progress.end_abandoned(instance, lambda line: print(line, flush=True))
 
 
 def ui_argv(args: argparse.Namespace) -> list[str]:

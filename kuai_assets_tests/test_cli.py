@@ -9,6 +9,7 @@ PYTHONPATH) in a clean environment, as from a fresh shell.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -289,3 +290,66 @@ def test_the_console_drops_dagsters_stack_after_a_failure_only():
     assert quiet.filter(bug) and bug.getMessage().endswith('Stack Trace:\n  File "gbdt.py"\n')
     cascade = record('Dependencies for step model failed: [\'training_matrix\']. Not executing.')
     assert not quiet.filter(cascade) and cascade.levelname == "DEBUG"
+
+
+def _run_in_progress(instance, tags: dict[str, str]) -> str:
+    """A run of the `everything` job recorded as started in `instance`, as one in progress is."""
+    import dagster as dg
+
+    run = dg.DagsterRun(job_name="everything", status=dg.DagsterRunStatus.STARTED, tags=tags)
+    instance.add_run(run)
+    return run.run_id
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_a_run_in_progress_stops_kuai_run_and_one_whose_kuai_run_was_killed_is_ended(tmp_path):
+    """Two runs at once would write the same tables: `kuai run` names the run in progress and
+    starts nothing. A run left "started" by a `kuai run` that was killed is marked failed first,
+    with the reason, so that it holds neither this check nor the UI's run queue."""
+    import dagster as dg
+
+    from kuai_assets.cli import initialize_dagster_home
+    from kuai_assets.runs_in_progress import PROCESS_TAG
+    from kuai_assets.synth import generate, get_size
+
+    data, work = tmp_path / "data", tmp_path / "w"
+    generate(data, get_size("tiny").with_vector_dim(16), seed=3)
+    home = initialize_dagster_home(work / "dagster_home")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        killed = _run_in_progress(instance, {PROCESS_TAG: f"{socket.gethostname()}:{_dead_pid()}:1"})
+        live = _run_in_progress(instance, {})  # from the UI or `dagster asset materialize`, alive
+
+    result = kuai("run", "--data", str(data), "--work", str(work))
+    line = one_line_error(result)
+    assert re.fullmatch(
+        rf"kuai: run: Dagster run {live} \(everything, started at \d\d:\d\d:\d\d by the UI or the dagster CLI\) is in "
+        r"progress in this workspace; two runs at once would write the same tables\. Wait for it to finish, or stop "
+        r"it in `kuai ui` \(Runs, the run, Terminate\)",
+        line,
+    ), line
+    assert re.search(rf"\[kuai\] Dagster run {killed} was left in progress by a `kuai run` that was killed \(pid \d+\): "
+                     "marked failed", result.stdout), result.stdout
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert instance.get_run_by_id(killed).status == dg.DagsterRunStatus.FAILURE
+        assert instance.get_run_by_id(live).status == dg.DagsterRunStatus.STARTED
+        assert instance.get_runs_count() == 2  # no run was started
+        # runs launched from the UI wait in the queue while one is in progress (what the daemon reads)
+        assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 1
+
+
+def test_a_kuai_run_process_is_gone_only_when_it_is(monkeypatch):
+    from kuai_assets import runs_in_progress as rip
+
+    host = socket.gethostname()
+    assert rip.process_gone(rip.own_tags()) is None  # this process, alive
+    dead = _dead_pid()
+    assert rip.process_gone({rip.PROCESS_TAG: f"{host}:{dead}:1"}) == dead
+    assert rip.process_gone({rip.PROCESS_TAG: f"another-{host}:{dead}:1"}) is None  # cannot tell from here
+    assert rip.process_gone({}) is None  # not started by `kuai run`
+    if Path("/proc/self/stat").exists():  # this pid, reused by a process started at another time
+        assert rip.process_gone({rip.PROCESS_TAG: f"{host}:{os.getpid()}:1"}) == os.getpid()

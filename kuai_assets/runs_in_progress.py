@@ -1,0 +1,104 @@
+"""One run at a time in a workspace: what `kuai run` checks before it starts one.
+
+Two runs at once in one workspace would write the same tables, stores and verdicts (each output
+is replaced atomically, but one run's matrix could then meet the other's groups). Runs launched
+from the UI wait in Dagster's run queue (the workspace's dagster.yaml allows one run in progress);
+`kuai run` starts its run directly, so it looks first: a run in progress in the workspace's
+instance stops it with one line naming that run.
+
+A run whose process was killed (SIGKILL, a crash of the machine) stays "started" in the instance
+for ever, and would hold the queue and this check. `kuai run` tags its runs with its process
+(host, pid and the process's start time, so a reused pid is not mistaken for it); a run so tagged
+whose process is gone is marked failed, with a message saying why, before the check, by `kuai run`
+and `kuai ui` alike. A run started otherwise (the UI, `dagster asset materialize`) and killed is
+ended in the UI (Runs, the run, Terminate).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from pathlib import Path
+
+PROCESS_TAG = "kuai/process"  # "<host>:<pid>:<start time>" of the `kuai run` that started the run
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux's /proc/<pid>/stat), or None
+    where there is no /proc (or no such process)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the name in parentheses may hold spaces
+
+
+def own_tags() -> dict[str, str]:
+    """The tags `kuai run` puts on its runs: this process."""
+    pid = os.getpid()
+    return {PROCESS_TAG: f"{socket.gethostname()}:{pid}:{_start_time(pid) or ''}"}
+
+
+def process_gone(tags: dict[str, str]) -> int | None:
+    """The pid of the `kuai run` that started a run, if that process is known to be gone (it ran
+    on this host, and no process with its pid and start time lives); else None."""
+    host, _, rest = tags.get(PROCESS_TAG, "").partition(":")
+    pid_text, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return None
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return pid
+    except PermissionError:
+        return None  # a live process of another user
+    now = _start_time(pid)
+    return pid if started and now is not None and now != started else None
+
+
+def in_progress(instance) -> list:
+    """The run records of the instance that are queued or in progress, oldest first."""
+    import dagster as dg
+
+    statuses = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
+                dg.DagsterRunStatus.CANCELING]
+    return sorted(instance.get_run_records(filters=dg.RunsFilter(statuses=statuses)), key=lambda r: r.create_timestamp)
+
+
+def end_abandoned(instance, say=lambda line: None) -> list[str]:
+    """Mark failed every run in progress whose `kuai run` process is gone; return their run ids."""
+    ended = []
+    for record in in_progress(instance):
+        pid = process_gone(record.dagster_run.tags)
+        if pid is None:
+            continue
+        run = record.dagster_run
+        instance.report_run_failed(run, message=f"the `kuai run` process that ran it (pid {pid}) is gone: it was killed")
+        say(f"[kuai] Dagster run {run.run_id} was left in progress by a `kuai run` that was killed (pid {pid}): marked failed")
+        ended.append(run.run_id)
+    return ended
+
+
+def describe(record) -> str:
+    """'Dagster run <id> (<job>, <status> at HH:MM:SS by <who>)'."""
+    run = record.dagster_run
+    since = record.start_time or record.create_timestamp.timestamp()
+    when = datetime.datetime.fromtimestamp(since).strftime("%H:%M:%S")
+    process = run.tags.get(PROCESS_TAG)
+    who = f"`kuai run`, pid {process.split(':')[1]}" if process else "the UI or the dagster CLI"
+    return f"Dagster run {run.run_id} ({run.job_name}, {run.status.value.lower()} at {when} by {who})"
+
+
+def refusal(instance) -> str | None:
+    """Why a new run must not start now (a run of the workspace is in progress), or None."""
+    running = in_progress(instance)
+    if not running:
+        return None
+    return (
+        f"run: {describe(running[0])} is in progress in this workspace"
+        + (f", and {len(running) - 1} more" if len(running) > 1 else "")
+        + "; two runs at once would write the same tables. Wait for it to finish, or stop it in `kuai ui` "
+        "(Runs, the run, Terminate)"
+    )
