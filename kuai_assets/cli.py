@@ -38,11 +38,6 @@ telemetry:
 # every Dagster event is still recorded whatever this level
 python_logs:
   python_log_level: INFO
-# one run in progress at a time: runs launched from the UI wait in the queue while another run of
-# this workspace (the UI's, `kuai run`'s, the dagster CLI's) writes its tables
-concurrency:
-  runs:
-    max_concurrent_runs: 1
 """
 WRITTEN_BY_KUAI = "# written by `kuai`"
 
@@ -495,7 +490,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def end_abandoned_runs() -> None:
     """Mark failed the runs of the workspace's instance whose `kuai run` was killed
-    (kuai_assets.runs_in_progress): they would hold the UI's run queue for ever."""
+    (kuai_assets.runs_in_progress): the UI would show them in progress for ever."""
     import dagster as dg
 
     from kuai_assets import runs_in_progress

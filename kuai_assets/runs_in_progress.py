@@ -1,17 +1,18 @@
-"""One run at a time in a workspace: what `kuai run` checks before it starts one.
+"""`kuai run` starts no run beside another run of its workspace.
 
-Two runs at once in one workspace would write the same tables, stores and verdicts (each output
-is replaced atomically, but one run's matrix could then meet the other's groups). Runs launched
-from the UI wait in Dagster's run queue (the workspace's dagster.yaml allows one run in progress);
-`kuai run` starts its run directly, so it looks first: a run in progress in the workspace's
-instance stops it with one line naming that run.
+Runs side by side are safe for the storage (every output is replaced atomically, and readers keep
+the version they opened; `test_robustness.py` runs two at once), and the UI and the dagster CLI
+allow them. `kuai run` does not: it would do the same work twice over on the same tables, and the
+AUCs its summary reads (the latest materializations) could come from the other run. Before it
+starts a run it looks in the workspace's instance, and a run queued or in progress stops it with
+one line naming that run.
 
-A run whose process was killed (SIGKILL, a crash of the machine) stays "started" in the instance
-for ever, and would hold the queue and this check. `kuai run` tags its runs with its process
-(host, pid and the process's start time, so a reused pid is not mistaken for it); a run so tagged
-whose process is gone is marked failed, with a message saying why, before the check, by `kuai run`
-and `kuai ui` alike. A run started otherwise (the UI, `dagster asset materialize`) and killed is
-ended in the UI (Runs, the run, Terminate).
+A run whose process was killed (SIGKILL, the kernel's out-of-memory killer, a crash of the
+machine) stays "started" in the instance for ever, and would hold this check. `kuai run` tags its
+runs with its process (host, pid and the process's start time, so that a reused pid is not
+mistaken for it); a run so tagged whose process is gone is marked failed, with a message saying
+why, before the check, by `kuai run` and `kuai ui` alike. A run started otherwise (the UI,
+`dagster asset materialize`) and killed is ended in the UI (Runs, the run, Terminate).
 """
 
 from __future__ import annotations
@@ -99,6 +100,6 @@ def refusal(instance) -> str | None:
     return (
         f"run: {describe(running[0])} is in progress in this workspace"
         + (f", and {len(running) - 1} more" if len(running) > 1 else "")
-        + "; two runs at once would write the same tables. Wait for it to finish, or stop it in `kuai ui` "
-        "(Runs, the run, Terminate)"
+        + "; a second run would redo its work on the same tables, and the summary could show the other's "
+        "results. Wait for it to finish, or stop it in `kuai ui` (Runs, the run, Terminate)"
     )
