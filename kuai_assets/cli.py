@@ -88,10 +88,18 @@ def prepare_environment(workspace: settings.Workspace) -> dict[str, str]:
     and set them in this process's environment (for the steps it starts).
 
     env.sh also activates this venv; both set DAGSTER_HOME and the code location of the dagster
-    CLI, so `kuai run`, the UI and CLI runs share one instance and one workspace.
+    CLI, so `kuai run`, the UI and CLI runs share one instance and one workspace. A setting that
+    differs from the one recorded before (a variable set for this command only, `--data`) stays
+    for every later command in the workspace, so a line on stderr names each such change.
     """
     initialize_dagster_home(workspace.dagster_home)
     env = {**workspace.recorded(), "MLFLOW_DISABLE_TELEMETRY": "true", **DAGSTER_CLI_MODULE}
+    before = settings.read_workspace_file(workspace.work_dir)
+    changed = [f"{key}={value} (was {before[key] if key in before else 'not set'})"
+               for key, value in env.items() if before and before.get(key) != value]
+    if changed:
+        print(f"[kuai] recorded in {workspace.work_dir / settings.WORKSPACE_FILE}, for every later command in this "
+              f"workspace: {'; '.join(changed)}", file=sys.stderr, flush=True)
     venv = Path(sys.prefix)
     preamble = [f"source {venv / 'bin' / 'activate'}"] if (venv / "bin" / "activate").is_file() else []
     settings.write_workspace_files(workspace.work_dir, env, preamble)

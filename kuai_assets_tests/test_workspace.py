@@ -202,10 +202,25 @@ def test_how_a_workspace_runs_is_recorded_with_it(tmp_path):
     shell = fresh_shell(f"{sys.executable} -c '{probe}'", DAGSTER_HOME=str(spark / "dagster_home"))
     assert shell.returncode == 0, shell.stderr
     assert shell.stdout.split()[:2] == ["spark", "local[1]"]
-    # a later `kuai` in the workspace, without the variables, keeps what it recorded
+    # a later `kuai` in the workspace, without the variables, keeps what it recorded, and says nothing
     again = kuai("env", "--work", str(spark), env=clean_env())
     assert again.returncode == 0, again.stderr
     assert settings.read_workspace_file(spark)["KUAI_ENGINE"] == "spark"
+    assert again.stderr == ""
+    # a variable set for one command stays for the later ones: the command says so, on stderr
+    # (stdout stays the env.sh it prints)
+    changed = kuai("env", "--work", str(plain), env=clean_env(KUAI_EXECUTOR="multiprocess"))
+    assert changed.returncode == 0, changed.stderr
+    assert changed.stderr.splitlines() == [
+        f"[kuai] recorded in {plain / settings.WORKSPACE_FILE}, for every later command in this workspace: "
+        "KUAI_EXECUTOR=multiprocess (was not set)"
+    ]
+    assert changed.stdout == (plain / settings.ENV_SCRIPT).read_text()
+    changed = kuai("env", "--work", str(plain), env=clean_env(KUAI_EXECUTOR="in_process"))
+    assert changed.stderr.splitlines() == [
+        f"[kuai] recorded in {plain / settings.WORKSPACE_FILE}, for every later command in this workspace: "
+        "KUAI_EXECUTOR=in_process (was multiprocess)"
+    ]
 
 
 def test_another_work_dir_does_not_inherit_a_sourced_workspace(tmp_path, monkeypatch):
