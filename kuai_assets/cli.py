@@ -405,6 +405,28 @@ def unsynced_selection(instance, workspace: settings.Workspace, run_config: dict
     return list(reasons)
 
 
+def change_since_previous_evaluation(instance, run_id: str) -> str | None:
+    """'  since the previous evaluation (<when>): validation AUC +0.0004, evaluation AUC -0.0002'
+    when run `run_id` made a new `evaluation` and an earlier one holds the same figures (the
+    submitted model's validation AUC, and its test AUC where the dataset has ground truth)."""
+    import datetime
+
+    import dagster as dg
+
+    records = instance.fetch_materializations(dg.AssetKey("evaluation"), limit=2).records
+    if len(records) < 2 or records[0].event_log_entry.run_id != run_id:
+        return None
+    now, before = ({k: v.value for k, v in r.asset_materialization.metadata.items()} for r in records)
+    parts = [f"{label} {now[key] - before[key]:+.4f}" for key, label in (("valid_auc", "validation AUC"),
+             ("test_auc", "evaluation AUC")) if isinstance(now.get(key), float) and isinstance(before.get(key), float)]
+    if not parts:
+        return None
+    if now.get("submitted") != before.get("submitted"):
+        parts.append(f"submitted {now.get('submitted')} (was {before.get('submitted')})")
+    when = datetime.datetime.fromtimestamp(records[1].event_log_entry.timestamp).strftime("%Y-%m-%d %H:%M:%S")
+    return f"  since the previous evaluation ({when}): {', '.join(parts)}"
+
+
 def latest_metadata(instance, asset: str) -> dict:
     import dagster as dg
 
@@ -470,6 +492,9 @@ def print_summary(instance, workspace: settings.Workspace, elapsed: float, run_i
                      "dagster asset materialize --select evaluation)")
     elif "test_auc" not in evaluation:
         lines.append("  no ground truth for this dataset: submit the file to score it")
+    change = change_since_previous_evaluation(instance, run_id) if run_id else None
+    if change:
+        lines.append(change)
     lines += [
         f"  submission: {work / 'submission.txt'}",
         f"  MLflow run: {model.get('mlflow_run', model.get('mlflow_run_id', '?'))}",

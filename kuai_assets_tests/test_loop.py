@@ -2,6 +2,7 @@
 retrain from the CLI (pending until `evaluation` follows, which the daemon does by itself)."""
 
 import json
+import re
 import shutil
 
 import dagster as dg
@@ -180,7 +181,7 @@ def test_kuai_run_says_the_test_auc_is_pending_when_evaluation_is_older_than_the
 def summary_figures(out: str) -> dict[str, str]:
     """The `label: figure` rows of kuai run's summary; asserts the figures start in one column."""
     rows = [line for line in out.splitlines() if line.startswith("  ") and ("AUC" in line or "closure" in line)
-            and ": " in line and not line.startswith("  test AUC: pending")]
+            and ": " in line and not line.startswith(("  test AUC: pending", "  since the previous evaluation"))]
     columns = {len(line) - len(line.split(":", 1)[1].lstrip()) for line in rows}
     assert len(columns) == 1, f"the figures are not in one column:\n{out}"
     return {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip() for line in rows}
@@ -204,3 +205,34 @@ def test_without_ground_truth_kuai_run_gives_the_validation_auc_of_what_was_subm
     out = capsys.readouterr().out
     assert summary_figures(out) == {"validation AUC (cold-start photos, last hours of train)": "0.7300 (blend)"}
     assert "no ground truth for this dataset" in out
+
+
+def test_kuai_runs_summary_gives_the_change_since_the_previous_evaluation(tmp_path, capsys):
+    """After a run that made a new `evaluation`, the summary says how its AUCs moved since the one
+    before; a run that made none (or the first evaluation) has no such line."""
+    from kuai_assets import settings
+    from kuai_assets.cli import print_summary
+
+    workspace = settings.Workspace(tmp_path, tmp_path / "data", "tiny", tmp_path / "home", "sqlite:///x.db",
+                                   "http://127.0.0.1:5000")
+
+    def evaluated(instance, valid_auc: float, test_auc: float, submitted: str) -> str:
+        @dg.asset(name="evaluation")
+        def evaluation() -> dg.MaterializeResult:
+            return dg.MaterializeResult(metadata={"valid_auc": valid_auc, "test_auc": test_auc, "submitted": submitted,
+                                                  "oracle_auc": 0.8, "oracle_gap_closure": 0.5, "baseline_test_auc": 0.7})
+        return dg.materialize([evaluation], instance=instance).run_id
+
+    with dg.instance_for_test() as instance:
+        first = evaluated(instance, 0.7000, 0.7100, "model")
+        print_summary(instance, workspace, 60.0, first)
+        assert "since the previous evaluation" not in capsys.readouterr().out  # there is none
+        second = evaluated(instance, 0.7012, 0.7093, "blend")
+        print_summary(instance, workspace, 60.0, second)
+        out = capsys.readouterr().out
+        line = next(line for line in out.splitlines() if "since the previous evaluation" in line)
+        assert re.fullmatch(r"  since the previous evaluation \(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\): validation AUC \+0\.0012, "
+                            r"evaluation AUC -0\.0007, submitted blend \(was model\)", line), line
+        assert summary_figures(out)["evaluation AUC (submission vs ground truth)"] == "0.7093"
+        print_summary(instance, workspace, 60.0, first)  # a run that made no new evaluation
+        assert "since the previous evaluation" not in capsys.readouterr().out
