@@ -8,7 +8,7 @@ import shutil
 import dagster as dg
 import pytest
 
-from kuai_assets.ml.tracking import PENDING, SCORED, TEST_AUC_STATUS
+from kuai_assets.ml.tracking import NO_GROUND_TRUTH, PENDING, SCORED, TEST_AUC_STATUS
 from kuai_assets.storage import WorkDir
 from kuai_assets_tests.conftest import make_resources
 
@@ -123,6 +123,31 @@ def test_a_cli_retrain_leaves_test_auc_pending_until_evaluation_runs(materialize
     assert after.data.tags[TEST_AUC_STATUS] == SCORED
     metadata = evaluated.asset_materializations_for_node("evaluation")[0].metadata
     assert after.data.metrics["test_auc"] == pytest.approx(metadata["model_test_auc"].value, abs=1e-5)
+
+
+def test_without_ground_truth_evaluation_records_what_was_submitted_and_its_validation_auc(materialized, tmp_path):
+    """Real data has no ground truth: `evaluation` scores nothing, marks every model run's test AUC
+    as unknown, and still records which model was submitted and its validation AUC (what runs are
+    compared by then, in the UI and in `kuai run`'s summary)."""
+    from mlflow import MlflowClient
+
+    from kuai_assets.definitions import defs
+    from kuai_assets.defs.resources import WorkspaceResource
+
+    work = tmp_path / "work"
+    shutil.copytree(materialized["work"], work, symlinks=True, ignore=shutil.ignore_patterns("dagster_home"))
+    resources = make_resources(materialized["data"], work)
+    resources["workspace"] = WorkspaceResource(data_dir=str(materialized["data"]), work_dir=str(work),
+                                               ground_truth=str(tmp_path / "none.txt"))
+    evaluated = dg.materialize([*defs.assets], selection=["evaluation"], resources=resources)
+    assert evaluated.success
+    metadata = {k: v.value for k, v in evaluated.asset_materializations_for_node("evaluation")[0].metadata.items()}
+    submitted = json.loads((work / "submission_source.json").read_text())["source"]
+    info = json.loads((work / "stores" / submitted / "run.json").read_text())
+    assert metadata == {"ground_truth": "none (real data: submit the file to score it)", "submitted": submitted,
+                        "valid_auc": pytest.approx(info["valid_auc"])}
+    run = MlflowClient(f"sqlite:///{work}/mlflow/mlflow.db").get_run(info["mlflow_run_id"])
+    assert run.data.tags[TEST_AUC_STATUS] == NO_GROUND_TRUTH
 
 
 def test_evaluation_follows_a_retrained_model_where_a_daemon_runs():

@@ -306,16 +306,22 @@ def evaluation(
         work = workspace.work()
         truth = workspace.ground_truth_path()
         tracker = tracking.tracker()
+        source_file = work.submission_file.with_name(SUBMISSION_SOURCE_FILE)
+        submitted = json.loads(source_file.read_text())["source"] if source_file.is_file() else "model"
         if truth is None:
             context.log.warning("No ground truth for this dataset: nothing to evaluate against.")
             for store, _ in EVALUATED_STORES:
                 if work.store_path(store).exists():
                     run_id = json.loads((work.require_store(store) / "run.json").read_text())["mlflow_run_id"]
                     tracker.record_test_scores(run_id, None)
-            return dg.MaterializeResult(metadata={"ground_truth": "none (real data: submit the file to score it)"})
+            # what was submitted, and its validation AUC: the figure to compare runs by without one
+            submitted_info = json.loads((work.require_store(submitted) / "run.json").read_text())
+            return dg.MaterializeResult(metadata={
+                "ground_truth": "none (real data: submit the file to score it)",
+                "submitted": submitted,
+                "valid_auc": dg.MetadataValue.float(submitted_info["valid_auc"]),
+            })
         submitted_score = score_predictions(truth, submission_file=work.submission_file)
-        source_file = work.submission_file.with_name(SUBMISSION_SOURCE_FILE)
-        submitted = json.loads(source_file.read_text())["source"] if source_file.is_file() else "model"
         scores, infos, summary = {}, {}, []
         for store, label in EVALUATED_STORES:
             if store not in ("model", "baseline_model") and not work.store_path(store).exists():
