@@ -351,3 +351,28 @@ def test_a_kuai_run_process_is_gone_only_when_it_is(monkeypatch):
     assert rip.process_gone({}) is None  # not started by `kuai run`
     if Path("/proc/self/stat").exists():  # this pid, reused by a process started at another time
         assert rip.process_gone({rip.PROCESS_TAG: f"{host}:{os.getpid()}:1"}) == os.getpid()
+
+
+def test_kuai_ui_ends_the_runs_of_a_killed_kuai_run_before_it_starts(tmp_path, monkeypatch, capsys):
+    """`kuai ui` marks failed, before the UI starts, a run whose `kuai run` was killed: the UI would
+    show it in progress for ever. A run that may still be going is left alone."""
+    import dagster as dg
+
+    from kuai_assets import cli
+    from kuai_assets.runs_in_progress import PROCESS_TAG
+
+    home = cli.initialize_dagster_home(tmp_path / "dagster_home")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        killed = _run_in_progress(instance, {PROCESS_TAG: f"{socket.gethostname()}:{_dead_pid()}:1"})
+        live = _run_in_progress(instance, {})
+    started = []
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setattr(cli, "_exec", lambda argv: started.append(argv) or 0)
+    monkeypatch.setattr(cli, "refuse_a_missing_dataset", lambda workspace: None)
+    monkeypatch.setattr(cli, "prepare_environment", lambda workspace: None)
+    assert cli.main(["ui", "--work", str(tmp_path)]) == 0
+    assert started and started[0][1] == "dev"  # then the UI started
+    assert f"Dagster run {killed} was left in progress by a `kuai run` that was killed" in capsys.readouterr().out
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert instance.get_run_by_id(killed).status == dg.DagsterRunStatus.FAILURE
+        assert instance.get_run_by_id(live).status == dg.DagsterRunStatus.STARTED
