@@ -340,7 +340,7 @@ def test_a_run_in_progress_stops_kuai_run_and_one_whose_kuai_run_was_killed_is_e
         assert instance.get_runs_count() == 2  # no run was started
 
 
-def test_a_kuai_run_process_is_gone_only_when_it_is(monkeypatch):
+def test_a_kuai_run_process_is_gone_only_when_it_is():
     from kuai_assets import runs_in_progress as rip
 
     host = socket.gethostname()
