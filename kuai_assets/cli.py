@@ -416,7 +416,7 @@ def change_since_previous_evaluation(instance, run_id: str) -> str | None:
     records = instance.fetch_materializations(dg.AssetKey("evaluation"), limit=2).records
     if len(records) < 2 or records[0].event_log_entry.run_id != run_id:
         return None
-    now, before = ({k: v.value for k, v in r.asset_materialization.metadata.items()} for r in records)
+    now, before = (metadata_values(r.asset_materialization) for r in records)
     parts = [f"{label} {now[key] - before[key]:+.4f}" for key, label in (("valid_auc", "validation AUC"),
              ("test_auc", "evaluation AUC")) if isinstance(now.get(key), float) and isinstance(before.get(key), float)]
     if not parts:
@@ -433,7 +433,12 @@ def latest_metadata(instance, asset: str) -> dict:
     event = instance.get_latest_materialization_event(dg.AssetKey(asset))
     if event is None or event.asset_materialization is None:
         return {}
-    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+    return metadata_values(event.asset_materialization)
+
+
+def metadata_values(materialization) -> dict:
+    """A materialization's metadata as plain values (name -> value)."""
+    return {k: v.value for k, v in materialization.metadata.items()}
 
 
 def is_test_auc_pending(instance) -> bool:

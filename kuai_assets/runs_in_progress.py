@@ -41,14 +41,21 @@ def own_tags() -> dict[str, str]:
     return {PROCESS_TAG: f"{socket.gethostname()}:{pid}:{_start_time(pid) or ''}"}
 
 
+def _process(tags: dict[str, str]) -> tuple[str, int, str] | None:
+    """(host, pid, start time) of the `kuai run` that started a run (its PROCESS_TAG, as `own_tags`
+    writes it), or None for a run started otherwise."""
+    host, _, rest = tags.get(PROCESS_TAG, "").partition(":")
+    pid_text, _, started = rest.partition(":")
+    return (host, int(pid_text), started) if pid_text.isdigit() else None
+
+
 def process_gone(tags: dict[str, str]) -> int | None:
     """The pid of the `kuai run` that started a run, if that process is known to be gone (it ran
     on this host, and no process with its pid and start time lives); else None."""
-    host, _, rest = tags.get(PROCESS_TAG, "").partition(":")
-    pid_text, _, started = rest.partition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
+    process = _process(tags)
+    if process is None or process[0] != socket.gethostname():
         return None
-    pid = int(pid_text)
+    _, pid, started = process
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -87,8 +94,8 @@ def describe(record) -> str:
     run = record.dagster_run
     since = record.start_time or record.create_timestamp.timestamp()
     when = datetime.datetime.fromtimestamp(since).strftime("%H:%M:%S")
-    process = run.tags.get(PROCESS_TAG)
-    who = f"`kuai run`, pid {process.split(':')[1]}" if process else "the UI or the dagster CLI"
+    process = _process(run.tags)
+    who = f"`kuai run`, pid {process[1]}" if process else "the UI or the dagster CLI"
     return f"Dagster run {run.run_id} ({run.job_name}, {run.status.value.lower()} at {when} by {who})"
 
 
