@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -371,8 +372,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             print_summary(instance, workspace, time.time() - started, None)
             return 0
         print(f"[kuai] materializing {'every asset' if selection is None else f'{len(selection)} assets'} ...", flush=True)
-        result = dg.execute_job(dg.reconstructable(run_job), instance=instance, run_config=run_config,
-                                asset_selection=selection, tags=runs_in_progress.own_tags())
+        tags = runs_in_progress.own_tags()
+        watch = EvaluationWatch(instance.get_ref(), tags[runs_in_progress.PROCESS_TAG], started,
+                                lambda line: print(line, flush=True))
+        watch.start()
+        try:
+            result = dg.execute_job(dg.reconstructable(run_job), instance=instance, run_config=run_config,
+                                    asset_selection=selection, tags=tags)
+        finally:
+            watch.stop()
         elapsed = time.time() - started
         if not result.success:
             causes = failure_causes(instance, result.run_id) or ["(no step failed; see `kuai ui`)"]
@@ -425,6 +433,80 @@ def change_since_previous_evaluation(instance, run_id: str) -> str | None:
         parts.append(f"submitted {now.get('submitted')} (was {before.get('submitted')})")
     when = datetime.datetime.fromtimestamp(records[1].event_log_entry.timestamp).strftime("%Y-%m-%d %H:%M:%S")
     return f"  since the previous evaluation ({when}): {', '.join(parts)}"
+
+
+class EvaluationWatch(threading.Thread):
+    """The evaluation's figures as soon as `kuai run`'s run records them, when steps still follow.
+
+    In a run that makes the submission and its evaluation, the feature-group ablation (an analysis,
+    and after a SQL edit the longest step) runs last; the AUCs a person editing a feature waits for
+    are known before it starts. Every `interval` seconds
+    this thread looks in the instance (its own connection, `instance_ref`) for an `evaluation`
+    materialization of the run tagged `process` (runs_in_progress.own_tags) made after `started`;
+    the first it finds, if steps of that run have not finished, is said in a few lines (`say`):
+    the figures, the steps still running, and the change since the previous evaluation. Once only;
+    the summary at the end stays as it was. `stop` ends the watch (the run is over).
+    """
+
+    def __init__(self, instance_ref, process: str, started: float, say, interval: float = 1.0):
+        super().__init__(name="kuai-evaluation-watch", daemon=True)
+        self.instance_ref, self.process, self.started, self.say, self.interval = instance_ref, process, started, say, interval
+        self.done = threading.Event()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(timeout=10)
+
+    def run(self) -> None:
+        import dagster as dg
+        from sqlalchemy.exc import OperationalError
+
+        with dg.DagsterInstance.from_ref(self.instance_ref) as instance:
+            while not self.done.wait(self.interval):
+                try:
+                    lines = self.lines(instance)
+                except OperationalError:  # SQLite busy with the run's own writes: look again next time
+                    continue
+                if lines is None:
+                    continue
+                if lines and not self.done.is_set():
+                    self.say("\n".join(lines))
+                return
+
+    def lines(self, instance) -> list[str] | None:
+        """None: no evaluation of this run yet; [] when one is recorded and nothing follows it; else
+        the lines to say."""
+        import dagster as dg
+
+        from kuai_assets.runs_in_progress import PROCESS_TAG
+
+        event = instance.get_latest_materialization_event(dg.AssetKey("evaluation"))
+        if event is None or event.timestamp < self.started:
+            return None
+        run = instance.get_run_by_id(event.run_id)
+        if run is None or run.tags.get(PROCESS_TAG) != self.process:
+            return None
+        still = steps_not_finished(instance, run, besides="evaluation")
+        if not still:
+            return []
+        figures = metadata_values(event.asset_materialization)
+        parts = []
+        if isinstance(figures.get("valid_auc"), float):
+            parts.append(f"validation AUC {figures['valid_auc']:.4f} ({figures.get('submitted', 'model')})")
+        parts.append(f"evaluation AUC {figures['test_auc']:.4f}" if isinstance(figures.get("test_auc"), float)
+                     else "no ground truth")
+        lines = [f"[kuai] evaluated {event.timestamp - self.started:.0f} s into the run, which goes on "
+                 f"({', '.join(still)}; the summary follows at its end):", f"  {', '.join(parts)}"]
+        change = change_since_previous_evaluation(instance, run.run_id)
+        return lines + ([change] if change else [])
+
+
+def steps_not_finished(instance, run, besides: str) -> list[str]:
+    """The step keys of `run` it has yet to finish (its execution plan's steps without an end in
+    the run's step stats), apart from `besides`."""
+    plan = instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
+    ended = {stats.step_key for stats in instance.get_run_step_stats(run.run_id) if stats.end_time is not None}
+    return [key for key in plan.step_keys_to_execute if key not in ended and key != besides]
 
 
 def latest_metadata(instance, asset: str) -> dict:

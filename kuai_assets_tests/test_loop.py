@@ -261,3 +261,63 @@ def test_kuai_runs_summary_gives_the_change_since_the_previous_evaluation(tmp_pa
         assert summary_figures(out)["evaluation AUC (submission vs ground truth)"] == "0.7093"
         print_summary(instance, workspace, 60.0, first)  # a run that made no new evaluation
         assert "since the previous evaluation" not in capsys.readouterr().out
+
+
+def test_kuai_run_says_the_evaluation_while_later_steps_still_run(tmp_path):
+    """The watch `kuai run` keeps during its run: once the run's `evaluation` is recorded and a step
+    still follows (the ablation), its figures come at once, naming what still runs; a run whose
+    evaluation is its last step, or a run of another process, gets no such lines."""
+    import threading
+    import time
+
+    from kuai_assets.cli import EvaluationWatch
+    from kuai_assets.runs_in_progress import PROCESS_TAG
+
+    said: list[str] = []
+    heard = threading.Event()
+    waits = {"seconds": 30.0}
+
+    def say(text: str) -> None:
+        said.append(text)
+        heard.set()
+
+    @dg.asset(name="evaluation")
+    def evaluation() -> dg.MaterializeResult:
+        time.sleep(0.5)  # the watch looks before this run's evaluation is recorded, too
+        return dg.MaterializeResult(metadata={"valid_auc": 0.7012, "test_auc": 0.7093, "submitted": "blend"})
+
+    @dg.asset(deps=[evaluation])
+    def feature_group_ablation() -> None:
+        # the run goes on until the watch has spoken (or the time runs out): what it says comes while this runs
+        heard.wait(waits["seconds"])
+
+    def watched(assets, process: str, tags: dict) -> list[str]:
+        said.clear()
+        heard.clear()
+        started = time.time()
+        watch = EvaluationWatch(instance.get_ref(), process, started, say, interval=0.1)
+        watch.start()
+        try:
+            assert dg.materialize(assets, instance=instance, tags=tags).success
+            time.sleep(0.5)  # a last look of the watch would fall in here
+        finally:
+            watch.stop()
+        return list(said)
+
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        ours = {PROCESS_TAG: "host:1:10"}
+        lines = watched([evaluation, feature_group_ablation], "host:1:10", ours)
+        assert len(lines) == 1, lines
+        first, figures = lines[0].splitlines()
+        assert re.fullmatch(r"\[kuai\] evaluated \d+ s into the run, which goes on \(feature_group_ablation; "
+                            r"the summary follows at its end\):", first), first
+        assert figures == "  validation AUC 0.7012 (blend), evaluation AUC 0.7093"
+        # the second evaluation of this workspace: the change since the first
+        lines = watched([evaluation, feature_group_ablation], "host:1:10", ours)
+        assert lines and lines[0].splitlines()[2].startswith("  since the previous evaluation ("), lines
+        assert lines[0].splitlines()[2].endswith("validation AUC +0.0000, evaluation AUC +0.0000")
+        # nothing after the evaluation: nothing to say before the summary
+        assert watched([evaluation], "host:1:10", ours) == []
+        # another process's run (the UI's, another `kuai run`): not ours to speak of
+        waits["seconds"] = 1.5  # long enough for 15 looks of the watch, which must stay silent
+        assert watched([evaluation, feature_group_ablation], "host:2:20", ours) == []
