@@ -48,6 +48,9 @@ def test_a_rebuild_over_the_same_tables_joins_nothing_and_writes_the_same_bytes(
     result = build_training_matrix(work, groups, logged.append)
     assert result["kept_groups"] == [g.name for g in groups]
     assert not [m for m in logged if "joined" in m]
+    assert [m for m in logged if "kept" in m] == [
+        f"training_matrix: kept the columns of {len(groups)} of {len(groups)} groups from the previous matrix, their "
+        f"tables and rows unchanged: {', '.join(g.name for g in groups)}"]
     assert work.table_path(MATRIX).read_bytes() == (source / "tables" / f"{MATRIX}.parquet").read_bytes()
 
 

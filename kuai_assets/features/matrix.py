@@ -119,8 +119,6 @@ def build_training_matrix(
             if previous is not None and previous_keys.get(plan.group) == keys[plan.group]:
                 pieces.append(_Piece(previous, [f.name for f in plan.features], "row_id"))
                 kept.append(plan.group)
-                log(f"training_matrix: kept {plan.group}'s columns of the previous matrix, its table and rows "
-                    f"unchanged ({index + 1} of {len(groups)})")
                 continue
             piece = pieces_dir / f"{plan.group}.parquet"
             con.execute(
@@ -129,6 +127,9 @@ def build_training_matrix(
             )
             pieces.append(_Piece(piece, None, "__row_id"))
             log(f"training_matrix: joined {plan.group} ({index + 1} of {len(groups)})")
+        if kept:
+            log(f"training_matrix: kept the columns of {len(kept)} of {len(groups)} groups from the previous matrix, "
+                f"their tables and rows unchanged: {', '.join(kept)}")
         metadata = {FEATURES_KEY: json.dumps([asdict(f) for f in features]).encode(),
                     PIECES_KEY: json.dumps(keys, sort_keys=True).encode()}
         with work.writing_table(MATRIX) as tmp:
