@@ -14,7 +14,7 @@ from kuai_assets.features.catalog import CatalogError, feature_groups, load_cata
 from kuai_assets.features.matrix import MATRIX, Feature, build_training_matrix, read_features
 from kuai_assets.formats import layout
 from kuai_assets.formats.submission import validate_submission, write_submission
-from kuai_assets.ml.ablation import run_ablation
+from kuai_assets.ml.ablation import run_ablation, variants
 from kuai_assets.ml.evaluation import score_predictions
 from kuai_assets.ml.gbdt import (
     GbdtTraining,
@@ -419,8 +419,17 @@ def feature_group_ablation(
         with tracker.run(f"ablation · {len(groups)} groups", tags) as parent:
             parent_id = parent.info.run_id
 
+        count = len(variants(groups, config.base_group))
+        done: list = []
+
         def record(result) -> None:
-            context.log.info(f"ablation: {result.variant}: validation AUC {result.valid_auc:.4f}")
+            done.append(result)
+            # each variant at DEBUG (the UI's log); at INFO (kuai run's console) the progress every 10
+            line = f"ablation: {result.variant}: validation AUC {result.valid_auc:.4f}"
+            if len(done) % 10 == 0 or len(done) == count:
+                context.log.info(f"{line} ({len(done)} of {count} variants)")
+            else:
+                context.log.debug(line)
             with tracker.run(result.variant, {**tags, "variant": result.variant}, parent_run_id=parent_id):
                 mlflow.log_params({"variant": result.variant, "feature_groups": ",".join(result.groups), "fit_rows": len(fit.x)})
                 mlflow.log_metrics({"valid_auc": result.valid_auc, "best_iteration": result.best_iteration})
