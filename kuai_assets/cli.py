@@ -1,7 +1,8 @@
 """`kuai`: the platform's front door.
 
     kuai run          check the dataset and the MLflow store, materialize every asset, print the AUCs
-                      (--unsynced: only what is out of date, kuai_assets/unsynced.py)
+                      (--unsynced: only what is out of date, kuai_assets/unsynced.py; a model whose
+                      inputs did not change keeps its result, kuai_assets/defs/reuse.py)
     kuai ui           the Dagster UI (webserver and daemon) on 127.0.0.1:3000
     kuai mlflow-ui    the MLflow UI on 127.0.0.1:5000
     kuai generate     write a synthetic dataset in the released layout
@@ -372,7 +373,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             print_summary(instance, workspace, time.time() - started, None)
             return 0
         print(f"[kuai] materializing {'every asset' if selection is None else f'{len(selection)} assets'} ...", flush=True)
-        tags = runs_in_progress.own_tags()
+        from kuai_assets.defs.reuse import REUSE_TAG, UNCHANGED
+
+        # models keep their results where nothing they learn from changed (kuai_assets/defs/reuse.py)
+        tags = {**runs_in_progress.own_tags(), REUSE_TAG: UNCHANGED}
         watch = EvaluationWatch(instance.get_ref(), tags[runs_in_progress.PROCESS_TAG], started,
                                 lambda line: print(line, flush=True))
         watch.start()
@@ -722,7 +726,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="check the dataset and the MLflow store, materialize every asset, print the AUCs",
         description="Check the dataset's layout and the MLflow store, then materialize every asset (with "
-        "--unsynced: only what is out of date) and print the AUCs. Options are recorded in the workspace "
+        "--unsynced: only what is out of date) and print the AUCs. A model whose inputs did not change keeps "
+        "its result (run tag kuai/reuse: unchanged). Options are recorded in the workspace "
         "(<work>/env.sh, <work>/.env) for the next command. Three-minute trial: kuai run --size tiny --work /tmp/kuai-tiny",
         **common,
     )

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kuai_assets.defs import reuse
 from kuai_assets.defs.factory import versioned_asset
 from kuai_assets.defs.metadata import clear_failures, image, markdown_table
 from kuai_assets.defs.model import LIGHTGBM_TAGS
@@ -130,6 +131,15 @@ def attention_model(
                 gbdt_validation = (gbdt["row_id"], gbdt["p_click"])
         except ValueError as exc:
             raise _failure(ATTENTION, exc) from None
+        key = attention_inputs_key(context, work, config)
+        previous = reuse.previous(context, key, tracking.tracking_uri, work.store_path(ATTENTION)) \
+            if reuse.reuse_wanted(context) else None
+        if previous is not None:
+            alike, decision = refit_decided_alike(work, config, gbdt_validation)
+            if alike:
+                return previous.result(context, refit_decision_now=dg.MetadataValue.text(decision))
+            context.log.info(f"attention_model: nothing it learns from changed, but its refit would now be "
+                             f"decided otherwise ({decision}): trained again")
         # the MLflow run is open (RUNNING) from here; each epoch's AUC and loss reach it as they come
         run_id = tracker.start_run(run_name, tags)
         context.log.info(f"attention_model: MLflow run {run_id} started")
@@ -221,8 +231,39 @@ def attention_model(
             "device": result.device,
             "mlflow_run_id": run_id,
             "mlflow_run": dg.MetadataValue.url(run_info["mlflow_run_url"]),
+            **({reuse.KEY: key} if key else {}),
         }
     )
+
+
+def attention_inputs_key(context: dg.AssetExecutionContext, work: WorkDir, config: AttentionConfig) -> str | None:
+    """The network's inputs key (kuai_assets.defs.reuse): its context groups' columns and the rows
+    in the training matrix, the content of every other table it reads, its settings and code. The
+    GBDT's predictions, which decide its refit, are not in it: `refit_decided_alike` asks again."""
+    from kuai_assets.ml.attention.history import HISTORY_TABLES
+    from kuai_assets.ml.attention.inputs import PHOTO_TABLES
+    from kuai_assets.storage import file_digests
+
+    files = {name: work.require_table(name) for name in sorted(set(PHOTO_TABLES) | set(HISTORY_TABLES))}
+    return reuse.inputs_key(context, reuse.matrix_inputs(work.require_table(MATRIX), list(config.context_groups)),
+                            config.model_dump(), tables=file_digests(files),
+                            libraries=reuse.library_versions("torch", "numpy"))
+
+
+def refit_decided_alike(work: WorkDir, config: AttentionConfig, gbdt_validation) -> tuple[bool, str]:
+    """Whether the published network's refit would be decided the same way against the GBDT's
+    current validation predictions (`gbdt_validation`), and the decision now."""
+    from kuai_assets.ml.attention.training import Predictions, refit_decision
+
+    network, _, info = read_predictions(work, ATTENTION)
+    label_rows, clicks = validation_labels(work)
+    order = np.argsort(label_rows)
+    at = order[np.clip(np.searchsorted(label_rows[order], network["row_id"]), 0, len(order) - 1)]
+    if not np.array_equal(label_rows[at], network["row_id"]):
+        return False, "the published network's validation rows are not the training matrix's"
+    validation = Predictions(network["row_id"], network["p_click"], network["user_id"], network["photo_id"], clicks[at])
+    refitted, decision, _ = refit_decision(config, validation, gbdt_validation)
+    return refitted == bool(info.get("refitted", True)), decision
 
 
 # -- the blend ------------------------------------------------------------------------------------

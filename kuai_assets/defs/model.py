@@ -7,6 +7,7 @@ import dagster as dg
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from kuai_assets.defs import reuse
 from kuai_assets.defs.factory import versioned_asset
 from kuai_assets.defs.metadata import clear_failures, image, markdown_table, table_metadata
 from kuai_assets.defs.resources import TrackingResource, WorkspaceResource
@@ -130,6 +131,13 @@ def fit_record_publish(
     with clear_failures(store_name, workspace.work_dir):
         tracker.check()  # an unwritable MLflow store fails here, not after the training
         matrix = work.require_table(MATRIX)
+        key = reuse.inputs_key(context, reuse.matrix_inputs(matrix, groups),
+                               {name: getattr(training, name) for name in GbdtTraining.model_fields},
+                               libraries=reuse.library_versions("lightgbm", "numpy"))
+        previous = reuse.previous(context, key, tracking.tracking_uri, work.store_path(store_name)) \
+            if reuse.reuse_wanted(context) else None
+        if previous is not None:
+            return previous.result(context)
         tags = {
             "dagster_run_id": context.run.run_id,
             "dagster_asset": store_name,
@@ -144,7 +152,7 @@ def fit_record_publish(
         info = record_gbdt(tracker, result, config_name, tags, registered_model, tracking.ui_url, run_id=run_id)
         context.log.info(f"{store_name}: recorded in MLflow run {info['mlflow_run_id']}")
         publish_gbdt(work, store_name, result, info)
-    return dg.MaterializeResult(metadata=model_metadata(result, info))
+    return dg.MaterializeResult(metadata={**model_metadata(result, info), **({reuse.KEY: key} if key else {})})
 
 
 def model_metadata(result, info: dict) -> dict:

@@ -25,6 +25,7 @@ import numpy as np
 
 from kuai_assets.storage import WorkDir
 
+HISTORY_TABLES = ["model_rows", "label_history"]  # what the histories and their leak check read
 TIME_BITS = 40  # a key is (user index << 40) | (time - first time): 35 years of milliseconds
 
 
@@ -162,7 +163,7 @@ def check_histories(
     count of those rows and of their clicks (`SetupHistory.earlier`) must match label_history.
     Raises HistoryLeakError naming the setup, the target row_id and the offending row.
     """
-    con = work.connect(["model_rows", "label_history"])
+    con = work.connect(HISTORY_TABLES)
     try:
         fit = con.execute(
             "select row_id, user_id, time from model_rows where setup = ? and role = 'fit' order by row_id",

@@ -1,0 +1,129 @@
+"""A model keeps its result in a `kuai run` (run tag kuai/reuse: unchanged) when nothing it learns
+from has changed, and trains otherwise: without the tag, after a change of its settings or of
+its columns, and (the network) when its refit would now be decided otherwise."""
+
+import json
+import shutil
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from kuai_assets.defs.reuse import KEY, REUSE_TAG, TRAINED_IN, UNCHANGED, matrix_inputs
+from kuai_assets.features.matrix import MATRIX, PIECES_KEY
+from kuai_assets_tests.conftest import TINY_RUN_CONFIG, make_resources
+
+REUSE = {REUSE_TAG: UNCHANGED}
+
+
+@pytest.fixture()
+def workspace(materialized, tmp_path):
+    """A copy of the materialized workspace with its Dagster instance (the materializations that
+    recorded the inputs keys) and its MLflow store."""
+    work = tmp_path / "work"
+    shutil.copytree(materialized["work"], work, symlinks=True)
+    with dg.DagsterInstance.from_config(str(work / "dagster_home")) as instance:
+        yield {"work": work, "instance": instance, "resources": make_resources(materialized["data"], work)}
+
+
+def materialize(ws, selection: list[str], tags: dict | None = None, ops: dict | None = None) -> dict:
+    """Materialize `selection` with the tiny run's settings (`ops` replacing some); each asset's
+    metadata as plain values."""
+    from kuai_assets.definitions import defs
+
+    config = {name: TINY_RUN_CONFIG["ops"][name] for name in selection if name in TINY_RUN_CONFIG["ops"]}
+    result = dg.materialize([*defs.assets], selection=selection, instance=ws["instance"], resources=ws["resources"],
+                            run_config={"ops": {**config, **(ops or {})}}, tags=tags or {})
+    assert result.success
+    return {name: {k: v.value for k, v in result.asset_materializations_for_node(name)[0].metadata.items()}
+            for name in selection}
+
+
+def latest(ws, name: str) -> dict:
+    event = ws["instance"].get_latest_materialization_event(dg.AssetKey(name))
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+def mlflow_runs(ws) -> int:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{ws['work']}/mlflow/mlflow.db")
+    return len(client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000))
+
+
+def test_the_gbdts_keep_their_models_in_a_kuai_run_and_train_otherwise(workspace):
+    ws = workspace
+    before = {name: latest(ws, name) for name in ("model", "baseline_model")}
+    assert all(meta[KEY] for meta in before.values())
+    runs = mlflow_runs(ws)
+
+    kept = materialize(ws, ["model", "baseline_model"], tags=REUSE)
+    for name, meta in kept.items():
+        assert meta["mlflow_run_id"] == before[name]["mlflow_run_id"], name
+        assert meta["valid_auc"] == before[name]["valid_auc"] and meta[KEY] == before[name][KEY]
+        assert "is kept" in meta["kept"] and meta[TRAINED_IN]
+    assert mlflow_runs(ws) == runs  # nothing trained, nothing recorded
+
+    # without the tag (the UI's Materialize, the dagster CLI): trained, though nothing changed
+    trained = materialize(ws, ["baseline_model"])["baseline_model"]
+    assert trained["mlflow_run_id"] != before["baseline_model"]["mlflow_run_id"] and "kept" not in trained
+    assert trained[KEY] == before["baseline_model"][KEY]
+    assert json.loads((ws["work"] / "stores" / "baseline_model" / "run.json").read_text())["mlflow_run_id"] == \
+        trained["mlflow_run_id"]
+    # other settings: trained, under another key
+    other = materialize(ws, ["baseline_model"], tags=REUSE,
+                        ops={"baseline_model": {"config": {"max_rounds": 40, "early_stopping_rounds": 10}}})
+    assert other["baseline_model"]["mlflow_run_id"] != trained["mlflow_run_id"]
+    assert other["baseline_model"][KEY] != trained[KEY] and "kept" not in other["baseline_model"]
+    # a store that is not the recorded run's (replaced since): trained
+    store = (ws["work"] / "stores" / "model").resolve() / "run.json"
+    store.write_text(json.dumps({**json.loads(store.read_text()), "mlflow_run_id": "another"}))
+    assert "kept" not in materialize(ws, ["model"], tags=REUSE)["model"]
+
+
+def test_the_network_keeps_its_result_unless_its_refit_would_now_be_decided_otherwise(workspace):
+    ws = workspace
+    before = latest(ws, "attention_model")
+    kept = materialize(ws, ["attention_model"], tags=REUSE)["attention_model"]
+    assert kept["mlflow_run_id"] == before["mlflow_run_id"] and "is kept" in kept["kept"]
+    assert kept["refit_decision_now"].split(":")[0] == before["refit_decision"].split(":")[0]
+
+    # the GBDT's validation predictions replaced by noise, as a far worse GBDT would give: the blend
+    # now gives the network weight, so its refit is decided otherwise, and it is trained again
+    assert before["refitted"] is False
+    store = (ws["work"] / "stores" / "model").resolve() / "validation_predictions.parquet"
+    table = pq.read_table(store)
+    noise = np.random.default_rng(0).random(table.num_rows)
+    pq.write_table(table.set_column(table.column_names.index("p_click"), "p_click", pa.array(noise)), store)
+    trained = materialize(ws, ["attention_model"], tags=REUSE)["attention_model"]
+    assert trained["mlflow_run_id"] != before["mlflow_run_id"] and "kept" not in trained
+    assert trained["refitted"] is True
+
+
+def test_matrix_inputs_are_a_groups_piece_key_and_the_rows_not_the_other_groups_keys(materialized, tmp_path):
+    matrix = materialized["work"] / "tables" / f"{MATRIX}.parquet"
+    table = pq.read_table(matrix)
+    keys = json.loads(table.schema.metadata[PIECES_KEY])
+    group, other = sorted(keys)[:2]
+    first = matrix_inputs(matrix, [group])
+    assert first["groups"] == {group: keys[group]}
+
+    def written(name: str, new_keys: dict | None, clicks=None) -> dict | None:
+        metadata = dict(table.schema.metadata)
+        if new_keys is None:
+            del metadata[PIECES_KEY]
+        else:
+            metadata[PIECES_KEY] = json.dumps(new_keys).encode()
+        changed = table if clicks is None else table.set_column(table.column_names.index("click"), "click", clicks)
+        pq.write_table(changed.replace_schema_metadata(metadata), tmp_path / name)
+        return matrix_inputs(tmp_path / name, [group])
+
+    assert written("other_key.parquet", {**keys, other: "edited"}) == first  # another group's edit
+    assert written("own_key.parquet", {**keys, group: "edited"})["groups"] != first["groups"]
+    click = table.column("click")  # null on the test rows
+    flipped = pc.subtract(pa.scalar(1, click.type), click).cast(click.type)
+    assert written("clicks.parquet", keys, flipped)["rows"] != first["rows"]
+    assert written("no_keys.parquet", None) is None  # a matrix from before piece keys: never kept
