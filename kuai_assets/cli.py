@@ -547,6 +547,14 @@ def refitted(work: Path, store: str) -> bool:
         return True
 
 
+def mlflow_link(metadata: dict, ui_url: str) -> str:
+    """A model materialization's MLflow run link, on the MLflow UI the workspace records now."""
+    from kuai_assets.ml.tracking import run_link
+
+    link = metadata.get("mlflow_run")
+    return run_link(link, ui_url) if isinstance(link, str) else str(metadata.get("mlflow_run_id", "?"))
+
+
 def print_summary(instance, workspace: settings.Workspace, elapsed: float, run_id: str | None) -> None:
     """What `kuai run` prints at the end: the AUCs of the latest materializations and where to look
     next. `run_id` None: nothing ran (`--unsynced` found everything up to date)."""
@@ -588,7 +596,7 @@ def print_summary(instance, workspace: settings.Workspace, elapsed: float, run_i
         lines.append(change)
     lines += [
         f"  submission: {work / 'submission.txt'}",
-        f"  MLflow run: {model.get('mlflow_run', model.get('mlflow_run_id', '?'))}",
+        f"  MLflow run: {mlflow_link(model, workspace.mlflow_ui_url)}",
         "In a fresh shell, the same workspace:",
         f"  source {work / settings.ENV_SCRIPT}",
     ]

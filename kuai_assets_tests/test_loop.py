@@ -100,6 +100,7 @@ def test_evaluation_settles_every_model_runs_test_auc(materialized):
 
 def test_a_cli_retrain_leaves_test_auc_pending_until_evaluation_runs(materialized, tmp_path):
     from kuai_assets.definitions import defs
+    from kuai_assets.defs.resources import TrackingResource
 
     work = tmp_path / "work"
     # symlinks kept: a published store is a link to its current version
@@ -116,6 +117,10 @@ def test_a_cli_retrain_leaves_test_auc_pending_until_evaluation_runs(materialize
     assert run.data.tags[TEST_AUC_STATUS] == PENDING
     assert "test_auc" not in run.data.metrics
 
+    # evaluated with the MLflow UI moved since the training (`kuai mlflow-ui --port 5517`)
+    resources["tracking"] = TrackingResource(tracking_uri=resources["tracking"].tracking_uri,
+                                             artifact_root=resources["tracking"].artifact_root,
+                                             ui_url="http://127.0.0.1:5517")
     evaluated = dg.materialize(assets, selection=["evaluation"], resources=resources)
     assert evaluated.success
     after = run_of(work, "model")
@@ -123,6 +128,9 @@ def test_a_cli_retrain_leaves_test_auc_pending_until_evaluation_runs(materialize
     assert after.data.tags[TEST_AUC_STATUS] == SCORED
     metadata = evaluated.asset_materializations_for_node("evaluation")[0].metadata
     assert after.data.metrics["test_auc"] == pytest.approx(metadata["model_test_auc"].value, abs=1e-5)
+    submitted = json.loads((work / "submission_source.json").read_text())["source"]
+    submitted_run = json.loads((work / "stores" / submitted / "run.json").read_text())["mlflow_run_id"]
+    assert re.fullmatch(rf"http://127\.0\.0\.1:5517/#/experiments/\d+/runs/{submitted_run}", metadata["mlflow_run"].value)
 
 
 def test_without_ground_truth_evaluation_records_what_was_submitted_and_its_validation_auc(materialized, tmp_path):
@@ -176,9 +184,11 @@ def test_kuai_run_says_the_test_auc_is_pending_when_evaluation_is_older_than_the
     from kuai_assets.cli import print_summary
 
     workspace = settings.Workspace(tmp_path, tmp_path / "data", "tiny", tmp_path / "home", "sqlite:///x.db",
-                                   "http://127.0.0.1:5000")
+                                   "http://127.0.0.1:5517")
     with dg.instance_for_test() as instance:
-        instance.report_runless_asset_event(dg.AssetMaterialization("model", metadata={"valid_auc": 0.7}))
+        # trained when the MLflow UI was on port 5000; the workspace now records 5517
+        instance.report_runless_asset_event(dg.AssetMaterialization("model", metadata={
+            "valid_auc": 0.7, "mlflow_run": dg.MetadataValue.url("http://127.0.0.1:5000/#/experiments/1/runs/abc")}))
         instance.report_runless_asset_event(dg.AssetMaterialization(
             "evaluation", metadata={"test_auc": 0.71, "valid_auc": 0.7, "oracle_auc": 0.8, "oracle_gap_closure": 0.7,
                                     "baseline_test_auc": 0.69, "submitted": "model"}))
@@ -195,6 +205,7 @@ def test_kuai_run_says_the_test_auc_is_pending_when_evaluation_is_older_than_the
         "baseline (published top-10 recipe) test AUC": "0.6900",
     }
     assert "pending" not in scored
+    assert "  MLflow run: http://127.0.0.1:5517/#/experiments/1/runs/abc" in scored.splitlines()
     commands = [line for line in scored.splitlines() if "  # " in line]
     assert [line.split("#")[0].strip() for line in commands] == [
         "dagster asset materialize --select model", "kuai run --unsynced", "kuai ui", "kuai mlflow-ui"]

@@ -60,11 +60,20 @@ def test_the_gbdts_keep_their_models_in_a_kuai_run_and_train_otherwise(workspace
     assert all(meta[KEY] for meta in before.values())
     runs = mlflow_runs(ws)
 
+    # the MLflow UI moved since (`kuai mlflow-ui --port 5517`): the kept runs' links follow it
+    from kuai_assets.defs.resources import TrackingResource
+
+    tracking = ws["resources"]["tracking"]
+    ws["resources"]["tracking"] = TrackingResource(tracking_uri=tracking.tracking_uri,
+                                                   artifact_root=tracking.artifact_root, ui_url="http://127.0.0.1:5517")
     kept = materialize(ws, ["model", "baseline_model"], tags=REUSE)
     for name, meta in kept.items():
         assert meta["mlflow_run_id"] == before[name]["mlflow_run_id"], name
         assert meta["valid_auc"] == before[name]["valid_auc"] and meta[KEY] == before[name][KEY]
         assert "is kept" in meta["kept"] and meta[TRAINED_IN]
+        base, _, path = before[name]["mlflow_run"].partition("/#/")
+        assert base != "http://127.0.0.1:5517" and path.startswith("experiments/")
+        assert meta["mlflow_run"] == f"http://127.0.0.1:5517/#/{path}"
     assert mlflow_runs(ws) == runs  # nothing trained, nothing recorded
 
     # without the tag (the UI's Materialize, the dagster CLI): trained, though nothing changed

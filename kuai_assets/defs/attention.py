@@ -137,7 +137,7 @@ def attention_model(
         if previous is not None:
             alike, decision = refit_decided_alike(work, config, gbdt_validation)
             if alike:
-                return previous.result(context, refit_decision_now=dg.MetadataValue.text(decision))
+                return previous.result(context, tracking.ui_url, refit_decision_now=dg.MetadataValue.text(decision))
             context.log.info(f"attention_model: nothing it learns from changed, but its refit would now be "
                              f"decided otherwise ({decision}): trained again")
         # the MLflow run is open (RUNNING) from here; each epoch's AUC and loss reach it as they come

@@ -28,7 +28,7 @@ from kuai_assets.ml.gbdt import (
     select_features,
     train_gbdt,
 )
-from kuai_assets.ml.tracking import REGISTERED_MODEL
+from kuai_assets.ml.tracking import REGISTERED_MODEL, run_link
 from kuai_assets.ml.training import RowSample, load_rows
 from kuai_assets.storage import atomic_file
 
@@ -137,7 +137,7 @@ def fit_record_publish(
         previous = reuse.previous(context, key, tracking.tracking_uri, work.store_path(store_name)) \
             if reuse.reuse_wanted(context) else None
         if previous is not None:
-            return previous.result(context)
+            return previous.result(context, tracking.ui_url)
         tags = {
             "dagster_run_id": context.run.run_id,
             "dagster_asset": store_name,
@@ -370,7 +370,7 @@ def evaluation(
             "test_rows": dg.MetadataValue.int(submitted_score.rows),
             "summary": dg.MetadataValue.md(markdown_table(summary)),
             "ground_truth": dg.MetadataValue.path(str(truth)),
-            "mlflow_run": dg.MetadataValue.url(submitted_info["mlflow_run_url"]),
+            "mlflow_run": dg.MetadataValue.url(run_link(submitted_info["mlflow_run_url"], tracking.ui_url)),
         }
     )
 

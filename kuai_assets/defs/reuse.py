@@ -119,15 +119,20 @@ class Previous:
     when: str
     mlflow_run_id: str
 
-    def result(self, context: dg.AssetExecutionContext, **more) -> dg.MaterializeResult:
-        """The materialization that keeps it: its metadata again, `kept` saying since when, and `more`."""
+    def result(self, context: dg.AssetExecutionContext, ui_url: str, **more) -> dg.MaterializeResult:
+        """The materialization that keeps it: its metadata again (the MLflow link on the UI at
+        `ui_url`, the one configured now), `kept` saying since when, and `more`."""
+        from kuai_assets.ml.tracking import run_link
+
         context.log.info(
             f"{context.asset_key.to_user_string()}: kept, nothing it learns from changed since Dagster run "
             f"{self.dagster_run_id[:8]} ({self.when}); its MLflow run {self.mlflow_run_id} stands (no training)"
         )
         kept = (f"nothing it learns from changed since {self.when}: the result of Dagster run {self.trained_in} "
                 f"is kept (run tag {REUSE_TAG}: {UNCHANGED})")
-        return dg.MaterializeResult(metadata={**self.metadata, "kept": dg.MetadataValue.text(kept),
+        link = self.metadata.get("mlflow_run")
+        relinked = {"mlflow_run": dg.MetadataValue.url(run_link(str(link.value), ui_url))} if link is not None else {}
+        return dg.MaterializeResult(metadata={**self.metadata, **relinked, "kept": dg.MetadataValue.text(kept),
                                               TRAINED_IN: dg.MetadataValue.text(self.trained_in), **more})
 
 

@@ -375,6 +375,13 @@ class Tracker:
         return str(version)
 
 
+def run_link(url: str, ui_base: str) -> str:
+    """A run's link as recorded (`Tracker.run_url`, with the MLflow UI of that day) on the MLflow UI
+    at `ui_base`, the one configured now (`kuai mlflow-ui --port` records another)."""
+    _, found, path = url.partition("/#/")
+    return f"{ui_base.rstrip('/')}/#/{path}" if found else url
+
+
 def _store_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that mean the store (database or artifact location) could not be written."""
     import sqlite3
