@@ -15,8 +15,13 @@ test rows, ~125k photos, world click_blind_timeline, seed 13) it measures, one a
     training matrix and `model` (the stale part up to the model) runs on (a)'s workspace: the
     seconds until the model's new MLflow run holds its validation AUC (logged before the refit;
     the workspace's SQLite store is read every 0.5 s), and until the materialization ends.
-    With `--work W`, (c) alone runs on an existing workspace, e.g. the demo-size one that
-    `kuai run --size demo --work W` made.
+    With `--work W`, (c) and (d) alone run on an existing workspace, e.g. the demo-size one that
+    `kuai run --size demo --work W` made;
+(d) the same loop through the front door: in a copy of the repo, `kuai run --unsynced` on (a)'s
+    workspace, first to bring it up to date with the unedited code, then, for each of
+    FRONT_DOOR_EDITS (a context group of the attention network, whose edit keeps only the
+    baseline, and a group that is not, whose edit keeps the network too), after the edit and
+    after its revert: the run's wall time and when it printed the evaluation's AUCs.
 
 Each is a child process tree: wall time, and the peak of the summed resident memory of the
 process and all its descendants (psutil, sampled every 0.2 s). Each submission is scored against
@@ -43,6 +48,11 @@ DEFAULT_DATA = dict(size="default", world="click_blind_timeline", seed=13)
 SELECTION = "*submission"
 EDITED_FILE = "dbt_like_sql/features/time_and_duration.sql"
 EDIT = ("greatest(u.user_duration_mean, 1)", "greatest(u.user_duration_mean, 2)")
+FRONT_DOOR_EDITS = (
+    (EDITED_FILE, EDIT),
+    ("dbt_like_sql/features/user_behaviour.sql",
+     ("((o.clicks + 20 * p.click_rate) / (o.impressions + 20))", "((o.clicks + 30 * p.click_rate) / (o.impressions + 30))")),
+)
 
 
 # -- measuring a process tree ---------------------------------------------------------------------
@@ -332,6 +342,40 @@ def edit_to_auc(repo: Path, data: Path, work: Path, scratch: Path, log_dir: Path
     return result
 
 
+def kuai_run_unsynced(copy: Path, work: Path, log: Path, label: str) -> dict:
+    """`kuai run --unsynced --work W` with the copy's code: wall time, peak, and how many seconds
+    into the run it printed the evaluation's AUCs (`[kuai] evaluated N s into the run`), if it did."""
+    import re
+
+    print(f"[loop] (d) {label}: kuai run --unsynced", flush=True)
+    result = run_tree([sys.executable, "-m", "kuai_assets.cli", "run", "--unsynced", "--work", str(work)],
+                      child_env(copy), copy, log)
+    text = log.read_text()
+    evaluated = re.search(r"^\[kuai\] evaluated (\d+) s into the run", text, re.MULTILINE)
+    planned = re.search(r"^\[kuai\] (\d+) of \d+ assets to materialize", text, re.MULTILINE)
+    kept = re.findall(r" - (\w+): kept, nothing it learns from changed", text)
+    return {"label": label, "seconds": result["seconds"], "peak_gib": result["peak_gib"], "ok": result["ok"],
+            "assets": int(planned.group(1)) if planned else 0,
+            "evaluated_after": int(evaluated.group(1)) if evaluated else None, "kept": kept}
+
+
+def front_door(repo: Path, work: Path, scratch: Path, log_dir: Path) -> list[dict]:
+    copy = repo_copy(repo, scratch / "repo_copy")
+    runs = [kuai_run_unsynced(copy, work, log_dir / "front_door_sync.log", "up to date with the unedited code")]
+    for name, (old, new) in FRONT_DOOR_EDITS:
+        sql = copy / name
+        text = sql.read_text()
+        if old not in text:
+            raise SystemExit(f"{name} no longer contains {old!r}: update FRONT_DOOR_EDITS in benchmarks/loop.py")
+        stem = Path(name).stem
+        sql.write_text(text.replace(old, new, 1))  # in the copy only
+        runs.append(kuai_run_unsynced(copy, work, log_dir / f"front_door_{stem}.log", f"after an edit of {stem}"))
+        sql.write_text(text)
+        runs.append(kuai_run_unsynced(copy, work, log_dir / f"front_door_{stem}_revert.log", f"after its revert"))
+    shutil.rmtree(copy)
+    return runs
+
+
 # -- the benchmark ------------------------------------------------------------------------------------
 
 
@@ -358,9 +402,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None, help="scratch folder (default <repo>/.kuai/bench/loop)")
     parser.add_argument("--data", type=Path, default=None, help="dataset (default <out>/data, generated once)")
-    parser.add_argument("--skip", default="", help="comma list of parts to skip: platform, script, edit")
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: platform, script, edit, frontdoor")
     parser.add_argument("--work", type=Path, default=None,
-                        help="measure only (c) on this existing workspace (one `kuai run --work W` made, e.g. at "
+                        help="measure only (c) and (d) on this existing workspace (one `kuai run --work W` made, e.g. at "
                              "--size demo); its data dir is the one W/.env records. Default: (a)'s fresh <out>/work")
     parser.add_argument("--plain-script", action="store_true", help=argparse.SUPPRESS)  # (b)'s child
     args = parser.parse_args(argv)
@@ -395,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     if "edit" not in skip and (work / "stores" / "model" / "run.json").is_file():
         results["edit_to_auc"] = edit_to_auc(repo, data, work, out, out)
         print(f"[loop] (c) edit to AUC: {json.dumps(results['edit_to_auc'])}", flush=True)
+    if "frontdoor" not in skip and (work / "stores" / "model" / "run.json").is_file():
+        results["front_door"] = front_door(repo, work, out, out)
     results["load_average_after"] = os.getloadavg()
     (out / "loop_results.json").write_text(json.dumps(results, indent=2))
 
@@ -417,9 +463,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edit to the validation AUC in MLflow: {to_auc} s; the materialization ends after {e['seconds']:.0f} s"
               f"{share}, peak {e['peak_gib']:.2f} GiB; validation AUC {e.get('valid_auc_before')} -> {e.get('valid_auc')} "
               f"(new MLflow run: {e['new_mlflow_run']})")
+    if results.get("front_door"):
+        print("\n| `kuai run --unsynced` | assets | wall | the evaluation's AUCs printed after | kept |\n|---|---|---|---|---|")
+        for run in results["front_door"]:
+            after = f"{run['evaluated_after']} s" if run["evaluated_after"] is not None else "(at the end)"
+            print(f"| {run['label']} | {run['assets']} | {run['seconds']:.0f} s | {after} | {', '.join(run['kept']) or '-'} |")
     if platform and platform["steps"]:
         print("slowest steps of (a): " + ", ".join(f"{s['step']} {s['seconds']:.0f} s" for s in platform["steps"][:8]))
-    return 0 if all(r.get("ok", True) for r in (platform or {}, script or {})) else 1
+    return 0 if all(r.get("ok", True) for r in (platform or {}, script or {}, *results.get("front_door", []))) else 1
 
 
 if __name__ == "__main__":
