@@ -444,12 +444,12 @@ class EvaluationWatch(threading.Thread):
 
     In a run that makes the submission and its evaluation, the feature-group ablation (an analysis,
     and after a SQL edit the longest step) runs last; the AUCs a person editing a feature waits for
-    are known before it starts. Every `interval` seconds
-    this thread looks in the instance (its own connection, `instance_ref`) for an `evaluation`
-    materialization of the run tagged `process` (runs_in_progress.own_tags) made after `started`;
-    the first it finds, if steps of that run have not finished, is said in a few lines (`say`):
-    the figures, the steps still running, and the change since the previous evaluation. Once only;
-    the summary at the end stays as it was. `stop` ends the watch (the run is over).
+    are known before it starts. Every `interval` seconds this thread looks in the instance (its own
+    connection, `instance_ref`) for an `evaluation` materialization made after `started` by the run
+    tagged `process` (runs_in_progress.own_tags). The first it finds, if steps of that run have not
+    finished, is said in a few lines (`say`): the figures, the steps still running, and the change
+    since the previous evaluation. Once only; the summary at the end stays as it was. `stop` ends
+    the watch (the run is over).
     """
 
     def __init__(self, instance_ref, process: str, started: float, say, interval: float = 1.0):
