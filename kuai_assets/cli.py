@@ -547,6 +547,18 @@ def refitted(work: Path, store: str) -> bool:
         return True
 
 
+def kept_in_run(instance, run_id: str) -> list[str]:
+    """The models that run `run_id` kept rather than trained (kuai_assets/defs/reuse.py)."""
+    import dagster as dg
+
+    kept = []
+    for name in ("model", "baseline_model", "attention_model"):
+        event = instance.get_latest_materialization_event(dg.AssetKey(name))
+        if event is not None and event.run_id == run_id and "kept" in event.asset_materialization.metadata:
+            kept.append(name)
+    return kept
+
+
 def mlflow_link(metadata: dict, ui_url: str) -> str:
     """A model materialization's MLflow run link, on the MLflow UI the workspace records now."""
     from kuai_assets.ml.tracking import run_link
@@ -594,6 +606,9 @@ def print_summary(instance, workspace: settings.Workspace, elapsed: float, run_i
     change = change_since_previous_evaluation(instance, run_id) if run_id else None
     if change:
         lines.append(change)
+    kept = kept_in_run(instance, run_id) if run_id else []
+    if kept:
+        lines.append(f"  kept, nothing they learn from changed (their MLflow runs stand): {', '.join(kept)}")
     lines += [
         f"  submission: {work / 'submission.txt'}",
         f"  MLflow run: {mlflow_link(model, workspace.mlflow_ui_url)}",

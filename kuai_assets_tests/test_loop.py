@@ -332,3 +332,30 @@ def test_kuai_run_says_the_evaluation_while_later_steps_still_run(tmp_path):
         # another process's run (the UI's, another `kuai run`): not ours to speak of
         waits["seconds"] = 1.5  # long enough for 15 looks of the watch, which must stay silent
         assert watched([evaluation, feature_group_ablation], "host:2:20", ours) == []
+
+
+def test_kuai_runs_summary_names_the_models_the_run_kept(tmp_path, capsys):
+    """A model kept by the run (its materialization says `kept`) is named in the summary; one the
+    run trained, or one kept by an earlier run, is not."""
+    from kuai_assets import settings
+    from kuai_assets.cli import print_summary
+
+    workspace = settings.Workspace(tmp_path, tmp_path / "data", "tiny", tmp_path / "home", "sqlite:///x.db",
+                                   "http://127.0.0.1:5000")
+
+    def model_asset(name: str, kept: bool):
+        @dg.asset(name=name)
+        def asset() -> dg.MaterializeResult:
+            return dg.MaterializeResult(metadata={"valid_auc": 0.7, **({"kept": "since ..."} if kept else {})})
+        return asset
+
+    with dg.instance_for_test() as instance:
+        earlier = dg.materialize([model_asset("attention_model", True)], instance=instance).run_id
+        run = dg.materialize([model_asset("model", False), model_asset("baseline_model", True)],
+                             instance=instance).run_id
+        print_summary(instance, workspace, 60.0, run)
+        out = capsys.readouterr().out
+        assert "  kept, nothing they learn from changed (their MLflow runs stand): baseline_model" in out.splitlines()
+        print_summary(instance, workspace, 60.0, earlier)
+        assert "  kept, nothing they learn from changed (their MLflow runs stand): attention_model" in \
+            capsys.readouterr().out.splitlines()
