@@ -132,8 +132,7 @@ def attention_model(
         except ValueError as exc:
             raise _failure(ATTENTION, exc) from None
         key = attention_inputs_key(context, work, config)
-        previous = reuse.previous(context, key, tracking.tracking_uri, work.store_path(ATTENTION)) \
-            if reuse.reuse_wanted(context) else None
+        previous = reuse.previous(context, key, tracking.tracking_uri, work.store_path(ATTENTION))
         if previous is not None:
             alike, decision = refit_decided_alike(work, config, gbdt_validation)
             if alike:
@@ -231,7 +230,7 @@ def attention_model(
             "device": result.device,
             "mlflow_run_id": run_id,
             "mlflow_run": dg.MetadataValue.url(run_info["mlflow_run_url"]),
-            **({reuse.KEY: key} if key else {}),
+            **reuse.recorded(key),
         }
     )
 
@@ -257,10 +256,10 @@ def refit_decided_alike(work: WorkDir, config: AttentionConfig, gbdt_validation)
 
     network, _, info = read_predictions(work, ATTENTION)
     label_rows, clicks = validation_labels(work)
-    order = np.argsort(label_rows)
-    at = order[np.clip(np.searchsorted(label_rows[order], network["row_id"]), 0, len(order) - 1)]
-    if not np.array_equal(label_rows[at], network["row_id"]):
-        return False, "the published network's validation rows are not the training matrix's"
+    try:
+        at = blend_logic.align(network["row_id"], label_rows, "the published network's validation rows and the matrix's")
+    except BlendError as exc:
+        return False, str(exc)
     validation = Predictions(network["row_id"], network["p_click"], network["user_id"], network["photo_id"], clicks[at])
     refitted, decision, _ = refit_decision(config, validation, gbdt_validation)
     return refitted == bool(info.get("refitted", True)), decision

@@ -134,8 +134,7 @@ def fit_record_publish(
         key = reuse.inputs_key(context, reuse.matrix_inputs(matrix, groups),
                                {name: getattr(training, name) for name in GbdtTraining.model_fields},
                                libraries=reuse.library_versions("lightgbm", "numpy"))
-        previous = reuse.previous(context, key, tracking.tracking_uri, work.store_path(store_name)) \
-            if reuse.reuse_wanted(context) else None
+        previous = reuse.previous(context, key, tracking.tracking_uri, work.store_path(store_name))
         if previous is not None:
             return previous.result(context, tracking.ui_url)
         tags = {
@@ -152,7 +151,7 @@ def fit_record_publish(
         info = record_gbdt(tracker, result, config_name, tags, registered_model, tracking.ui_url, run_id=run_id)
         context.log.info(f"{store_name}: recorded in MLflow run {info['mlflow_run_id']}")
         publish_gbdt(work, store_name, result, info)
-    return dg.MaterializeResult(metadata={**model_metadata(result, info), **({reuse.KEY: key} if key else {})})
+    return dg.MaterializeResult(metadata={**model_metadata(result, info), **reuse.recorded(key)})
 
 
 def model_metadata(result, info: dict) -> dict:

@@ -136,10 +136,16 @@ class Previous:
                                               TRAINED_IN: dg.MetadataValue.text(self.trained_in), **more})
 
 
+def recorded(key: str | None) -> dict:
+    """The metadata entry that records a fresh result's inputs key (none without a key)."""
+    return {KEY: key} if key else {}
+
+
 def previous(context: dg.AssetExecutionContext, key: str | None, tracking_uri: str, store: Path) -> Previous | None:
-    """The asset's latest materialization, if it recorded `key`, its MLflow run (`mlflow_run_id`)
-    exists and finished, and `store` holds that run's model; else None."""
-    if key is None:
+    """What to keep: the asset's latest materialization, if the run asks to keep (`reuse_wanted`),
+    that materialization recorded `key`, its MLflow run (`mlflow_run_id`) exists and finished, and
+    `store` holds that run's model; else None (train)."""
+    if key is None or not reuse_wanted(context):
         return None
     event = context.instance.get_latest_materialization_event(context.asset_key)
     if event is None or event.asset_materialization is None:

@@ -5,11 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
-
 from kuai_assets.features.matrix import Feature
 from kuai_assets.features.spec import CatalogError
-from kuai_assets.ml.training import LightGbmParams, Rows, early_stopped, lightgbm_dataset
+from kuai_assets.ml.training import LightGbmParams, Rows, early_stopped, lightgbm_dataset, require_validation_labels
 
 
 @dataclass(frozen=True)
@@ -48,10 +46,7 @@ def run_ablation(
     the same bins as a Dataset of the variant's columns alone, without binning the rows 41 times
     (BENCHMARKS.md, "The feature-group ablation on Datasets binned once").
     """
-    if fit.y is None or scored.y is None:
-        raise ValueError("the ablation needs labelled fit and scored rows")
-    if len(np.unique(scored.y)) < 2:
-        raise ValueError("the validation rows hold only one class; widen the validation window")
+    require_validation_labels(fit, scored, "the ablation")
     train_set = lightgbm_dataset(fit, features)
     valid_set = lightgbm_dataset(scored, features, reference=train_set)
     results = []

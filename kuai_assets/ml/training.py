@@ -143,14 +143,19 @@ class Validation:
     importance: dict[str, float] = field(default_factory=dict)
 
 
+def require_validation_labels(fit: Rows, scored: Rows, what: str) -> None:
+    """Refuse fit or scored rows without labels, and scored rows of one class (no AUC to stop on)."""
+    if fit.y is None or scored.y is None:
+        raise ValueError(f"{what} needs labelled fit and scored rows")
+    if len(np.unique(scored.y)) < 2:
+        raise ValueError("the validation rows hold only one class; widen the validation window")
+
+
 def train_validation(
     fit: Rows, scored: Rows, features: list[Feature], params: LightGbmParams, log=lambda m: None, name: str = "model"
 ) -> Validation:
     """Fit on the early rows, early-stop on the AUC of the cold-start photos after the cut."""
-    if fit.y is None or scored.y is None:
-        raise ValueError("validation needs labelled fit and scored rows")
-    if len(np.unique(scored.y)) < 2:
-        raise ValueError("the validation rows hold only one class; widen the validation window")
+    require_validation_labels(fit, scored, "validation")
     started = time.time()
     train_set = lightgbm_dataset(fit, features)
     valid_set = lightgbm_dataset(scored, features, reference=train_set)
