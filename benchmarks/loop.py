@@ -314,15 +314,20 @@ class AucWatch:
         return self.seconds
 
 
+def edit_in_copy(sql: Path, old: str, new: str) -> str:
+    """Replace `old` by `new` once in `sql` (a file of a repo copy, never the repo); its text before."""
+    text = sql.read_text()
+    if old not in text:
+        raise SystemExit(f"{sql.name} no longer contains {old!r}: update the edits in benchmarks/loop.py")
+    sql.write_text(text.replace(old, new, 1))
+    return text
+
+
 def edit_to_auc(repo: Path, data: Path, work: Path, scratch: Path, log_dir: Path) -> dict:
     copy = repo_copy(repo, scratch / "repo_copy")
-    sql = copy / EDITED_FILE
-    text = sql.read_text()
-    if EDIT[0] not in text:
-        raise SystemExit(f"{EDITED_FILE} no longer contains {EDIT[0]!r}: update EDIT in benchmarks/loop.py")
     before = json.loads((work / "stores" / "model" / "run.json").read_text())
     selection = ",".join(stale_up_to_model(Path(EDITED_FILE).stem))
-    sql.write_text(text.replace(EDIT[0], EDIT[1], 1))  # the edit, in the copy only
+    edit_in_copy(copy / EDITED_FILE, *EDIT)
     command = f"source {work / settings.ENV_SCRIPT} && dagster asset materialize --select '{selection}'"
     print(f"[loop] (c) edited {EDITED_FILE} ({EDIT[0]} -> {EDIT[1]}) in a copy; {command}", flush=True)
     watch = AucWatch(work / "mlflow" / "mlflow.db")
@@ -363,15 +368,11 @@ def front_door(repo: Path, work: Path, scratch: Path, log_dir: Path) -> list[dic
     copy = repo_copy(repo, scratch / "repo_copy")
     runs = [kuai_run_unsynced(copy, work, log_dir / "front_door_sync.log", "up to date with the unedited code")]
     for name, (old, new) in FRONT_DOOR_EDITS:
-        sql = copy / name
-        text = sql.read_text()
-        if old not in text:
-            raise SystemExit(f"{name} no longer contains {old!r}: update FRONT_DOOR_EDITS in benchmarks/loop.py")
         stem = Path(name).stem
-        sql.write_text(text.replace(old, new, 1))  # in the copy only
+        text = edit_in_copy(copy / name, old, new)
         runs.append(kuai_run_unsynced(copy, work, log_dir / f"front_door_{stem}.log", f"after an edit of {stem}"))
-        sql.write_text(text)
-        runs.append(kuai_run_unsynced(copy, work, log_dir / f"front_door_{stem}_revert.log", f"after its revert"))
+        (copy / name).write_text(text)
+        runs.append(kuai_run_unsynced(copy, work, log_dir / f"front_door_{stem}_revert.log", "after its revert"))
     shutil.rmtree(copy)
     return runs
 
