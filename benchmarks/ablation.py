@@ -11,7 +11,9 @@ It prints the seconds of each way, their ratio, and every variant's validation A
 the largest difference. With `feature_fraction` and `bagging_fraction` below 1 the two ways sample
 columns and rows differently, so their AUCs differ by the noise of those samples; `--exact` sets
 both to 1 (and one thread), where the two ways are the same trees and the AUCs agree to the digit.
-The machines here are shared: read the ratio.
+`--predicting` also times the binned-once way predicting each variant's scored rows again for its
+AUC (as the ablation did before it read LightGBM's record at the best iteration), and checks the
+AUCs are the same. The machines here are shared: read the ratio.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ablation", description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, required=True, help="a workspace with a materialized training matrix")
     parser.add_argument("--exact", action="store_true", help="no column or row sampling, one thread")
+    parser.add_argument("--predicting", action="store_true",
+                        help="also time the binned-once way predicting the scored rows again for each AUC")
     args = parser.parse_args(argv)
 
     config = AblationConfig()
@@ -61,6 +65,22 @@ def main(argv: list[str] | None = None) -> int:
     binned_once = {r.variant: r.valid_auc for r in run_ablation(fit, scored, features, groups, config.base_group, config)}
     once_seconds = time.perf_counter() - started
 
+    if args.predicting:
+        from kuai_assets.ml import ablation
+
+        recorded = ablation.early_stopped
+
+        def predicting(*positional, **named):
+            return recorded(*positional, **{**named, "predict": True})
+
+        ablation.early_stopped = predicting
+        try:
+            started = time.perf_counter()
+            predicted = {r.variant: r.valid_auc for r in run_ablation(fit, scored, features, groups, config.base_group, config)}
+            predicting_seconds = time.perf_counter() - started
+        finally:
+            ablation.early_stopped = recorded
+
     width = max(map(len, binned_once))
     print(f"\n{'variant':{width}}  binned per variant  binned once")
     for name, auc in binned_per_variant.items():
@@ -70,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"binned per variant: {per_variant_seconds:6.1f} s")
     print(f"binned once:        {once_seconds:6.1f} s   ({per_variant_seconds / once_seconds:.2f}x as fast)")
     print(f"largest AUC difference: {largest:.4f}")
+    if args.predicting:
+        same = all(predicted[n] == binned_once[n] for n in binned_once)
+        print(f"binned once, predicting each variant again: {predicting_seconds:6.1f} s "
+              f"({predicting_seconds - once_seconds:+.1f} s; the AUCs {'the same' if same else 'DIFFER'})")
     return 0
 
 

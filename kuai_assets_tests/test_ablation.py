@@ -60,6 +60,23 @@ def test_the_ablation_reads_which_group_carries_the_gain():
     assert auc["base + strong"] > auc["base + weak"] > auc["base alone"]
 
 
+def test_a_variant_s_recorded_auc_is_that_of_its_prediction():
+    """The ablation takes each variant's AUC from LightGBM's record at the best iteration rather
+    than predicting the scored rows again; that is the AUC of the prediction, ties and all (a few
+    shallow trees give many tied scores)."""
+    coarse = EXACT.model_copy(update={"num_leaves": 3, "max_rounds": 4, "early_stopping_rounds": 2})
+    train_set = lightgbm_dataset(FIT, FEATURES)
+    valid_set = lightgbm_dataset(SCORED, FEATURES, reference=train_set)
+    results = run_ablation(FIT, SCORED, FEATURES, GROUPS, "base", coarse)
+    assert len(results) == len(variants(GROUPS, "base"))
+    for result in results:
+        columns = [i for i, f in enumerate(FEATURES) if f.group in result.groups]
+        predicted = early_stopped(train_set, valid_set, FIT, SCORED, coarse, only_features=columns)
+        assert predicted.prediction is not None and len(np.unique(predicted.prediction)) < len(SCORED.y) / 10
+        assert result.best_iteration == predicted.best_iteration
+        assert result.valid_auc == pytest.approx(predicted.auc, abs=1e-12)
+
+
 def test_a_split_outside_the_variant_is_an_error(monkeypatch):
     """The restriction rests on LightGBM's interaction constraints; were they ever ignored, the
     ablation would say so rather than report the full model under a variant's name."""

@@ -44,7 +44,8 @@ def run_ablation(
     restricted to its groups' columns (`early_stopped`'s `only_features`), which raises if a tree
     splits on another column. A feature's bins depend only on its own values, so this learns from
     the same bins as a Dataset of the variant's columns alone, without binning the rows 41 times
-    (BENCHMARKS.md, "The feature-group ablation on Datasets binned once").
+    (BENCHMARKS.md, "The feature-group ablation on Datasets binned once"). A variant's AUC is the
+    one LightGBM recorded at its best iteration; the scored rows are not predicted again.
     """
     require_validation_labels(fit, scored, "the ablation")
     train_set = lightgbm_dataset(fit, features)
@@ -52,7 +53,9 @@ def run_ablation(
     results = []
     for name, chosen in variants(groups, base_group).items():
         columns = [i for i, f in enumerate(features) if f.group in chosen]
-        result = early_stopped(train_set, valid_set, fit, scored, params, only_features=columns, name=name)
+        result = early_stopped(
+            train_set, valid_set, fit, scored, params, only_features=columns, name=name, predict=False
+        )
         outcome = VariantResult(name, tuple(chosen), result.auc, result.best_iteration)
         on_result(outcome)
         results.append(outcome)

@@ -137,7 +137,7 @@ class Validation:
     fit_rows: int
     scored_rows: int
     scored_click_rate: float
-    prediction: np.ndarray
+    prediction: np.ndarray | None  # None when fitted with predict=False
     label: np.ndarray
     seconds: float
     importance: dict[str, float] = field(default_factory=dict)
@@ -172,9 +172,14 @@ def early_stopped(
     log=lambda m: None,
     name: str = "model",
     started: float | None = None,
+    predict: bool = True,
 ) -> Validation:
     """Boost on `train_set`, early-stopped on the AUC of `valid_set` (LightGBM Datasets of `fit` and
     `scored`, which may already be constructed and are then reused as they are).
+
+    With `predict=False` the scored rows are not predicted again: `prediction` is None and `auc` is
+    the one LightGBM computed at the best iteration while boosting (the same figure as
+    `roc_auc` of the prediction, ties included; `test_ablation.py` holds them equal).
 
     `only_features` (column indices) restricts every split to those columns: one interaction
     constraint holding all of them, so that LightGBM allows no other column at any node (its
@@ -214,12 +219,17 @@ def early_stopped(
                 f"{name}: LightGBM split on columns outside the {len(allowed)} allowed "
                 f"({[booster.feature_name()[i] for i in foreign[:5]]}): the interaction constraint did not hold"
             )
-    prediction = booster.predict(scored.x, num_iteration=booster.best_iteration)
+    auc_history = [float(v) for v in history["validation"]["auc"]]
+    if predict:
+        prediction = booster.predict(scored.x, num_iteration=booster.best_iteration)
+        auc = roc_auc(scored.y, prediction)
+    else:
+        prediction, auc = None, auc_history[(booster.best_iteration or len(auc_history)) - 1]
     return Validation(
         booster=booster,
         best_iteration=int(booster.best_iteration),
-        auc_history=[float(v) for v in history["validation"]["auc"]],
-        auc=roc_auc(scored.y, prediction),
+        auc_history=auc_history,
+        auc=auc,
         fit_rows=len(fit.x),
         scored_rows=len(scored.x),
         scored_click_rate=float(scored.y.mean()),
