@@ -28,6 +28,23 @@ def test_every_asset_and_check_succeeds(materialized):
     assert checks and all(c.passed for c in checks)
 
 
+def test_a_python_group_s_diagnostics_are_debug_lines_and_its_progress_info(materialized):
+    """A Python group's `log.debug` lines (user_visual_group_affinity's out-of-fold log-loss per
+    fold) reach the run's log at DEBUG, out of the console; its `log(...)` lines at INFO."""
+    import logging
+
+    with dg.DagsterInstance.from_config(str(materialized["dagster_home"])) as instance:
+        lines = [
+            (entry.level, entry.user_message)
+            for entry in instance.all_logs(materialized["result"].run_id)
+            if entry.step_key == "user_visual_group_affinity" and entry.user_message.startswith("user_visual_group_affinity:")
+        ]
+    diagnostics = [level for level, message in lines if "out-of-fold log-loss by cut" in message]
+    progress = [level for level, message in lines if " done (" in message]
+    assert diagnostics and set(diagnostics) == {logging.DEBUG}
+    assert progress and set(progress) == {logging.INFO}
+
+
 def test_tiny_model_is_clearly_better_than_chance(materialized):
     result = materialized["result"]
     model = metadata(result, "model")

@@ -12,6 +12,7 @@ from kuai_assets.defs.metadata import clear_failures, markdown_table, table_meta
 from kuai_assets.defs.resources import WorkspaceResource
 from kuai_assets.features.catalog import TableModel, load_catalog
 from kuai_assets.features.runner import materialize_table_model
+from kuai_assets.features.spec import GroupLog
 
 GROUP = "features"
 
@@ -60,7 +61,8 @@ def table_model_asset(model: TableModel) -> dg.AssetsDefinition:
         with clear_failures(model.name, workspace.work_dir):
             chosen = engine.engine()
             work = workspace.work()
-            result = materialize_table_model(model, work, dict(context.op_config or {}), context.log.info, chosen)
+            log = GroupLog(info=context.log.info, debug=context.log.debug)
+            result = materialize_table_model(model, work, dict(context.op_config or {}), log, chosen)
         metadata = table_metadata(work.table_path(model.name))
         metadata["seconds"] = dg.MetadataValue.float(result.seconds)
         metadata["grain"] = ", ".join(model.grain)

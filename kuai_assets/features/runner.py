@@ -22,7 +22,7 @@ import duckdb
 import pyarrow.parquet as pq
 
 from kuai_assets.engines import DUCKDB, Engine
-from kuai_assets.features.spec import LABEL_COLUMNS, CatalogError, TableModel
+from kuai_assets.features.spec import LABEL_COLUMNS, CatalogError, GroupLog, TableModel
 from kuai_assets.features.grain import first_duplicate
 from kuai_assets.storage import WorkDir, check_identifier, sql_string
 
@@ -63,10 +63,14 @@ def materialize_table_model(
     model: TableModel,
     work: WorkDir,
     variables: dict | None = None,
-    log: Callable[[str], None] = lambda message: None,
+    log: Callable[[str], None] | GroupLog = lambda message: None,
     engine: Engine = DUCKDB,
 ) -> TableResult:
+    """Write `model`'s table into `work` (atomically). `log` takes the lines said along the way:
+    a plain callable, or a `GroupLog` whose DEBUG lines a Python group's diagnostics go to."""
     started = time.time()
+    group_log = GroupLog.of(log)
+    log = group_log.info
     values = resolve_variables(model, variables)
     on_driver = engine.is_spark and model.sql is None
     if on_driver and not model.driver_only:
@@ -89,11 +93,11 @@ def materialize_table_model(
                         f"{model.name}: no distributed definition ({model.driver_only}); running its Python "
                         f"on the Spark driver, not on {engine.spark_url}'s executors"
                     )
-                    model.compute(con, tmp, log)
+                    model.compute(con, tmp, group_log)
                 elif engine.is_spark:
                     _run_on_spark(model, sql, work, values, engine, con, tmp, log)
                 elif model.compute is not None:  # a Python group, or the fast path of a SQL definition
-                    model.compute(con, tmp, log)
+                    model.compute(con, tmp, group_log)
                 else:
                     con.execute(
                         f"copy ({sql_body(sql)}) to {sql_string(tmp)} (format parquet, compression zstd)"

@@ -23,6 +23,30 @@ class CatalogError(ValueError):
 
 
 @dataclass(frozen=True)
+class GroupLog:
+    """What a Python feature group's `compute(con, out, log)` is handed to say what it does.
+
+    `log(message)` is for what a person running the step reads (the run's console and the UI, at
+    INFO); `log.debug(message)` for diagnostics (per-fold figures and the like), kept in the UI's
+    log at DEBUG and out of the console. Built from plain callables, so any caller can hand one in.
+    """
+
+    info: Callable[[str], None] = lambda message: None
+    debug: Callable[[str], None] = lambda message: None
+
+    def __call__(self, message: str) -> None:
+        self.info(message)
+
+    @classmethod
+    def of(cls, log: "Callable[[str], None] | GroupLog") -> "GroupLog":
+        """`log` as it is when already a GroupLog; a plain callable takes INFO and drops DEBUG."""
+        return log if isinstance(log, GroupLog) else cls(info=log)
+
+
+QUIET = GroupLog()
+
+
+@dataclass(frozen=True)
 class Variable:
     name: str
     default: float | int

@@ -31,7 +31,6 @@ fold f: its setup's fit rows outside fold f; a scored row, fold -1: all of them)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 import duckdb
 import numpy as np
@@ -45,7 +44,7 @@ from kuai_assets.features.fold_statistics import (
     setups,
 )
 from kuai_assets.features.id_index import IdIndex
-from kuai_assets.features.spec import TableModel
+from kuai_assets.features.spec import QUIET, GroupLog, TableModel
 
 POPULATION_WEIGHT = 20  # pseudo-impressions pulling the user's rate toward the population's
 USER_WEIGHT = 10  # pseudo-impressions pulling the (user, group) rate toward the user's
@@ -207,9 +206,7 @@ def choose_cuts(
     return kept, losses
 
 
-def compute_user_visual_group_affinity(
-    con: duckdb.DuckDBPyConnection, out: Path, log: Callable[[str], None] = lambda m: None
-) -> int:
+def compute_user_visual_group_affinity(con: duckdb.DuckDBPyConnection, out: Path, log: GroupLog = QUIET) -> int:
     index, groups, n_clusters = photo_groups(con)
     if not groups:
         log(f"user_visual_group_affinity: {n_clusters} finest clusters are too few to merge: every value is null")
@@ -234,7 +231,7 @@ def compute_user_visual_group_affinity(
             kept, losses = choose_cuts(cuts, user, fold, click, of_history, n_folds)
             del history, user, fold, click, photo, of_history
             for slot, (chosen, loss) in enumerate(zip(kept, losses)):
-                log(
+                log.debug(
                     f"user_visual_group_affinity: {setup}, "
                     + (f"fold {slot}" if slot < n_folds else "scored rows")
                     + ": out-of-fold log-loss by cut "
