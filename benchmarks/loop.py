@@ -21,7 +21,8 @@ test rows, ~125k photos, world click_blind_timeline, seed 13) it measures, one a
     workspace, first to bring it up to date with the unedited code, then, for each of
     FRONT_DOOR_EDITS (a context group of the attention network, whose edit keeps only the
     baseline, and a group that is not, whose edit keeps the network too), after the edit and
-    after its revert: the run's wall time and when it printed the evaluation's AUCs.
+    after its revert: the run's wall time, when it printed the evaluation's AUCs, the models it kept, and
+    the ablation's seconds with the number of its variants kept.
 
 Each is a child process tree: wall time, and the peak of the summed resident memory of the
 process and all its descendants (psutil, sampled every 0.2 s). Each submission is scored against
@@ -359,9 +360,12 @@ def kuai_run_unsynced(copy: Path, work: Path, log: Path, label: str) -> dict:
     evaluated = re.search(r"^\[kuai\] evaluated (\d+) s into the run", text, re.MULTILINE)
     planned = re.search(r"^\[kuai\] (\d+) of \d+ assets to materialize", text, re.MULTILINE)
     kept = re.findall(r" - (\w+): kept, nothing it learns from changed", text)
+    variants_kept = re.search(r"ablation: kept (\d+) of (\d+) variants", text)
+    ablation = next((s["seconds"] for s in step_times(work) if s["step"] == "feature_group_ablation"), None)
     return {"label": label, "seconds": result["seconds"], "peak_gib": result["peak_gib"], "ok": result["ok"],
             "assets": int(planned.group(1)) if planned else 0,
-            "evaluated_after": int(evaluated.group(1)) if evaluated else None, "kept": kept}
+            "evaluated_after": int(evaluated.group(1)) if evaluated else None, "kept": kept,
+            "ablation_seconds": ablation, "variants_kept": int(variants_kept.group(1)) if variants_kept else 0}
 
 
 def front_door(repo: Path, work: Path, scratch: Path, log_dir: Path) -> list[dict]:
@@ -465,10 +469,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{share}, peak {e['peak_gib']:.2f} GiB; validation AUC {e.get('valid_auc_before')} -> {e.get('valid_auc')} "
               f"(new MLflow run: {e['new_mlflow_run']})")
     if results.get("front_door"):
-        print("\n| `kuai run --unsynced` | assets | wall | the evaluation's AUCs printed after | kept |\n|---|---|---|---|---|")
+        print("\n| `kuai run --unsynced` | assets | wall | the evaluation's AUCs printed after | kept | the ablation "
+              "(variants kept) |\n|---|---|---|---|---|---|")
         for run in results["front_door"]:
             after = f"{run['evaluated_after']} s" if run["evaluated_after"] is not None else "(at the end)"
-            print(f"| {run['label']} | {run['assets']} | {run['seconds']:.0f} s | {after} | {', '.join(run['kept']) or '-'} |")
+            ablation = f"{run['ablation_seconds']:.0f} s ({run['variants_kept']})" if run.get("ablation_seconds") else "-"
+            print(f"| {run['label']} | {run['assets']} | {run['seconds']:.0f} s | {after} | {', '.join(run['kept']) or '-'} "
+                  f"| {ablation} |")
     if platform and platform["steps"]:
         print("slowest steps of (a): " + ", ".join(f"{s['step']} {s['seconds']:.0f} s" for s in platform["steps"][:8]))
     return 0 if all(r.get("ok", True) for r in (platform or {}, script or {}, *results.get("front_door", []))) else 1

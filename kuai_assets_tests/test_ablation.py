@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kuai_assets.features.matrix import Feature
-from kuai_assets.ml.ablation import run_ablation, variants
+from kuai_assets.ml.ablation import VariantResult, run_ablation, variants
 from kuai_assets.ml.training import LightGbmParams, Rows, early_stopped, lightgbm_dataset, train_validation
 
 # no column or row sampling: two fits on the same bins are then the same trees
@@ -75,6 +75,34 @@ def test_a_variant_s_recorded_auc_is_that_of_its_prediction():
         assert predicted.prediction is not None and len(np.unique(predicted.prediction)) < len(SCORED.y) / 10
         assert result.best_iteration == predicted.best_iteration
         assert result.valid_auc == pytest.approx(predicted.auc, abs=1e-12)
+
+
+def test_kept_variants_are_reported_as_given_and_the_rest_trained(monkeypatch):
+    """`keep` is asked for every variant with the columns LightGBM keeps (a constant column is
+    dropped: False); what it returns is reported as it is, in order, and only the rest is trained."""
+    fit = Rows(FIT.x.copy(), FIT.y, FIT.user_id, FIT.photo_id, FIT.row_id)
+    fit.x[:, 7] = 1.0  # noise_1, constant
+    asked, reported = [], []
+
+    def keep(variant, groups, used):
+        asked.append((variant, used))
+        if "strong" in groups:
+            return None
+        return VariantResult(variant, groups, 0.5, 1, kept_from="an earlier run")
+
+    from kuai_assets.ml import ablation
+
+    fits = []
+    boost = ablation.early_stopped
+    monkeypatch.setattr(ablation, "early_stopped", lambda *a, **k: fits.append(k["name"]) or boost(*a, **k))
+    results = run_ablation(fit, SCORED, FEATURES, GROUPS, "base", EXACT, reported.append, keep)
+    assert fits == [r.variant for r in results if "strong" in r.groups]
+    assert [v for v, _ in asked] == [r.variant for r in results] == list(variants(GROUPS, "base"))
+    assert all(used == (True,) * 7 + (False,) for _, used in asked)
+    for r in results:
+        assert (r.kept_from is None) == ("strong" in r.groups)
+        assert (r.valid_auc == 0.5) == ("strong" not in r.groups)
+    assert [r.variant for r in reported] == [r.variant for r in results]
 
 
 def test_a_split_outside_the_variant_is_an_error(monkeypatch):

@@ -136,3 +136,53 @@ def test_matrix_inputs_are_a_groups_piece_key_and_the_rows_not_the_other_groups_
     flipped = pc.subtract(pa.scalar(1, click.type), click).cast(click.type)
     assert written("clicks.parquet", keys, flipped)["rows"] != first["rows"]
     assert written("no_keys.parquet", None) is None  # a matrix from before piece keys: never kept
+
+
+def test_the_ablation_keeps_the_variants_without_an_edited_group_and_they_are_what_training_gives(workspace):
+    """After the edit of one group (its columns and its piece key in the matrix), a `kuai run`
+    keeps every variant without that group and trains the others; the kept figures are those that
+    training the variant again gives, to the last digit."""
+    from kuai_assets.defs.reuse import VARIANT_KEYS
+
+    ws = workspace
+    name = "feature_group_ablation"
+    before = latest(ws, name)
+    assert before[VARIANT_KEYS]  # recorded without the tag too
+
+    matrix = ws["work"] / "tables" / f"{MATRIX}.parquet"
+    table = pq.read_table(matrix)
+    keys = json.loads(table.schema.metadata[PIECES_KEY])
+    from kuai_assets.features.matrix import read_features
+
+    edited = "time_and_duration"
+    columns = [f.name for f in read_features(matrix) if f.group == edited and f.kind == "continuous"]
+    assert columns and edited != "user_behaviour"
+    for column in columns:  # the edit: new values of the group's columns, and its new piece key
+        values = table.column(column)
+        table = table.set_column(table.column_names.index(column), column,
+                                 pc.multiply(pc.add(values, pa.scalar(1.0, values.type)), pa.scalar(1.7, values.type)))
+    metadata = {**table.schema.metadata, PIECES_KEY: json.dumps({**keys, edited: "edited"}).encode()}
+    pq.write_table(table.replace_schema_metadata(metadata), matrix)
+
+    kept = materialize(ws, [name], tags=REUSE)[name]
+    entry = kept[VARIANT_KEYS]
+    without_edited = {v for v, e in before[VARIANT_KEYS].items()
+                      if v == f"without {edited}" or (v.startswith("user_behaviour") and edited not in v)}
+    assert {v for v, e in entry.items() if e["mlflow_run_id"] == before[VARIANT_KEYS][v]["mlflow_run_id"]} == without_edited
+    assert kept["variants_kept"] == len(without_edited) >= 2
+    for variant in without_edited:
+        assert entry[variant]["valid_auc"] == before[VARIANT_KEYS][variant]["valid_auc"]
+    assert entry[f"user_behaviour + {edited}"]["key"] != before[VARIANT_KEYS][f"user_behaviour + {edited}"]["key"]
+
+    # without the tag, every variant is trained: the kept ones come out as they were kept
+    trained = materialize(ws, [name])[name]
+    assert trained["variants_kept"] == 0
+    for variant, figures in trained[VARIANT_KEYS].items():
+        assert figures["key"] == entry[variant]["key"]
+        assert (figures["valid_auc"], figures["best_iteration"]) == (entry[variant]["valid_auc"], entry[variant]["best_iteration"])
+        assert figures["mlflow_run_id"] != entry[variant]["mlflow_run_id"]
+
+    # other settings: nothing kept
+    other = materialize(ws, [name], tags=REUSE, ops={name: {"config": {"max_fit_rows": 20_000, "max_rounds": 50,
+                                                                       "early_stopping_rounds": 10}}})[name]
+    assert other["variants_kept"] == 0

@@ -409,7 +409,8 @@ def feature_group_ablation(
 ) -> dg.MaterializeResult:
     """Which feature group carries the gain: validation AUC with each group removed, and with each
     group alone on top of the user-behaviour group. One MLflow run per variant, nested under one
-    parent; a table and a bar chart here.
+    parent; a table and a bar chart here. In a `kuai run` (run tag kuai/reuse: unchanged) a variant
+    whose inputs did not change keeps its result (`reuse.VariantKeeper`).
     """
     import mlflow
 
@@ -422,30 +423,43 @@ def feature_group_ablation(
         features = select_features(read_features(matrix), groups)
         fit = load_rows(matrix, features, "validation", "fit", config.sample())
         scored = load_rows(matrix, features, "validation", "scored", RowSample(1.0, config.max_validation_rows, config.seed))
+        keeper = reuse.VariantKeeper(context, matrix, features, groups, config.model_dump())
         tags = {"dagster_run_id": context.run.run_id, "dagster_asset": "feature_group_ablation"}
         with tracker.run(f"ablation · {len(groups)} groups", tags) as parent:
             parent_id = parent.info.run_id
 
         count = len(variants(groups, config.base_group))
         done: list = []
+        mlflow_run_ids: dict[str, str] = {}
 
         def record(result) -> None:
             done.append(result)
             # each variant at DEBUG (the UI's log); at INFO (kuai run's console) the progress every 10
-            line = f"ablation: {result.variant}: validation AUC {result.valid_auc:.4f}"
+            line = f"ablation: {result.variant}: validation AUC {result.valid_auc:.4f}" + (" (kept)" if result.kept_from else "")
             if len(done) % 10 == 0 or len(done) == count:
                 context.log.info(f"{line} ({len(done)} of {count} variants)")
             else:
                 context.log.debug(line)
-            with tracker.run(result.variant, {**tags, "variant": result.variant}, parent_run_id=parent_id):
+            # a kept variant has its run here too, tagged with the run that trained it: the parent
+            # holds every variant either way
+            kept = {"kept_from_mlflow_run": result.kept_from} if result.kept_from else {}
+            with tracker.run(result.variant, {**tags, "variant": result.variant, **kept}, parent_run_id=parent_id) as run:
                 mlflow.log_params({"variant": result.variant, "feature_groups": ",".join(result.groups), "fit_rows": len(fit.x)})
                 mlflow.log_metrics({"valid_auc": result.valid_auc, "best_iteration": result.best_iteration})
+                mlflow_run_ids[result.variant] = run.info.run_id
 
-        results = run_ablation(fit, scored, features, groups, config.base_group, config, record)
+        keep = keeper.keep if keeper.common is not None else None
+        results = run_ablation(fit, scored, features, groups, config.base_group, config, record, keep)
+        n_kept = sum(1 for r in results if r.kept_from)
+        if n_kept:
+            context.log.info(
+                f"ablation: kept {n_kept} of {count} variants, whose groups' columns, rows and settings are unchanged "
+                f"since {keeper.since}; trained {count - n_kept}"
+            )
         full_auc = results[0].valid_auc
         table = [
             {"variant": r.variant, "groups": len(r.groups), "valid_auc": r.valid_auc, "best_iteration": r.best_iteration,
-             "delta_vs_all": r.valid_auc - full_auc}
+             "delta_vs_all": r.valid_auc - full_auc, "kept": "kept" if r.kept_from else ""}
             for r in results
         ]
         chart = plots.bar_png({r.variant: r.valid_auc for r in results}, "Validation AUC by variant", "AUC", reference=full_auc)
@@ -459,6 +473,8 @@ def feature_group_ablation(
             "chart": image(chart, "ablation"),
             "all_groups_valid_auc": dg.MetadataValue.float(full_auc),
             "fit_rows_per_variant": dg.MetadataValue.int(len(fit.x)),
+            "variants_kept": dg.MetadataValue.int(n_kept),
             "mlflow_parent_run_id": parent_id,
+            **keeper.recorded(results, mlflow_run_ids),
         }
     )

@@ -26,6 +26,9 @@ in its rows (DuckDB writes in parallel, in no set order): what was materialized 
 changed. So it saves work where the tables a model reads were not materialized again, as in the
 edit of one group; it never keeps a model whose inputs changed.
 
+The feature-group ablation keeps its variants one by one the same way (`VariantKeeper`): after the
+edit of one group, the variants without it.
+
 Without the tag (the UI's Materialize, `dagster asset materialize --select model`) every step
 trains, as a person asking for it expects; the key is recorded either way. A run launched from the
 UI with the tag `kuai/reuse: unchanged` keeps as `kuai run` does.
@@ -177,3 +180,65 @@ def _finished_run(tracking_uri: str, run_id: str) -> bool:
     except MlflowException:
         return False
     return run.info.lifecycle_stage == "active" and run.info.status == "FINISHED"
+
+
+# -- the ablation's variants ------------------------------------------------------------------------
+
+VARIANT_KEYS = "variant_keys"  # the ablation's metadata entry: each variant's key and result
+
+
+class VariantKeeper:
+    """Which of the ablation's variants keep their previous result (`kuai run`'s runs only).
+
+    A variant learns from its groups' columns only (the others are never split on), so after the
+    edit of one group every variant without it reads what it read before. Its key covers its
+    groups' piece keys in the matrix, the matrix's rows, the ablation's features in order and
+    which of them LightGBM keeps (the column sample of a tree is drawn from those), the settings,
+    the code (`code_digest`) and LightGBM's version. `keep` (run_ablation's) returns the previous
+    result of a variant whose key the latest materialization recorded with its figures; `recorded`
+    is the metadata entry of every variant's key and figures, kept or trained.
+    """
+
+    def __init__(self, context: dg.AssetExecutionContext, matrix: Path, features: list, groups: list[str], settings: dict):
+        inputs = matrix_inputs(matrix, groups)
+        self.piece_keys = inputs["groups"] if inputs else None
+        self.common = None if inputs is None else {
+            "rows": inputs["rows"], "features": [f.name for f in features], "settings": settings,
+            "code": code_digest(context), "libraries": library_versions("lightgbm", "numpy"),
+        }
+        self.keys: dict[str, str] = {}
+        self.previous: dict = {}
+        self.since = ""
+        if self.common is not None and reuse_wanted(context):
+            event = context.instance.get_latest_materialization_event(context.asset_key)
+            entry = event.asset_materialization.metadata.get(VARIANT_KEYS) if event and event.asset_materialization else None
+            if entry is not None and isinstance(entry.value, dict):
+                self.previous = entry.value
+                self.since = (f"Dagster run {event.run_id[:8]} "
+                              f"({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(event.timestamp))})")
+
+    def keep(self, variant: str, groups: tuple[str, ...], used: tuple[bool, ...]):
+        from kuai_assets.ml.ablation import VariantResult
+
+        if self.common is None:
+            return None
+        key = _digest({**self.common, "groups": {g: self.piece_keys[g] for g in sorted(groups)}, "used": list(used)})
+        self.keys[variant] = key
+        before = self.previous.get(variant)
+        if not isinstance(before, dict) or before.get("key") != key:
+            return None
+        try:
+            return VariantResult(variant, tuple(groups), float(before["valid_auc"]), int(before["best_iteration"]),
+                                 kept_from=str(before["mlflow_run_id"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def recorded(self, results: list, mlflow_run_ids: dict[str, str]) -> dict:
+        """The VARIANT_KEYS entry: for each variant with a key, its key, figures and the MLflow run
+        that trained it (for a kept one, the run it was kept from)."""
+        entry = {
+            r.variant: {"key": self.keys[r.variant], "valid_auc": r.valid_auc, "best_iteration": r.best_iteration,
+                        "mlflow_run_id": r.kept_from or mlflow_run_ids.get(r.variant, "")}
+            for r in results if r.variant in self.keys
+        }
+        return {VARIANT_KEYS: dg.MetadataValue.json(entry)} if entry else {}

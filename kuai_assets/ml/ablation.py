@@ -16,6 +16,11 @@ class VariantResult:
     groups: tuple[str, ...]
     valid_auc: float
     best_iteration: int
+    kept_from: str | None = None  # a kept result: where it was trained (see run_ablation's `keep`)
+
+
+# keep(variant, groups, used) -> a previous result to report instead of training, or None
+Keep = Callable[[str, tuple[str, ...], tuple[bool, ...]], "VariantResult | None"]
 
 
 def variants(groups: list[str], base_group: str) -> dict[str, list[str]]:
@@ -37,6 +42,7 @@ def run_ablation(
     base_group: str,
     params: LightGbmParams,
     on_result: Callable[[VariantResult], None] = lambda r: None,
+    keep: Keep | None = None,
 ) -> list[VariantResult]:
     """Train one model per variant on the same fit and scored rows; the first result is all groups.
 
@@ -46,12 +52,28 @@ def run_ablation(
     the same bins as a Dataset of the variant's columns alone, without binning the rows 41 times
     (BENCHMARKS.md, "The feature-group ablation on Datasets binned once"). A variant's AUC is the
     one LightGBM recorded at its best iteration; the scored rows are not predicted again.
+
+    `keep(variant, groups, used)`, when given, is asked first for each variant and may return a
+    result to report as it is, untrained (with `kept_from` set): the caller's to decide, from
+    whether what the variant learns from is unchanged. `used` says, column by column, whether
+    LightGBM keeps the feature (a constant column, or one no split could use, it drops): a tree's
+    column sample is drawn from the kept features, so a variant's model depends on that list as
+    well as on its own columns, its rows and its settings.
     """
     require_validation_labels(fit, scored, "the ablation")
-    train_set = lightgbm_dataset(fit, features)
+    train_set = lightgbm_dataset(fit, features, params=params.lightgbm())
     valid_set = lightgbm_dataset(scored, features, reference=train_set)
+    used: tuple[bool, ...] = ()
+    if keep is not None:
+        train_set.construct()
+        used = tuple(train_set.feature_num_bin(i) > 0 for i in range(len(features)))
     results = []
     for name, chosen in variants(groups, base_group).items():
+        previous = keep(name, tuple(chosen), used) if keep is not None else None
+        if previous is not None:
+            on_result(previous)
+            results.append(previous)
+            continue
         columns = [i for i, f in enumerate(features) if f.group in chosen]
         result = early_stopped(
             train_set, valid_set, fit, scored, params, only_features=columns, name=name, predict=False

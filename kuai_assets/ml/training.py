@@ -112,9 +112,10 @@ def load_rows(
     )
 
 
-def lightgbm_dataset(rows: Rows, features: list[Feature], reference=None):
+def lightgbm_dataset(rows: Rows, features: list[Feature], reference=None, params: dict | None = None):
     """The rows as a LightGBM Dataset (named columns, discrete features categorical), binned when
-    first trained on, or with the bins of `reference`."""
+    first trained on, or with the bins of `reference`. `params`: the parameters it will be trained
+    with, for a Dataset constructed before its first training (the same bins as binned then)."""
     import lightgbm as lgb
 
     categorical = [f.name for f in features if f.kind == "discrete"]
@@ -125,6 +126,7 @@ def lightgbm_dataset(rows: Rows, features: list[Feature], reference=None):
         categorical_feature=categorical or "auto",
         reference=reference,
         free_raw_data=True,
+        params=params,
     )
 
 
