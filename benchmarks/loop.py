@@ -409,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=None, help="dataset (default <out>/data, generated once)")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: platform, script, edit, frontdoor")
     parser.add_argument("--work", type=Path, default=None,
-                        help="measure only (c) and (d) on this existing workspace (one `kuai run --work W` made, e.g. at "
+                        help="measure only (c) and (d) (less --skip) on this existing workspace (one `kuai run --work W` made, e.g. at "
                              "--size demo); its data dir is the one W/.env records. Default: (a)'s fresh <out>/work")
     parser.add_argument("--plain-script", action="store_true", help=argparse.SUPPRESS)  # (b)'s child
     args = parser.parse_args(argv)
@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work.absolute()
         if not (work / "stores" / "model" / "run.json").is_file():
             raise SystemExit(f"{work}: no materialized model in this workspace (run `kuai run --work {work}` first)")
-        data, skip = workspace_data(work), {"platform", "script"}
+        data, skip = workspace_data(work), skip | {"platform", "script"}
     else:
         data, work = ensure_data((args.data or out / "data").absolute()), out / "work"
     import psutil

@@ -246,7 +246,7 @@ def attention_inputs_key(context: dg.AssetExecutionContext, work: WorkDir, confi
     files = {name: work.require_table(name) for name in sorted(set(PHOTO_TABLES) | set(HISTORY_TABLES))}
     return reuse.inputs_key(context, reuse.matrix_inputs(work.require_table(MATRIX), list(config.context_groups)),
                             config.model_dump(), tables=file_digests(files),
-                            libraries=reuse.library_versions("torch", "numpy"))
+                            libraries=reuse.library_versions("torch", "numpy", "duckdb"))
 
 
 def refit_decided_alike(work: WorkDir, config: AttentionConfig, gbdt_validation) -> tuple[bool, str]:

@@ -133,7 +133,7 @@ def fit_record_publish(
         matrix = work.require_table(MATRIX)
         key = reuse.inputs_key(context, reuse.matrix_inputs(matrix, groups),
                                {name: getattr(training, name) for name in GbdtTraining.model_fields},
-                               libraries=reuse.library_versions("lightgbm", "numpy"))
+                               libraries=reuse.library_versions("lightgbm", "numpy", "duckdb"))
         previous = reuse.previous(context, key, tracking.tracking_uri, work.store_path(store_name))
         if previous is not None:
             return previous.result(context, tracking.ui_url)

@@ -14,7 +14,8 @@ first compute an inputs key (`inputs_key`) over:
 - for the network, the content of the other tables it reads (its refit, decided against the
   GBDT's validation predictions, is decided again: attention_model);
 - its settings, the source of the code it runs (`code_digest`: the asset's code version, all of
-  `kuai_assets/ml/` and the matrix's reader) and the versions of the libraries it trains with.
+  `kuai_assets/ml/` and the matrix's reader) and the versions of the libraries it trains with
+  (DuckDB's too, whose hash draws its row sample).
 
 When the latest materialization of the asset recorded the same key, its MLflow run exists and
 finished, and the published store is that run's (`previous`), the step trains nothing and records
@@ -194,9 +195,10 @@ class VariantKeeper:
     edit of one group every variant without it reads what it read before. Its key covers its
     groups' piece keys in the matrix, the matrix's rows, the ablation's features in order and
     which of them LightGBM keeps (the column sample of a tree is drawn from those), the settings,
-    the code (`code_digest`) and LightGBM's version. `keep` (run_ablation's) returns the previous
-    result of a variant whose key the latest materialization recorded with its figures; `recorded`
-    is the metadata entry of every variant's key and figures, kept or trained.
+    the code (`code_digest`) and the versions of LightGBM, numpy and DuckDB. `keep`
+    (run_ablation's) returns the previous result of a variant whose key the latest
+    materialization recorded with its figures; `recorded` is the metadata entry of every
+    variant's key and figures, kept or trained.
     """
 
     def __init__(self, context: dg.AssetExecutionContext, matrix: Path, features: list, groups: list[str], settings: dict):
@@ -204,7 +206,7 @@ class VariantKeeper:
         self.piece_keys = inputs["groups"] if inputs else None
         self.common = None if inputs is None else {
             "rows": inputs["rows"], "features": [f.name for f in features], "settings": settings,
-            "code": code_digest(context), "libraries": library_versions("lightgbm", "numpy"),
+            "code": code_digest(context), "libraries": library_versions("lightgbm", "numpy", "duckdb"),
         }
         self.keys: dict[str, str] = {}
         self.previous: dict = {}
