@@ -256,6 +256,9 @@ def run_job():
     return everything_job()
 
 
+INTERRUPTED = "interrupted (Ctrl-C, or a signal to the run's process)"
+
+
 def failure_causes(instance, run_id: str) -> list[str]:
     """One line per failed step of the run, `<step>: <what went wrong>`, read from its events (a
     step failure's description or innermost error; a resource that refused to start)."""
@@ -274,7 +277,7 @@ def failure_causes(instance, run_id: str) -> list[str]:
         if event.event_type == dg.DagsterEventType.STEP_FAILURE:
             data = event.step_failure_data
             if _innermost_class(data.error) == "DagsterExecutionInterruptedError":
-                text = "interrupted (Ctrl-C, or a signal to the run's process)"
+                text = INTERRUPTED
             else:
                 text = (data.user_failure_data.description if data.user_failure_data else None) or _innermost(data.error)
         else:
@@ -388,6 +391,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         elapsed = time.time() - started
         if not result.success:
             causes = failure_causes(instance, result.run_id) or ["(no step failed; see `kuai ui`)"]
+            left = stopped_after_evaluation(instance, result.run_id, causes)
+            if left:
+                print_summary(instance, workspace, elapsed, result.run_id,
+                              header=f"[kuai] stopped (Ctrl-C) after {elapsed / 60:.1f} min, its evaluation done "
+                                     f"(Dagster run {result.run_id}); not finished: {', '.join(left)}")
+                print("[kuai] `kuai run --unsynced` runs what was left", file=sys.stderr, flush=True)
+                return 130
             print(
                 f"[kuai] the run failed after {elapsed:.0f}s (Dagster run {result.run_id}):\n"
                 + "\n".join(f"  {cause}" for cause in causes)
@@ -500,7 +510,7 @@ class EvaluationWatch(threading.Thread):
         parts.append(f"evaluation AUC {figures['test_auc']:.4f}" if isinstance(figures.get("test_auc"), float)
                      else "no ground truth")
         lines = [f"[kuai] evaluated {event.timestamp - self.started:.0f} s into the run, which goes on "
-                 f"({', '.join(still)}; the summary follows at its end):", f"  {', '.join(parts)}"]
+                 f"({', '.join(still)}; the summary follows at its end, or at Ctrl-C):", f"  {', '.join(parts)}"]
         change = change_since_previous_evaluation(instance, run.run_id)
         return lines + ([change] if change else [])
 
@@ -567,9 +577,29 @@ def mlflow_link(metadata: dict, ui_url: str) -> str:
     return run_link(link, ui_url) if isinstance(link, str) else str(metadata.get("mlflow_run_id", "?"))
 
 
-def print_summary(instance, workspace: settings.Workspace, elapsed: float, run_id: str | None) -> None:
+def stopped_after_evaluation(instance, run_id: str, causes: list[str]) -> list[str]:
+    """The steps of the failed run `run_id` that did not succeed, when it was interrupted (every
+    cause an interruption) after its `evaluation` was recorded: a person who saw the AUCs stopped
+    the rest (the ablation). Else [] (a failure like any other)."""
+    import dagster as dg
+
+    if not causes or not all(cause.endswith(f": {INTERRUPTED}") for cause in causes):
+        return []
+    event = instance.get_latest_materialization_event(dg.AssetKey("evaluation"))
+    run = instance.get_run_by_id(run_id)
+    if event is None or event.run_id != run_id or run is None:
+        return []
+    plan = instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
+    succeeded = {stats.step_key for stats in instance.get_run_step_stats(run_id)
+                 if getattr(stats.status, "value", None) == "SUCCESS"}
+    return [key for key in plan.step_keys_to_execute if key not in succeeded]
+
+
+def print_summary(instance, workspace: settings.Workspace, elapsed: float, run_id: str | None,
+                  header: str | None = None) -> None:
     """What `kuai run` prints at the end: the AUCs of the latest materializations and where to look
-    next. `run_id` None: nothing ran (`--unsynced` found everything up to date)."""
+    next. `run_id` None: nothing ran (`--unsynced` found everything up to date). `header`: the first
+    line, in place of "done in ..."."""
     work = workspace.work_dir
     model = latest_metadata(instance, "model")
     pending = is_test_auc_pending(instance)
@@ -595,7 +625,8 @@ def print_summary(instance, workspace: settings.Workspace, elapsed: float, run_i
             ("baseline (published top-10 recipe) test AUC", f"{evaluation['baseline_test_auc']:.4f}"),
         ]
     width = max(len(label) for label, _ in figures) + 1  # the figures in one column
-    header = f"[kuai] done in {elapsed / 60:.1f} min (Dagster run {run_id})" if run_id else "[kuai] the latest results:"
+    header = header or (f"[kuai] done in {elapsed / 60:.1f} min (Dagster run {run_id})" if run_id
+                        else "[kuai] the latest results:")
     lines = ["", header]
     lines += [f"  {label + ':':<{width}} {value}" for label, value in figures]
     if not evaluation:

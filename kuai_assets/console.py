@@ -10,7 +10,9 @@ unless its config says `loggers: {console: {config: {log_level: INFO}}}`.
   then the threshold applies.
 - A step or run failure whose error is a `dagster.Failure` (the platform raises one with the whole
   story in its description: the file, the line, what to do) is printed without the stack of
-  Dagster's own frames that follows it. Any other error keeps its stack.
+  Dagster's own frames that follows it; so is an interruption (Ctrl-C: Dagster raises
+  DagsterExecutionInterruptedError wherever the step happened to be, and its stack says nothing).
+  Any other error keeps its stack.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import dagster as dg
 
 # how Dagster's failure events print a Failure, and where the stack that follows it begins
 FAILURE_PREFIX = "dagster._core.definitions.events.Failure: "
+INTERRUPTION = "DagsterExecutionInterruptedError"
 STACK_TRACE = "\n\nStack Trace:\n"
 FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 
@@ -37,7 +40,7 @@ class QuietFailures(logging.Filter):
         message = record.getMessage()
         if "Dependencies for step" in message and "Not executing." in message:
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        elif FAILURE_PREFIX in message and STACK_TRACE in message:
+        elif (FAILURE_PREFIX in message or INTERRUPTION in message.split(STACK_TRACE)[0]) and STACK_TRACE in message:
             record.msg, record.args = message.split(STACK_TRACE)[0].rstrip(), ()
         return record.levelno >= self.threshold
 

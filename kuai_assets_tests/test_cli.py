@@ -290,6 +290,17 @@ def test_the_console_drops_dagsters_stack_after_a_failure_only():
     assert quiet.filter(bug) and bug.getMessage().endswith('Stack Trace:\n  File "gbdt.py"\n')
     cascade = record('Dependencies for step model failed: [\'training_matrix\']. Not executing.')
     assert not quiet.filter(cascade) and cascade.levelname == "DEBUG"
+    # Ctrl-C: where the signal landed says nothing
+    interrupted = record('STEP_FAILURE - Execution of step "feature_group_ablation" failed.\n\n'
+                         "dagster._core.errors.DagsterExecutionInterruptedError\n\n"
+                         'Stack Trace:\n  File "lightgbm/basic.py", line 4266\n')
+    assert quiet.filter(interrupted)
+    assert interrupted.getMessage() == ('STEP_FAILURE - Execution of step "feature_group_ablation" failed.\n\n'
+                                        "dagster._core.errors.DagsterExecutionInterruptedError")
+    # an error whose stack merely passes through an interruption handler keeps its stack
+    other = record('STEP_FAILURE - Execution of step "model" failed.\n\nKeyError: \'x\'\n\n'
+                   'Stack Trace:\n  File "interrupts.py" in DagsterExecutionInterruptedError\n')
+    assert quiet.filter(other) and other.getMessage().endswith('DagsterExecutionInterruptedError\n')
 
 
 def _run_in_progress(instance, tags: dict[str, str]) -> str:

@@ -321,7 +321,7 @@ def test_kuai_run_says_the_evaluation_while_later_steps_still_run(tmp_path):
         assert len(lines) == 1, lines
         first, figures = lines[0].splitlines()
         assert re.fullmatch(r"\[kuai\] evaluated \d+ s into the run, which goes on \(feature_group_ablation; "
-                            r"the summary follows at its end\):", first), first
+                            r"the summary follows at its end, or at Ctrl-C\):", first), first
         assert figures == "  validation AUC 0.7012 (blend), evaluation AUC 0.7093"
         # the second evaluation of this workspace: the change since the first
         lines = watched([evaluation, feature_group_ablation], "host:1:10", ours)
@@ -332,6 +332,43 @@ def test_kuai_run_says_the_evaluation_while_later_steps_still_run(tmp_path):
         # another process's run (the UI's, another `kuai run`): not ours to speak of
         waits["seconds"] = 1.5  # long enough for 15 looks of the watch, which must stay silent
         assert watched([evaluation, feature_group_ablation], "host:2:20", ours) == []
+
+
+def test_a_run_interrupted_after_its_evaluation_is_stopped_not_failed(tmp_path):
+    """Ctrl-C after the evaluation (the ablation running): `kuai run` ends with its summary and the
+    steps left; an interruption before the evaluation, or another error after it, is a failure."""
+    from dagster._core.errors import DagsterExecutionInterruptedError
+
+    from kuai_assets.cli import failure_causes, stopped_after_evaluation
+
+    def ending(before_evaluation: Exception | None, after_evaluation: Exception | None) -> list[str]:
+        @dg.asset(name="training_matrix")
+        def training_matrix() -> None:
+            if before_evaluation is not None:
+                raise before_evaluation
+
+        @dg.asset(name="evaluation", deps=[training_matrix])
+        def evaluation() -> dg.MaterializeResult:
+            return dg.MaterializeResult(metadata={"valid_auc": 0.7, "test_auc": 0.7})
+
+        @dg.asset(name="feature_group_ablation", deps=[evaluation])
+        def feature_group_ablation() -> None:
+            if after_evaluation is not None:
+                raise after_evaluation
+
+        @dg.asset(name="ablation_chart", deps=[feature_group_ablation])
+        def ablation_chart() -> None:
+            pass
+
+        result = dg.materialize([training_matrix, evaluation, feature_group_ablation, ablation_chart],
+                                instance=instance, raise_on_error=False)
+        assert not result.success
+        return stopped_after_evaluation(instance, result.run_id, failure_causes(instance, result.run_id))
+
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        assert ending(None, DagsterExecutionInterruptedError()) == ["feature_group_ablation", "ablation_chart"]
+        assert ending(None, ValueError("a bug in the ablation")) == []
+        assert ending(DagsterExecutionInterruptedError(), None) == []  # the evaluation is an earlier run's
 
 
 def test_kuai_runs_summary_names_the_models_the_run_kept(tmp_path, capsys):
