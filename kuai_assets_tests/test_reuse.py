@@ -186,3 +186,25 @@ def test_the_ablation_keeps_the_variants_without_an_edited_group_and_they_are_wh
     other = materialize(ws, [name], tags=REUSE, ops={name: {"config": {"max_fit_rows": 20_000, "max_rounds": 50,
                                                                        "early_stopping_rounds": 10}}})[name]
     assert other["variants_kept"] == 0
+
+
+def test_a_retrained_gbdt_says_how_its_validation_auc_moved_before_its_refit(workspace):
+    """The figure a person editing a feature waits for comes before the refit, against the
+    previous materialization: here nothing changed, so +0.0000 against the same AUC."""
+    import time
+
+    from kuai_assets.definitions import defs
+
+    ws = workspace
+    event = ws["instance"].get_latest_materialization_event(dg.AssetKey("baseline_model"))
+    previous = event.asset_materialization.metadata["valid_auc"].value
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.timestamp))
+    result = dg.materialize([*defs.assets], selection=["baseline_model"], instance=ws["instance"],
+                            resources=ws["resources"],
+                            run_config={"ops": {"baseline_model": TINY_RUN_CONFIG["ops"]["baseline_model"]}})
+    messages = [e.user_message for e in ws["instance"].all_logs(result.run_id) if e.step_key == "baseline_model"]
+    expected = (f"baseline_model: +0.0000 validation AUC against the previous baseline_model "
+                f"({previous:.4f}, Dagster run {event.run_id[:8]}, {when})")
+    assert expected in messages, [m for m in messages if "against" in m]
+    refit = next(i for i, m in enumerate(messages) if "refitted" in m)
+    assert messages.index(expected) < refit  # said before the refit begins

@@ -145,13 +145,33 @@ def fit_record_publish(
         # the MLflow run is open (RUNNING) from here and holds the validation AUC before the refit
         run_id = tracker.start_run(gbdt_run_name(config_name, groups, training), gbdt_run_tags(tags, config_name, groups))
         context.log.info(f"{store_name}: MLflow run {run_id} started")
+        before = previous_validation_auc(context)
+
+        def validated(validation) -> None:
+            log_validation(tracker, run_id, validation)
+            if before is not None:  # the figure a person editing a feature waits for, before the refit
+                context.log.info(f"{store_name}: {validation.auc - before[0]:+.4f} validation AUC against the previous "
+                                 f"{store_name} ({before[0]:.4f}, {before[1]})")
+
         with tracker.failed_on_error(run_id):
-            result = train_gbdt(matrix, groups, training, context.log.info, store_name,
-                                on_validated=lambda validation: log_validation(tracker, run_id, validation))
+            result = train_gbdt(matrix, groups, training, context.log.info, store_name, on_validated=validated)
         info = record_gbdt(tracker, result, config_name, tags, registered_model, tracking.ui_url, run_id=run_id)
         context.log.info(f"{store_name}: recorded in MLflow run {info['mlflow_run_id']}")
         publish_gbdt(work, store_name, result, info)
     return dg.MaterializeResult(metadata={**model_metadata(result, info), **reuse.recorded(key)})
+
+
+def previous_validation_auc(context: dg.AssetExecutionContext) -> tuple[float, str] | None:
+    """The validation AUC of the asset's latest materialization and where it came from ("Dagster
+    run 885e9eb6, 2026-12-05 20:44:53"), if it recorded one."""
+    import time
+
+    event = context.instance.get_latest_materialization_event(context.asset_key)
+    entry = event.asset_materialization.metadata.get("valid_auc") if event and event.asset_materialization else None
+    if entry is None or not isinstance(entry.value, float):
+        return None
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.timestamp))
+    return entry.value, f"Dagster run {event.run_id[:8]}, {when}"
 
 
 def model_metadata(result, info: dict) -> dict:

@@ -158,8 +158,8 @@ def train_gbdt(
     validation = train_validation(
         load_rows(matrix, features, "validation", "fit", sample), scored, features, params, log, name
     )
-    on_validated(validation)
     log(f"{name}: validation AUC {validation.auc:.4f} at iteration {validation.best_iteration}; refitting on the train rows")
+    on_validated(validation)
     rounds = max(1, int(round(validation.best_iteration * training.refit_rounds_factor)))
     started = time.time()
     refit_rows = load_rows(matrix, features, "submission", "fit", sample)
