@@ -492,7 +492,7 @@ class EvaluationWatch(threading.Thread):
         the lines to say."""
         import dagster as dg
 
-        from kuai_assets.runs_in_progress import PROCESS_TAG
+        from kuai_assets.runs_in_progress import PROCESS_TAG, steps_not_finished
 
         event = instance.get_latest_materialization_event(dg.AssetKey("evaluation"))
         if event is None or event.timestamp < self.started:
@@ -513,14 +513,6 @@ class EvaluationWatch(threading.Thread):
                  f"({', '.join(still)}; the summary follows at its end, or at Ctrl-C):", f"  {', '.join(parts)}"]
         change = change_since_previous_evaluation(instance, run.run_id)
         return lines + ([change] if change else [])
-
-
-def steps_not_finished(instance, run, besides: str) -> list[str]:
-    """The step keys of `run` it has yet to finish (its execution plan's steps without an end in
-    the run's step stats), apart from `besides`."""
-    plan = instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
-    ended = {stats.step_key for stats in instance.get_run_step_stats(run.run_id) if stats.end_time is not None}
-    return [key for key in plan.step_keys_to_execute if key not in ended and key != besides]
 
 
 def latest_metadata(instance, asset: str) -> dict:

@@ -99,14 +99,32 @@ def describe(record) -> str:
     return f"Dagster run {run.run_id} ({run.job_name}, {run.status.value.lower()} at {when} by {who})"
 
 
+def steps_not_finished(instance, run, besides: str = "") -> list[str]:
+    """The step keys of `run` it has yet to finish (its execution plan's steps without an end in
+    the run's step stats), apart from `besides`; [] for a run with no execution plan recorded."""
+    if not run.execution_plan_snapshot_id:
+        return []
+    plan = instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
+    ended = {stats.step_key for stats in instance.get_run_step_stats(run.run_id) if stats.end_time is not None}
+    return [key for key in plan.step_keys_to_execute if key not in ended and key != besides]
+
+
 def refusal(instance) -> str | None:
-    """Why a new run must not start now (a run of the workspace is in progress), or None."""
+    """Why a new run must not start now (a run of the workspace is in progress), or None: the run,
+    what it has still to run, and how to stop it (Ctrl-C in its `kuai run`, if it is one's)."""
     running = in_progress(instance)
     if not running:
         return None
+    run = running[0].dagster_run
+    left = steps_not_finished(instance, run)
+    still = (f" (still to run: {', '.join(left)})" if len(left) <= 3
+             else f" ({len(left)} steps still to run, {left[0]} next)") if left else ""
+    by_kuai_run = _process(run.tags) is not None
+    stop = ("stop it with Ctrl-C in that `kuai run` (after its evaluation, that stops only what is left) or in "
+            "`kuai ui` (Runs, the run, Terminate)" if by_kuai_run else "stop it in `kuai ui` (Runs, the run, Terminate)")
     return (
-        f"run: {describe(running[0])} is in progress in this workspace"
+        f"run: {describe(running[0])} is in progress in this workspace{still}"
         + (f", and {len(running) - 1} more" if len(running) > 1 else "")
         + "; a second run would redo its work on the same tables, and the summary could show the other's "
-        "results. Wait for it to finish, or stop it in `kuai ui` (Runs, the run, Terminate)"
+        f"results. Wait for it to finish, or {stop}"
     )

@@ -351,6 +351,38 @@ def test_a_run_in_progress_stops_kuai_run_and_one_whose_kuai_run_was_killed_is_e
         assert instance.get_runs_count() == 2  # no run was started
 
 
+def test_the_refusal_names_what_the_run_in_progress_has_left_and_how_to_stop_it(tmp_path):
+    """A live `kuai run`'s run: what it has still to run, and Ctrl-C in that `kuai run` as a way to
+    stop it; a run with a long way to go is said in short."""
+    import dagster as dg
+
+    from kuai_assets import runs_in_progress as rip
+
+    @dg.asset
+    def evaluation() -> None:
+        pass
+
+    @dg.asset(deps=[evaluation])
+    def feature_group_ablation() -> None:
+        pass
+
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        done = instance.get_run_by_id(dg.materialize([evaluation, feature_group_ablation], instance=instance).run_id)
+        # a run of the same plan, started by this process and not yet past its first step
+        run = dg.DagsterRun(job_name="everything", status=dg.DagsterRunStatus.STARTED, tags=rip.own_tags(),
+                            execution_plan_snapshot_id=done.execution_plan_snapshot_id)
+        instance.add_run(run)
+        text = rip.refusal(instance)
+    assert re.fullmatch(
+        rf"run: Dagster run {run.run_id} \(everything, started at \d\d:\d\d:\d\d by `kuai run`, pid {os.getpid()}\) is in "
+        r"progress in this workspace \(still to run: evaluation, feature_group_ablation\); a second run would redo its "
+        r"work on the same tables, and the summary could show the other's results\. Wait for it to finish, or stop it "
+        r"with Ctrl-C in that `kuai run` \(after its evaluation, that stops only what is left\) or in `kuai ui` "
+        r"\(Runs, the run, Terminate\)",
+        text,
+    ), text
+
+
 def test_a_kuai_run_process_is_gone_only_when_it_is():
     from kuai_assets import runs_in_progress as rip
 
