@@ -63,7 +63,8 @@ def source_version(fn: Callable[..., Any]) -> str:
     names = _names(fn.__code__) | {
         getattr(a, "__name__", "") for a in fn.__annotations__.values() if not isinstance(a, str)
     } | {a for a in fn.__annotations__.values() if isinstance(a, str)}
-    # objects of the asset's own module that it names (config classes, helpers): their source too
+    # objects of the asset's own module that it names (config classes, helpers): their source too,
+    # in the order of their names (the walk's order follows set order, which varies per process)
     local: set[str] = set()
     pending = sorted(names)
     while pending:
@@ -74,11 +75,11 @@ def source_version(fn: Callable[..., Any]) -> str:
         if not (inspect.isfunction(value) or inspect.isclass(value)):
             continue
         local.add(name)
-        texts.append(inspect.getsource(value))
         if inspect.isfunction(value):
-            pending.extend(_names(value.__code__) - local)
+            pending.extend(sorted(_names(value.__code__) - local))
         else:
             pending.extend(base.__name__ for base in value.__mro__[1:])
+    texts += [inspect.getsource(vars(module)[name]) for name in sorted(local)]
     seen: set[str] = set()
     for name in sorted(local):
         value = vars(module)[name]
