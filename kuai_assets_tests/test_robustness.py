@@ -644,6 +644,47 @@ def test_model_is_not_published_when_mlflow_fails_in_the_middle_of_recording(mat
     assert attempt.info.status == "FAILED" and attempt.data.tags["dagster_run_id"] == result.run_id
 
 
+def test_an_interrupted_ablation_leaves_its_mlflow_parent_failed(materialized, tmp_path, monkeypatch):
+    """Ctrl-C during the ablation (Dagster raises DagsterExecutionInterruptedError in the step):
+    the MLflow parent run, which holds only the variants done so far, is marked FAILED, not left
+    FINISHED as if it were whole."""
+    from dagster._core.errors import DagsterExecutionInterruptedError
+    from mlflow import MlflowClient
+
+    from kuai_assets.defs import model as model_defs
+
+    work, _, _, _, uri = model_workspace(materialized, tmp_path)
+    variants_done = []
+    training = model_defs.run_ablation
+
+    def interrupted(*args, **kwargs):
+        report = args[6]
+
+        def after_two(result):
+            report(result)
+            variants_done.append(result.variant)
+            if len(variants_done) == 2:
+                raise DagsterExecutionInterruptedError()
+
+        return training(*args[:6], after_two, *args[7:], **kwargs)
+
+    monkeypatch.setattr(model_defs, "run_ablation", interrupted)
+    result = dg.materialize(
+        assets_named("feature_group_ablation"),
+        resources=resources(Path(materialized["data"]), work, uri, experiment="interrupted"),
+        run_config={"ops": {"feature_group_ablation": {"config": {"max_fit_rows": 5_000, "max_rounds": 10,
+                                                                   "early_stopping_rounds": 5}}}},
+        raise_on_error=False,
+    )
+    assert not result.success and len(variants_done) == 2
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("interrupted").experiment_id])
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FAILED" and len(children) == 2
+    assert all(child.info.status == "FINISHED" for child in children)
+
+
 @pytest.mark.parametrize("refit", ["succeeds", "fails"])
 def test_the_model_run_holds_its_validation_auc_in_mlflow_before_the_refit(materialized, tmp_path, monkeypatch, refit):
     """The model's MLflow run is RUNNING from the step's start and holds the validation AUC when

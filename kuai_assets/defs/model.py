@@ -469,7 +469,10 @@ def feature_group_ablation(
                 mlflow_run_ids[result.variant] = run.info.run_id
 
         keep = keeper.keep if keeper.common is not None else None
-        results = run_ablation(fit, scored, features, groups, config.base_group, config, record, keep)
+        # interrupted (Ctrl-C after the evaluation) or failed: the parent, which holds the variants
+        # done so far and no table, is marked FAILED
+        with tracker.failed_on_error(parent_id):
+            results = run_ablation(fit, scored, features, groups, config.base_group, config, record, keep)
         n_kept = sum(1 for r in results if r.kept_from)
         if n_kept:
             context.log.info(
