@@ -550,7 +550,8 @@ def refitted(work: Path, store: str) -> bool:
 
 
 def kept_in_run(instance, run_id: str) -> list[str]:
-    """The models that run `run_id` kept rather than trained (kuai_assets/defs/reuse.py)."""
+    """What run `run_id` kept rather than trained (kuai_assets/defs/reuse.py): the models, and
+    "N of M ablation variants" when its ablation kept some."""
     import dagster as dg
 
     kept = []
@@ -558,6 +559,12 @@ def kept_in_run(instance, run_id: str) -> list[str]:
         event = instance.get_latest_materialization_event(dg.AssetKey(name))
         if event is not None and event.run_id == run_id and "kept" in event.asset_materialization.metadata:
             kept.append(name)
+    event = instance.get_latest_materialization_event(dg.AssetKey("feature_group_ablation"))
+    if event is not None and event.run_id == run_id:
+        metadata = event.asset_materialization.metadata
+        n_kept, keys = metadata.get("variants_kept"), metadata.get("variant_keys")
+        if n_kept is not None and n_kept.value and keys is not None and isinstance(keys.value, dict):
+            kept.append(f"{n_kept.value} of {len(keys.value)} ablation variants")
     return kept
 
 

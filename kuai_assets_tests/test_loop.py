@@ -396,3 +396,19 @@ def test_kuai_runs_summary_names_the_models_the_run_kept(tmp_path, capsys):
         print_summary(instance, workspace, 60.0, earlier)
         assert "  kept, nothing they learn from changed (their MLflow runs stand): attention_model" in \
             capsys.readouterr().out.splitlines()
+
+        # the ablation's kept variants, counted, when the run's ablation kept some
+        def ablation(kept: int):
+            @dg.asset(name="feature_group_ablation")
+            def asset() -> dg.MaterializeResult:
+                keys = {f"variant {i}": {"key": str(i)} for i in range(5)}
+                return dg.MaterializeResult(metadata={"variants_kept": kept, "variant_keys": dg.MetadataValue.json(keys)})
+            return asset
+
+        run = dg.materialize([model_asset("baseline_model", True), ablation(3)], instance=instance).run_id
+        print_summary(instance, workspace, 60.0, run)
+        assert ("  kept, nothing they learn from changed (their MLflow runs stand): baseline_model, "
+                "3 of 5 ablation variants") in capsys.readouterr().out.splitlines()
+        run = dg.materialize([model_asset("baseline_model", False), ablation(0)], instance=instance).run_id
+        print_summary(instance, workspace, 60.0, run)
+        assert "kept, nothing" not in capsys.readouterr().out
