@@ -21,8 +21,8 @@ test rows, ~125k photos, world click_blind_timeline, seed 13) it measures, one a
     workspace, first to bring it up to date with the unedited code, then, for each of
     FRONT_DOOR_EDITS (a context group of the attention network, whose edit keeps only the
     baseline, and a group that is not, whose edit keeps the network too), after the edit and
-    after its revert: the run's wall time, when it printed the evaluation's AUCs, the models it kept, and
-    the ablation's seconds with the number of its variants kept.
+    after its revert: the run's wall time, when it printed the evaluation's AUCs, the models it
+    kept, and the ablation's seconds with the number of its variants kept.
 
 Each is a child process tree: wall time, and the peak of the summed resident memory of the
 process and all its descendants (psutil, sampled every 0.2 s). Each submission is scored against
@@ -409,8 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=None, help="dataset (default <out>/data, generated once)")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: platform, script, edit, frontdoor")
     parser.add_argument("--work", type=Path, default=None,
-                        help="measure only (c) and (d) (less --skip) on this existing workspace (one `kuai run --work W` made, e.g. at "
-                             "--size demo); its data dir is the one W/.env records. Default: (a)'s fresh <out>/work")
+                        help="measure only (c) and (d), less --skip, on this existing workspace (one `kuai run --work W` "
+                             "made, e.g. at --size demo); its data dir is the one W/.env records. Default: (a)'s fresh "
+                             "<out>/work")
     parser.add_argument("--plain-script", action="store_true", help=argparse.SUPPRESS)  # (b)'s child
     args = parser.parse_args(argv)
     if args.plain_script:
