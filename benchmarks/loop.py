@@ -20,7 +20,9 @@ test rows, ~125k photos, world click_blind_timeline, seed 13) it measures, one a
 (d) the same loop through the front door: in a copy of the repo, `kuai run --unsynced` on (a)'s
     workspace, first to bring it up to date with the unedited code, then, for each of
     FRONT_DOOR_EDITS (a context group of the attention network, whose edit keeps only the
-    baseline, and a group that is not, whose edit keeps the network too), after the edit and
+    baseline; `user_behaviour`, the base of the ablation's "alone" variants, whose edit keeps the
+    network too; and `text_stats`, neither, whose edit keeps those and half the ablation's
+    variants), after the edit and
     after its revert: the run's wall time, when it printed the evaluation's AUCs, the models it
     kept, and the ablation's seconds with the number of its variants kept.
 
@@ -53,6 +55,7 @@ FRONT_DOOR_EDITS = (
     (EDITED_FILE, EDIT),
     ("dbt_like_sql/features/user_behaviour.sql",
      ("((o.clicks + 20 * p.click_rate) / (o.impressions + 20))", "((o.clicks + 30 * p.click_rate) / (o.impressions + 30))")),
+    ("dbt_like_sql/features/text_stats.sql", ("avg((d.photos < 5)::integer)", "avg((d.photos < 10)::integer)")),
 )
 
 
