@@ -582,16 +582,15 @@ def stopped_after_evaluation(instance, run_id: str, causes: list[str]) -> list[s
     the rest (the ablation). Else [] (a failure like any other)."""
     import dagster as dg
 
+    from kuai_assets.runs_in_progress import steps_not_succeeded
+
     if not causes or not all(cause.endswith(f": {INTERRUPTED}") for cause in causes):
         return []
     event = instance.get_latest_materialization_event(dg.AssetKey("evaluation"))
     run = instance.get_run_by_id(run_id)
     if event is None or event.run_id != run_id or run is None:
         return []
-    plan = instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
-    succeeded = {stats.step_key for stats in instance.get_run_step_stats(run_id)
-                 if getattr(stats.status, "value", None) == "SUCCESS"}
-    return [key for key in plan.step_keys_to_execute if key not in succeeded]
+    return steps_not_succeeded(instance, run)
 
 
 def print_summary(instance, workspace: settings.Workspace, elapsed: float, run_id: str | None,

@@ -99,14 +99,25 @@ def describe(record) -> str:
     return f"Dagster run {run.run_id} ({run.job_name}, {run.status.value.lower()} at {when} by {who})"
 
 
-def steps_not_finished(instance, run, besides: str = "") -> list[str]:
-    """The step keys of `run` it has yet to finish (its execution plan's steps without an end in
-    the run's step stats), apart from `besides`; [] for a run with no execution plan recorded."""
+def _steps_without(instance, run, done) -> list[str]:
+    """The step keys of `run`'s execution plan whose step stats are not `done`, in plan order; []
+    for a run with no execution plan recorded."""
     if not run.execution_plan_snapshot_id:
         return []
     plan = instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
-    ended = {stats.step_key for stats in instance.get_run_step_stats(run.run_id) if stats.end_time is not None}
-    return [key for key in plan.step_keys_to_execute if key not in ended and key != besides]
+    reached = {stats.step_key for stats in instance.get_run_step_stats(run.run_id) if done(stats)}
+    return [key for key in plan.step_keys_to_execute if key not in reached]
+
+
+def steps_not_finished(instance, run, besides: str = "") -> list[str]:
+    """The step keys of `run` it has yet to finish (no end in the run's step stats), apart from
+    `besides`."""
+    return [key for key in _steps_without(instance, run, lambda stats: stats.end_time is not None) if key != besides]
+
+
+def steps_not_succeeded(instance, run) -> list[str]:
+    """The step keys of `run` that did not succeed: failed, skipped, or never reached."""
+    return _steps_without(instance, run, lambda stats: getattr(stats.status, "value", None) == "SUCCESS")
 
 
 def refusal(instance) -> str | None:
