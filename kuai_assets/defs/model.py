@@ -164,14 +164,11 @@ def fit_record_publish(
 def previous_validation_auc(context: dg.AssetExecutionContext) -> tuple[float, str] | None:
     """The validation AUC of the asset's latest materialization and where it came from ("Dagster
     run 885e9eb6, 2026-12-05 20:44:53"), if it recorded one."""
-    import time
-
     event = context.instance.get_latest_materialization_event(context.asset_key)
     entry = event.asset_materialization.metadata.get("valid_auc") if event and event.asset_materialization else None
     if entry is None or not isinstance(entry.value, float):
         return None
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.timestamp))
-    return entry.value, f"Dagster run {event.run_id[:8]}, {when}"
+    return entry.value, f"Dagster run {event.run_id[:8]}, {reuse.materialized_at(event)}"
 
 
 def model_metadata(result, info: dict) -> dict:

@@ -140,6 +140,11 @@ class Previous:
                                               TRAINED_IN: dg.MetadataValue.text(self.trained_in), **more})
 
 
+def materialized_at(event) -> str:
+    """When a materialization event was recorded, in local time: "2026-12-05 20:44:53"."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.timestamp))
+
+
 def recorded(key: str | None) -> dict:
     """The metadata entry that records a fresh result's inputs key (none without a key)."""
     return {KEY: key} if key else {}
@@ -169,7 +174,7 @@ def previous(context: dg.AssetExecutionContext, key: str | None, tracking_uri: s
     trained_in = metadata.pop(TRAINED_IN, None)
     metadata.pop("kept", None)
     return Previous(metadata, event.run_id, str(trained_in.value) if trained_in is not None else event.run_id,
-                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.timestamp)), run_id)
+                    materialized_at(event), run_id)
 
 
 def _finished_run(tracking_uri: str, run_id: str) -> bool:
@@ -216,8 +221,7 @@ class VariantKeeper:
             entry = event.asset_materialization.metadata.get(VARIANT_KEYS) if event and event.asset_materialization else None
             if entry is not None and isinstance(entry.value, dict):
                 self.previous = entry.value
-                self.since = (f"Dagster run {event.run_id[:8]} "
-                              f"({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(event.timestamp))})")
+                self.since = f"Dagster run {event.run_id[:8]} ({materialized_at(event)})"
 
     def keep(self, variant: str, groups: tuple[str, ...], used: tuple[bool, ...]):
         from kuai_assets.ml.ablation import VariantResult
