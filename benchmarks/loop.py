@@ -26,8 +26,9 @@ test rows, ~125k photos, world click_blind_timeline, seed 13) it measures, one a
     after its revert: the run's wall time, when it printed the evaluation's AUCs, the models it
     kept, and the ablation's seconds with the number of its variants kept.
 
-Each is a child process tree: wall time, and the peak of the summed resident memory of the
-process and all its descendants (psutil, sampled every 0.2 s). Each submission is scored against
+Each is a child process tree: wall time, the peak of the summed resident memory of the
+process and all its descendants (psutil, sampled every 0.2 s), and the tree's CPU time (user and
+system; for (a) and (b) also what that work would take on every core all the time). Each submission is scored against
 the ground truth afterwards, outside the timings. Figures print at the end and go to
 `<out>/loop_results.json`.
 """
@@ -63,9 +64,15 @@ FRONT_DOOR_EDITS = (
 
 
 def run_tree(argv: list[str], env: dict[str, str], cwd: Path, log: Path, every: float = 0.2) -> dict:
-    """Run `argv` to its end (output to `log`); its wall time and whole-tree peak resident memory."""
-    from benchmarks.scale import TreeMemory
+    """Run `argv` to its end (output to `log`); its wall time, whole-tree peak resident memory and
+    CPU time: user and system seconds of the process and of every descendant it waited for
+    (getrusage's RUSAGE_CHILDREN, before and after; this process starts no other child meanwhile),
+    and the share of the machine's CPU time its host took meanwhile (steal)."""
+    import resource
 
+    from benchmarks.scale import TreeMemory, machine_cpu_times, stolen_share
+
+    before, machine_before = resource.getrusage(resource.RUSAGE_CHILDREN), machine_cpu_times()
     with open(log, "w") as out:
         started = time.time()
         process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
@@ -73,8 +80,11 @@ def run_tree(argv: list[str], env: dict[str, str], cwd: Path, log: Path, every: 
         code = process.wait()
         seconds = time.time() - started
         peak_mb = memory.stop()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
     return {"seconds": round(seconds, 1), "peak_mb": round(peak_mb), "peak_gib": round(peak_mb / 1024, 2), "ok": code == 0,
-            "log": str(log)}
+            "cpu_seconds": round(user + system, 1), "cpu_user": round(user, 1), "cpu_system": round(system, 1),
+            "cpu_stolen_share": stolen_share(machine_before, machine_cpu_times()), "log": str(log)}
 
 
 def child_env(repo: Path) -> dict[str, str]:
@@ -465,6 +475,14 @@ def main(argv: list[str] | None = None) -> int:
     if platform and script:
         print(f"\nspeed: the platform runs {script['seconds'] / platform['seconds']:.2f}x as fast as the script; "
               f"peak memory {platform['peak_mb'] / script['peak_mb']:.2f}x the script's")
+        cores = os.cpu_count() or 1
+        floor = platform["cpu_seconds"] / cores
+        print(f"work: the platform used {platform['cpu_seconds']:.0f} CPU-seconds ({platform['cpu_user']:.0f} user, "
+              f"{platform['cpu_system']:.0f} system; {platform['cpu_seconds'] / platform['seconds']:.2f} of {cores} cores), "
+              f"the script {script['cpu_seconds']:.0f} ({script['cpu_user']:.0f}, {script['cpu_system']:.0f}; "
+              f"{script['cpu_seconds'] / script['seconds']:.2f}): {platform['cpu_seconds'] / script['cpu_seconds']:.1f}x "
+              f"the script's work. Doing that work on all {cores} cores all the time would take {floor:.0f} s, "
+              f"{script['seconds'] / floor:.2f}x the script's speed")
     if "edit_to_auc" in results:
         e = results["edit_to_auc"]
         share = f" ({e['seconds'] / platform['seconds']:.0%} of the full run)" if platform else ""
