@@ -38,6 +38,24 @@ def test_runs_the_named_benchmark_with_its_options():
     assert "--drop-group" in done.stdout and "--worlds" in done.stdout
 
 
+
+def test_the_loop_counts_the_cpu_time_of_the_whole_process_tree(tmp_path):
+    """`benchmarks.loop` compares the graph's work with the script's by their trees' CPU time: a
+    grandchild's counts, and a sleeping tree's does not."""
+    import os
+
+    from benchmarks.loop import run_tree
+
+    burn = "import time\nstart = time.process_time()\nwhile time.process_time() - start < 0.6: pass"
+    parent = f"import subprocess, sys, time; subprocess.run([sys.executable, '-c', {burn!r}]); time.sleep(0.3)"
+    busy = run_tree([sys.executable, "-c", parent], dict(os.environ), tmp_path, tmp_path / "busy.log")
+    assert busy["ok"], (tmp_path / "busy.log").read_text()
+    # the grandchild's 0.6 CPU-seconds (user and system: reading the clock is a system call on some machines)
+    assert busy["cpu_seconds"] >= 0.55 and busy["cpu_seconds"] == pytest.approx(busy["cpu_user"] + busy["cpu_system"], abs=0.11)
+    idle = run_tree([sys.executable, "-c", "import time; time.sleep(0.6)"], dict(os.environ), tmp_path,
+                    tmp_path / "idle.log")
+    assert idle["seconds"] >= 0.6 and idle["cpu_seconds"] < 0.4
+
 def test_quality_refuses_an_unknown_group_before_any_work(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "kuai_assets.bench", "quality", "--size", "tiny", "--out", str(tmp_path / "q"),
