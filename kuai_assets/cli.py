@@ -568,6 +568,24 @@ def kept_in_run(instance, run_id: str) -> list[str]:
     return kept
 
 
+PROMOTION_CHECK = "model_promoted_if_better"  # model's blocking check: @champion moves only to a better model
+
+
+def registry_decision(instance, run_id: str) -> str | None:
+    """What `model`'s promotion check decided in run `run_id` (e.g. "kuai_click_model v3 (valid_auc
+    0.74351) does not beat champion v2 (0.74360): @champion stays"), or None when its latest
+    execution is not that run's, or did not pass."""
+    import dagster as dg
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus as Status
+
+    key = dg.AssetCheckKey(dg.AssetKey("model"), PROMOTION_CHECK)
+    summary = instance.event_log_storage.get_asset_check_summary_records([key]).get(key)
+    record = summary.last_check_execution_record if summary else None
+    if record is None or record.run_id != run_id or record.status != Status.SUCCEEDED or record.evaluation is None:
+        return None
+    return record.evaluation.description or None
+
+
 def mlflow_link(metadata: dict, ui_url: str) -> str:
     """A model materialization's MLflow run link, on the MLflow UI the workspace records now."""
     from kuai_assets.ml.tracking import run_link
@@ -635,6 +653,9 @@ def print_summary(instance, workspace: settings.Workspace, elapsed: float, run_i
     change = change_since_previous_evaluation(instance, run_id) if run_id else None
     if change:
         lines.append(change)
+    decision = registry_decision(instance, run_id) if run_id else None
+    if decision:
+        lines.append(f"  registry: {decision}")
     kept = kept_in_run(instance, run_id) if run_id else []
     if kept:
         lines.append(f"  kept, nothing they learn from changed (their MLflow runs stand): {', '.join(kept)}")

@@ -56,9 +56,13 @@ def test_champion_moves_only_when_the_validation_auc_improves(store):
         "kuai_click_model v2 (valid_auc 0.68000) does not beat champion v1 (0.70000): @champion stays"
     )
 
-    better = promote_if_better(uri, MODEL, new_version(0.72))
+    third = new_version(0.72)
+    better = promote_if_better(uri, MODEL, third)
     assert better.promoted and champion(client) == "3"
     assert better.describe() == "kuai_click_model v3 (valid_auc 0.72000) beats champion v1 (0.70000): now @champion"
+    again = promote_if_better(uri, MODEL, third)  # the check of a kept model: the same run again
+    assert not again.promoted and champion(client) == "3"
+    assert again.describe() == "kuai_click_model v3 (valid_auc 0.72000) is @champion already"
 
     tie = promote_if_better(uri, MODEL, new_version(0.72))
     assert not tie.promoted and champion(client) == "3", "only a strictly better AUC takes the alias"
@@ -113,5 +117,8 @@ def test_the_model_check_promotes_only_a_better_model(store, tmp_path):
 def test_the_model_check_is_blocking_and_on_model():
     from kuai_assets.defs.checks import model_promoted_if_better
 
+    from kuai_assets.cli import PROMOTION_CHECK
+
     (spec,) = model_promoted_if_better.check_specs
     assert spec.asset_key == dg.AssetKey("model") and spec.blocking
+    assert spec.name == PROMOTION_CHECK  # the name kuai run's summary reads its decision by

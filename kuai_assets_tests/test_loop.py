@@ -412,3 +412,40 @@ def test_kuai_runs_summary_names_the_models_the_run_kept(tmp_path, capsys):
         run = dg.materialize([model_asset("baseline_model", False), ablation(0)], instance=instance).run_id
         print_summary(instance, workspace, 60.0, run)
         assert "kept, nothing" not in capsys.readouterr().out
+
+
+def test_kuai_runs_summary_says_what_the_registry_check_decided_in_the_run(tmp_path, capsys):
+    """The summary gives the decision of `model`'s promotion check when the run executed it and it
+    passed; not an earlier run's, nor a failed check's."""
+    from kuai_assets import settings
+    from kuai_assets.cli import PROMOTION_CHECK, print_summary
+
+    workspace = settings.Workspace(tmp_path, tmp_path / "data", "tiny", tmp_path / "home", "sqlite:///x.db",
+                                   "http://127.0.0.1:5000")
+
+    @dg.asset(name="model")
+    def model() -> dg.MaterializeResult:
+        return dg.MaterializeResult(metadata={"valid_auc": 0.7})
+
+    def check(passed: bool, description: str):
+        @dg.asset_check(asset="model", name=PROMOTION_CHECK)
+        def promoted() -> dg.AssetCheckResult:
+            return dg.AssetCheckResult(passed=passed, description=description)
+        return promoted
+
+    @dg.asset(name="other")
+    def other() -> None:
+        return None
+
+    decided = "kuai_click_model v2 (valid_auc 0.70000) beats champion v1 (0.69000): now @champion"
+    with dg.instance_for_test() as instance:
+        run = dg.materialize([model, check(True, decided)], instance=instance).run_id
+        print_summary(instance, workspace, 60.0, run)
+        assert f"  registry: {decided}" in capsys.readouterr().out.splitlines()
+        later = dg.materialize([other], instance=instance).run_id  # the check did not run in it
+        print_summary(instance, workspace, 60.0, later)
+        assert "registry:" not in capsys.readouterr().out
+        failed = dg.materialize([model, check(False, "run r has no version")], instance=instance,
+                                raise_on_error=False).run_id
+        print_summary(instance, workspace, 60.0, failed)
+        assert "registry:" not in capsys.readouterr().out

@@ -426,6 +426,8 @@ class Promotion:
         return self.version if self.promoted else str(self.previous_champion)
 
     def describe(self) -> str:
+        if not self.promoted and self.previous_champion == self.version:  # checked again (a kept model)
+            return f"{self.model} v{self.version} (valid_auc {self.auc:.5f}) is @{CHAMPION} already"
         if self.promoted and self.previous_champion is None:
             return f"{self.model} v{self.version} (valid_auc {self.auc:.5f}) is the first champion"
         if self.promoted:
