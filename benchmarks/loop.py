@@ -28,9 +28,9 @@ test rows, ~125k photos, world click_blind_timeline, seed 13) it measures, one a
 
 Each is a child process tree: wall time, the peak of the summed resident memory of the
 process and all its descendants (psutil, sampled every 0.2 s), and the tree's CPU time (user and
-system; for (a) and (b) also what that work would take on every core all the time). Each submission is scored against
-the ground truth afterwards, outside the timings. Figures print at the end and go to
-`<out>/loop_results.json`.
+system; for (a) against (b), also what (a)'s work would take on every core all the time). Each
+submission is scored against the ground truth afterwards, outside the timings. Figures print at
+the end and go to `<out>/loop_results.json`.
 """
 
 from __future__ import annotations

@@ -38,7 +38,6 @@ def test_runs_the_named_benchmark_with_its_options():
     assert "--drop-group" in done.stdout and "--worlds" in done.stdout
 
 
-
 def test_the_loop_counts_the_cpu_time_of_the_whole_process_tree(tmp_path):
     """`benchmarks.loop` compares the graph's work with the script's by their trees' CPU time: a
     grandchild's counts, and a sleeping tree's does not."""
@@ -55,6 +54,7 @@ def test_the_loop_counts_the_cpu_time_of_the_whole_process_tree(tmp_path):
     idle = run_tree([sys.executable, "-c", "import time; time.sleep(0.6)"], dict(os.environ), tmp_path,
                     tmp_path / "idle.log")
     assert idle["seconds"] >= 0.6 and idle["cpu_seconds"] < 0.4
+
 
 def test_quality_refuses_an_unknown_group_before_any_work(tmp_path):
     done = subprocess.run(

@@ -115,9 +115,8 @@ def test_the_model_check_promotes_only_a_better_model(store, tmp_path):
 
 
 def test_the_model_check_is_blocking_and_on_model():
-    from kuai_assets.defs.checks import model_promoted_if_better
-
     from kuai_assets.cli import PROMOTION_CHECK
+    from kuai_assets.defs.checks import model_promoted_if_better
 
     (spec,) = model_promoted_if_better.check_specs
     assert spec.asset_key == dg.AssetKey("model") and spec.blocking
