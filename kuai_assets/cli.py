@@ -457,8 +457,9 @@ class EvaluationWatch(threading.Thread):
     are known before it starts. Every `interval` seconds this thread looks in the instance (its own
     connection, `instance_ref`) for an `evaluation` materialization made after `started` by the run
     tagged `process` (runs_in_progress.own_tags). The first it finds, if steps of that run have not
-    finished, is said in a few lines (`say`): the figures, the steps still running, and the change
-    since the previous evaluation. Once only; the summary at the end stays as it was. `stop` ends
+    finished, is said in a few lines (`say`): the figures, the steps still running, the change
+    since the previous evaluation and, when the run retrained the model, what its promotion check
+    decided (`registry_decision`). Once only; the summary at the end stays as it was. `stop` ends
     the watch (the run is over).
     """
 
@@ -512,7 +513,8 @@ class EvaluationWatch(threading.Thread):
         lines = [f"[kuai] evaluated {event.timestamp - self.started:.0f} s into the run, which goes on "
                  f"({', '.join(still)}; the summary follows at its end, or at Ctrl-C):", f"  {', '.join(parts)}"]
         change = change_since_previous_evaluation(instance, run.run_id)
-        return lines + ([change] if change else [])
+        decision = registry_decision(instance, run.run_id)
+        return lines + ([change] if change else []) + ([f"  registry: {decision}"] if decision else [])
 
 
 def latest_metadata(instance, asset: str) -> dict:

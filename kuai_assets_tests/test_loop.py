@@ -281,7 +281,7 @@ def test_kuai_run_says_the_evaluation_while_later_steps_still_run(tmp_path):
     import threading
     import time
 
-    from kuai_assets.cli import EvaluationWatch
+    from kuai_assets.cli import PROMOTION_CHECK, EvaluationWatch
     from kuai_assets.runs_in_progress import PROCESS_TAG
 
     said: list[str] = []
@@ -327,6 +327,23 @@ def test_kuai_run_says_the_evaluation_while_later_steps_still_run(tmp_path):
         lines = watched([evaluation, feature_group_ablation], "host:1:10", ours)
         assert lines and lines[0].splitlines()[2].startswith("  since the previous evaluation ("), lines
         assert lines[0].splitlines()[2].endswith("validation AUC +0.0000, evaluation AUC +0.0000")
+        # a run that retrained the model: what its promotion check decided (blocking, so before the evaluation)
+        decided = "kuai_click_model v2 (valid_auc 0.70120) beats champion v1 (0.70000): now @champion"
+
+        @dg.asset(name="model")
+        def model() -> None:
+            return None
+
+        @dg.asset_check(asset="model", name=PROMOTION_CHECK, blocking=True)
+        def promoted() -> dg.AssetCheckResult:
+            return dg.AssetCheckResult(passed=True, description=decided)
+
+        @dg.asset(name="evaluation", deps=[model])
+        def evaluation_of_model() -> dg.MaterializeResult:
+            return dg.MaterializeResult(metadata={"valid_auc": 0.7012, "test_auc": 0.7093, "submitted": "model"})
+
+        lines = watched([model, promoted, evaluation_of_model, feature_group_ablation], "host:1:10", ours)
+        assert lines and lines[0].splitlines()[-1] == f"  registry: {decided}", lines
         # nothing after the evaluation: nothing to say before the summary
         assert watched([evaluation], "host:1:10", ours) == []
         # another process's run (the UI's, another `kuai run`): not ours to speak of
