@@ -465,11 +465,10 @@ def feature_group_ablation(
                 mlflow.log_metrics({"valid_auc": result.valid_auc, "best_iteration": result.best_iteration})
                 mlflow_run_ids[result.variant] = run.info.run_id
 
-        keep = keeper.keep if keeper.common is not None else None
         # interrupted (Ctrl-C after the evaluation) or failed: the parent, which holds the variants
         # done so far and no table, is marked FAILED
         with tracker.failed_on_error(parent_id):
-            results = run_ablation(fit, scored, features, groups, config.base_group, config, record, keep)
+            results = run_ablation(fit, scored, features, groups, config.base_group, config, record, keeper.keep)
         n_kept = sum(1 for r in results if r.kept_from)
         if n_kept:
             context.log.info(

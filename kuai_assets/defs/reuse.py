@@ -202,8 +202,9 @@ class VariantKeeper:
     which of them LightGBM keeps (the column sample of a tree is drawn from those), the settings,
     the code (`code_digest`) and the versions of LightGBM, numpy and DuckDB. `keep`
     (run_ablation's) returns the previous result of a variant whose key the latest
-    materialization recorded with its figures; `recorded` is the metadata entry of every
-    variant's key and figures, kept or trained.
+    materialization recorded with its figures, and None for every variant of a matrix that
+    records no piece keys; `recorded` is the metadata entry of every variant's key and figures,
+    kept or trained.
     """
 
     def __init__(self, context: dg.AssetExecutionContext, matrix: Path, features: list, groups: list[str], settings: dict):
