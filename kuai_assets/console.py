@@ -38,10 +38,11 @@ class QuietFailures(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        head, stack, _ = message.partition(STACK_TRACE)
         if "Dependencies for step" in message and "Not executing." in message:
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        elif (FAILURE_PREFIX in message or INTERRUPTION in message.split(STACK_TRACE)[0]) and STACK_TRACE in message:
-            record.msg, record.args = message.split(STACK_TRACE)[0].rstrip(), ()
+        elif stack and (FAILURE_PREFIX in message or INTERRUPTION in head):
+            record.msg, record.args = head.rstrip(), ()
         return record.levelno >= self.threshold
 
 
