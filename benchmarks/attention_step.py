@@ -5,13 +5,15 @@ On a workspace whose graph is materialized up to the attention model's inputs (e
 validation setup's histories and fit targets as `attention_model` does, then times `--steps`
 gradient steps of `--batch-size` targets (after 5 warm-up steps), in one run: as one pass with
 torch on one thread and on `--threads` threads, and cut into `--shards` shards on threads of their own (torch on
-`--threads` / shards threads each: what `attention_model` does on the CPU, `step_shards`). It
+one thread each: what `attention_model` does on the CPU, `step_shards`). It
 prints the milliseconds per step of each, their ratio, the share spent building the batch, and
 with `--profile` the operators that took the most time (torch's profiler, 10 more one-pass
 steps). Then it times the scoring (`training.predict`, forward only) of the validation's scored
-rows in batches of each of `--scoring-batches` rows, on one thread (as each epoch is scored
-beside the training) and on `--threads` (as the test is scored), and checks that every batch size
-gives the same probabilities. Compare two commits by running it on each in one session: the machines here are shared,
+rows in batches of each of `--scoring-batches` rows: as `predict` does, each batch with torch on
+one thread, the batches on one thread (as each epoch is scored beside the training) and on
+`--threads` (as the test is scored); and, for comparison, one batch at a time with torch sharing
+each batch's operations among `--threads` threads. It prints the largest difference of each from
+the first. Compare two commits by running it on each in one session: the machines here are shared,
 so read ratios.
 """
 
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     timed = batches[5 : 5 + args.steps]
     one_thread = per_step(step, timed, 1)
     one_pass = per_step(step, timed, args.threads)
-    sharded = per_step(sharded_step, batches[5 + args.steps : 5 + 2 * args.steps], max(1, args.threads // args.shards))
+    sharded = per_step(sharded_step, batches[5 + args.steps : 5 + 2 * args.steps], 1)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     for rows in timed:
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.batch_size} targets per step, {len(fit):,} fit rows; {building * 1000:.1f} ms of a step builds the batch")
     print(f"one pass, torch on 1 thread: {one_thread * 1000:.1f} ms per step")
     print(f"one pass, torch on {args.threads} thread(s): {one_pass * 1000:.1f} ms per step")
-    print(f"{args.shards} shards on threads of their own, torch on {max(1, args.threads // args.shards)} thread(s) "
+    print(f"{args.shards} shards on threads of their own, torch on 1 thread "
           f"each: {sharded * 1000:.1f} ms per step ({one_thread / sharded:.2f}x the one pass on 1 thread, "
           f"{one_pass / sharded:.2f}x on {args.threads})")
     if args.profile:
@@ -113,15 +115,30 @@ def main(argv: list[str] | None = None) -> int:
     scored_prepared = data.prepare(scored)
     model.eval()
     first = None
-    for threads in sorted({1, args.threads}):
-        torch.set_num_threads(threads)
+
+    def shared_operations(size: int) -> np.ndarray:
+        """The batches one after the other, torch sharing each batch's operations among its threads."""
+        out = np.empty(len(scored), dtype=np.float64)
+        order = np.lexsort((scored.time, scored.user_id))
+        with torch.no_grad():
+            for begin in range(0, len(order), size):
+                rows = order[begin : begin + size]
+                out[rows] = torch.sigmoid(model(data.batch(scored_prepared, rows))).double().numpy()
+        return out
+
+    ways = [(f"batches on {w} thread(s), torch on 1 thread each",
+             lambda size, w=w: training.predict(model, data, scored_prepared, scored, batch_size=size, workers=w))
+            for w in sorted({1, args.threads})]
+    ways.append((f"one batch at a time, torch on {args.threads} thread(s)", shared_operations))
+    for name, way in ways:
         for size in [int(b) for b in args.scoring_batches.split(",")]:
-            training.predict(model, data, scored_prepared, scored, batch_size=size, subset=np.arange(min(len(scored), 4 * size)))
+            torch.set_num_threads(args.threads)
+            way(size)  # warm-up
             started = time.perf_counter()
-            prediction = training.predict(model, data, scored_prepared, scored, batch_size=size)
+            prediction = way(size)
             seconds = time.perf_counter() - started
             first = prediction if first is None else first
-            print(f"scoring {len(scored):,} rows in batches of {size}, torch on {threads} thread(s): {seconds:.2f} s "
+            print(f"scoring {len(scored):,} rows in batches of {size}, {name}: {seconds:.2f} s "
                   f"({seconds / len(scored) * 1e6:.1f} us a row; largest difference from the first: "
                   f"{np.abs(prediction - first).max():.1e})")
     return 0

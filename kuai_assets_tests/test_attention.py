@@ -259,6 +259,37 @@ def test_a_step_cut_into_shards_has_the_gradient_of_one_pass(materialized):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_scoring_gives_the_same_bits_on_any_number_of_threads(materialized):
+    """predict scores each batch with torch on one thread, the batches on `workers` threads: the
+    probabilities are the same to the bit for one worker or three, whatever torch's thread count
+    was before, and that count is restored."""
+    from kuai_assets.ml.attention import training
+    from kuai_assets.ml.attention.inputs import context_features, load_photos, load_targets
+
+    work = WorkDir(materialized["work"])
+    params = AttentionParams(history_length=LENGTH)
+    photos = load_photos(work, params.words_per_photo, params.word_buckets)
+    features = context_features(work, list(params.context_groups))
+    scored = load_targets(work, "validation", "scored", features)
+    data = training.SetupData(photos, build_history(work, "validation", LENGTH), training.model_users(work),
+                              torch.device("cpu"))
+    prepared = data.prepare(scored)
+    model = training._new_model(training._shape(params, photos, len(data.users), len(features)), photos, scored,
+                                params, torch.device("cpu"))
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for torch_threads, workers in ((1, 1), (2, 1), (2, 3), (1, 3)):
+            torch.set_num_threads(torch_threads)
+            results.append(training.predict(model, data, prepared, scored, workers=workers))
+            assert torch.get_num_threads() == torch_threads
+    finally:
+        torch.set_num_threads(threads)
+    assert len(scored) > 4 * training.SCORING_BATCH_ROWS["cpu"]
+    for other in results[1:]:
+        assert np.array_equal(results[0], other)
+
+
 def test_sharded_epochs_repeat_exactly(materialized):
     """Runs with the step cut into two shards give the same numbers, bit for bit, whether the shards
     run on two threads (twice) or one after the other on one (`threads: 1`): the shards' gradients

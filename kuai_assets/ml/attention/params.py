@@ -70,13 +70,14 @@ class AttentionParams(BaseModel):
     device: Literal["cpu", "cuda", "auto"] = Field(default="cpu", description="cpu, cuda, or auto (cuda when present).")
     threads: int = Field(
         default=0, ge=0,
-        description="Torch CPU threads; 0 uses every core. They are shared among the step's shards (step_shards) "
-        "while it trains; in the validation epochs each epoch is scored on one more thread while the next trains.",
+        description="CPU threads; 0 uses every core. The step's shards (step_shards) train on them and the "
+        "scoring's batches run on them, each with torch on one thread, so the outcome does not depend on this "
+        "number; in the validation epochs each epoch is scored on one more thread while the next trains.",
     )
     step_shards: int = Field(
         default=2, ge=1,
         description="On the CPU, each gradient step's targets are split into this many shards, whose gradients "
-        "are computed on threads of their own (at most `threads`; torch on threads / shards each) and summed in "
+        "are computed on threads of their own (at most `threads`; torch on one thread each) and summed in "
         "shard order before the step: the same gradient as one pass, faster on two cores or more, since one step's "
         "small tensors keep one core busy, not two. The outcome depends on this number, not on the threads. "
         "1 = one pass.",

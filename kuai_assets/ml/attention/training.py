@@ -7,8 +7,9 @@ every validation scored row (the blend's input and the reported validation AUC);
 network is fitted on the `submission` setup's fit rows for round(best_epoch * factor) epochs and
 scores the test rows. An epoch is a seeded sample of `fit_targets_per_epoch` fit rows. Seeded
 and deterministic on CPU. Each gradient step is cut into `step_shards` shards computed on threads
-of their own and summed in a fixed order (`step_gradient`): the outcome depends on the shard
-count, not on which thread finishes first. With `threads: 0` on two cores or more,
+of their own and summed in a fixed order (`step_gradient`), and the scoring's batches run on
+threads of their own (`predict`), each with torch on one thread: the outcome depends on the shard
+count, not on the threads or on which thread finishes first. With `threads: 0` on two cores or more,
 each validation epoch's scoring runs on a thread of its own while the next epoch trains
 (`_validation_epochs`), with the same outcome.
 
@@ -73,6 +74,11 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but torch sees no CUDA device; use 'cpu' or 'auto'")
     return torch.device(device)
+
+
+def thread_budget(params: AttentionParams) -> int:
+    """The threads the network may use: `threads`, or every core when it is 0."""
+    return params.threads or os.cpu_count() or 1
 
 
 @contextmanager
@@ -210,18 +216,20 @@ def _train_epoch(model, optimizer, data: SetupData, prepared, fit: Targets, para
     optimizer's step (`step_gradient`); each shard draws its dropout from a generator seeded by
     (seed, epoch, step, shard). So an epoch's numbers depend on the shard count, never on which
     thread finishes first. The shards run on min(step_shards, threads) threads (`threads` 0: the
-    cores), one after the other with `threads: 1`, to the same numbers."""
+    cores), one after the other with `threads: 1`, each with torch on one thread, to the same
+    numbers: torch sharing a shard's operations among threads would round some of them
+    differently."""
     from concurrent.futures import ThreadPoolExecutor
 
     rng = np.random.default_rng([params.seed, epoch])
     shards = params.step_shards if data.device.type == "cpu" else 1
-    budget = params.threads or os.cpu_count() or 1  # the threads this training may use
+    budget = thread_budget(params)
     workers = min(shards, budget)  # with one thread, the shards run one after the other: the same numbers
     model.train()
     total, batches = 0.0, 0
     threads = torch.get_num_threads()
-    if workers > 1:  # the cores are shared among the shards' threads
-        torch.set_num_threads(max(1, budget // workers))
+    if data.device.type == "cpu":  # every shard with torch on one thread, whatever `threads` is (see predict)
+        torch.set_num_threads(1)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="attention-shard") if workers > 1 else None
     try:
         for step, rows in enumerate(epoch_batches(fit.user_id, fit.time, params.fit_targets_per_epoch,
@@ -246,20 +254,55 @@ SCORING_BATCH_ROWS = {"cpu": 1024}
 SCORING_BATCH_ROWS_ELSEWHERE = 4096
 
 
-@torch.no_grad()
+@contextmanager
+def _one_torch_thread():
+    """Torch on one thread (process-wide, as `torch.set_num_threads` is) until the block ends;
+    untouched when it already is, so a scoring beside the training does not reset it."""
+    threads = torch.get_num_threads()
+    if threads != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads != 1:
+            torch.set_num_threads(threads)
+
+
 def predict(model: AttentionClickModel, data: SetupData, prepared: dict[str, np.ndarray], targets: Targets,
-            batch_size: int | None = None, subset: np.ndarray | None = None) -> np.ndarray:
+            batch_size: int | None = None, subset: np.ndarray | None = None, workers: int = 1) -> np.ndarray:
     """Click probabilities of every target (or of the targets `subset`, in its order), scored in
     (user, time) order so that a batch's histories overlap, `batch_size` targets at a time
-    (default SCORING_BATCH_ROWS for the device)."""
+    (default SCORING_BATCH_ROWS for the device).
+
+    On the CPU each batch runs with torch on one thread, the batches on `workers` threads of
+    their own: the batches are independent, so the probabilities are the same to the bit for any
+    `workers` and whatever torch's thread setting was (torch sharing one batch's operations among
+    threads rounds some of them differently, and 1,024 targets are too few to share well)."""
     model.eval()
     batch_size = batch_size or SCORING_BATCH_ROWS.get(data.device.type, SCORING_BATCH_ROWS_ELSEWHERE)
     subset = np.arange(len(targets)) if subset is None else np.asarray(subset)
     order = np.lexsort((targets.time[subset], targets.user_id[subset]))
     out = np.empty(len(subset), dtype=np.float64)
-    for begin in range(0, len(order), batch_size):
+
+    def score(begin: int) -> None:
         rows = order[begin : begin + batch_size]
-        out[rows] = torch.sigmoid(model(data.batch(prepared, subset[rows]))).double().cpu().numpy()
+        with torch.no_grad():  # grad mode is per thread
+            out[rows] = torch.sigmoid(model(data.batch(prepared, subset[rows]))).double().cpu().numpy()
+
+    begins = range(0, len(order), batch_size)
+    if data.device.type != "cpu":
+        for begin in begins:
+            score(begin)
+        return out
+    with _one_torch_thread():
+        if workers > 1 and len(begins) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(workers, len(begins)), thread_name_prefix="attention-scoring-batch") as pool:
+                list(pool.map(score, begins))
+        else:
+            for begin in begins:
+                score(begin)
     return out
 
 
@@ -347,6 +390,7 @@ def _validation_epochs(model, optimizer, data: SetupData, fit_prepared, fit: Tar
         return stopping.done(epoch)
 
     overlap = params.threads == 0 and (os.cpu_count() or 1) > 1 and data.device.type == "cpu"
+    budget = thread_budget(params)
     threads = torch.get_num_threads()
     if overlap:
         torch.set_num_threads(1)
@@ -369,7 +413,8 @@ def _validation_epochs(model, optimizer, data: SetupData, fit_prepared, fit: Tar
                     break
                 state = copy.deepcopy(model.state_dict())
                 scorer.load_state_dict(state)
-                future = pool.submit(predict, scorer, data, scored_prepared, scored, subset=subset)
+                future = pool.submit(predict, scorer, data, scored_prepared, scored, subset=subset,
+                                     workers=1 if overlap else budget)
                 pending = (epoch, loss, state, future)
                 if not overlap:
                     stopped, pending = settle(pending), None
@@ -444,7 +489,7 @@ def train_attention_model(work: WorkDir, params: AttentionParams, log=lambda mes
         )
         if subset is not None:  # the best epoch's network scores every validation row
             model.load_state_dict(best_state)
-            best_prediction = predict(model, data, scored_prepared, scored)
+            best_prediction = predict(model, data, scored_prepared, scored, workers=thread_budget(params))
         valid_auc = roc_auc(scored.click, best_prediction)
         seconds["validation"] = round(time.time() - started, 1)
         rows = {"validation_fit_rows": len(fit), "validation_scored_rows": len(scored),
@@ -474,7 +519,7 @@ def train_attention_model(work: WorkDir, params: AttentionParams, log=lambda mes
         started = time.time()
         test = load_targets(work, "submission", "scored", features)
         test_prepared = data.prepare(test)
-        test_prediction = predict(model, data, test_prepared, test)
+        test_prediction = predict(model, data, test_prepared, test, workers=thread_budget(params))
         seconds["test_scoring"] = round(time.time() - started, 1)
         rows.update(submission_fit_rows=submission_fit_rows, test_rows=len(test))
         model.eval()
