@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import os
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -92,6 +92,20 @@ def _torch_settings(threads: int):
     finally:
         torch.set_num_threads(old_threads)
         torch.use_deterministic_algorithms(old_deterministic)
+
+
+@contextmanager
+def _one_torch_thread():
+    """Torch on one thread (process-wide, as `torch.set_num_threads` is) until the block ends;
+    untouched when it already is, so a scoring beside the training does not reset it."""
+    threads = torch.get_num_threads()
+    if threads != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads != 1:
+            torch.set_num_threads(threads)
 
 
 class SetupData:
@@ -227,23 +241,21 @@ def _train_epoch(model, optimizer, data: SetupData, prepared, fit: Targets, para
     workers = min(shards, budget)  # with one thread, the shards run one after the other: the same numbers
     model.train()
     total, batches = 0.0, 0
-    threads = torch.get_num_threads()
-    if data.device.type == "cpu":  # every shard with torch on one thread, whatever `threads` is (see predict)
-        torch.set_num_threads(1)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="attention-shard") if workers > 1 else None
-    try:
-        for step, rows in enumerate(epoch_batches(fit.user_id, fit.time, params.fit_targets_per_epoch,
-                                                  params.batch_size, rng)):
-            if abort():
-                return None
-            generators = shard_generators(params, epoch, step, shards, data.device)
-            total += step_gradient(model, data, prepared, fit, rows, generators, pool)
-            optimizer.step()
-            batches += 1
-    finally:
-        if pool is not None:
-            pool.shutdown()
-        torch.set_num_threads(threads)
+    # every shard with torch on one thread, whatever `threads` is (see predict)
+    with _one_torch_thread() if data.device.type == "cpu" else nullcontext():
+        try:
+            for step, rows in enumerate(epoch_batches(fit.user_id, fit.time, params.fit_targets_per_epoch,
+                                                      params.batch_size, rng)):
+                if abort():
+                    return None
+                generators = shard_generators(params, epoch, step, shards, data.device)
+                total += step_gradient(model, data, prepared, fit, rows, generators, pool)
+                optimizer.step()
+                batches += 1
+        finally:
+            if pool is not None:
+                pool.shutdown()
     return total / max(batches, 1)
 
 
@@ -252,20 +264,6 @@ def _train_epoch(model, optimizer, data: SetupData, prepared, fit: Targets, para
 # (benchmarks/attention_step.py); a GPU keeps the larger batch
 SCORING_BATCH_ROWS = {"cpu": 1024}
 SCORING_BATCH_ROWS_ELSEWHERE = 4096
-
-
-@contextmanager
-def _one_torch_thread():
-    """Torch on one thread (process-wide, as `torch.set_num_threads` is) until the block ends;
-    untouched when it already is, so a scoring beside the training does not reset it."""
-    threads = torch.get_num_threads()
-    if threads != 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if threads != 1:
-            torch.set_num_threads(threads)
 
 
 def predict(model: AttentionClickModel, data: SetupData, prepared: dict[str, np.ndarray], targets: Targets,
@@ -290,12 +288,9 @@ def predict(model: AttentionClickModel, data: SetupData, prepared: dict[str, np.
             out[rows] = torch.sigmoid(model(data.batch(prepared, subset[rows]))).double().cpu().numpy()
 
     begins = range(0, len(order), batch_size)
-    if data.device.type != "cpu":
-        for begin in begins:
-            score(begin)
-        return out
-    with _one_torch_thread():
-        if workers > 1 and len(begins) > 1:
+    cpu = data.device.type == "cpu"
+    with _one_torch_thread() if cpu else nullcontext():
+        if cpu and workers > 1 and len(begins) > 1:
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(min(workers, len(begins)), thread_name_prefix="attention-scoring-batch") as pool:
@@ -391,9 +386,6 @@ def _validation_epochs(model, optimizer, data: SetupData, fit_prepared, fit: Tar
 
     overlap = params.threads == 0 and (os.cpu_count() or 1) > 1 and data.device.type == "cpu"
     budget = thread_budget(params)
-    threads = torch.get_num_threads()
-    if overlap:
-        torch.set_num_threads(1)
     pending, stopped = None, False
 
     def scored_now() -> bool:
@@ -403,27 +395,25 @@ def _validation_epochs(model, optimizer, data: SetupData, fit_prepared, fit: Tar
             stopped, pending = settle(pending), None
         return stopped
 
-    try:
-        with ThreadPoolExecutor(1, thread_name_prefix="attention-scoring") as pool:
-            for epoch in range(1, params.max_epochs + 1):
-                loss = _train_epoch(model, optimizer, data, fit_prepared, fit, params, epoch, abort=scored_now)
-                if pending is not None:  # the scoring took longer than the epoch
-                    stopped, pending = settle(pending), None
-                if stopped or loss is None:
+    with (_one_torch_thread() if overlap else nullcontext(),
+          ThreadPoolExecutor(1, thread_name_prefix="attention-scoring") as pool):
+        for epoch in range(1, params.max_epochs + 1):
+            loss = _train_epoch(model, optimizer, data, fit_prepared, fit, params, epoch, abort=scored_now)
+            if pending is not None:  # the scoring took longer than the epoch
+                stopped, pending = settle(pending), None
+            if stopped or loss is None:
+                break
+            state = copy.deepcopy(model.state_dict())
+            scorer.load_state_dict(state)
+            future = pool.submit(predict, scorer, data, scored_prepared, scored, subset=subset,
+                                 workers=1 if overlap else budget)
+            pending = (epoch, loss, state, future)
+            if not overlap:
+                stopped, pending = settle(pending), None
+                if stopped:
                     break
-                state = copy.deepcopy(model.state_dict())
-                scorer.load_state_dict(state)
-                future = pool.submit(predict, scorer, data, scored_prepared, scored, subset=subset,
-                                     workers=1 if overlap else budget)
-                pending = (epoch, loss, state, future)
-                if not overlap:
-                    stopped, pending = settle(pending), None
-                    if stopped:
-                        break
-            if pending is not None:
-                settle(pending)
-    finally:
-        torch.set_num_threads(threads)
+        if pending is not None:
+            settle(pending)
     return aucs, stopping.best_epoch, best["state"], best["prediction"]
 
 
