@@ -4,6 +4,7 @@ end-to-end training on tiny data, the blend's weight chosen on validation rows o
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -205,6 +206,23 @@ def test_scoring_each_epoch_beside_the_next_decides_as_scoring_it_before(materia
     assert np.array_equal(beside.validation.p_click, before.validation.p_click)
 
 
+def _validation_network(work: WorkDir, params: AttentionParams, role: str) -> SimpleNamespace:
+    """A fresh network (untrained) on the validation setup's `role` rows, on the CPU, with its
+    photos, context features, targets, setup data and prepared targets."""
+    from kuai_assets.ml.attention import training
+    from kuai_assets.ml.attention.inputs import context_features, load_photos, load_targets
+
+    photos = load_photos(work, params.words_per_photo, params.word_buckets)
+    features = context_features(work, list(params.context_groups))
+    targets = load_targets(work, "validation", role, features)
+    data = training.SetupData(photos, build_history(work, "validation", params.history_length),
+                              training.model_users(work), torch.device("cpu"))
+    model = training._new_model(training._shape(params, photos, len(data.users), len(features)), photos, targets,
+                                params, torch.device("cpu"))
+    return SimpleNamespace(photos=photos, features=features, targets=targets, data=data,
+                           prepared=data.prepare(targets), model=model)
+
+
 def test_a_step_cut_into_shards_has_the_gradient_of_one_pass(materialized):
     """step_shards splits a step's targets over threads; the summed shard gradients are the
     gradient of the step's mean loss in one pass (to float rounding), the same bits whichever
@@ -213,18 +231,11 @@ def test_a_step_cut_into_shards_has_the_gradient_of_one_pass(materialized):
     from concurrent.futures import ThreadPoolExecutor
 
     from kuai_assets.ml.attention import training
-    from kuai_assets.ml.attention.inputs import context_features, load_photos, load_targets
 
-    work = WorkDir(materialized["work"])
     params = AttentionParams(history_length=LENGTH, dropout=0.0)
-    photos = load_photos(work, params.words_per_photo, params.word_buckets)
-    features = context_features(work, list(params.context_groups))
-    fit = load_targets(work, "validation", "fit", features)
-    data = training.SetupData(photos, build_history(work, "validation", LENGTH), training.model_users(work),
-                              torch.device("cpu"))
-    prepared = data.prepare(fit)
-    model = training._new_model(training._shape(params, photos, len(data.users), len(features)), photos, fit,
-                                params, torch.device("cpu"))
+    net = _validation_network(WorkDir(materialized["work"]), params, "fit")
+    photos, features, fit = net.photos, net.features, net.targets
+    data, prepared, model = net.data, net.prepared, net.model
     model.train()
     rows = np.sort(np.random.default_rng(3).choice(len(fit), size=301, replace=False))
 
@@ -264,18 +275,9 @@ def test_scoring_gives_the_same_bits_on_any_number_of_threads(materialized):
     probabilities are the same to the bit for one worker or three, whatever torch's thread count
     was before, and that count is restored."""
     from kuai_assets.ml.attention import training
-    from kuai_assets.ml.attention.inputs import context_features, load_photos, load_targets
 
-    work = WorkDir(materialized["work"])
-    params = AttentionParams(history_length=LENGTH)
-    photos = load_photos(work, params.words_per_photo, params.word_buckets)
-    features = context_features(work, list(params.context_groups))
-    scored = load_targets(work, "validation", "scored", features)
-    data = training.SetupData(photos, build_history(work, "validation", LENGTH), training.model_users(work),
-                              torch.device("cpu"))
-    prepared = data.prepare(scored)
-    model = training._new_model(training._shape(params, photos, len(data.users), len(features)), photos, scored,
-                                params, torch.device("cpu"))
+    net = _validation_network(WorkDir(materialized["work"]), AttentionParams(history_length=LENGTH), "scored")
+    scored, data, prepared, model = net.targets, net.data, net.prepared, net.model
     threads = torch.get_num_threads()
     try:
         results = []
