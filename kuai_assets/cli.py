@@ -459,7 +459,7 @@ class EvaluationWatch(threading.Thread):
     tagged `process` (runs_in_progress.own_tags). The first it finds, if steps of that run have not
     finished, is said in a few lines (`say`): the figures, the steps still running, the change
     since the previous evaluation and, when the run retrained the model, what its promotion check
-    decided (`registry_decision`). Once only; the summary at the end stays as it was. `stop` ends
+    decided (`registry_line`). Once only; the summary at the end stays as it was. `stop` ends
     the watch (the run is over).
     """
 
@@ -513,8 +513,8 @@ class EvaluationWatch(threading.Thread):
         lines = [f"[kuai] evaluated {event.timestamp - self.started:.0f} s into the run, which goes on "
                  f"({', '.join(still)}; the summary follows at its end, or at Ctrl-C):", f"  {', '.join(parts)}"]
         change = change_since_previous_evaluation(instance, run.run_id)
-        decision = registry_decision(instance, run.run_id)
-        return lines + ([change] if change else []) + ([f"  registry: {decision}"] if decision else [])
+        registry = registry_line(instance, run.run_id)
+        return lines + [line for line in (change, registry) if line]
 
 
 def latest_metadata(instance, asset: str) -> dict:
@@ -573,10 +573,10 @@ def kept_in_run(instance, run_id: str) -> list[str]:
 PROMOTION_CHECK = "model_promoted_if_better"  # model's blocking check: @champion moves only to a better model
 
 
-def registry_decision(instance, run_id: str) -> str | None:
-    """What `model`'s promotion check decided in run `run_id` (e.g. "kuai_click_model v3 (valid_auc
-    0.74351) does not beat champion v2 (0.74360): @champion stays"), or None when its latest
-    execution is not that run's, or did not pass."""
+def registry_line(instance, run_id: str) -> str | None:
+    """The summary's line of what `model`'s promotion check decided in run `run_id` (e.g.
+    "  registry: kuai_click_model v3 (valid_auc 0.74351) does not beat champion v2 (0.74360):
+    @champion stays"), or None when its latest execution is not that run's, or did not pass."""
     import dagster as dg
     from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus as Status
 
@@ -585,7 +585,7 @@ def registry_decision(instance, run_id: str) -> str | None:
     record = summary.last_check_execution_record if summary else None
     if record is None or record.run_id != run_id or record.status != Status.SUCCEEDED or record.evaluation is None:
         return None
-    return record.evaluation.description or None
+    return f"  registry: {record.evaluation.description}" if record.evaluation.description else None
 
 
 def mlflow_link(metadata: dict, ui_url: str) -> str:
@@ -655,9 +655,9 @@ def print_summary(instance, workspace: settings.Workspace, elapsed: float, run_i
     change = change_since_previous_evaluation(instance, run_id) if run_id else None
     if change:
         lines.append(change)
-    decision = registry_decision(instance, run_id) if run_id else None
-    if decision:
-        lines.append(f"  registry: {decision}")
+    registry = registry_line(instance, run_id) if run_id else None
+    if registry:
+        lines.append(registry)
     kept = kept_in_run(instance, run_id) if run_id else []
     if kept:
         lines.append(f"  kept, nothing they learn from changed (their MLflow runs stand): {', '.join(kept)}")
